@@ -1,0 +1,4 @@
+//! Configuration: one TOML file turned into a validated [`Config`].
+
+mod model;
+pub use model::*;

@@ -1,0 +1,245 @@
+//! The validated configuration model. Everything downstream (engine tables, dataplane set-up,
+//! the management plane) is built from these types; they are produced only by `config::parse`,
+//! which fills every default and rejects inconsistent input, so consumers may trust them.
+
+use std::net::Ipv4Addr;
+
+/// An IPv4 prefix, normalised: host bits are zero.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Ipv4Net {
+    pub addr: Ipv4Addr,
+    pub len: u8,
+}
+
+impl Ipv4Net {
+    pub fn mask(&self) -> u32 {
+        if self.len == 0 { 0 } else { u32::MAX << (32 - self.len as u32) }
+    }
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        (u32::from(a) & self.mask()) == u32::from(self.addr)
+    }
+    pub fn first(&self) -> u32 {
+        u32::from(self.addr)
+    }
+    pub fn last(&self) -> u32 {
+        u32::from(self.addr) | !self.mask()
+    }
+    pub fn overlaps(&self, o: &Ipv4Net) -> bool {
+        self.first() <= o.last() && o.first() <= self.last()
+    }
+}
+
+/// An inclusive range of IPv4 addresses (a pool entry: one address, a range or a prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct AddrRange {
+    pub first: Ipv4Addr,
+    pub last: Ipv4Addr,
+}
+
+impl AddrRange {
+    pub fn len(&self) -> u32 {
+        u32::from(self.last) - u32::from(self.first) + 1
+    }
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+    pub fn contains(&self, a: Ipv4Addr) -> bool {
+        (u32::from(self.first)..=u32::from(self.last)).contains(&u32::from(a))
+    }
+    pub fn iter(&self) -> impl Iterator<Item = Ipv4Addr> {
+        (u32::from(self.first)..=u32::from(self.last)).map(Ipv4Addr::from)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub outside: OutsideInterface,
+    pub inside: Vec<InsideInterface>,
+    pub dataplane: Dataplane,
+    pub sessions: Sessions,
+    pub fragments: Fragments,
+    pub control: Control,
+    pub realms: Vec<Realm>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OutsideInterface {
+    /// Kernel interface name.
+    pub name: String,
+    /// natgw's own address on the outside link: source of ICMP errors natgw emits towards the
+    /// outside, answered to pings.
+    pub address: Ipv4Addr,
+    /// Next hop for all outbound traffic (the upstream router).
+    pub gateway: Ipv4Addr,
+    /// Addresses whose traffic is passed to the kernel untouched (SSH, BGP, ...). The XDP program
+    /// passes them before any NAT processing.
+    pub management: Vec<Ipv4Addr>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct InsideInterface {
+    pub name: String,
+    /// Addresses on the inside link(s) passed to the kernel untouched.
+    pub management: Vec<Ipv4Addr>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum XdpMode {
+    /// Native (driver) mode, falling back to generic (skb) mode.
+    Auto,
+    Native,
+    Generic,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PollMode {
+    /// Spin without ever sleeping: lowest latency, burns the core.
+    Busy,
+    /// Spin while there is traffic, back off to sleeping in poll(2) when idle.
+    Adaptive,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Worker {
+    /// CPU core the poll loop is pinned to.
+    pub core: usize,
+    /// NIC queue this worker owns on every interface.
+    pub queue: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Dataplane {
+    pub workers: Vec<Worker>,
+    pub xdp_mode: XdpMode,
+    pub poll: PollMode,
+    /// Frames per receive/transmit batch.
+    pub batch_size: usize,
+    /// Descriptors per AF_XDP ring (power of two).
+    pub ring_size: u32,
+    /// UMEM frames per worker (power of two).
+    pub umem_frames: u32,
+    /// Capacity of each inter-worker handoff queue, in frames.
+    pub handoff_queue: usize,
+    /// Forward without translating (benchmark baseline): frames are routed but not NATed.
+    pub forward_only: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Sessions {
+    /// Session slots per worker, allocated at start-up.
+    pub capacity_per_core: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fragments {
+    /// Concurrent fragmented datagrams tracked per worker.
+    pub max_datagrams: u32,
+    /// Out-of-order fragments held (waiting for the first fragment) per worker.
+    pub max_held: u32,
+    /// How long a fragment table entry / held fragment lives, seconds.
+    pub timeout: u32,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Control {
+    /// Listen address of the HTTP API and Prometheus endpoint.
+    pub listen: std::net::SocketAddr,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PortPolicy {
+    /// Keep the inside port when free, else a bounded random search.
+    PreserveThenRandom,
+    /// Always a bounded random search (RFC 6056 style).
+    Random,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mapping {
+    EndpointIndependent,
+    AddressDependent,
+    AddressAndPortDependent,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Filtering {
+    EndpointIndependent,
+    AddressDependent,
+    AddressAndPortDependent,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Tcp,
+    Udp,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct StaticMapping {
+    pub protocol: Protocol,
+    pub external: std::net::SocketAddrV4,
+    pub internal: std::net::SocketAddrV4,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct OneToOne {
+    pub external: Ipv4Addr,
+    pub internal: Ipv4Addr,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Route {
+    pub prefix: Ipv4Net,
+    pub via: Ipv4Addr,
+}
+
+/// Idle timeouts, seconds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timeouts {
+    pub udp: u32,
+    pub tcp_established: u32,
+    pub tcp_transitory: u32,
+    pub icmp: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub first: u16,
+    pub last: u16,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Ports {
+    pub policy: PortPolicy,
+    /// Range dynamic ports >= 1024 are taken from. Inside ports < 1024 map into 1-1023 (port class
+    /// is kept, RFC 4787 REQ-3).
+    pub range: PortRange,
+    /// Most external ports (all protocols together) one inside host may hold at once.
+    pub per_host_limit: u32,
+}
+
+/// A tenant: inside networks identified by an inside interface and optional VLAN, with their own
+/// external pool. Several realms may use the same inside prefixes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Realm {
+    pub name: String,
+    /// Name of the inside interface this realm lives on.
+    pub interface: String,
+    /// 802.1Q VLAN id on that interface; None = untagged.
+    pub vlan: Option<u16>,
+    pub prefixes: Vec<Ipv4Net>,
+    /// natgw's own address on this realm's inside link (the hosts' default gateway): answers
+    /// pings and is the source of ICMP errors natgw sends inside.
+    pub gateway: Option<Ipv4Addr>,
+    pub pool: Vec<AddrRange>,
+    pub static_mappings: Vec<StaticMapping>,
+    pub one_to_one: Vec<OneToOne>,
+    /// Inside routes: prefixes not directly on the inside link, reached via an inside router.
+    pub routes: Vec<Route>,
+    pub ports: Ports,
+    pub mapping: Mapping,
+    pub filtering: Filtering,
+    pub inbound_refresh: bool,
+    pub hairpinning: bool,
+    pub timeouts: Timeouts,
+}
