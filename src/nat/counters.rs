@@ -1,0 +1,76 @@
+//! Per-worker counters. Each worker is the only writer of its own set, so an increment is a
+//! relaxed load + store (no locked read-modify-write on the hot path); the management thread
+//! reads them at any time and sums over workers.
+
+use super::types::DropReason;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+#[derive(Default, Debug)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    #[inline(always)]
+    pub fn add(&self, n: u64) {
+        // Single writer: no lost updates, and readers only ever see whole values.
+        self.0.store(self.0.load(Relaxed).wrapping_add(n), Relaxed);
+    }
+    #[inline(always)]
+    pub fn inc(&self) {
+        self.add(1)
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+    /// For gauges written by their single owner.
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed)
+    }
+}
+
+macro_rules! counters {
+    ($($name:ident: $help:literal,)*) => {
+        #[derive(Default, Debug)]
+        pub struct Counters {
+            $(#[doc = $help] pub $name: Counter,)*
+            pub drops: [Counter; DropReason::COUNT],
+        }
+        impl Counters {
+            /// (name, help, value) of every plain counter, for exposition.
+            pub fn each(&self, mut f: impl FnMut(&'static str, &'static str, u64)) {
+                $(f(stringify!($name), $help, self.$name.get());)*
+            }
+        }
+    };
+}
+
+counters! {
+    rx_frames: "frames given to the engine",
+    in2out: "frames translated inside to outside",
+    out2in: "frames translated outside to inside",
+    hairpinned: "frames translated back inwards after an inside-to-external hop",
+    icmp_errors_translated: "ICMP error messages translated (both directions)",
+    replies: "frames answered by the engine itself (echo replies, ICMP errors)",
+    to_kernel: "frames passed to the kernel",
+    handoffs: "frames handed to the core owning their flow",
+    fragments_translated: "non-first fragments translated via the fragment table",
+    fragments_held: "out-of-order fragments held for their first fragment",
+    sessions_created: "sessions created",
+    sessions_expired: "sessions removed after their idle timeout",
+    mappings_created: "address/port mappings created",
+    sessions_active: "sessions in the table (gauge)",
+    mappings_active: "mappings in the table (gauge)",
+    forwarded_untranslated: "frames routed without translation (forward-only mode)",
+}
+
+impl Counters {
+    #[inline(always)]
+    pub fn drop(&self, r: DropReason) {
+        self.drops[r as usize].inc();
+    }
+    pub fn drops_of(&self, r: DropReason) -> u64 {
+        self.drops[r as usize].get()
+    }
+    pub fn total_drops(&self) -> u64 {
+        self.drops.iter().map(Counter::get).sum()
+    }
+}

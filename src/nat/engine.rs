@@ -1,0 +1,709 @@
+//! The per-core NAT engine: no I/O of its own. The dataplane hands it batches of frames and a
+//! timestamp; it rewrites them in place and returns a verdict per frame.
+//!
+//! in2out (`in2out.rs`) and out2in (`out2in.rs`) are separate paths, as in VPP's NAT44-ED;
+//! ICMP errors and the engine's own replies live in `icmp.rs`, fragments in `frag.rs`.
+
+use super::counters::Counters;
+use super::frag::FragTable;
+use super::ports::{Policy, PortAllocator};
+use super::rng::Rng;
+use super::rules::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, RealmRules, Rules, proto_index};
+use super::session::*;
+use super::table::FlowTable;
+use super::types::*;
+use super::wire::*;
+use crate::config::{Filtering, Mapping, PortPolicy};
+use crate::packet::{checksum, icmp};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+/// A frame and where it came in.
+pub struct Pkt<'a> {
+    pub frame: Frame<'a>,
+    pub ingress: Ingress,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub(crate) enum Frag {
+    #[default]
+    None,
+    First,
+    Later,
+}
+
+/// What `parse` learned about a frame; offsets are into `Frame::data()`.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Meta {
+    pub l3: usize,
+    pub ihl: usize,
+    pub tot: usize,
+    pub l4: usize,
+    pub proto: u8,
+    pub ttl: u8,
+    pub src: u32,
+    pub dst: u32,
+    /// TCP/UDP ports; for ICMP queries both hold the identifier.
+    pub sport: u16,
+    pub dport: u16,
+    pub frag: Frag,
+    pub ident: u16,
+    pub icmp_type: u8,
+    pub tcp_flags: u8,
+    pub vlan: Option<u16>,
+}
+
+impl Meta {
+    pub fn is_icmp_error(&self) -> bool {
+        self.proto == PROTO_ICMP
+            && self.frag != Frag::Later
+            && matches!(self.icmp_type, icmp::DEST_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM)
+    }
+}
+
+/// Sessions examined for expiry per batch: bounded work, no pauses; with 64-frame batches at
+/// 1 Mpps a 1M-session table is swept about every 4 s.
+const SWEEP_PER_BATCH: usize = 64;
+/// Sessions examined per idle tick.
+const SWEEP_PER_TICK: usize = 4096;
+/// Expired sessions looked at when the table is full before giving up on a new flow.
+const RECLAIM_TRIES: usize = 64;
+/// RFC 6888 REQ-8 / RFC 4787: a freed external port is not reused for this long.
+pub const PORT_HOLD_SECS: u32 = 120;
+/// Held ports cap per realm and core (beyond it ports are freed early, counted).
+const HOLD_CAP: usize = 1 << 22;
+/// ICMP errors the engine itself may emit per second and core (RFC 1812 4.3.2.8 rate limit).
+const ICMP_RATE: u32 = 1000;
+
+pub struct Engine {
+    pub(crate) core: usize,
+    pub(crate) rules: Arc<Rules>,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) now: u32,
+    pub(crate) sessions: Vec<Session>,
+    free_sessions: Vec<u32>,
+    pub(crate) in_tab: FlowTable<InKey>,
+    pub(crate) out_tab: FlowTable<OutKey>,
+    maps: Vec<MappingSlot>,
+    free_maps: Vec<u32>,
+    map_in: FlowTable<MapInKey>,
+    map_out: FlowTable<MapOutKey>,
+    hosts: Vec<HostSlot>,
+    free_hosts: Vec<u32>,
+    host_tab: FlowTable<super::rules::HostKey>,
+    filt: FlowTable<FilterKey>,
+    ports: Vec<PortAllocator>,
+    pub(crate) frags: FragTable,
+    rng: Rng,
+    sweep_cursor: usize,
+    icmp_tokens: u32,
+    icmp_second: u32,
+    pub(crate) ip_ident: u16,
+}
+
+impl Engine {
+    /// An engine for worker `core`; allocates every table up front.
+    pub fn new(core: usize, rules: Arc<Rules>, counters: Arc<Counters>) -> Engine {
+        let cap = rules.session_capacity.max(16) as usize;
+        let ports = rules
+            .realms
+            .iter()
+            .map(|r| {
+                let hold = (r.pool.len() * 3 * 65536 / rules.cores).clamp(1024, HOLD_CAP);
+                let mut pa = PortAllocator::new(
+                    r.pool.len().max(1),
+                    r.port_first,
+                    r.port_last,
+                    rules.partition.as_ref(),
+                    core,
+                    PORT_HOLD_SECS,
+                    hold,
+                );
+                for s in rules.statics.iter().filter(|s| s.realm == r.id) {
+                    if let Some(i) = r.pool.iter().position(|a| *a == s.ext_addr) {
+                        pa.reserve(i, proto_index(s.proto), s.ext_port);
+                    }
+                }
+                pa
+            })
+            .collect();
+        let frags = FragTable::new(rules.frag_max_datagrams as usize, rules.frag_max_held as usize, rules.frag_timeout);
+        Engine {
+            core,
+            counters,
+            now: 0,
+            sessions: vec![Session::default(); cap],
+            free_sessions: (0..cap as u32).rev().collect(),
+            in_tab: FlowTable::with_capacity(cap),
+            out_tab: FlowTable::with_capacity(cap),
+            maps: vec![MappingSlot::default(); cap],
+            free_maps: (0..cap as u32).rev().collect(),
+            map_in: FlowTable::with_capacity(cap),
+            map_out: FlowTable::with_capacity(cap),
+            hosts: vec![HostSlot::default(); cap],
+            free_hosts: (0..cap as u32).rev().collect(),
+            host_tab: FlowTable::with_capacity(cap),
+            filt: FlowTable::with_capacity(cap),
+            ports,
+            frags,
+            rng: Rng::from_entropy(),
+            sweep_cursor: 0,
+            icmp_tokens: ICMP_RATE,
+            icmp_second: 0,
+            ip_ident: (core as u16).wrapping_mul(0x1000),
+            rules,
+        }
+    }
+
+    pub fn core(&self) -> usize {
+        self.core
+    }
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+    pub fn rules(&self) -> &Arc<Rules> {
+        &self.rules
+    }
+    pub fn session_count(&self) -> usize {
+        self.in_tab.len()
+    }
+    pub fn mapping_count(&self) -> usize {
+        self.map_in.len()
+    }
+    /// Bytes of memory held by the engine's tables (fixed at construction).
+    pub fn memory_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.sessions.len() * size_of::<Session>()
+            + self.maps.len() * size_of::<MappingSlot>()
+            + self.hosts.len() * size_of::<HostSlot>()
+            + (self.free_sessions.capacity() + self.free_maps.capacity() + self.free_hosts.capacity()) * 4
+            + self.in_tab.memory_bytes()
+            + self.out_tab.memory_bytes()
+            + self.map_in.memory_bytes()
+            + self.map_out.memory_bytes()
+            + self.host_tab.memory_bytes()
+            + self.filt.memory_bytes()
+            + self.ports.iter().map(PortAllocator::memory_bytes).sum::<usize>()
+            + self.frags.memory_bytes()
+    }
+
+    /// Translates a batch in place. `now_ns` is a monotonic clock in nanoseconds.
+    pub fn process(&mut self, now_ns: u64, pkts: &mut [Pkt<'_>], verdicts: &mut [Verdict]) {
+        self.set_time(now_ns);
+        let rules = Arc::clone(&self.rules);
+        for (p, v) in pkts.iter_mut().zip(verdicts.iter_mut()) {
+            *v = self.process_one(&rules, &mut p.frame, p.ingress);
+        }
+        self.housekeeping(SWEEP_PER_BATCH);
+    }
+
+    /// Bounded housekeeping when there is no traffic: expiry, port holds, fragment timeouts.
+    pub fn tick(&mut self, now_ns: u64) {
+        self.set_time(now_ns);
+        self.housekeeping(SWEEP_PER_TICK);
+    }
+
+    /// Replaces the rules (configuration reload). Sessions of flows the new rules still allow
+    /// stay; the sweep removes the others lazily as they are looked up or expire.
+    pub fn set_rules(&mut self, rules: Arc<Rules>) {
+        self.rules = rules;
+    }
+
+    fn set_time(&mut self, now_ns: u64) {
+        self.now = (now_ns / 1_000_000_000) as u32;
+        if self.now != self.icmp_second {
+            self.icmp_second = self.now;
+            self.icmp_tokens = ICMP_RATE;
+        }
+    }
+
+    fn housekeeping(&mut self, budget: usize) {
+        self.sweep(budget);
+        let now = self.now;
+        for p in &mut self.ports {
+            p.tick(now, budget);
+        }
+        self.frags.expire(now, &self.counters);
+        self.counters.sessions_active.set(self.in_tab.len() as u64);
+        self.counters.mappings_active.set(self.map_in.len() as u64);
+    }
+
+    fn sweep(&mut self, budget: usize) {
+        let n = self.sessions.len();
+        for _ in 0..budget.min(n) {
+            let i = self.sweep_cursor;
+            self.sweep_cursor = if i + 1 == n { 0 } else { i + 1 };
+            let s = &self.sessions[i];
+            if s.proto != 0 && s.expires <= self.now {
+                self.delete_session(i as u32);
+                self.counters.sessions_expired.inc();
+            }
+        }
+    }
+
+    /// Which core owns this frame's flow (None: any core may handle it, e.g. a ping to natgw).
+    pub fn owner(&self, frame: &Frame<'_>, ingress: Ingress) -> Option<usize> {
+        let r = &self.rules;
+        let m = Self::parse(frame.data()).ok()?;
+        match ingress {
+            Ingress::Inside(i) => {
+                let realm = r.realm_for(i, m.vlan)?;
+                Some(r.inside_owner(realm.id, self.inside_addr_of(frame.data(), &m)?))
+            }
+            Ingress::Outside | Ingress::Hairpin => {
+                let (proto, addr, port) = Self::outside_endpoint(frame.data(), &m)?;
+                r.outside_owner(proto, addr, port)
+            }
+        }
+    }
+
+    pub(crate) fn inside_addr_of(&self, d: &[u8], m: &Meta) -> Option<u32> {
+        if m.is_icmp_error() {
+            let e = super::icmp::Embedded::parse(d, m).ok()?;
+            Some(e.dst)
+        } else {
+            Some(m.src)
+        }
+    }
+
+    /// (protocol, external address, external port) an outside frame is addressed to.
+    pub(crate) fn outside_endpoint(d: &[u8], m: &Meta) -> Option<(u8, u32, u16)> {
+        if m.frag == Frag::Later {
+            return None;
+        }
+        if m.is_icmp_error() {
+            let e = super::icmp::Embedded::parse(d, m).ok()?;
+            Some((e.proto, e.src, e.sport))
+        } else {
+            Some((m.proto, m.dst, m.dport))
+        }
+    }
+
+    /// Validates Ethernet, IPv4 and the transport header; never panics on any input.
+    pub(crate) fn parse(d: &[u8]) -> Result<Meta, Option<DropReason>> {
+        use crate::packet::ethernet::{ETHERTYPE_IPV4, ETHERTYPE_VLAN};
+        if d.len() < 14 {
+            return Err(Some(DropReason::Truncated));
+        }
+        let mut m = Meta::default();
+        let mut et = rd16(d, 12);
+        let mut l3 = 14;
+        if et == ETHERTYPE_VLAN {
+            if d.len() < 18 {
+                return Err(Some(DropReason::Truncated));
+            }
+            m.vlan = Some(rd16(d, 14) & 0x0fff);
+            et = rd16(d, 16);
+            l3 = 18;
+        }
+        if et != ETHERTYPE_IPV4 {
+            return Err(None);
+        }
+        let ip = &d[l3..];
+        if ip.len() < 20 {
+            return Err(Some(DropReason::Truncated));
+        }
+        let ihl = ((ip[0] & 0x0f) as usize) * 4;
+        let tot = rd16(ip, 2) as usize;
+        if ip[0] >> 4 != 4 || ihl < 20 || tot < ihl {
+            return Err(Some(DropReason::BadIpHeader));
+        }
+        if tot > ip.len() {
+            return Err(Some(DropReason::Truncated));
+        }
+        if checksum::checksum(&ip[..ihl]) != 0 {
+            return Err(Some(DropReason::BadIpChecksum));
+        }
+        m.l3 = l3;
+        m.ihl = ihl;
+        m.tot = tot;
+        m.l4 = l3 + ihl;
+        m.ttl = ip[8];
+        m.proto = ip[9];
+        m.src = rd32(ip, 12);
+        m.dst = rd32(ip, 16);
+        m.ident = rd16(ip, 4);
+        let frag = rd16(ip, 6);
+        let (more, offset) = (frag & 0x2000 != 0, frag & 0x1fff);
+        m.frag = if offset != 0 {
+            Frag::Later
+        } else if more {
+            Frag::First
+        } else {
+            Frag::None
+        };
+        if m.frag == Frag::Later {
+            return Ok(m);
+        }
+        let l4 = &d[m.l4..l3 + tot];
+        match m.proto {
+            PROTO_TCP => {
+                if l4.len() < 20 {
+                    return Err(Some(DropReason::Truncated));
+                }
+                if (l4[12] >> 4) < 5 {
+                    return Err(Some(DropReason::BadL4Header));
+                }
+                m.sport = rd16(l4, 0);
+                m.dport = rd16(l4, 2);
+                m.tcp_flags = l4[13];
+            }
+            PROTO_UDP => {
+                if l4.len() < 8 {
+                    return Err(Some(DropReason::Truncated));
+                }
+                if rd16(l4, 4) < 8 {
+                    return Err(Some(DropReason::BadL4Header));
+                }
+                m.sport = rd16(l4, 0);
+                m.dport = rd16(l4, 2);
+            }
+            PROTO_ICMP => {
+                if l4.len() < 8 {
+                    return Err(Some(DropReason::Truncated));
+                }
+                m.icmp_type = l4[0];
+                m.sport = rd16(l4, 4);
+                m.dport = m.sport;
+            }
+            _ => {}
+        }
+        Ok(m)
+    }
+
+    fn process_one(&mut self, r: &Rules, f: &mut Frame<'_>, ingress: Ingress) -> Verdict {
+        self.counters.rx_frames.inc();
+        let m = match Self::parse(f.data()) {
+            Ok(m) => m,
+            Err(None) => {
+                self.counters.to_kernel.inc();
+                return Verdict::ToKernel;
+            }
+            Err(Some(reason)) => return self.drop(reason),
+        };
+        if r.forward_only {
+            return self.forward_only(r, f, &m, ingress);
+        }
+        match ingress {
+            Ingress::Inside(iface) => match r.realm_for(iface, m.vlan) {
+                Some(realm) => self.in2out(r, realm, f, m, ingress),
+                None => self.drop(DropReason::UnknownRealm),
+            },
+            Ingress::Outside => self.out2in(r, f, m, false),
+            Ingress::Hairpin => self.out2in(r, f, m, true),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn drop(&self, r: DropReason) -> Verdict {
+        self.counters.drop(r);
+        Verdict::Drop(r)
+    }
+
+    /// Benchmark baseline: routes without translation (TTL decrement only).
+    fn forward_only(&mut self, r: &Rules, f: &mut Frame<'_>, m: &Meta, ingress: Ingress) -> Verdict {
+        if m.ttl <= 1 {
+            return self.drop(DropReason::TtlExceeded);
+        }
+        let d = f.data_mut();
+        dec_ttl(d, m);
+        self.counters.forwarded_untranslated.inc();
+        match ingress {
+            Ingress::Outside | Ingress::Hairpin => {
+                let realm = &r.realms[0];
+                Verdict::Forward { egress: Egress::Inside(realm.iface), next_hop: Ipv4Addr::from(realm.next_hop(m.dst)) }
+            }
+            Ingress::Inside(_) => Verdict::Forward { egress: Egress::Outside, next_hop: Ipv4Addr::from(r.outside_next_hop(m.dst)) },
+        }
+    }
+
+    /// Takes one ICMP-error token (rate limit for errors natgw originates).
+    pub(crate) fn icmp_token(&mut self) -> bool {
+        if self.icmp_tokens == 0 {
+            return false;
+        }
+        self.icmp_tokens -= 1;
+        true
+    }
+
+    // ---- sessions -------------------------------------------------------------------------
+
+    #[inline]
+    pub(crate) fn timeout(&self, realm: &RealmRules, s: &Session) -> u32 {
+        let t = &realm.timeouts;
+        match s.proto {
+            PROTO_UDP => t.udp,
+            PROTO_ICMP => t.icmp,
+            _ if tcp::is_established(s.tcp) => t.tcp_established,
+            _ => t.tcp_transitory,
+        }
+    }
+
+    /// Looks a session up from inside; an expired one is removed and not returned.
+    #[inline]
+    pub(crate) fn find_in(&mut self, k: &InKey) -> Option<u32> {
+        let i = self.in_tab.get(k)?;
+        if self.sessions[i as usize].expires <= self.now {
+            self.delete_session(i);
+            self.counters.sessions_expired.inc();
+            return None;
+        }
+        Some(i)
+    }
+
+    #[inline]
+    pub(crate) fn find_out(&mut self, k: &OutKey) -> Option<u32> {
+        let i = self.out_tab.get(k)?;
+        if self.sessions[i as usize].expires <= self.now {
+            self.delete_session(i);
+            self.counters.sessions_expired.inc();
+            return None;
+        }
+        Some(i)
+    }
+
+    /// A free session slot; when none is free only expired sessions are reclaimed.
+    fn session_slot(&mut self) -> Option<u32> {
+        if let Some(i) = self.free_sessions.pop() {
+            return Some(i);
+        }
+        let n = self.sessions.len();
+        for _ in 0..RECLAIM_TRIES.min(n) {
+            let i = self.sweep_cursor;
+            self.sweep_cursor = if i + 1 == n { 0 } else { i + 1 };
+            let s = &self.sessions[i];
+            if s.proto != 0 && s.expires <= self.now {
+                self.delete_session(i as u32);
+                self.counters.sessions_expired.inc();
+                return self.free_sessions.pop();
+            }
+        }
+        None
+    }
+
+    /// Creates a session; `map` is the mapping it belongs to (NONE for static / 1:1).
+    pub(crate) fn create_session(&mut self, realm: &RealmRules, mut s: Session) -> Result<u32, DropReason> {
+        let Some(i) = self.session_slot() else {
+            return Err(DropReason::SessionTableFull);
+        };
+        s.created = self.now;
+        if self.in_tab.insert(s.in_key(), i).is_err() {
+            self.free_sessions.push(i);
+            return Err(DropReason::SessionTableFull);
+        }
+        if self.out_tab.insert(s.out_key(), i).is_err() {
+            self.in_tab.remove(&s.in_key());
+            self.free_sessions.push(i);
+            return Err(DropReason::SessionTableFull);
+        }
+        if s.map != NONE {
+            self.maps[s.map as usize].sessions += 1;
+            if realm.filtering == Filtering::AddressDependent {
+                let k = FilterKey { map: s.map, rem_addr: s.rem_addr };
+                match self.filt.get(&k) {
+                    Some(c) => {
+                        self.filt.set(&k, c + 1);
+                    }
+                    None => {
+                        let _ = self.filt.insert(k, 1);
+                    }
+                }
+                s.flags |= flags::FILTER_COUNTED;
+            }
+        }
+        s.expires = self.now.saturating_add(self.timeout(realm, &s));
+        self.sessions[i as usize] = s;
+        self.counters.sessions_created.inc();
+        Ok(i)
+    }
+
+    pub(crate) fn delete_session(&mut self, i: u32) {
+        let s = self.sessions[i as usize];
+        if s.proto == 0 {
+            return;
+        }
+        self.in_tab.remove(&s.in_key());
+        self.out_tab.remove(&s.out_key());
+        self.sessions[i as usize].proto = 0;
+        self.free_sessions.push(i);
+        if s.map == NONE {
+            return;
+        }
+        if s.flags & flags::FILTER_COUNTED != 0 {
+            let k = FilterKey { map: s.map, rem_addr: s.rem_addr };
+            match self.filt.get(&k) {
+                Some(c) if c > 1 => {
+                    self.filt.set(&k, c - 1);
+                }
+                _ => {
+                    self.filt.remove(&k);
+                }
+            }
+        }
+        let mp = &mut self.maps[s.map as usize];
+        mp.sessions -= 1;
+        if mp.sessions == 0 {
+            self.delete_mapping(s.map);
+        }
+    }
+
+    pub(crate) fn delete_mapping(&mut self, mi: u32) {
+        let mp = self.maps[mi as usize];
+        self.map_in.remove(&mp.key);
+        self.map_out.remove(&MapOutKey { proto: mp.proto, port: mp.ext_port, addr: mp.ext_addr });
+        self.maps[mi as usize].proto = 0;
+        self.free_maps.push(mi);
+        if let Some(p) = self.ports.get_mut(mp.key.realm as usize) {
+            p.release(mp.ext_index as usize, proto_index(mp.proto), mp.ext_port, self.now);
+        }
+        let h = &mut self.hosts[mp.host as usize];
+        h.mappings -= 1;
+        if h.mappings == 0 {
+            let k = super::rules::HostKey { realm: h.realm, addr: h.addr };
+            self.host_tab.remove(&k);
+            self.free_hosts.push(mp.host);
+        }
+    }
+
+    /// The mapping key of an inside endpoint under the realm's mapping behaviour.
+    pub(crate) fn map_key(realm: &RealmRules, proto: u8, in_addr: u32, in_port: u16, rem_addr: u32, rem_port: u16) -> MapInKey {
+        let (ra, rp) = match realm.mapping {
+            Mapping::EndpointIndependent => (0, 0),
+            Mapping::AddressDependent => (rem_addr, 0),
+            Mapping::AddressAndPortDependent => (rem_addr, rem_port),
+        };
+        MapInKey { realm: realm.id, proto, in_port, rem_port: rp, in_addr, rem_addr: ra }
+    }
+
+    /// Finds or creates the dynamic mapping for an inside endpoint (paired pooling, per-host
+    /// limit, port preservation / bounded random search).
+    pub(crate) fn mapping_for(&mut self, realm: &RealmRules, key: MapInKey) -> Result<u32, DropReason> {
+        if let Some(mi) = self.map_in.get(&key) {
+            return Ok(mi);
+        }
+        if realm.pool.is_empty() {
+            return Err(DropReason::PortsExhausted);
+        }
+        let hk = super::rules::HostKey { realm: realm.id, addr: key.in_addr };
+        let host = self.host_tab.get(&hk);
+        if let Some(h) = host
+            && self.hosts[h as usize].mappings >= realm.per_host_limit
+        {
+            return Err(DropReason::PerHostLimit);
+        }
+        let Some(mi) = self.free_maps.pop() else {
+            return Err(DropReason::SessionTableFull);
+        };
+        let policy = match realm.policy {
+            PortPolicy::PreserveThenRandom => Policy::PreserveThenRandom,
+            PortPolicy::Random => Policy::Random,
+        };
+        let pidx = proto_index(key.proto);
+        let alloc = &mut self.ports[realm.id as usize];
+        // Paired pooling (RFC 4787 REQ-2): a host with mappings keeps its address; a new host
+        // starts at an address derived from its own, trying the others only if that one is full.
+        let n = realm.pool.len();
+        let (start, tries) = match host {
+            Some(h) => (self.hosts[h as usize].ext_index as usize, 1),
+            None => ((key.in_addr as usize).wrapping_mul(0x9e37_79b1) % n, n),
+        };
+        let mut got = None;
+        for t in 0..tries {
+            let ai = (start + t) % n;
+            if let Some(p) = alloc.alloc(ai, pidx, key.in_port, policy, &mut self.rng, None) {
+                got = Some((ai, p));
+                break;
+            }
+        }
+        let Some((ai, port)) = got else {
+            self.free_maps.push(mi);
+            return Err(DropReason::PortsExhausted);
+        };
+        let h = match host {
+            Some(h) => h,
+            None => {
+                let Some(h) = self.free_hosts.pop() else {
+                    alloc.release(ai, pidx, port, self.now);
+                    self.free_maps.push(mi);
+                    return Err(DropReason::SessionTableFull);
+                };
+                self.hosts[h as usize] = HostSlot { realm: realm.id, ext_index: ai as u16, addr: key.in_addr, mappings: 0 };
+                let _ = self.host_tab.insert(hk, h);
+                h
+            }
+        };
+        let ext_addr = realm.pool[ai];
+        let ok = self.map_in.insert(key, mi).is_ok();
+        if !ok || self.map_out.insert(MapOutKey { proto: key.proto, port, addr: ext_addr }, mi).is_err() {
+            if ok {
+                self.map_in.remove(&key);
+            }
+            self.ports[realm.id as usize].release(ai, pidx, port, self.now);
+            self.free_maps.push(mi);
+            if self.hosts[h as usize].mappings == 0 {
+                self.host_tab.remove(&hk);
+                self.free_hosts.push(h);
+            }
+            return Err(DropReason::SessionTableFull);
+        }
+        self.hosts[h as usize].mappings += 1;
+        self.maps[mi as usize] =
+            MappingSlot { key, ext_addr, ext_port: port, ext_index: ai as u16, proto: key.proto, sessions: 0, host: h };
+        self.counters.mappings_created.inc();
+        Ok(mi)
+    }
+
+    /// A session's mapping, for out2in filtering.
+    pub(crate) fn mapping_by_ext(&self, proto: u8, addr: u32, port: u16) -> Option<u32> {
+        self.map_out.get(&MapOutKey { proto, port, addr })
+    }
+
+    pub(crate) fn mapping(&self, mi: u32) -> &MappingSlot {
+        &self.maps[mi as usize]
+    }
+
+    pub(crate) fn filter_allows(&self, realm: &RealmRules, mi: u32, rem_addr: u32) -> bool {
+        match realm.filtering {
+            Filtering::EndpointIndependent => true,
+            Filtering::AddressDependent => self.filt.get(&FilterKey { map: mi, rem_addr }).is_some(),
+            Filtering::AddressAndPortDependent => false,
+        }
+    }
+
+    /// Iterates over live sessions (management plane listing; not for the hot path).
+    pub fn for_each_session(&self, mut f: impl FnMut(&Session)) {
+        for s in self.sessions.iter().filter(|s| s.proto != 0 && s.expires > self.now) {
+            f(s)
+        }
+    }
+
+    /// Removes every session (management command).
+    pub fn clear_sessions(&mut self) {
+        for i in 0..self.sessions.len() {
+            if self.sessions[i].proto != 0 {
+                self.delete_session(i as u32);
+            }
+        }
+    }
+
+    /// Frames released from the fragment hold buffer, ready to send: `f(bytes, verdict)`.
+    pub fn drain_ready(&mut self, f: impl FnMut(&[u8], Verdict)) {
+        self.frags.drain_ready(f)
+    }
+
+    pub(crate) fn next_ident(&mut self) -> u16 {
+        self.ip_ident = self.ip_ident.wrapping_add(1);
+        self.ip_ident
+    }
+}
+
+/// TTL - 1 with the IPv4 checksum patched (RFC 1624).
+#[inline(always)]
+pub(crate) fn dec_ttl(d: &mut [u8], m: &Meta) {
+    let o = m.l3 + 8;
+    let old = rd16(d, o);
+    let new = old - 0x0100;
+    wr16(d, o, new);
+    let c = rd16(d, m.l3 + 10);
+    wr16(d, m.l3 + 10, checksum::update16(c, old, new));
+}

@@ -1,0 +1,306 @@
+//! IPv4 fragments without reassembly. The first fragment (which carries the ports) is
+//! translated normally and leaves an entry keyed by (scope, protocol, source, destination,
+//! identification) saying what to do with the rest; later fragments follow that entry. Later
+//! fragments that overtake their first fragment are held in a fixed pool of buffers for a short
+//! time (RFC 4787 REQ-14), then released or dropped and counted. Everything is bounded: entries,
+//! held buffers and the work per call.
+
+use super::counters::Counters;
+use super::engine::{Engine, Frag, Meta};
+use super::rules::Rules;
+use super::table::{FlowTable, Key, hash_words};
+use super::types::*;
+use super::wire::set_vlan;
+use std::collections::VecDeque;
+
+/// Scope of fragments arriving from outside; inside scopes are realm ids.
+const SCOPE_OUTSIDE: u16 = u16::MAX;
+const SCOPE_HAIRPIN: u16 = u16::MAX - 1;
+/// Largest frame a hold slot keeps (4 bytes of headroom for a VLAN tag precede it).
+pub const HOLD_SLOT: usize = 2048;
+const HEADROOM: usize = 4;
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct FragKey {
+    pub scope: u16,
+    pub proto: u8,
+    pub id: u16,
+    pub src: u32,
+    pub dst: u32,
+}
+
+impl Key for FragKey {
+    fn hash(&self) -> u64 {
+        hash_words(&[
+            (self.scope as u64) << 32 | (self.proto as u64) << 16 | self.id as u64,
+            (self.src as u64) << 32 | self.dst as u64,
+        ])
+    }
+}
+
+impl FragKey {
+    pub(crate) fn inside(realm: u16, m: &Meta) -> FragKey {
+        FragKey { scope: realm, proto: m.proto, id: m.ident, src: m.src, dst: m.dst }
+    }
+    pub(crate) fn outside(hairpin: bool, m: &Meta) -> FragKey {
+        let scope = if hairpin { SCOPE_HAIRPIN } else { SCOPE_OUTSIDE };
+        FragKey { scope, proto: m.proto, id: m.ident, src: m.src, dst: m.dst }
+    }
+}
+
+/// What to do with the later fragments of a datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FragAction {
+    Translate { src: Option<u32>, dst: Option<u32>, dec_ttl: bool, vlan: Option<u16>, next: Verdict },
+    Handoff { core: u16, ingress: Ingress },
+}
+
+#[derive(Clone, Copy)]
+struct Entry {
+    key: FragKey,
+    action: FragAction,
+    expires: u32,
+    live: bool,
+}
+
+#[derive(Clone, Copy, Default)]
+struct Held {
+    key: FragKey,
+    ingress: Option<Ingress>,
+    expires: u32,
+    off: usize,
+    len: usize,
+}
+
+pub struct FragTable {
+    entries: Vec<Entry>,
+    free: Vec<u32>,
+    index: FlowTable<FragKey>,
+    /// Entries in creation order; all live for the same timeout, so this is expiry order.
+    fifo: VecDeque<(u32, u32)>,
+    held: Vec<Held>,
+    held_bufs: Vec<u8>,
+    held_free: Vec<u32>,
+    held_count: usize,
+    ready: VecDeque<(u32, Verdict)>,
+    timeout: u32,
+}
+
+impl FragTable {
+    pub fn new(max_datagrams: usize, max_held: usize, timeout: u32) -> FragTable {
+        let max_datagrams = max_datagrams.max(1);
+        let max_held = max_held.max(1);
+        let blank = Entry {
+            key: FragKey::default(),
+            action: FragAction::Handoff { core: 0, ingress: Ingress::Outside },
+            expires: 0,
+            live: false,
+        };
+        FragTable {
+            entries: vec![blank; max_datagrams],
+            free: (0..max_datagrams as u32).rev().collect(),
+            index: FlowTable::with_capacity(max_datagrams),
+            fifo: VecDeque::with_capacity(max_datagrams),
+            held: vec![Held::default(); max_held],
+            held_bufs: vec![0; max_held * (HOLD_SLOT + HEADROOM)],
+            held_free: (0..max_held as u32).rev().collect(),
+            held_count: 0,
+            ready: VecDeque::with_capacity(max_held),
+            timeout: timeout.max(1),
+        }
+    }
+
+    pub fn memory_bytes(&self) -> usize {
+        self.entries.len() * (std::mem::size_of::<Entry>() + 4 + 8)
+            + self.index.memory_bytes()
+            + self.held_bufs.len()
+            + self.held.len() * (std::mem::size_of::<Held>() + 4 + 8)
+    }
+
+    pub fn lookup(&self, k: &FragKey) -> Option<FragAction> {
+        self.index.get(k).map(|i| self.entries[i as usize].action)
+    }
+
+    fn record(&mut self, k: FragKey, action: FragAction, now: u32) -> Result<(), DropReason> {
+        if let Some(i) = self.index.get(&k) {
+            self.entries[i as usize].action = action;
+            return Ok(());
+        }
+        if self.free.is_empty() {
+            self.expire_entries(now);
+        }
+        let Some(i) = self.free.pop() else {
+            return Err(DropReason::FragmentTableFull);
+        };
+        let expires = now.saturating_add(self.timeout);
+        self.entries[i as usize] = Entry { key: k, action, expires, live: true };
+        let _ = self.index.insert(k, i);
+        self.fifo.push_back((i, expires));
+        Ok(())
+    }
+
+    fn expire_entries(&mut self, now: u32) {
+        while let Some(&(i, exp)) = self.fifo.front() {
+            if exp > now {
+                break;
+            }
+            self.fifo.pop_front();
+            let e = &mut self.entries[i as usize];
+            if e.live && e.expires == exp {
+                e.live = false;
+                let k = e.key;
+                self.index.remove(&k);
+                self.free.push(i);
+            }
+        }
+    }
+
+    /// Drops entries and held fragments past their time.
+    pub fn expire(&mut self, now: u32, counters: &Counters) {
+        self.expire_entries(now);
+        if self.held_count == 0 {
+            return;
+        }
+        for i in 0..self.held.len() {
+            let h = &mut self.held[i];
+            if h.ingress.is_some() && h.expires <= now {
+                h.ingress = None;
+                self.held_count -= 1;
+                self.held_free.push(i as u32);
+                counters.drop(DropReason::FragmentTimeout);
+            }
+        }
+    }
+
+    fn hold(&mut self, k: FragKey, ingress: Ingress, data: &[u8], now: u32) -> Result<(), DropReason> {
+        if data.len() > HOLD_SLOT {
+            return Err(DropReason::FragmentTooLarge);
+        }
+        let Some(i) = self.held_free.pop() else {
+            return Err(DropReason::FragmentBufferFull);
+        };
+        let base = i as usize * (HOLD_SLOT + HEADROOM);
+        self.held_bufs[base + HEADROOM..base + HEADROOM + data.len()].copy_from_slice(data);
+        self.held[i as usize] =
+            Held { key: k, ingress: Some(ingress), expires: now.saturating_add(self.timeout), off: HEADROOM, len: data.len() };
+        self.held_count += 1;
+        Ok(())
+    }
+
+    pub fn drain_ready(&mut self, mut f: impl FnMut(&[u8], Verdict)) {
+        while let Some((i, v)) = self.ready.pop_front() {
+            let h = self.held[i as usize];
+            let base = i as usize * (HOLD_SLOT + HEADROOM);
+            f(&self.held_bufs[base + h.off..base + h.off + h.len], v);
+            self.held[i as usize].ingress = None;
+            self.held_free.push(i);
+        }
+    }
+}
+
+impl Engine {
+    /// Remembers what the first fragment's translation was, and releases held fragments of the
+    /// same datagram.
+    pub(crate) fn record_frag(&mut self, k: FragKey, action: FragAction) {
+        if self.frags.record(k, action, self.now).is_err() {
+            // Later fragments will be held and time out; the first one still goes through.
+            self.counters.drop(DropReason::FragmentTableFull);
+            return;
+        }
+        if self.frags.held_count == 0 {
+            return;
+        }
+        for i in 0..self.frags.held.len() {
+            let h = self.frags.held[i];
+            if h.ingress.is_none() || h.key != k || self.frags.ready.iter().any(|(j, _)| *j as usize == i) {
+                continue;
+            }
+            let base = i * (HOLD_SLOT + HEADROOM);
+            let buf = &mut self.frags.held_bufs[base..base + HOLD_SLOT + HEADROOM];
+            let mut fr = Frame::new(buf, h.off, h.len);
+            let v = match Self::parse(fr.data()) {
+                Ok(m) => apply(&mut fr, &m, action),
+                Err(_) => Verdict::Drop(DropReason::BadIpHeader),
+            };
+            let (off, len) = (fr.off, fr.len);
+            self.frags.held_count -= 1;
+            match v {
+                Verdict::Drop(r) => {
+                    self.counters.drop(r);
+                    self.frags.held[i].ingress = None;
+                    self.frags.held_free.push(i as u32);
+                }
+                v => {
+                    self.counters.fragments_translated.inc();
+                    self.frags.held[i].off = off;
+                    self.frags.held[i].len = len;
+                    self.frags.ready.push_back((i as u32, v));
+                }
+            }
+        }
+    }
+
+    /// A non-first fragment: follow its datagram's entry, or hold it until the first arrives.
+    pub(crate) fn frag_later(&mut self, _r: &Rules, f: &mut Frame<'_>, m: &Meta, k: FragKey) -> Verdict {
+        match self.frags.lookup(&k) {
+            Some(FragAction::Handoff { core, ingress }) => {
+                self.counters.handoffs.inc();
+                Verdict::Handoff { core, ingress }
+            }
+            Some(a) => {
+                let v = apply(f, m, a);
+                match v {
+                    Verdict::Drop(r) => self.drop(r),
+                    v => {
+                        self.counters.fragments_translated.inc();
+                        v
+                    }
+                }
+            }
+            None => {
+                let ingress = match k.scope {
+                    SCOPE_OUTSIDE => Ingress::Outside,
+                    SCOPE_HAIRPIN => Ingress::Hairpin,
+                    _ => Ingress::Inside(0),
+                };
+                match self.frags.hold(k, ingress, f.data(), self.now) {
+                    Ok(()) => {
+                        self.counters.fragments_held.inc();
+                        Verdict::Held
+                    }
+                    Err(r) => self.drop(r),
+                }
+            }
+        }
+    }
+}
+
+/// Applies a recorded translation to a later fragment (IP header only: it has no ports).
+fn apply(f: &mut Frame<'_>, m: &Meta, a: FragAction) -> Verdict {
+    match a {
+        FragAction::Handoff { core, ingress } => Verdict::Handoff { core, ingress },
+        FragAction::Translate { src, dst, dec_ttl, vlan, next } => {
+            debug_assert_eq!(m.frag, Frag::Later);
+            if dec_ttl && m.ttl <= 1 {
+                return Verdict::Drop(DropReason::TtlExceeded);
+            }
+            let d = f.data_mut();
+            let mut dec = dec_ttl;
+            if let Some(a) = src {
+                super::in2out::rewrite(d, m, true, a, 0, dec);
+                dec = false;
+            }
+            if let Some(a) = dst {
+                super::in2out::rewrite(d, m, false, a, 0, dec);
+                dec = false;
+            }
+            if dec {
+                super::engine::dec_ttl(d, m);
+            }
+            if !set_vlan(f.buf, &mut f.off, &mut f.len, vlan) {
+                return Verdict::Drop(DropReason::NoHeadroom);
+            }
+            next
+        }
+    }
+}

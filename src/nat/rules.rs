@@ -1,0 +1,365 @@
+//! The configuration compiled into lookup tables. Built once per (re)load by the management
+//! thread and shared read-only (behind an `Arc`) by every worker; a reload swaps the `Arc`.
+
+use super::ports::Partition;
+use super::table::{FlowTable, Key, hash_words};
+use crate::config::{self, Config, Filtering, Ipv4Net, Mapping, PortPolicy, Timeouts};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+pub const PROTO_ICMP: u8 = 1;
+
+/// Index of a protocol in per-protocol arrays (port allocator).
+#[inline(always)]
+pub fn proto_index(proto: u8) -> usize {
+    match proto {
+        PROTO_TCP => super::ports::TCP,
+        PROTO_UDP => super::ports::UDP,
+        _ => super::ports::ICMP,
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct AddrKey(pub u32);
+impl Key for AddrKey {
+    fn hash(&self) -> u64 {
+        hash_words(&[self.0 as u64])
+    }
+}
+
+/// (realm, protocol, address, port): a static mapping's inside endpoint, or with realm
+/// `u16::MAX` its outside endpoint.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct EndpointKey {
+    pub realm: u16,
+    pub proto: u8,
+    pub port: u16,
+    pub addr: u32,
+}
+impl Key for EndpointKey {
+    fn hash(&self) -> u64 {
+        hash_words(&[
+            (self.realm as u64) << 32 | (self.proto as u64) << 16 | self.port as u64,
+            self.addr as u64,
+        ])
+    }
+}
+
+/// (realm, inside address).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct HostKey {
+    pub realm: u16,
+    pub addr: u32,
+}
+impl Key for HostKey {
+    fn hash(&self) -> u64 {
+        hash_words(&[(self.realm as u64) << 32 | self.addr as u64])
+    }
+}
+
+/// What an external (outside-facing) address of natgw is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ExtAddr {
+    /// Address `index` of realm `realm`'s dynamic pool.
+    Pool { realm: u16, index: u16 },
+    /// The external side of 1:1 mapping `index`.
+    OneToOne { index: u32 },
+    /// Used only by static mappings (not in the dynamic pool).
+    StaticOnly { realm: u16 },
+    /// natgw's own outside address.
+    Own,
+}
+
+impl ExtAddr {
+    fn encode(self) -> u32 {
+        match self {
+            ExtAddr::Pool { realm, index } => (realm as u32) << 16 | index as u32,
+            ExtAddr::OneToOne { index } => 1 << 30 | index,
+            ExtAddr::StaticOnly { realm } => 2 << 30 | realm as u32,
+            ExtAddr::Own => 3 << 30,
+        }
+    }
+    fn decode(v: u32) -> Self {
+        match v >> 30 {
+            0 => ExtAddr::Pool { realm: (v >> 16) as u16, index: v as u16 },
+            1 => ExtAddr::OneToOne { index: v & 0x3fff_ffff },
+            2 => ExtAddr::StaticOnly { realm: v as u16 },
+            _ => ExtAddr::Own,
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct StaticRule {
+    pub realm: u16,
+    pub proto: u8,
+    pub ext_addr: u32,
+    pub ext_port: u16,
+    pub in_addr: u32,
+    pub in_port: u16,
+}
+
+#[derive(Clone, Debug)]
+pub struct OneToOneRule {
+    pub realm: u16,
+    pub ext_addr: u32,
+    pub in_addr: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct RealmRules {
+    pub id: u16,
+    pub name: String,
+    pub iface: u8,
+    pub vlan: Option<u16>,
+    pub prefixes: Vec<Ipv4Net>,
+    pub gateway: Option<u32>,
+    /// Dynamic pool, expanded to single addresses.
+    pub pool: Vec<u32>,
+    pub routes: Vec<(Ipv4Net, u32)>,
+    pub policy: PortPolicy,
+    pub port_first: u16,
+    pub port_last: u16,
+    pub per_host_limit: u32,
+    pub mapping: Mapping,
+    pub filtering: Filtering,
+    pub inbound_refresh: bool,
+    pub hairpinning: bool,
+    pub timeouts: Timeouts,
+}
+
+impl RealmRules {
+    #[inline]
+    pub fn contains(&self, a: u32) -> bool {
+        self.prefixes.iter().any(|p| p.contains(Ipv4Addr::from(a)))
+    }
+    /// Next hop towards an inside address: the longest matching inside route, else on-link.
+    pub fn next_hop(&self, dst: u32) -> u32 {
+        let mut best: Option<(u8, u32)> = None;
+        for (net, via) in &self.routes {
+            if net.contains(Ipv4Addr::from(dst)) && best.is_none_or(|(l, _)| net.len > l) {
+                best = Some((net.len, *via));
+            }
+        }
+        best.map_or(dst, |(_, via)| via)
+    }
+}
+
+/// Untagged frames use slot 4096 of the per-interface VLAN table.
+const UNTAGGED: usize = 4096;
+const NO_REALM: u16 = u16::MAX;
+
+pub struct Rules {
+    pub realms: Vec<RealmRules>,
+    pub statics: Vec<StaticRule>,
+    pub one_to_one: Vec<OneToOneRule>,
+    ext: FlowTable<AddrKey>,
+    static_out: FlowTable<EndpointKey>,
+    static_in: FlowTable<EndpointKey>,
+    one_in: FlowTable<HostKey>,
+    /// Per inside interface: realm for each VLAN id (and untagged).
+    ingress: Vec<Box<[u16]>>,
+    pub outside_addr: u32,
+    pub gateway: u32,
+    /// Prefixes reachable directly on the outside link (next hop = destination).
+    pub outside_onlink: Vec<Ipv4Net>,
+    pub cores: usize,
+    pub partition: Arc<dyn Partition>,
+    pub forward_only: bool,
+    pub session_capacity: u32,
+    pub frag_max_datagrams: u32,
+    pub frag_max_held: u32,
+    pub frag_timeout: u32,
+}
+
+impl Rules {
+    /// Compiles a validated config. `partition` decides which core owns each external port.
+    pub fn new(cfg: &Config, partition: Arc<dyn Partition>) -> Rules {
+        let cores = partition.cores().max(1);
+        let mut realms = Vec::new();
+        let mut statics = Vec::new();
+        let mut ones = Vec::new();
+        for (ri, r) in cfg.realms.iter().enumerate() {
+            let iface = cfg.inside.iter().position(|i| i.name == r.interface).unwrap_or(0) as u8;
+            for s in &r.static_mappings {
+                statics.push(StaticRule {
+                    realm: ri as u16,
+                    proto: match s.protocol {
+                        config::Protocol::Tcp => PROTO_TCP,
+                        config::Protocol::Udp => PROTO_UDP,
+                    },
+                    ext_addr: u32::from(*s.external.ip()),
+                    ext_port: s.external.port(),
+                    in_addr: u32::from(*s.internal.ip()),
+                    in_port: s.internal.port(),
+                });
+            }
+            for o in &r.one_to_one {
+                ones.push(OneToOneRule {
+                    realm: ri as u16,
+                    ext_addr: u32::from(o.external),
+                    in_addr: u32::from(o.internal),
+                });
+            }
+            realms.push(RealmRules {
+                id: ri as u16,
+                name: r.name.clone(),
+                iface,
+                vlan: r.vlan,
+                prefixes: r.prefixes.clone(),
+                gateway: r.gateway.map(u32::from),
+                pool: r.pool.iter().flat_map(|p| p.iter()).map(u32::from).collect(),
+                routes: r.routes.iter().map(|rt| (rt.prefix, u32::from(rt.via))).collect(),
+                policy: r.ports.policy,
+                port_first: r.ports.range.first,
+                port_last: r.ports.range.last,
+                per_host_limit: r.ports.per_host_limit,
+                mapping: r.mapping,
+                filtering: r.filtering,
+                inbound_refresh: r.inbound_refresh,
+                hairpinning: r.hairpinning,
+                timeouts: r.timeouts,
+            });
+        }
+        let n_ext: usize = realms.iter().map(|r| r.pool.len()).sum::<usize>() + ones.len() + statics.len() + 1;
+        let mut ext = FlowTable::with_capacity(n_ext);
+        for r in &realms {
+            for (i, a) in r.pool.iter().enumerate() {
+                let _ = ext.insert(AddrKey(*a), ExtAddr::Pool { realm: r.id, index: i as u16 }.encode());
+            }
+        }
+        for (i, o) in ones.iter().enumerate() {
+            let _ = ext.insert(AddrKey(o.ext_addr), ExtAddr::OneToOne { index: i as u32 }.encode());
+        }
+        for s in &statics {
+            // Static-only external addresses; pool addresses are already known.
+            let _ = ext.insert(AddrKey(s.ext_addr), ExtAddr::StaticOnly { realm: s.realm }.encode());
+        }
+        let outside_addr = u32::from(cfg.outside.address);
+        let _ = ext.insert(AddrKey(outside_addr), ExtAddr::Own.encode());
+
+        let mut static_out = FlowTable::with_capacity(statics.len().max(1));
+        let mut static_in = FlowTable::with_capacity(statics.len().max(1));
+        for (i, s) in statics.iter().enumerate() {
+            let _ = static_out.insert(
+                EndpointKey { realm: NO_REALM, proto: s.proto, addr: s.ext_addr, port: s.ext_port },
+                i as u32,
+            );
+            let _ = static_in.insert(
+                EndpointKey { realm: s.realm, proto: s.proto, addr: s.in_addr, port: s.in_port },
+                i as u32,
+            );
+        }
+        let mut one_in = FlowTable::with_capacity(ones.len().max(1));
+        for (i, o) in ones.iter().enumerate() {
+            let _ = one_in.insert(HostKey { realm: o.realm, addr: o.in_addr }, i as u32);
+        }
+        let mut ingress: Vec<Box<[u16]>> =
+            (0..cfg.inside.len().max(1)).map(|_| vec![NO_REALM; UNTAGGED + 1].into_boxed_slice()).collect();
+        for r in &realms {
+            ingress[r.iface as usize][r.vlan.map_or(UNTAGGED, |v| v as usize)] = r.id;
+        }
+        Rules {
+            realms,
+            statics,
+            one_to_one: ones,
+            ext,
+            static_out,
+            static_in,
+            one_in,
+            ingress,
+            outside_addr,
+            gateway: u32::from(cfg.outside.gateway),
+            outside_onlink: Vec::new(),
+            cores,
+            partition,
+            forward_only: cfg.dataplane.forward_only,
+            session_capacity: cfg.sessions.capacity_per_core,
+            frag_max_datagrams: cfg.fragments.max_datagrams,
+            frag_max_held: cfg.fragments.max_held,
+            frag_timeout: cfg.fragments.timeout,
+        }
+    }
+
+    #[inline]
+    pub fn realm_for(&self, iface: u8, vlan: Option<u16>) -> Option<&RealmRules> {
+        let t = self.ingress.get(iface as usize)?;
+        let id = t[vlan.map_or(UNTAGGED, |v| (v & 0xfff) as usize)];
+        self.realms.get(id as usize)
+    }
+
+    #[inline]
+    pub fn ext_addr(&self, a: u32) -> Option<ExtAddr> {
+        self.ext.get(&AddrKey(a)).map(ExtAddr::decode)
+    }
+
+    #[inline]
+    pub fn static_by_ext(&self, proto: u8, addr: u32, port: u16) -> Option<&StaticRule> {
+        let i = self.static_out.get(&EndpointKey { realm: NO_REALM, proto, addr, port })?;
+        self.statics.get(i as usize)
+    }
+
+    #[inline]
+    pub fn static_by_in(&self, realm: u16, proto: u8, addr: u32, port: u16) -> Option<&StaticRule> {
+        if self.statics.is_empty() {
+            return None;
+        }
+        let i = self.static_in.get(&EndpointKey { realm, proto, addr, port })?;
+        self.statics.get(i as usize)
+    }
+
+    #[inline]
+    pub fn one_to_one_by_in(&self, realm: u16, addr: u32) -> Option<&OneToOneRule> {
+        if self.one_to_one.is_empty() {
+            return None;
+        }
+        let i = self.one_in.get(&HostKey { realm, addr })?;
+        self.one_to_one.get(i as usize)
+    }
+
+    /// Which core owns the flows of an inside host: all of a host's mappings live on one core,
+    /// so its port limit and paired pooling need no coordination.
+    #[inline]
+    pub fn inside_owner(&self, realm: u16, addr: u32) -> usize {
+        if self.cores == 1 {
+            return 0;
+        }
+        (hash_words(&[(realm as u64) << 32 | addr as u64]) % self.cores as u64) as usize
+    }
+
+    /// Which core owns traffic arriving for external `addr:port` (port = ICMP id for queries).
+    /// None: any core can handle it (natgw's own address).
+    #[inline]
+    pub fn outside_owner(&self, proto: u8, addr: u32, port: u16) -> Option<usize> {
+        if self.cores == 1 {
+            return Some(0);
+        }
+        match self.ext_addr(addr)? {
+            ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. } => {
+                if let Some(s) = self.static_by_ext(proto, addr, port) {
+                    Some(self.inside_owner(s.realm, s.in_addr))
+                } else {
+                    Some(self.partition.owner(port))
+                }
+            }
+            ExtAddr::OneToOne { index } => {
+                let o = &self.one_to_one[index as usize];
+                Some(self.inside_owner(o.realm, o.in_addr))
+            }
+            ExtAddr::Own => None,
+        }
+    }
+
+    /// Next hop towards an outside address.
+    #[inline]
+    pub fn outside_next_hop(&self, dst: u32) -> u32 {
+        if self.outside_onlink.iter().any(|n| n.contains(Ipv4Addr::from(dst))) { dst } else { self.gateway }
+    }
+
+    /// Is `a` one of natgw's own addresses (outside or a realm gateway)?
+    pub fn is_own(&self, a: u32) -> bool {
+        a == self.outside_addr || self.realms.iter().any(|r| r.gateway == Some(a))
+    }
+}

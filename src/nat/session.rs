@@ -1,0 +1,252 @@
+//! Sessions (one per 5-tuple) and mappings (one per inside endpoint, shared by that endpoint's
+//! sessions under endpoint-independent mapping), with their lookup keys and the TCP state machine.
+//!
+//! Memory per session, with the default 2x slot over-provisioning of the hash tables:
+//! `Session` 48 B + two index slots (in->out, out->in) of 24 B each at <= 50 % load (96 B)
+//! = about 144 B, plus one mapping (32 B + two 24 B index slots at <= 50 % load = 128 B) per inside
+//! endpoint and, with address-dependent filtering, one 16 B filter slot pair per (mapping, remote
+//! address). `Engine::memory_bytes` reports the exact figure for a configured capacity.
+
+use super::table::{Key, hash_words};
+
+pub const NONE: u32 = u32::MAX;
+
+/// Inside view of a session: (realm, protocol, inside addr:port, remote addr:port). For ICMP
+/// queries the "port" is the query identifier and the remote port is 0.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct InKey {
+    pub realm: u16,
+    pub proto: u8,
+    pub in_port: u16,
+    pub rem_port: u16,
+    pub in_addr: u32,
+    pub rem_addr: u32,
+}
+
+impl Key for InKey {
+    #[inline(always)]
+    fn hash(&self) -> u64 {
+        hash_words(&[
+            (self.realm as u64) << 48 | (self.proto as u64) << 32 | (self.in_port as u64) << 16 | self.rem_port as u64,
+            (self.in_addr as u64) << 32 | self.rem_addr as u64,
+        ])
+    }
+}
+
+/// Outside view of a session: (protocol, external addr:port, remote addr:port). External
+/// addresses belong to exactly one realm, so no realm is needed.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct OutKey {
+    pub proto: u8,
+    pub ext_port: u16,
+    pub rem_port: u16,
+    pub ext_addr: u32,
+    pub rem_addr: u32,
+}
+
+impl Key for OutKey {
+    #[inline(always)]
+    fn hash(&self) -> u64 {
+        hash_words(&[
+            (self.proto as u64) << 32 | (self.ext_port as u64) << 16 | self.rem_port as u64,
+            (self.ext_addr as u64) << 32 | self.rem_addr as u64,
+        ])
+    }
+}
+
+/// A mapping's inside key. Under endpoint-independent mapping the remote fields are 0; under
+/// address-(and-port-)dependent mapping they hold the remote address (and port).
+pub type MapInKey = InKey;
+
+/// A mapping's outside key: (protocol, external address, external port).
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct MapOutKey {
+    pub proto: u8,
+    pub port: u16,
+    pub addr: u32,
+}
+
+impl Key for MapOutKey {
+    #[inline(always)]
+    fn hash(&self) -> u64 {
+        hash_words(&[(self.proto as u64) << 48 | (self.port as u64) << 32 | self.addr as u64])
+    }
+}
+
+/// Address-dependent filtering: how many sessions of mapping `map` talk to `rem_addr`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct FilterKey {
+    pub map: u32,
+    pub rem_addr: u32,
+}
+
+impl Key for FilterKey {
+    #[inline(always)]
+    fn hash(&self) -> u64 {
+        hash_words(&[(self.map as u64) << 32 | self.rem_addr as u64])
+    }
+}
+
+/// TCP tracking, after RFC 6146 section 3.5.2 / RFC 7857 section 2.2: a connection is
+/// established once both sides sent a SYN; it is transitory while opening, once both sides
+/// sent a FIN, and after a RST (kept for the transitory timeout, not removed).
+pub mod tcp {
+    pub const SYN_OUT: u8 = 1;
+    pub const SYN_IN: u8 = 2;
+    pub const FIN_OUT: u8 = 4;
+    pub const FIN_IN: u8 = 8;
+    pub const RST: u8 = 16;
+    /// Data seen in both directions without SYNs (session picked up mid-stream).
+    pub const SEEN_OUT: u8 = 32;
+    pub const SEEN_IN: u8 = 64;
+
+    pub fn is_established(s: u8) -> bool {
+        s & RST == 0
+            && (s & (SYN_OUT | SYN_IN) == SYN_OUT | SYN_IN || s & (SEEN_OUT | SEEN_IN) == SEEN_OUT | SEEN_IN)
+            && s & (FIN_OUT | FIN_IN) != FIN_OUT | FIN_IN
+    }
+
+    /// Apply a segment's flags (`outbound`: inside to outside).
+    pub fn update(s: u8, flags: u8, outbound: bool) -> u8 {
+        use crate::packet::tcp::flags as f;
+        let mut s = s;
+        if flags & f::RST != 0 {
+            return s | RST;
+        }
+        if flags & f::SYN != 0 {
+            // A new SYN after a RST or a full close re-opens (port reuse by the same endpoints).
+            if s & RST != 0 || s & (FIN_OUT | FIN_IN) == FIN_OUT | FIN_IN {
+                s = 0;
+            }
+            s |= if outbound { SYN_OUT } else { SYN_IN };
+        }
+        if flags & f::FIN != 0 {
+            s |= if outbound { FIN_OUT } else { FIN_IN };
+        }
+        s | if outbound { SEEN_OUT } else { SEEN_IN }
+    }
+}
+
+pub mod flags {
+    /// Session created by an inbound packet (static mapping, 1:1, endpoint-independent filter).
+    pub const INBOUND: u8 = 1;
+    /// Counted in the address-dependent filter table.
+    pub const FILTER_COUNTED: u8 = 2;
+}
+
+/// A session slot. `proto == 0` marks a free slot.
+#[derive(Clone, Copy, Debug, Default)]
+#[repr(C)]
+pub struct Session {
+    pub in_addr: u32,
+    pub ext_addr: u32,
+    pub rem_addr: u32,
+    pub in_port: u16,
+    pub ext_port: u16,
+    pub rem_port: u16,
+    pub realm: u16,
+    pub proto: u8,
+    pub tcp: u8,
+    pub flags: u8,
+    pub _pad: u8,
+    /// Mapping index, or NONE for static and 1:1 sessions.
+    pub map: u32,
+    /// Seconds (engine clock).
+    pub created: u32,
+    pub expires: u32,
+    pub pkts_out: u32,
+    pub pkts_in: u32,
+}
+
+impl Session {
+    pub fn in_key(&self) -> InKey {
+        InKey {
+            realm: self.realm,
+            proto: self.proto,
+            in_port: self.in_port,
+            rem_port: self.rem_port,
+            in_addr: self.in_addr,
+            rem_addr: self.rem_addr,
+        }
+    }
+    pub fn out_key(&self) -> OutKey {
+        OutKey {
+            proto: self.proto,
+            ext_port: self.ext_port,
+            rem_port: self.rem_port,
+            ext_addr: self.ext_addr,
+            rem_addr: self.rem_addr,
+        }
+    }
+}
+
+/// A dynamic mapping slot. `proto == 0` marks a free slot.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MappingSlot {
+    pub key: MapInKey,
+    pub ext_addr: u32,
+    pub ext_port: u16,
+    pub ext_index: u16,
+    pub proto: u8,
+    pub sessions: u32,
+    pub host: u32,
+}
+
+/// Per inside host: its paired external address and how many mappings it holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HostSlot {
+    pub realm: u16,
+    pub ext_index: u16,
+    pub addr: u32,
+    pub mappings: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tcp::*;
+    use crate::packet::tcp::flags as f;
+
+    #[test]
+    fn three_way_handshake_establishes() {
+        let s = update(0, f::SYN, true);
+        assert!(!is_established(s));
+        let s = update(s, f::SYN | f::ACK, false);
+        assert!(is_established(s));
+        let s = update(s, f::ACK, true);
+        assert!(is_established(s));
+    }
+
+    #[test]
+    fn simultaneous_open_establishes() {
+        let s = update(0, f::SYN, true);
+        let s = update(s, f::SYN, false);
+        assert!(is_established(s));
+    }
+
+    #[test]
+    fn fin_both_ways_is_transitory_but_one_fin_is_not() {
+        let s = update(update(0, f::SYN, true), f::SYN | f::ACK, false);
+        let s = update(s, f::FIN | f::ACK, true);
+        assert!(is_established(s), "half-close keeps the established timeout");
+        let s = update(s, f::FIN | f::ACK, false);
+        assert!(!is_established(s));
+    }
+
+    #[test]
+    fn rst_is_transitory_and_syn_reopens() {
+        let s = update(update(0, f::SYN, true), f::SYN | f::ACK, false);
+        let s = update(s, f::RST, false);
+        assert!(!is_established(s));
+        let s = update(s, f::SYN, true);
+        assert_eq!(s & RST, 0);
+        let s = update(s, f::SYN | f::ACK, false);
+        assert!(is_established(s));
+    }
+
+    #[test]
+    fn mid_stream_pickup_needs_both_directions() {
+        let s = update(0, f::ACK, true);
+        assert!(!is_established(s));
+        assert!(is_established(update(s, f::ACK, false)));
+    }
+}

@@ -1,0 +1,111 @@
+//! What goes into the engine and what comes out of it.
+
+use std::net::Ipv4Addr;
+
+/// A frame in a buffer the dataplane owns (an AF_XDP UMEM chunk, a test vector). The frame is
+/// `buf[off..off + len]`; the engine may move `off` (VLAN tag push/pop) and change `len` (replies
+/// it builds in place), never beyond `buf`.
+pub struct Frame<'a> {
+    pub buf: &'a mut [u8],
+    pub off: usize,
+    pub len: usize,
+}
+
+impl<'a> Frame<'a> {
+    pub fn new(buf: &'a mut [u8], off: usize, len: usize) -> Self {
+        debug_assert!(off + len <= buf.len());
+        Frame { buf, off, len }
+    }
+    /// A frame filling the whole buffer.
+    pub fn whole(buf: &'a mut [u8]) -> Self {
+        let len = buf.len();
+        Frame { buf, off: 0, len }
+    }
+    pub fn data(&self) -> &[u8] {
+        &self.buf[self.off..self.off + self.len]
+    }
+    pub fn data_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
+/// Where a frame entered. Inside interfaces are numbered in config order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Ingress {
+    Outside,
+    Inside(u8),
+    /// A hairpinned frame already translated inside-to-outside, to be translated back inwards
+    /// (possibly on another core, after a handoff).
+    Hairpin,
+}
+
+/// Where a frame leaves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Egress {
+    Outside,
+    Inside(u8),
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Translated (or routed): send out of `egress` to the link-layer address of `next_hop`.
+    /// The dataplane fills in both MAC addresses; the VLAN tag is already right.
+    Forward { egress: Egress, next_hop: Ipv4Addr },
+    /// The engine replaced the frame with an answer of its own (echo reply, ICMP error).
+    Reply { egress: Egress, next_hop: Ipv4Addr },
+    /// Not NAT traffic (ARP, IPv6, ...): the kernel's business.
+    ToKernel,
+    /// Another core owns this flow; hand the unmodified frame to it with this ingress.
+    Handoff { core: u16, ingress: Ingress },
+    /// The engine kept a copy (an out-of-order fragment); it comes back through
+    /// [`crate::nat::Engine::drain_ready`] or is dropped on timeout.
+    Held,
+    Drop(DropReason),
+}
+
+macro_rules! drop_reasons {
+    ($($name:ident => $label:literal, $help:literal;)*) => {
+        /// Why a frame was dropped. Every reason has its own counter.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u8)]
+        pub enum DropReason { $($name,)* }
+        impl DropReason {
+            pub const ALL: &'static [DropReason] = &[$(DropReason::$name,)*];
+            pub const COUNT: usize = Self::ALL.len();
+            /// Stable snake_case name, used as a metrics label.
+            pub fn label(self) -> &'static str { match self { $(DropReason::$name => $label,)* } }
+            pub fn help(self) -> &'static str { match self { $(DropReason::$name => $help,)* } }
+        }
+    };
+}
+
+drop_reasons! {
+    Truncated => "truncated", "frame shorter than its headers say";
+    BadIpHeader => "bad_ip_header", "IPv4 version, header length or total length invalid";
+    BadIpChecksum => "bad_ip_checksum", "IPv4 header checksum wrong";
+    BadL4Header => "bad_l4_header", "TCP/UDP/ICMP header malformed";
+    UnknownRealm => "unknown_realm", "inside frame on an interface/VLAN no realm uses";
+    SourceNotInside => "source_not_inside", "inside frame whose source is outside the realm's prefixes";
+    UnsupportedProtocol => "unsupported_protocol", "IP protocol the NAT cannot translate";
+    NotForUs => "not_for_us", "outside frame to an address natgw does not translate";
+    Unsolicited => "unsolicited", "inbound frame matching no session or mapping";
+    Filtered => "filtered", "inbound frame refused by the realm's filtering behaviour";
+    SessionTableFull => "session_table_full", "no free session slot";
+    PortsExhausted => "ports_exhausted", "no free external port";
+    PerHostLimit => "per_host_limit", "inside host reached its port limit";
+    TtlExceeded => "ttl_exceeded", "TTL expired in natgw (an ICMP time exceeded was sent if allowed)";
+    IcmpBadChecksum => "icmp_bad_checksum", "ICMP error with a bad ICMP or embedded IP checksum";
+    IcmpNoSession => "icmp_no_session", "ICMP error about a flow natgw does not know";
+    IcmpUnsupported => "icmp_unsupported", "ICMP type natgw does not translate";
+    HairpinDisabled => "hairpin_disabled", "inside-to-external-address traffic with hairpinning off";
+    FragmentTableFull => "fragment_table_full", "too many fragmented datagrams in flight";
+    FragmentBufferFull => "fragment_buffer_full", "no room to hold an out-of-order fragment";
+    FragmentTimeout => "fragment_timeout", "held fragment whose first fragment never came";
+    FragmentTooLarge => "fragment_too_large", "out-of-order fragment larger than a hold slot";
+    NoHeadroom => "no_headroom", "no room to add a VLAN tag or build a reply";
+    TcpInvalid => "tcp_invalid", "TCP segment not valid for the session (e.g. unsolicited non-SYN)";
+    ToKernelUnavailable => "to_kernel_unavailable", "frame for the kernel that reached a worker";
+    HandoffFull => "handoff_full", "owner core's handoff queue full";
+    NoNeighbour => "no_neighbour", "next hop link-layer address not resolved yet";
+    TxFull => "tx_full", "transmit ring full";
+}
