@@ -1,1 +1,5 @@
 //! NAT engine.
+
+pub mod ports;
+pub mod rng;
+pub mod table;
