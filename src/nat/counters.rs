@@ -64,7 +64,7 @@ counters! {
 
 impl Counters {
     #[inline(always)]
-    pub fn drop(&self, r: DropReason) {
+    pub fn dropped(&self, r: DropReason) {
         self.drops[r as usize].inc();
     }
     pub fn drops_of(&self, r: DropReason) -> u64 {

@@ -379,7 +379,7 @@ impl Engine {
                 self.counters.to_kernel.inc();
                 return Verdict::ToKernel;
             }
-            Err(Some(reason)) => return self.drop(reason),
+            Err(Some(reason)) => return self.discard(reason),
         };
         if r.forward_only {
             return self.forward_only(r, f, &m, ingress);
@@ -387,7 +387,7 @@ impl Engine {
         match ingress {
             Ingress::Inside(iface) => match r.realm_for(iface, m.vlan) {
                 Some(realm) => self.in2out(r, realm, f, m, ingress),
-                None => self.drop(DropReason::UnknownRealm),
+                None => self.discard(DropReason::UnknownRealm),
             },
             Ingress::Outside => self.out2in(r, f, m, false),
             Ingress::Hairpin => self.out2in(r, f, m, true),
@@ -395,15 +395,15 @@ impl Engine {
     }
 
     #[inline]
-    pub(crate) fn drop(&self, r: DropReason) -> Verdict {
-        self.counters.drop(r);
+    pub(crate) fn discard(&self, r: DropReason) -> Verdict {
+        self.counters.dropped(r);
         Verdict::Drop(r)
     }
 
     /// Benchmark baseline: routes without translation (TTL decrement only).
     fn forward_only(&mut self, r: &Rules, f: &mut Frame<'_>, m: &Meta, ingress: Ingress) -> Verdict {
         if m.ttl <= 1 {
-            return self.drop(DropReason::TtlExceeded);
+            return self.discard(DropReason::TtlExceeded);
         }
         let d = f.data_mut();
         dec_ttl(d, m);

@@ -167,7 +167,7 @@ impl FragTable {
                 h.ingress = None;
                 self.held_count -= 1;
                 self.held_free.push(i as u32);
-                counters.drop(DropReason::FragmentTimeout);
+                counters.dropped(DropReason::FragmentTimeout);
             }
         }
     }
@@ -204,7 +204,7 @@ impl Engine {
     pub(crate) fn record_frag(&mut self, k: FragKey, action: FragAction) {
         if self.frags.record(k, action, self.now).is_err() {
             // Later fragments will be held and time out; the first one still goes through.
-            self.counters.drop(DropReason::FragmentTableFull);
+            self.counters.dropped(DropReason::FragmentTableFull);
             return;
         }
         if self.frags.held_count == 0 {
@@ -226,7 +226,7 @@ impl Engine {
             self.frags.held_count -= 1;
             match v {
                 Verdict::Drop(r) => {
-                    self.counters.drop(r);
+                    self.counters.dropped(r);
                     self.frags.held[i].ingress = None;
                     self.frags.held_free.push(i as u32);
                 }
@@ -250,7 +250,7 @@ impl Engine {
             Some(a) => {
                 let v = apply(f, m, a);
                 match v {
-                    Verdict::Drop(r) => self.drop(r),
+                    Verdict::Drop(r) => self.discard(r),
                     v => {
                         self.counters.fragments_translated.inc();
                         v
@@ -268,7 +268,7 @@ impl Engine {
                         self.counters.fragments_held.inc();
                         Verdict::Held
                     }
-                    Err(r) => self.drop(r),
+                    Err(r) => self.discard(r),
                 }
             }
         }

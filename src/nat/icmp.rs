@@ -72,10 +72,10 @@ impl Engine {
         let d = f.data();
         let e = match Embedded::parse(d, &m) {
             Ok(e) => e,
-            Err(x) => return self.drop(x),
+            Err(x) => return self.discard(x),
         };
         if !e.checksums_ok(d, &m) {
-            return self.drop(DropReason::IcmpBadChecksum);
+            return self.discard(DropReason::IcmpBadChecksum);
         }
         let key = InKey {
             realm: realm.id,
@@ -86,7 +86,7 @@ impl Engine {
             rem_addr: e.src,
         };
         let Some(si) = self.in_tab.get(&key) else {
-            return self.drop(DropReason::IcmpNoSession);
+            return self.discard(DropReason::IcmpNoSession);
         };
         let s = self.sessions[si as usize];
         let d = f.data_mut();
@@ -99,7 +99,7 @@ impl Engine {
         m.src = s.ext_addr;
         if r.ext_addr(m.dst).is_some_and(|x| x != super::rules::ExtAddr::Own) {
             if !realm.hairpinning {
-                return self.drop(DropReason::HairpinDisabled);
+                return self.discard(DropReason::HairpinDisabled);
             }
             let fkey = super::frag::FragKey::inside(realm.id, &m);
             return self.hairpin(r, f, m, fkey);
@@ -114,10 +114,10 @@ impl Engine {
         let d = f.data();
         let e = match Embedded::parse(d, &m) {
             Ok(e) => e,
-            Err(x) => return self.drop(x),
+            Err(x) => return self.discard(x),
         };
         if !e.checksums_ok(d, &m) {
-            return self.drop(DropReason::IcmpBadChecksum);
+            return self.discard(DropReason::IcmpBadChecksum);
         }
         let key = OutKey {
             proto: e.proto,
@@ -127,7 +127,7 @@ impl Engine {
             rem_addr: e.dst,
         };
         let Some(si) = self.out_tab.get(&key) else {
-            return self.drop(DropReason::IcmpNoSession);
+            return self.discard(DropReason::IcmpNoSession);
         };
         let s = self.sessions[si as usize];
         let realm = &r.realms[s.realm as usize];
@@ -143,7 +143,7 @@ impl Engine {
             self.counters.out2in.inc();
         }
         if !set_vlan(f.buf, &mut f.off, &mut f.len, realm.vlan) {
-            return self.drop(DropReason::NoHeadroom);
+            return self.discard(DropReason::NoHeadroom);
         }
         Verdict::Forward { egress: Egress::Inside(realm.iface), next_hop: Ipv4Addr::from(realm.next_hop(s.in_addr)) }
     }
@@ -174,14 +174,14 @@ impl Engine {
     /// and rate limited.
     pub(crate) fn time_exceeded(&mut self, f: &mut Frame<'_>, m: &Meta, src: u32, egress: Egress, nh: u32) -> Verdict {
         if m.is_icmp_error() || m.frag == Frag::Later || !self.icmp_token() {
-            return self.drop(DropReason::TtlExceeded);
+            return self.discard(DropReason::TtlExceeded);
         }
         let quote = (m.ihl + 8).min(m.tot);
         let mut q = [0u8; 68];
         q[..quote].copy_from_slice(&f.data()[m.l3..m.l3 + quote]);
         let new_len = m.l3 + 28 + quote;
         if f.off + new_len > f.buf.len() {
-            return self.drop(DropReason::NoHeadroom);
+            return self.discard(DropReason::NoHeadroom);
         }
         f.len = new_len;
         let ident = self.next_ident();
@@ -207,7 +207,7 @@ impl Engine {
         d[ic + 8..ic + 8 + quote].copy_from_slice(&q[..quote]);
         let c = checksum::checksum(&d[ic..ic + 8 + quote]);
         wr16(d, ic + 2, c);
-        self.counters.drop(DropReason::TtlExceeded);
+        self.counters.dropped(DropReason::TtlExceeded);
         self.counters.replies.inc();
         Verdict::Reply { egress, next_hop: Ipv4Addr::from(nh) }
     }

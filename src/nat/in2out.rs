@@ -15,12 +15,12 @@ impl Engine {
             return self.to_own_inside(realm, f, &m);
         }
         if !realm.contains(m.src) {
-            return self.drop(DropReason::SourceNotInside);
+            return self.discard(DropReason::SourceNotInside);
         }
         if r.cores > 1 {
             let inside = match self.inside_addr_of(f.data(), &m) {
                 Some(a) => a,
-                None => return self.drop(DropReason::BadL4Header),
+                None => return self.discard(DropReason::BadL4Header),
             };
             let owner = r.inside_owner(realm.id, inside);
             if owner != self.core {
@@ -39,8 +39,8 @@ impl Engine {
             PROTO_TCP | PROTO_UDP => {}
             PROTO_ICMP if m.is_icmp_error() => return self.icmp_error_in2out(r, realm, f, m),
             PROTO_ICMP if m.icmp_type == icmp::ECHO_REQUEST || m.icmp_type == icmp::ECHO_REPLY => {}
-            PROTO_ICMP => return self.drop(DropReason::IcmpUnsupported),
-            _ => return self.drop(DropReason::UnsupportedProtocol),
+            PROTO_ICMP => return self.discard(DropReason::IcmpUnsupported),
+            _ => return self.discard(DropReason::UnsupportedProtocol),
         }
         let ext = r.ext_addr(m.dst);
         if let Some(e) = ext
@@ -57,7 +57,7 @@ impl Engine {
         }
         let hairpin = ext.is_some();
         if hairpin && !realm.hairpinning {
-            return self.drop(DropReason::HairpinDisabled);
+            return self.discard(DropReason::HairpinDisabled);
         }
         let key = InKey {
             realm: realm.id,
@@ -71,7 +71,7 @@ impl Engine {
             Some(i) => i,
             None => match self.new_outbound_session(r, realm, &m) {
                 Ok(i) => i,
-                Err(e) => return self.drop(e),
+                Err(e) => return self.discard(e),
             },
         };
         let now = self.now;

@@ -15,7 +15,7 @@ impl Engine {
         let ingress = if hairpin { Ingress::Hairpin } else { Ingress::Outside };
         let fkey = FragKey::outside(hairpin, &m);
         let Some(ext) = r.ext_addr(m.dst) else {
-            return self.drop(DropReason::NotForUs);
+            return self.discard(DropReason::NotForUs);
         };
         let echo_request = m.proto == PROTO_ICMP && m.icmp_type == icmp::ECHO_REQUEST && m.frag != Frag::Later;
         match ext {
@@ -23,11 +23,11 @@ impl Engine {
             // their inside host, which answers itself.
             ExtAddr::Own | ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. } if echo_request => {
                 if m.frag != Frag::None {
-                    return self.drop(DropReason::IcmpUnsupported);
+                    return self.discard(DropReason::IcmpUnsupported);
                 }
                 if hairpin {
                     // A hairpinned ping to a pool address: answer towards the sender's mapping.
-                    return self.drop(DropReason::IcmpUnsupported);
+                    return self.discard(DropReason::IcmpUnsupported);
                 }
                 return self.echo_reply(f, &m, Egress::Outside, r.outside_next_hop(m.src));
             }
@@ -55,15 +55,15 @@ impl Engine {
             PROTO_TCP | PROTO_UDP => {}
             PROTO_ICMP if m.is_icmp_error() => return self.icmp_error_out2in(r, f, m, hairpin),
             PROTO_ICMP if m.icmp_type == icmp::ECHO_REPLY || m.icmp_type == icmp::ECHO_REQUEST => {}
-            PROTO_ICMP => return self.drop(DropReason::IcmpUnsupported),
-            _ => return self.drop(DropReason::UnsupportedProtocol),
+            PROTO_ICMP => return self.discard(DropReason::IcmpUnsupported),
+            _ => return self.discard(DropReason::UnsupportedProtocol),
         }
         let key = OutKey { proto: m.proto, ext_port: m.dport, rem_port: rem_port_out(&m), ext_addr: m.dst, rem_addr: m.src };
         let si = match self.find_out(&key) {
             Some(i) => i,
             None => match self.new_inbound_session(r, ext, &m) {
                 Ok(i) => i,
-                Err(e) => return self.drop(e),
+                Err(e) => return self.discard(e),
             },
         };
         let now = self.now;
@@ -91,7 +91,7 @@ impl Engine {
             self.record_frag(fkey, a);
         }
         if !set_vlan(f.buf, &mut f.off, &mut f.len, realm.vlan) {
-            return self.drop(DropReason::NoHeadroom);
+            return self.discard(DropReason::NoHeadroom);
         }
         v
     }
