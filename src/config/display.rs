@@ -98,6 +98,10 @@ impl Display for AddrRange {
         if first == last {
             return write!(f, "{}", self.first);
         }
+        if first > last {
+            // Only a hand-built, invalid range; print it rather than underflow below.
+            return write!(f, "{}-{}", self.first, self.last);
+        }
         let span = u64::from(last - first) + 1;
         if span.is_power_of_two() && u64::from(first) % span == 0 {
             let len = 32 - span.trailing_zeros();

@@ -93,6 +93,20 @@ mod tests {
     }
 
     #[test]
+    fn docs_example_parses() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.md");
+        let md = std::fs::read_to_string(path).unwrap();
+        let start = md
+            .find("```toml\n")
+            .expect("a toml block in docs/config.md")
+            + 8;
+        let len = md[start..].find("```").unwrap();
+        let c = parse(&md[start..start + len]).unwrap_or_else(|e| panic!("docs example: {e}"));
+        assert_eq!(c.realms[0].timeouts.udp, 600);
+        assert_eq!(parse(&c.to_toml()), Ok(c));
+    }
+
+    #[test]
     fn load_missing_file() {
         let e = load(Path::new("/nonexistent/natgw.toml")).unwrap_err();
         assert_eq!(e.field, "file");
