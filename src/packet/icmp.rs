@@ -141,7 +141,7 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> IcmpPacket<T> {
     /// Unlike TCP/UDP/IPv4, an ICMP message can be all zeros (an echo reply
     /// with id 0, seq 0 and zero data), whose only correct checksum is
     /// `0xFFFF`, while [`Delta::apply`] yields `0x0000` there (see the
-    /// [`checksum`](super::checksum) module). The rare `0x0000` result is
+    /// [`checksum`] module). The rare `0x0000` result is
     /// therefore double-checked against the data, which keeps the result
     /// identical to [`fill_checksum`](Self::fill_checksum).
     pub fn update_checksum(&mut self, delta: Delta) {
