@@ -710,7 +710,7 @@ impl NeighSocket {
     }
 
     /// Appends every pending neighbour notification to `out` without blocking; returns
-    /// how many were appended.
+    /// how many were appended. On error, events read before it are still in `out`.
     pub fn poll_events(&mut self, out: &mut Vec<NeighEvent>) -> io::Result<usize> {
         let before = out.len();
         out.extend(self.pending.drain(..));
@@ -773,7 +773,7 @@ fn send_use(ifindex: u32, addr: Ipv4Addr, extra_flags: u16) -> io::Result<()> {
 /// becomes REACHABLE if the neighbour answers. Returns once the request is queued; watch
 /// a [`NeighSocket`] for the outcome.
 ///
-/// This is `ip neigh replace ADDR dev IF use`: RTM_NEWNEIGH with NTF_USE, which makes
+/// Like iproute2's `ip neigh ... use`: RTM_NEWNEIGH with NTF_USE, which makes
 /// the kernel run `neigh_event_send` on the entry exactly as if a packet were routed to
 /// it. An unknown neighbour is created in state NONE (then INCOMPLETE, then FAILED and
 /// garbage-collected if nobody answers); no MAC is installed by us. The kernel's
