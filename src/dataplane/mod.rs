@@ -1,0 +1,3 @@
+pub mod ethtool;
+pub mod netlink;
+pub mod toeplitz;
