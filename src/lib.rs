@@ -4,5 +4,6 @@
 //! (`dataplane`). `control` reads counters and sends commands to the workers.
 
 pub mod config;
+pub mod dataplane;
 pub mod nat;
 pub mod packet;
