@@ -1,3 +1,8 @@
+//! The AF_XDP dataplane: XDP program, sockets and rings, kernel neighbour/link state, RSS.
+
+pub mod bpf;
 pub mod ethtool;
 pub mod netlink;
+pub mod sys;
 pub mod toeplitz;
+pub mod xsk;
