@@ -13,7 +13,11 @@ pub struct Ipv4Net {
 
 impl Ipv4Net {
     pub fn mask(&self) -> u32 {
-        if self.len == 0 { 0 } else { u32::MAX << (32 - self.len as u32) }
+        if self.len == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.len as u32)
+        }
     }
     pub fn contains(&self, a: Ipv4Addr) -> bool {
         (u32::from(a) & self.mask()) == u32::from(self.addr)

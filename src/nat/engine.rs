@@ -57,7 +57,10 @@ impl Meta {
     pub fn is_icmp_error(&self) -> bool {
         self.proto == PROTO_ICMP
             && self.frag != Frag::Later
-            && matches!(self.icmp_type, icmp::DEST_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM)
+            && matches!(
+                self.icmp_type,
+                icmp::DEST_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM
+            )
     }
 }
 
@@ -127,7 +130,11 @@ impl Engine {
                 pa
             })
             .collect();
-        let frags = FragTable::new(rules.frag_max_datagrams as usize, rules.frag_max_held as usize, rules.frag_timeout);
+        let frags = FragTable::new(
+            rules.frag_max_datagrams as usize,
+            rules.frag_max_held as usize,
+            rules.frag_timeout,
+        );
         Engine {
             core,
             counters,
@@ -176,14 +183,21 @@ impl Engine {
         self.sessions.len() * size_of::<Session>()
             + self.maps.len() * size_of::<MappingSlot>()
             + self.hosts.len() * size_of::<HostSlot>()
-            + (self.free_sessions.capacity() + self.free_maps.capacity() + self.free_hosts.capacity()) * 4
+            + (self.free_sessions.capacity()
+                + self.free_maps.capacity()
+                + self.free_hosts.capacity())
+                * 4
             + self.in_tab.memory_bytes()
             + self.out_tab.memory_bytes()
             + self.map_in.memory_bytes()
             + self.map_out.memory_bytes()
             + self.host_tab.memory_bytes()
             + self.filt.memory_bytes()
-            + self.ports.iter().map(PortAllocator::memory_bytes).sum::<usize>()
+            + self
+                .ports
+                .iter()
+                .map(PortAllocator::memory_bytes)
+                .sum::<usize>()
             + self.frags.memory_bytes()
     }
 
@@ -401,7 +415,13 @@ impl Engine {
     }
 
     /// Benchmark baseline: routes without translation (TTL decrement only).
-    fn forward_only(&mut self, r: &Rules, f: &mut Frame<'_>, m: &Meta, ingress: Ingress) -> Verdict {
+    fn forward_only(
+        &mut self,
+        r: &Rules,
+        f: &mut Frame<'_>,
+        m: &Meta,
+        ingress: Ingress,
+    ) -> Verdict {
         if m.ttl <= 1 {
             return self.discard(DropReason::TtlExceeded);
         }
@@ -411,9 +431,15 @@ impl Engine {
         match ingress {
             Ingress::Outside | Ingress::Hairpin => {
                 let realm = &r.realms[0];
-                Verdict::Forward { egress: Egress::Inside(realm.iface), next_hop: Ipv4Addr::from(realm.next_hop(m.dst)) }
+                Verdict::Forward {
+                    egress: Egress::Inside(realm.iface),
+                    next_hop: Ipv4Addr::from(realm.next_hop(m.dst)),
+                }
             }
-            Ingress::Inside(_) => Verdict::Forward { egress: Egress::Outside, next_hop: Ipv4Addr::from(r.outside_next_hop(m.dst)) },
+            Ingress::Inside(_) => Verdict::Forward {
+                egress: Egress::Outside,
+                next_hop: Ipv4Addr::from(r.outside_next_hop(m.dst)),
+            },
         }
     }
 
@@ -482,7 +508,11 @@ impl Engine {
     }
 
     /// Creates a session; `map` is the mapping it belongs to (NONE for static / 1:1).
-    pub(crate) fn create_session(&mut self, realm: &RealmRules, mut s: Session) -> Result<u32, DropReason> {
+    pub(crate) fn create_session(
+        &mut self,
+        realm: &RealmRules,
+        mut s: Session,
+    ) -> Result<u32, DropReason> {
         let Some(i) = self.session_slot() else {
             return Err(DropReason::SessionTableFull);
         };
@@ -499,7 +529,10 @@ impl Engine {
         if s.map != NONE {
             self.maps[s.map as usize].sessions += 1;
             if realm.filtering == Filtering::AddressDependent {
-                let k = FilterKey { map: s.map, rem_addr: s.rem_addr };
+                let k = FilterKey {
+                    map: s.map,
+                    rem_addr: s.rem_addr,
+                };
                 match self.filt.get(&k) {
                     Some(c) => {
                         self.filt.set(&k, c + 1);
@@ -530,7 +563,10 @@ impl Engine {
             return;
         }
         if s.flags & flags::FILTER_COUNTED != 0 {
-            let k = FilterKey { map: s.map, rem_addr: s.rem_addr };
+            let k = FilterKey {
+                map: s.map,
+                rem_addr: s.rem_addr,
+            };
             match self.filt.get(&k) {
                 Some(c) if c > 1 => {
                     self.filt.set(&k, c - 1);
@@ -550,41 +586,74 @@ impl Engine {
     pub(crate) fn delete_mapping(&mut self, mi: u32) {
         let mp = self.maps[mi as usize];
         self.map_in.remove(&mp.key);
-        self.map_out.remove(&MapOutKey { proto: mp.proto, port: mp.ext_port, addr: mp.ext_addr });
+        self.map_out.remove(&MapOutKey {
+            proto: mp.proto,
+            port: mp.ext_port,
+            addr: mp.ext_addr,
+        });
         self.maps[mi as usize].proto = 0;
         self.free_maps.push(mi);
         if let Some(p) = self.ports.get_mut(mp.key.realm as usize) {
-            p.release(mp.ext_index as usize, proto_index(mp.proto), mp.ext_port, self.now);
+            p.release(
+                mp.ext_index as usize,
+                proto_index(mp.proto),
+                mp.ext_port,
+                self.now,
+            );
         }
         let h = &mut self.hosts[mp.host as usize];
         h.mappings -= 1;
         if h.mappings == 0 {
-            let k = super::rules::HostKey { realm: h.realm, addr: h.addr };
+            let k = super::rules::HostKey {
+                realm: h.realm,
+                addr: h.addr,
+            };
             self.host_tab.remove(&k);
             self.free_hosts.push(mp.host);
         }
     }
 
     /// The mapping key of an inside endpoint under the realm's mapping behaviour.
-    pub(crate) fn map_key(realm: &RealmRules, proto: u8, in_addr: u32, in_port: u16, rem_addr: u32, rem_port: u16) -> MapInKey {
+    pub(crate) fn map_key(
+        realm: &RealmRules,
+        proto: u8,
+        in_addr: u32,
+        in_port: u16,
+        rem_addr: u32,
+        rem_port: u16,
+    ) -> MapInKey {
         let (ra, rp) = match realm.mapping {
             Mapping::EndpointIndependent => (0, 0),
             Mapping::AddressDependent => (rem_addr, 0),
             Mapping::AddressAndPortDependent => (rem_addr, rem_port),
         };
-        MapInKey { realm: realm.id, proto, in_port, rem_port: rp, in_addr, rem_addr: ra }
+        MapInKey {
+            realm: realm.id,
+            proto,
+            in_port,
+            rem_port: rp,
+            in_addr,
+            rem_addr: ra,
+        }
     }
 
     /// Finds or creates the dynamic mapping for an inside endpoint (paired pooling, per-host
     /// limit, port preservation / bounded random search).
-    pub(crate) fn mapping_for(&mut self, realm: &RealmRules, key: MapInKey) -> Result<u32, DropReason> {
+    pub(crate) fn mapping_for(
+        &mut self,
+        realm: &RealmRules,
+        key: MapInKey,
+    ) -> Result<u32, DropReason> {
         if let Some(mi) = self.map_in.get(&key) {
             return Ok(mi);
         }
         if realm.pool.is_empty() {
             return Err(DropReason::PortsExhausted);
         }
-        let hk = super::rules::HostKey { realm: realm.id, addr: key.in_addr };
+        let hk = super::rules::HostKey {
+            realm: realm.id,
+            addr: key.in_addr,
+        };
         let host = self.host_tab.get(&hk);
         if let Some(h) = host
             && self.hosts[h as usize].mappings >= realm.per_host_limit
@@ -627,14 +696,31 @@ impl Engine {
                     self.free_maps.push(mi);
                     return Err(DropReason::SessionTableFull);
                 };
-                self.hosts[h as usize] = HostSlot { realm: realm.id, ext_index: ai as u16, addr: key.in_addr, mappings: 0 };
+                self.hosts[h as usize] = HostSlot {
+                    realm: realm.id,
+                    ext_index: ai as u16,
+                    addr: key.in_addr,
+                    mappings: 0,
+                };
                 let _ = self.host_tab.insert(hk, h);
                 h
             }
         };
         let ext_addr = realm.pool[ai];
         let ok = self.map_in.insert(key, mi).is_ok();
-        if !ok || self.map_out.insert(MapOutKey { proto: key.proto, port, addr: ext_addr }, mi).is_err() {
+        if !ok
+            || self
+                .map_out
+                .insert(
+                    MapOutKey {
+                        proto: key.proto,
+                        port,
+                        addr: ext_addr,
+                    },
+                    mi,
+                )
+                .is_err()
+        {
             if ok {
                 self.map_in.remove(&key);
             }
@@ -647,8 +733,15 @@ impl Engine {
             return Err(DropReason::SessionTableFull);
         }
         self.hosts[h as usize].mappings += 1;
-        self.maps[mi as usize] =
-            MappingSlot { key, ext_addr, ext_port: port, ext_index: ai as u16, proto: key.proto, sessions: 0, host: h };
+        self.maps[mi as usize] = MappingSlot {
+            key,
+            ext_addr,
+            ext_port: port,
+            ext_index: ai as u16,
+            proto: key.proto,
+            sessions: 0,
+            host: h,
+        };
         self.counters.mappings_created.inc();
         Ok(mi)
     }
@@ -665,14 +758,20 @@ impl Engine {
     pub(crate) fn filter_allows(&self, realm: &RealmRules, mi: u32, rem_addr: u32) -> bool {
         match realm.filtering {
             Filtering::EndpointIndependent => true,
-            Filtering::AddressDependent => self.filt.get(&FilterKey { map: mi, rem_addr }).is_some(),
+            Filtering::AddressDependent => {
+                self.filt.get(&FilterKey { map: mi, rem_addr }).is_some()
+            }
             Filtering::AddressAndPortDependent => false,
         }
     }
 
     /// Iterates over live sessions (management plane listing; not for the hot path).
     pub fn for_each_session(&self, mut f: impl FnMut(&Session)) {
-        for s in self.sessions.iter().filter(|s| s.proto != 0 && s.expires > self.now) {
+        for s in self
+            .sessions
+            .iter()
+            .filter(|s| s.proto != 0 && s.expires > self.now)
+        {
             f(s)
         }
     }

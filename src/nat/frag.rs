@@ -40,19 +40,44 @@ impl Key for FragKey {
 
 impl FragKey {
     pub(crate) fn inside(realm: u16, m: &Meta) -> FragKey {
-        FragKey { scope: realm, proto: m.proto, id: m.ident, src: m.src, dst: m.dst }
+        FragKey {
+            scope: realm,
+            proto: m.proto,
+            id: m.ident,
+            src: m.src,
+            dst: m.dst,
+        }
     }
     pub(crate) fn outside(hairpin: bool, m: &Meta) -> FragKey {
-        let scope = if hairpin { SCOPE_HAIRPIN } else { SCOPE_OUTSIDE };
-        FragKey { scope, proto: m.proto, id: m.ident, src: m.src, dst: m.dst }
+        let scope = if hairpin {
+            SCOPE_HAIRPIN
+        } else {
+            SCOPE_OUTSIDE
+        };
+        FragKey {
+            scope,
+            proto: m.proto,
+            id: m.ident,
+            src: m.src,
+            dst: m.dst,
+        }
     }
 }
 
 /// What to do with the later fragments of a datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FragAction {
-    Translate { src: Option<u32>, dst: Option<u32>, dec_ttl: bool, vlan: Option<u16>, next: Verdict },
-    Handoff { core: u16, ingress: Ingress },
+    Translate {
+        src: Option<u32>,
+        dst: Option<u32>,
+        dec_ttl: bool,
+        vlan: Option<u16>,
+        next: Verdict,
+    },
+    Handoff {
+        core: u16,
+        ingress: Ingress,
+    },
 }
 
 #[derive(Clone, Copy)]
@@ -92,7 +117,10 @@ impl FragTable {
         let max_held = max_held.max(1);
         let blank = Entry {
             key: FragKey::default(),
-            action: FragAction::Handoff { core: 0, ingress: Ingress::Outside },
+            action: FragAction::Handoff {
+                core: 0,
+                ingress: Ingress::Outside,
+            },
             expires: 0,
             live: false,
         };
@@ -133,7 +161,12 @@ impl FragTable {
             return Err(DropReason::FragmentTableFull);
         };
         let expires = now.saturating_add(self.timeout);
-        self.entries[i as usize] = Entry { key: k, action, expires, live: true };
+        self.entries[i as usize] = Entry {
+            key: k,
+            action,
+            expires,
+            live: true,
+        };
         let _ = self.index.insert(k, i);
         self.fifo.push_back((i, expires));
         Ok(())
@@ -172,7 +205,13 @@ impl FragTable {
         }
     }
 
-    fn hold(&mut self, k: FragKey, ingress: Ingress, data: &[u8], now: u32) -> Result<(), DropReason> {
+    fn hold(
+        &mut self,
+        k: FragKey,
+        ingress: Ingress,
+        data: &[u8],
+        now: u32,
+    ) -> Result<(), DropReason> {
         if data.len() > HOLD_SLOT {
             return Err(DropReason::FragmentTooLarge);
         }
@@ -181,8 +220,13 @@ impl FragTable {
         };
         let base = i as usize * (HOLD_SLOT + HEADROOM);
         self.held_bufs[base + HEADROOM..base + HEADROOM + data.len()].copy_from_slice(data);
-        self.held[i as usize] =
-            Held { key: k, ingress: Some(ingress), expires: now.saturating_add(self.timeout), off: HEADROOM, len: data.len() };
+        self.held[i as usize] = Held {
+            key: k,
+            ingress: Some(ingress),
+            expires: now.saturating_add(self.timeout),
+            off: HEADROOM,
+            len: data.len(),
+        };
         self.held_count += 1;
         Ok(())
     }
@@ -212,7 +256,10 @@ impl Engine {
         }
         for i in 0..self.frags.held.len() {
             let h = self.frags.held[i];
-            if h.ingress.is_none() || h.key != k || self.frags.ready.iter().any(|(j, _)| *j as usize == i) {
+            if h.ingress.is_none()
+                || h.key != k
+                || self.frags.ready.iter().any(|(j, _)| *j as usize == i)
+            {
                 continue;
             }
             let base = i * (HOLD_SLOT + HEADROOM);
@@ -241,7 +288,13 @@ impl Engine {
     }
 
     /// A non-first fragment: follow its datagram's entry, or hold it until the first arrives.
-    pub(crate) fn frag_later(&mut self, _r: &Rules, f: &mut Frame<'_>, m: &Meta, k: FragKey) -> Verdict {
+    pub(crate) fn frag_later(
+        &mut self,
+        _r: &Rules,
+        f: &mut Frame<'_>,
+        m: &Meta,
+        k: FragKey,
+    ) -> Verdict {
         match self.frags.lookup(&k) {
             Some(FragAction::Handoff { core, ingress }) => {
                 self.counters.handoffs.inc();
@@ -279,7 +332,13 @@ impl Engine {
 fn apply(f: &mut Frame<'_>, m: &Meta, a: FragAction) -> Verdict {
     match a {
         FragAction::Handoff { core, ingress } => Verdict::Handoff { core, ingress },
-        FragAction::Translate { src, dst, dec_ttl, vlan, next } => {
+        FragAction::Translate {
+            src,
+            dst,
+            dec_ttl,
+            vlan,
+            next,
+        } => {
             debug_assert_eq!(m.frag, Frag::Later);
             if dec_ttl && m.ttl <= 1 {
                 return Verdict::Drop(DropReason::TtlExceeded);

@@ -52,7 +52,16 @@ impl Embedded {
             }
             _ => return Err(DropReason::IcmpUnsupported),
         };
-        Ok(Embedded { ip, l4, end, proto, src: rd32(d, ip + 12), dst: rd32(d, ip + 16), sport, dport })
+        Ok(Embedded {
+            ip,
+            l4,
+            end,
+            proto,
+            src: rd32(d, ip + 12),
+            dst: rd32(d, ip + 16),
+            sport,
+            dport,
+        })
     }
 
     fn checksums_ok(&self, d: &[u8], m: &Meta) -> bool {
@@ -68,7 +77,13 @@ impl Engine {
     /// An error from inside about a flow that came in from outside: the quoted packet went
     /// remote -> inside host; restore the external address/port in it and translate the outer
     /// source.
-    pub(crate) fn icmp_error_in2out(&mut self, r: &Rules, realm: &RealmRules, f: &mut Frame<'_>, mut m: Meta) -> Verdict {
+    pub(crate) fn icmp_error_in2out(
+        &mut self,
+        r: &Rules,
+        realm: &RealmRules,
+        f: &mut Frame<'_>,
+        mut m: Meta,
+    ) -> Verdict {
         let d = f.data();
         let e = match Embedded::parse(d, &m) {
             Ok(e) => e,
@@ -97,7 +112,9 @@ impl Engine {
         self.counters.icmp_errors_translated.inc();
         self.counters.in2out.inc();
         m.src = s.ext_addr;
-        if r.ext_addr(m.dst).is_some_and(|x| x != super::rules::ExtAddr::Own) {
+        if r.ext_addr(m.dst)
+            .is_some_and(|x| x != super::rules::ExtAddr::Own)
+        {
             if !realm.hairpinning {
                 return self.discard(DropReason::HairpinDisabled);
             }
@@ -105,12 +122,18 @@ impl Engine {
             return self.hairpin(r, f, m, fkey);
         }
         let nh = r.outside_next_hop(m.dst);
-        self.to_outside(f, nh)
+        self.send_outside(f, nh)
     }
 
     /// An error from outside about a flow natgw translated outwards: the quoted packet went
     /// external address -> remote; restore the inside address/port and the outer destination.
-    pub(crate) fn icmp_error_out2in(&mut self, r: &Rules, f: &mut Frame<'_>, m: Meta, hairpin: bool) -> Verdict {
+    pub(crate) fn icmp_error_out2in(
+        &mut self,
+        r: &Rules,
+        f: &mut Frame<'_>,
+        m: Meta,
+        hairpin: bool,
+    ) -> Verdict {
         let d = f.data();
         let e = match Embedded::parse(d, &m) {
             Ok(e) => e,
@@ -145,11 +168,20 @@ impl Engine {
         if !set_vlan(f.buf, &mut f.off, &mut f.len, realm.vlan) {
             return self.discard(DropReason::NoHeadroom);
         }
-        Verdict::Forward { egress: Egress::Inside(realm.iface), next_hop: Ipv4Addr::from(realm.next_hop(s.in_addr)) }
+        Verdict::Forward {
+            egress: Egress::Inside(realm.iface),
+            next_hop: Ipv4Addr::from(realm.next_hop(s.in_addr)),
+        }
     }
 
     /// Turns an echo request for natgw into its reply, in place.
-    pub(crate) fn echo_reply(&mut self, f: &mut Frame<'_>, m: &Meta, egress: Egress, nh: u32) -> Verdict {
+    pub(crate) fn echo_reply(
+        &mut self,
+        f: &mut Frame<'_>,
+        m: &Meta,
+        egress: Egress,
+        nh: u32,
+    ) -> Verdict {
         let d = f.data_mut();
         // Swapping source and destination leaves the header sum unchanged.
         wr32(d, m.l3 + 12, m.dst);
@@ -166,13 +198,23 @@ impl Engine {
         let c = m.l4 + 2;
         wr16(d, c, checksum::update16(rd16(d, c), old, new));
         self.counters.replies.inc();
-        Verdict::Reply { egress, next_hop: Ipv4Addr::from(nh) }
+        Verdict::Reply {
+            egress,
+            next_hop: Ipv4Addr::from(nh),
+        }
     }
 
     /// Replaces a frame whose TTL ran out with an ICMP Time Exceeded from `src` back to its
     /// sender (RFC 792 / RFC 1812 4.3.2): never about an ICMP error or a non-first fragment,
     /// and rate limited.
-    pub(crate) fn time_exceeded(&mut self, f: &mut Frame<'_>, m: &Meta, src: u32, egress: Egress, nh: u32) -> Verdict {
+    pub(crate) fn time_exceeded(
+        &mut self,
+        f: &mut Frame<'_>,
+        m: &Meta,
+        src: u32,
+        egress: Egress,
+        nh: u32,
+    ) -> Verdict {
         if m.is_icmp_error() || m.frag == Frag::Later || !self.icmp_token() {
             return self.discard(DropReason::TtlExceeded);
         }
@@ -209,7 +251,10 @@ impl Engine {
         wr16(d, ic + 2, c);
         self.counters.dropped(DropReason::TtlExceeded);
         self.counters.replies.inc();
-        Verdict::Reply { egress, next_hop: Ipv4Addr::from(nh) }
+        Verdict::Reply {
+            egress,
+            next_hop: Ipv4Addr::from(nh),
+        }
     }
 }
 
@@ -239,7 +284,11 @@ fn rewrite_embedded(d: &mut [u8], e: &Embedded, src_side: bool, addr: u32, port:
             let co = e.l4 + if e.proto == PROTO_UDP { 6 } else { 16 };
             if co + 2 <= e.end {
                 let old = rd16(d, co);
-                let new = if e.proto == PROTO_UDP { l4.apply_udp(old) } else { l4.apply(old) };
+                let new = if e.proto == PROTO_UDP {
+                    l4.apply_udp(old)
+                } else {
+                    l4.apply(old)
+                };
                 wr16(d, co, new);
                 icmpd.add16(old, new);
             }

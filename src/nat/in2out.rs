@@ -10,9 +10,16 @@ use crate::packet::{checksum::Delta, icmp};
 use std::net::Ipv4Addr;
 
 impl Engine {
-    pub(crate) fn in2out(&mut self, r: &Rules, realm: &RealmRules, f: &mut Frame<'_>, mut m: Meta, ingress: Ingress) -> Verdict {
+    pub(crate) fn in2out(
+        &mut self,
+        r: &Rules,
+        realm: &RealmRules,
+        f: &mut Frame<'_>,
+        mut m: Meta,
+        ingress: Ingress,
+    ) -> Verdict {
         if realm.gateway == Some(m.dst) {
-            return self.to_own_inside(realm, f, &m);
+            return self.for_own_inside(realm, f, &m);
         }
         if !realm.contains(m.src) {
             return self.discard(DropReason::SourceNotInside);
@@ -50,10 +57,10 @@ impl Engine {
             && m.icmp_type == icmp::ECHO_REQUEST
         {
             // Pings from inside to natgw's pool addresses are answered directly.
-            return self.to_own_inside(realm, f, &m);
+            return self.for_own_inside(realm, f, &m);
         }
         if ext == Some(ExtAddr::Own) {
-            return self.to_own_inside(realm, f, &m);
+            return self.for_own_inside(realm, f, &m);
         }
         let hairpin = ext.is_some();
         if hairpin && !realm.hairpinning {
@@ -99,32 +106,57 @@ impl Engine {
                     dst: None,
                     dec_ttl: true,
                     vlan: None,
-                    next: Verdict::Forward { egress: Egress::Outside, next_hop: Ipv4Addr::from(nh) },
+                    next: Verdict::Forward {
+                        egress: Egress::Outside,
+                        next_hop: Ipv4Addr::from(nh),
+                    },
                 },
             );
         }
-        self.to_outside(f, nh)
+        self.send_outside(f, nh)
     }
 
     /// Untags the frame and sends it to the outside next hop.
-    pub(crate) fn to_outside(&mut self, f: &mut Frame<'_>, nh: u32) -> Verdict {
+    pub(crate) fn send_outside(&mut self, f: &mut Frame<'_>, nh: u32) -> Verdict {
         set_vlan(f.buf, &mut f.off, &mut f.len, None);
-        Verdict::Forward { egress: Egress::Outside, next_hop: Ipv4Addr::from(nh) }
+        Verdict::Forward {
+            egress: Egress::Outside,
+            next_hop: Ipv4Addr::from(nh),
+        }
     }
 
     /// The second half of a hairpin: the frame, now carrying the sender's external address,
     /// is translated inwards as if it had arrived from outside (RFC 4787 REQ-9a), on the core
     /// that owns the destination mapping.
-    pub(crate) fn hairpin(&mut self, r: &Rules, f: &mut Frame<'_>, m: Meta, fkey: FragKey) -> Verdict {
-        let owner = Self::outside_endpoint(f.data(), &m).and_then(|(p, a, port)| r.outside_owner(p, a, port));
+    pub(crate) fn hairpin(
+        &mut self,
+        r: &Rules,
+        f: &mut Frame<'_>,
+        m: Meta,
+        fkey: FragKey,
+    ) -> Verdict {
+        let owner = Self::outside_endpoint(f.data(), &m)
+            .and_then(|(p, a, port)| r.outside_owner(p, a, port));
         if let Some(o) = owner
             && o != self.core
         {
             self.counters.handoffs.inc();
-            let v = Verdict::Handoff { core: o as u16, ingress: Ingress::Hairpin };
+            let v = Verdict::Handoff {
+                core: o as u16,
+                ingress: Ingress::Hairpin,
+            };
             if m.frag == Frag::First {
                 let src = Some(m.src);
-                self.record_frag(fkey, FragAction::Translate { src, dst: None, dec_ttl: true, vlan: m.vlan, next: v });
+                self.record_frag(
+                    fkey,
+                    FragAction::Translate {
+                        src,
+                        dst: None,
+                        dec_ttl: true,
+                        vlan: m.vlan,
+                        next: v,
+                    },
+                );
             }
             return v;
         }
@@ -136,27 +168,39 @@ impl Engine {
             // Later fragments get both halves at once.
             self.record_frag(
                 fkey,
-                FragAction::Translate { src: Some(m.src), dst: Some(after.dst), dec_ttl: true, vlan: after.vlan, next: v },
+                FragAction::Translate {
+                    src: Some(m.src),
+                    dst: Some(after.dst),
+                    dec_ttl: true,
+                    vlan: after.vlan,
+                    next: v,
+                },
             );
         }
         v
     }
 
-    fn new_outbound_session(&mut self, r: &Rules, realm: &RealmRules, m: &Meta) -> Result<u32, DropReason> {
+    fn new_outbound_session(
+        &mut self,
+        r: &Rules,
+        realm: &RealmRules,
+        m: &Meta,
+    ) -> Result<u32, DropReason> {
         if m.proto == PROTO_ICMP && m.icmp_type != icmp::ECHO_REQUEST {
             // An echo reply from inside answers an inbound request: it needs its session.
             return Err(DropReason::Unsolicited);
         }
-        let (ext_addr, ext_port, map) = if let Some(st) = r.static_by_in(realm.id, m.proto, m.src, m.sport) {
-            (st.ext_addr, st.ext_port, NONE)
-        } else if let Some(o) = r.one_to_one_by_in(realm.id, m.src) {
-            (o.ext_addr, m.sport, NONE)
-        } else {
-            let mk = Self::map_key(realm, m.proto, m.src, m.sport, m.dst, rem_port(m));
-            let mi = self.mapping_for(realm, mk)?;
-            let mp = self.mapping(mi);
-            (mp.ext_addr, mp.ext_port, mi)
-        };
+        let (ext_addr, ext_port, map) =
+            if let Some(st) = r.static_by_in(realm.id, m.proto, m.src, m.sport) {
+                (st.ext_addr, st.ext_port, NONE)
+            } else if let Some(o) = r.one_to_one_by_in(realm.id, m.src) {
+                (o.ext_addr, m.sport, NONE)
+            } else {
+                let mk = Self::map_key(realm, m.proto, m.src, m.sport, m.dst, rem_port(m));
+                let mi = self.mapping_for(realm, mk)?;
+                let mp = self.mapping(mi);
+                (mp.ext_addr, mp.ext_port, mi)
+            };
         let s = Session {
             in_addr: m.src,
             ext_addr,
@@ -173,7 +217,11 @@ impl Engine {
     }
 
     /// Creates a session; a mapping created for it alone is removed again if that fails.
-    pub(crate) fn create_session_or_unwind(&mut self, realm: &RealmRules, s: Session) -> Result<u32, DropReason> {
+    pub(crate) fn create_session_or_unwind(
+        &mut self,
+        realm: &RealmRules,
+        s: Session,
+    ) -> Result<u32, DropReason> {
         let map = s.map;
         let r = self.create_session(realm, s);
         if r.is_err() && map != NONE && self.mapping(map).sessions == 0 {
@@ -183,7 +231,7 @@ impl Engine {
     }
 
     /// Answers pings to natgw's inside address; anything else for it belongs to the kernel.
-    fn to_own_inside(&mut self, realm: &RealmRules, f: &mut Frame<'_>, m: &Meta) -> Verdict {
+    fn for_own_inside(&mut self, realm: &RealmRules, f: &mut Frame<'_>, m: &Meta) -> Verdict {
         if m.proto == PROTO_ICMP && m.icmp_type == icmp::ECHO_REQUEST && m.frag == Frag::None {
             return self.echo_reply(f, m, Egress::Inside(realm.iface), realm.next_hop(m.src));
         }
@@ -192,11 +240,26 @@ impl Engine {
     }
 
     /// A frame handed to its owner; the first fragment leaves a note so later fragments follow.
-    pub(crate) fn handoff(&mut self, core: usize, ingress: Ingress, m: &Meta, fkey: FragKey) -> Verdict {
+    pub(crate) fn handoff(
+        &mut self,
+        core: usize,
+        ingress: Ingress,
+        m: &Meta,
+        fkey: FragKey,
+    ) -> Verdict {
         self.counters.handoffs.inc();
-        let v = Verdict::Handoff { core: core as u16, ingress };
+        let v = Verdict::Handoff {
+            core: core as u16,
+            ingress,
+        };
         if m.frag == Frag::First {
-            self.record_frag(fkey, FragAction::Handoff { core: core as u16, ingress });
+            self.record_frag(
+                fkey,
+                FragAction::Handoff {
+                    core: core as u16,
+                    ingress,
+                },
+            );
         }
         v
     }
@@ -252,7 +315,13 @@ pub(crate) fn rewrite(d: &mut [u8], m: &Meta, src_side: bool, addr: u32, port: u
             let old_id = rd16(d, io);
             wr16(d, io, port);
             let c = m.l4 + 2;
-            wr16(d, c, crate::packet::checksum::update16(rd16(d, c), old_id, port));
+            let mut sum = crate::packet::checksum::update16(rd16(d, c), old_id, port);
+            if sum == 0 && m.frag == Frag::None {
+                // Only an all-zero message sums to -0 incrementally; its checksum is 0xFFFF.
+                wr16(d, c, 0);
+                sum = crate::packet::checksum::checksum(&d[m.l4..m.l3 + m.tot]);
+            }
+            wr16(d, c, sum);
         }
         _ => {}
     }

@@ -11,13 +11,24 @@ use crate::packet::{icmp, tcp::flags as tf};
 use std::net::Ipv4Addr;
 
 impl Engine {
-    pub(crate) fn out2in(&mut self, r: &Rules, f: &mut Frame<'_>, m: Meta, hairpin: bool) -> Verdict {
-        let ingress = if hairpin { Ingress::Hairpin } else { Ingress::Outside };
+    pub(crate) fn out2in(
+        &mut self,
+        r: &Rules,
+        f: &mut Frame<'_>,
+        m: Meta,
+        hairpin: bool,
+    ) -> Verdict {
+        let ingress = if hairpin {
+            Ingress::Hairpin
+        } else {
+            Ingress::Outside
+        };
         let fkey = FragKey::outside(hairpin, &m);
         let Some(ext) = r.ext_addr(m.dst) else {
             return self.discard(DropReason::NotForUs);
         };
-        let echo_request = m.proto == PROTO_ICMP && m.icmp_type == icmp::ECHO_REQUEST && m.frag != Frag::Later;
+        let echo_request =
+            m.proto == PROTO_ICMP && m.icmp_type == icmp::ECHO_REQUEST && m.frag != Frag::Later;
         match ext {
             // natgw answers pings to its own and its pool addresses; 1:1 addresses belong to
             // their inside host, which answers itself.
@@ -46,7 +57,13 @@ impl Engine {
             return self.handoff(o, ingress, &m, fkey);
         }
         if !hairpin && m.ttl <= 1 {
-            return self.time_exceeded(f, &m, r.outside_addr, Egress::Outside, r.outside_next_hop(m.src));
+            return self.time_exceeded(
+                f,
+                &m,
+                r.outside_addr,
+                Egress::Outside,
+                r.outside_next_hop(m.src),
+            );
         }
         if m.frag == Frag::Later {
             return self.frag_later(r, f, &m, fkey);
@@ -58,7 +75,13 @@ impl Engine {
             PROTO_ICMP => return self.discard(DropReason::IcmpUnsupported),
             _ => return self.discard(DropReason::UnsupportedProtocol),
         }
-        let key = OutKey { proto: m.proto, ext_port: m.dport, rem_port: rem_port_out(&m), ext_addr: m.dst, rem_addr: m.src };
+        let key = OutKey {
+            proto: m.proto,
+            ext_port: m.dport,
+            rem_port: rem_port_out(&m),
+            ext_addr: m.dst,
+            rem_addr: m.src,
+        };
         let si = match self.find_out(&key) {
             Some(i) => i,
             None => match self.new_inbound_session(r, ext, &m) {
@@ -85,9 +108,18 @@ impl Engine {
             self.counters.out2in.inc();
         }
         let nh = realm.next_hop(s.in_addr);
-        let v = Verdict::Forward { egress: Egress::Inside(realm.iface), next_hop: Ipv4Addr::from(nh) };
+        let v = Verdict::Forward {
+            egress: Egress::Inside(realm.iface),
+            next_hop: Ipv4Addr::from(nh),
+        };
         if m.frag == Frag::First {
-            let a = FragAction::Translate { src: None, dst: Some(s.in_addr), dec_ttl: !hairpin, vlan: realm.vlan, next: v };
+            let a = FragAction::Translate {
+                src: None,
+                dst: Some(s.in_addr),
+                dec_ttl: !hairpin,
+                vlan: realm.vlan,
+                next: v,
+            };
             self.record_frag(fkey, a);
         }
         if !set_vlan(f.buf, &mut f.off, &mut f.len, realm.vlan) {
@@ -98,7 +130,12 @@ impl Engine {
 
     /// A session for an inbound frame with none: static mappings and 1:1 addresses accept new
     /// flows; dynamic mappings only as the realm's filtering allows. Nothing else creates state.
-    fn new_inbound_session(&mut self, r: &Rules, ext: ExtAddr, m: &Meta) -> Result<u32, DropReason> {
+    fn new_inbound_session(
+        &mut self,
+        r: &Rules,
+        ext: ExtAddr,
+        m: &Meta,
+    ) -> Result<u32, DropReason> {
         let opens = match m.proto {
             PROTO_TCP => m.tcp_flags & (tf::SYN | tf::ACK | tf::RST) == tf::SYN,
             PROTO_ICMP => m.icmp_type == icmp::ECHO_REQUEST,
@@ -129,7 +166,11 @@ impl Engine {
             ExtAddr::Own => return Err(DropReason::NotForUs),
         };
         if !opens {
-            return Err(if m.proto == PROTO_TCP { DropReason::TcpInvalid } else { DropReason::Unsolicited });
+            return Err(if m.proto == PROTO_TCP {
+                DropReason::TcpInvalid
+            } else {
+                DropReason::Unsolicited
+            });
         }
         let realm = &r.realms[realm_id as usize];
         let s = Session {

@@ -83,8 +83,13 @@ impl ExtAddr {
     }
     fn decode(v: u32) -> Self {
         match v >> 30 {
-            0 => ExtAddr::Pool { realm: (v >> 16) as u16, index: v as u16 },
-            1 => ExtAddr::OneToOne { index: v & 0x3fff_ffff },
+            0 => ExtAddr::Pool {
+                realm: (v >> 16) as u16,
+                index: v as u16,
+            },
+            1 => ExtAddr::OneToOne {
+                index: v & 0x3fff_ffff,
+            },
             2 => ExtAddr::StaticOnly { realm: v as u16 },
             _ => ExtAddr::Own,
         }
@@ -182,7 +187,11 @@ impl Rules {
         let mut statics = Vec::new();
         let mut ones = Vec::new();
         for (ri, r) in cfg.realms.iter().enumerate() {
-            let iface = cfg.inside.iter().position(|i| i.name == r.interface).unwrap_or(0) as u8;
+            let iface = cfg
+                .inside
+                .iter()
+                .position(|i| i.name == r.interface)
+                .unwrap_or(0) as u8;
             for s in &r.static_mappings {
                 statics.push(StaticRule {
                     realm: ri as u16,
@@ -210,8 +219,17 @@ impl Rules {
                 vlan: r.vlan,
                 prefixes: r.prefixes.clone(),
                 gateway: r.gateway.map(u32::from),
-                pool: r.pool.iter().flat_map(|p| p.iter()).map(u32::from).collect(),
-                routes: r.routes.iter().map(|rt| (rt.prefix, u32::from(rt.via))).collect(),
+                pool: r
+                    .pool
+                    .iter()
+                    .flat_map(|p| p.iter())
+                    .map(u32::from)
+                    .collect(),
+                routes: r
+                    .routes
+                    .iter()
+                    .map(|rt| (rt.prefix, u32::from(rt.via)))
+                    .collect(),
                 policy: r.ports.policy,
                 port_first: r.ports.range.first,
                 port_last: r.ports.range.last,
@@ -223,19 +241,33 @@ impl Rules {
                 timeouts: r.timeouts,
             });
         }
-        let n_ext: usize = realms.iter().map(|r| r.pool.len()).sum::<usize>() + ones.len() + statics.len() + 1;
+        let n_ext: usize =
+            realms.iter().map(|r| r.pool.len()).sum::<usize>() + ones.len() + statics.len() + 1;
         let mut ext = FlowTable::with_capacity(n_ext);
         for r in &realms {
             for (i, a) in r.pool.iter().enumerate() {
-                let _ = ext.insert(AddrKey(*a), ExtAddr::Pool { realm: r.id, index: i as u16 }.encode());
+                let _ = ext.insert(
+                    AddrKey(*a),
+                    ExtAddr::Pool {
+                        realm: r.id,
+                        index: i as u16,
+                    }
+                    .encode(),
+                );
             }
         }
         for (i, o) in ones.iter().enumerate() {
-            let _ = ext.insert(AddrKey(o.ext_addr), ExtAddr::OneToOne { index: i as u32 }.encode());
+            let _ = ext.insert(
+                AddrKey(o.ext_addr),
+                ExtAddr::OneToOne { index: i as u32 }.encode(),
+            );
         }
         for s in &statics {
             // Static-only external addresses; pool addresses are already known.
-            let _ = ext.insert(AddrKey(s.ext_addr), ExtAddr::StaticOnly { realm: s.realm }.encode());
+            let _ = ext.insert(
+                AddrKey(s.ext_addr),
+                ExtAddr::StaticOnly { realm: s.realm }.encode(),
+            );
         }
         let outside_addr = u32::from(cfg.outside.address);
         let _ = ext.insert(AddrKey(outside_addr), ExtAddr::Own.encode());
@@ -244,20 +276,37 @@ impl Rules {
         let mut static_in = FlowTable::with_capacity(statics.len().max(1));
         for (i, s) in statics.iter().enumerate() {
             let _ = static_out.insert(
-                EndpointKey { realm: NO_REALM, proto: s.proto, addr: s.ext_addr, port: s.ext_port },
+                EndpointKey {
+                    realm: NO_REALM,
+                    proto: s.proto,
+                    addr: s.ext_addr,
+                    port: s.ext_port,
+                },
                 i as u32,
             );
             let _ = static_in.insert(
-                EndpointKey { realm: s.realm, proto: s.proto, addr: s.in_addr, port: s.in_port },
+                EndpointKey {
+                    realm: s.realm,
+                    proto: s.proto,
+                    addr: s.in_addr,
+                    port: s.in_port,
+                },
                 i as u32,
             );
         }
         let mut one_in = FlowTable::with_capacity(ones.len().max(1));
         for (i, o) in ones.iter().enumerate() {
-            let _ = one_in.insert(HostKey { realm: o.realm, addr: o.in_addr }, i as u32);
+            let _ = one_in.insert(
+                HostKey {
+                    realm: o.realm,
+                    addr: o.in_addr,
+                },
+                i as u32,
+            );
         }
-        let mut ingress: Vec<Box<[u16]>> =
-            (0..cfg.inside.len().max(1)).map(|_| vec![NO_REALM; UNTAGGED + 1].into_boxed_slice()).collect();
+        let mut ingress: Vec<Box<[u16]>> = (0..cfg.inside.len().max(1))
+            .map(|_| vec![NO_REALM; UNTAGGED + 1].into_boxed_slice())
+            .collect();
         for r in &realms {
             ingress[r.iface as usize][r.vlan.map_or(UNTAGGED, |v| v as usize)] = r.id;
         }
@@ -297,7 +346,12 @@ impl Rules {
 
     #[inline]
     pub fn static_by_ext(&self, proto: u8, addr: u32, port: u16) -> Option<&StaticRule> {
-        let i = self.static_out.get(&EndpointKey { realm: NO_REALM, proto, addr, port })?;
+        let i = self.static_out.get(&EndpointKey {
+            realm: NO_REALM,
+            proto,
+            addr,
+            port,
+        })?;
         self.statics.get(i as usize)
     }
 
@@ -306,7 +360,12 @@ impl Rules {
         if self.statics.is_empty() {
             return None;
         }
-        let i = self.static_in.get(&EndpointKey { realm, proto, addr, port })?;
+        let i = self.static_in.get(&EndpointKey {
+            realm,
+            proto,
+            addr,
+            port,
+        })?;
         self.statics.get(i as usize)
     }
 
@@ -355,7 +414,15 @@ impl Rules {
     /// Next hop towards an outside address.
     #[inline]
     pub fn outside_next_hop(&self, dst: u32) -> u32 {
-        if self.outside_onlink.iter().any(|n| n.contains(Ipv4Addr::from(dst))) { dst } else { self.gateway }
+        if self
+            .outside_onlink
+            .iter()
+            .any(|n| n.contains(Ipv4Addr::from(dst)))
+        {
+            dst
+        } else {
+            self.gateway
+        }
     }
 
     /// Is `a` one of natgw's own addresses (outside or a realm gateway)?

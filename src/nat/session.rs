@@ -27,7 +27,10 @@ impl Key for InKey {
     #[inline(always)]
     fn hash(&self) -> u64 {
         hash_words(&[
-            (self.realm as u64) << 48 | (self.proto as u64) << 32 | (self.in_port as u64) << 16 | self.rem_port as u64,
+            (self.realm as u64) << 48
+                | (self.proto as u64) << 32
+                | (self.in_port as u64) << 16
+                | self.rem_port as u64,
             (self.in_addr as u64) << 32 | self.rem_addr as u64,
         ])
     }
@@ -102,7 +105,8 @@ pub mod tcp {
 
     pub fn is_established(s: u8) -> bool {
         s & RST == 0
-            && (s & (SYN_OUT | SYN_IN) == SYN_OUT | SYN_IN || s & (SEEN_OUT | SEEN_IN) == SEEN_OUT | SEEN_IN)
+            && (s & (SYN_OUT | SYN_IN) == SYN_OUT | SYN_IN
+                || s & (SEEN_OUT | SEEN_IN) == SEEN_OUT | SEEN_IN)
             && s & (FIN_OUT | FIN_IN) != FIN_OUT | FIN_IN
     }
 
@@ -227,7 +231,10 @@ mod tests {
     fn fin_both_ways_is_transitory_but_one_fin_is_not() {
         let s = update(update(0, f::SYN, true), f::SYN | f::ACK, false);
         let s = update(s, f::FIN | f::ACK, true);
-        assert!(is_established(s), "half-close keeps the established timeout");
+        assert!(
+            is_established(s),
+            "half-close keeps the established timeout"
+        );
         let s = update(s, f::FIN | f::ACK, false);
         assert!(!is_established(s));
     }

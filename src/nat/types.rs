@@ -50,13 +50,22 @@ pub enum Egress {
 pub enum Verdict {
     /// Translated (or routed): send out of `egress` to the link-layer address of `next_hop`.
     /// The dataplane fills in both MAC addresses; the VLAN tag is already right.
-    Forward { egress: Egress, next_hop: Ipv4Addr },
+    Forward {
+        egress: Egress,
+        next_hop: Ipv4Addr,
+    },
     /// The engine replaced the frame with an answer of its own (echo reply, ICMP error).
-    Reply { egress: Egress, next_hop: Ipv4Addr },
+    Reply {
+        egress: Egress,
+        next_hop: Ipv4Addr,
+    },
     /// Not NAT traffic (ARP, IPv6, ...): the kernel's business.
     ToKernel,
     /// Another core owns this flow; hand the unmodified frame to it with this ingress.
-    Handoff { core: u16, ingress: Ingress },
+    Handoff {
+        core: u16,
+        ingress: Ingress,
+    },
     /// The engine kept a copy (an out-of-order fragment); it comes back through
     /// [`crate::nat::Engine::drain_ready`] or is dropped on timeout.
     Held,
