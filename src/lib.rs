@@ -4,6 +4,7 @@
 //! (`dataplane`). `control` reads counters and sends commands to the workers.
 
 pub mod config;
+pub mod control;
 pub mod dataplane;
 pub mod nat;
 pub mod packet;

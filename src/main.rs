@@ -22,6 +22,14 @@ enum Cmd {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Run the gateway: attach XDP to the configured interfaces and forward until SIGTERM/SIGINT.
+    Run {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// Override dataplane.xdp_mode: auto (native, falling back to generic), native or generic.
+        #[arg(long, value_parser = ["auto", "native", "generic"])]
+        xdp_mode: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -39,5 +47,51 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Cmd::Run { config, xdp_mode } => run(&config, xdp_mode.as_deref()),
     }
+}
+
+fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
+    use natgw::config::XdpMode;
+    use natgw::dataplane::run::{Gateway, RunOptions, install_signal_handlers, signalled};
+    let cfg = match natgw::config::load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("natgw: {}: {e}", path.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    let opts = RunOptions {
+        xdp_mode: xdp_mode.map(|m| match m {
+            "native" => XdpMode::Native,
+            "generic" => XdpMode::Generic,
+            _ => XdpMode::Auto,
+        }),
+    };
+    install_signal_handlers();
+    let gw = match Gateway::start(&cfg, &opts) {
+        Ok(g) => g,
+        Err(e) => {
+            eprintln!("natgw: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let modes: Vec<String> = gw
+        .handle
+        .xdp_modes
+        .iter()
+        .map(|(i, m)| format!("{i}={m:?}"))
+        .collect();
+    eprintln!(
+        "natgw: running with {} worker(s), XDP {}",
+        gw.workers(),
+        modes.join(" ")
+    );
+    if let Err(e) = natgw::control::serve(cfg.control.listen, gw.handle.clone(), path.to_path_buf())
+    {
+        eprintln!("natgw: control API on {}: {e}", cfg.control.listen);
+    }
+    gw.run_until(signalled);
+    eprintln!("natgw: stopped");
+    ExitCode::SUCCESS
 }

@@ -3,6 +3,8 @@
 pub mod bpf;
 pub mod ethtool;
 pub mod netlink;
+pub mod run;
 pub mod sys;
 pub mod toeplitz;
+pub mod worker;
 pub mod xsk;

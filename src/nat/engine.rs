@@ -165,6 +165,10 @@ impl Engine {
     pub fn core(&self) -> usize {
         self.core
     }
+    /// The engine's clock, seconds (as last given to `process` / `tick`).
+    pub fn now_secs(&self) -> u32 {
+        self.now
+    }
     pub fn counters(&self) -> &Arc<Counters> {
         &self.counters
     }

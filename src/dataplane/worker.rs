@@ -1,0 +1,590 @@
+//! One pinned poll loop per core: receive a batch from each of its AF_XDP sockets, run the
+//! engine, fill in link-layer addresses, transmit, recycle frames. The hot path takes no lock,
+//! makes no allocation and makes syscalls only per batch (tx kick, rx wakeup, idle poll).
+
+use super::netlink::NeighTable;
+use super::xsk::{Desc, Umem, XskSocket};
+use crate::nat::counters::Counter;
+use crate::nat::{Counters, DropReason, Egress, Engine, Frame, Ingress, Pkt, Rules, Verdict};
+use crossbeam::queue::ArrayQueue;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// Largest frame that crosses cores (jumbo frames are not handed off).
+pub const HANDOFF_MTU: usize = 2048;
+/// Where received data starts in a UMEM frame we fill ourselves (matches the kernel's
+/// XDP_PACKET_HEADROOM, leaving room to push a VLAN tag without moving the payload).
+const TX_HEADROOM: usize = 256;
+
+/// A frame travelling to the core that owns its flow.
+pub struct HandoffFrame {
+    pub ingress: Ingress,
+    pub len: u16,
+    pub data: [u8; HANDOFF_MTU],
+}
+
+/// Messages from the management thread to a worker.
+pub enum Control {
+    SetRules(Arc<Rules>),
+    /// Reply with a snapshot of the worker's sessions.
+    Sessions(crossbeam::channel::Sender<Vec<SessionInfo>>),
+    ClearSessions,
+}
+
+/// A session as the management plane lists it.
+#[derive(Clone, Debug)]
+pub struct SessionInfo {
+    pub core: usize,
+    pub realm: String,
+    pub proto: u8,
+    pub inside: (Ipv4Addr, u16),
+    pub external: (Ipv4Addr, u16),
+    pub remote: (Ipv4Addr, u16),
+    pub tcp_established: bool,
+    pub age_secs: u32,
+    pub expires_in_secs: u32,
+    pub pkts_out: u32,
+    pub pkts_in: u32,
+    pub inbound: bool,
+}
+
+macro_rules! dp_counters {
+    ($($name:ident: $help:literal,)*) => {
+        /// Dataplane counters of one worker (single writer, like the engine's).
+        #[derive(Default, Debug)]
+        pub struct DpCounters { $(#[doc = $help] pub $name: Counter,)* }
+        impl DpCounters {
+            pub fn each(&self, mut f: impl FnMut(&'static str, &'static str, u64)) {
+                $(f(stringify!($name), $help, self.$name.get());)*
+            }
+        }
+    };
+}
+
+dp_counters! {
+    rx_batches: "non-empty receive batches",
+    tx_frames: "frames transmitted",
+    copied_frames: "frames copied between UMEMs (no shared UMEM)",
+    handoff_in: "frames received from other cores",
+    idle_sleeps: "times the poll loop slept for lack of traffic",
+    neigh_requests: "neighbour resolutions asked of the kernel",
+}
+
+/// One AF_XDP socket with the interface it serves.
+pub struct Port {
+    pub sock: XskSocket,
+    pub ingress: Ingress,
+    pub mac: [u8; 6],
+    pub ifindex: u32,
+    /// Index of the UMEM pool this socket's frames belong to.
+    pub pool: usize,
+}
+
+/// A UMEM and its free frames.
+pub struct Pool {
+    pub umem: Umem,
+    pub free: Vec<u64>,
+}
+
+impl Pool {
+    pub fn new(umem: Umem) -> Pool {
+        let free = (0..umem.frames()).map(|i| umem.frame_addr(i)).collect();
+        Pool { umem, free }
+    }
+    fn chunk(&self, addr: u64) -> u64 {
+        addr & !(self.umem.frame_size() as u64 - 1)
+    }
+}
+
+pub struct WorkerShared {
+    pub neigh: Arc<NeighTable>,
+    /// Resolution requests for the management thread (ifindex, next hop).
+    pub resolve: Arc<ArrayQueue<(u32, Ipv4Addr)>>,
+    /// Handoff queue of every worker, indexed by engine core number.
+    pub handoff: Vec<Arc<ArrayQueue<Box<HandoffFrame>>>>,
+    /// Empty boxes recycled between workers so a handoff never allocates.
+    pub handoff_free: Arc<ArrayQueue<Box<HandoffFrame>>>,
+    pub stop: Arc<AtomicBool>,
+}
+
+pub struct Worker {
+    pub engine: Engine,
+    pub ports: Vec<Port>,
+    pub pools: Vec<Pool>,
+    pub shared: WorkerShared,
+    pub control: crossbeam::channel::Receiver<Control>,
+    pub counters: Arc<Counters>,
+    pub dp: Arc<DpCounters>,
+    pub batch: usize,
+    pub busy_poll: bool,
+    pub epoch: Instant,
+    /// Port index for each egress: 0 = outside, 1 + i = inside interface i.
+    pub egress_ports: Vec<usize>,
+    /// Recently asked neighbour resolutions, to ask the kernel at most once a second each.
+    asked: [(u32, Ipv4Addr, u64); 8],
+    asked_next: usize,
+}
+
+/// A frame ready for a transmit ring.
+#[derive(Clone, Copy)]
+struct Out {
+    port: usize,
+    desc: Desc,
+}
+
+/// Scratch space reused by every iteration (allocated once).
+struct Scratch {
+    descs: Vec<Desc>,
+    verdicts: Vec<Verdict>,
+    addrs: Vec<u64>,
+    outs: Vec<Out>,
+    tx: Vec<Desc>,
+    /// (chunk base, offset, length) of each frame of the batch after the engine ran.
+    pos: Vec<(u64, usize, usize)>,
+    ready: Vec<(u64, usize, usize, Verdict)>,
+    /// Packets of the current batch. The 'static lifetime is a lie confined to
+    /// `process_frames`: the vector is always emptied before the frames are recycled.
+    pkts: Vec<Pkt<'static>>,
+}
+
+impl Worker {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        engine: Engine,
+        ports: Vec<Port>,
+        pools: Vec<Pool>,
+        shared: WorkerShared,
+        control: crossbeam::channel::Receiver<Control>,
+        dp: Arc<DpCounters>,
+        batch: usize,
+        busy_poll: bool,
+        egress_ports: Vec<usize>,
+        epoch: Instant,
+    ) -> Worker {
+        let counters = Arc::clone(engine.counters());
+        Worker {
+            engine,
+            ports,
+            pools,
+            shared,
+            control,
+            counters,
+            dp,
+            batch,
+            busy_poll,
+            epoch,
+            egress_ports,
+            asked: [(0, Ipv4Addr::UNSPECIFIED, 0); 8],
+            asked_next: 0,
+        }
+    }
+
+    fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    /// Runs until the stop flag is raised.
+    pub fn run(mut self) {
+        let b = self.batch;
+        let mut sc = Scratch {
+            descs: vec![Desc::default(); b],
+            verdicts: vec![Verdict::Held; b],
+            addrs: vec![0; b * 4],
+            outs: Vec::with_capacity(b * 8),
+            tx: Vec::with_capacity(b * 8),
+            pos: Vec::with_capacity(b),
+            ready: Vec::with_capacity(b * 4),
+            pkts: Vec::with_capacity(b),
+        };
+        let mut idle = 0u32;
+        let mut last_tick = 0u64;
+        self.refill();
+        while !self.shared.stop.load(Ordering::Relaxed) {
+            let mut worked = false;
+            self.reap_completions(&mut sc.addrs);
+            for pi in 0..self.ports.len() {
+                let n = self.ports[pi].sock.recv(&mut sc.descs);
+                if n == 0 {
+                    continue;
+                }
+                worked = true;
+                self.dp.rx_batches.inc();
+                let pool = self.ports[pi].pool;
+                let ingress = self.ports[pi].ingress;
+                sc.pos.clear();
+                for d in &sc.descs[..n] {
+                    let base = self.pools[pool].chunk(d.addr);
+                    sc.pos
+                        .push((base, (d.addr - base) as usize, d.len as usize));
+                }
+                self.process_frames(pool, ingress, &mut sc);
+            }
+            worked |= self.process_handoffs(&mut sc);
+            self.drain_ready(&mut sc);
+            self.transmit(&mut sc);
+            self.refill();
+            let now = self.now_ns();
+            if now.saturating_sub(last_tick) > 50_000_000 {
+                last_tick = now;
+                self.engine.tick(now);
+                self.control_messages();
+            }
+            if worked {
+                idle = 0;
+            } else {
+                idle += 1;
+                if !self.busy_poll && idle > 256 {
+                    self.sleep_until_traffic();
+                    idle = 0;
+                }
+            }
+        }
+        // Let queued transmissions finish before the sockets close.
+        for _ in 0..100 {
+            if self.ports.iter().all(|p| p.sock.tx_pending() == 0) {
+                break;
+            }
+            for p in &self.ports {
+                let _ = p.sock.kick_tx();
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Runs the engine over the frames listed in `sc.pos` (all in `pool`, all ours), then
+    /// routes each by its verdict.
+    fn process_frames(&mut self, pool: usize, ingress: Ingress, sc: &mut Scratch) {
+        let n = sc.pos.len();
+        let fsize = self.pools[pool].umem.frame_size() as usize;
+        let now = self.now_ns();
+        for &(base, off, len) in &sc.pos {
+            // SAFETY: each chunk came from an rx ring or our free list, so we own it alone,
+            // and distinct entries are distinct chunks. The slice is extended to 'static
+            // only while it sits in `sc.pkts`, which is emptied below, before any chunk is
+            // recycled and long before the UMEM is unmapped.
+            let buf: &'static mut [u8] =
+                unsafe { std::mem::transmute(self.pools[pool].umem.frame_mut(base, fsize)) };
+            let len = len.min(fsize - off.min(fsize));
+            sc.pkts.push(Pkt {
+                frame: Frame::new(buf, off.min(fsize), len),
+                ingress,
+            });
+        }
+        self.engine
+            .process(now, &mut sc.pkts, &mut sc.verdicts[..n]);
+        for (i, p) in sc.pkts.iter().enumerate() {
+            sc.pos[i].1 = p.frame.off;
+            sc.pos[i].2 = p.frame.len;
+        }
+        sc.pkts.clear();
+        for i in 0..n {
+            let (base, off, len) = sc.pos[i];
+            self.route(pool, base, off, len, sc.verdicts[i], &mut sc.outs);
+        }
+    }
+
+    /// Acts on one verdict: fill in MACs and queue for transmit, hand off, or recycle.
+    fn route(
+        &mut self,
+        pool: usize,
+        base: u64,
+        off: usize,
+        len: usize,
+        v: Verdict,
+        outs: &mut Vec<Out>,
+    ) {
+        match v {
+            Verdict::Forward { egress, next_hop } | Verdict::Reply { egress, next_hop } => {
+                let port = self.egress_ports[match egress {
+                    Egress::Outside => 0,
+                    Egress::Inside(i) => 1 + i as usize,
+                }];
+                let (ifindex, src_mac, epool) = (
+                    self.ports[port].ifindex,
+                    self.ports[port].mac,
+                    self.ports[port].pool,
+                );
+                let Some(dst_mac) = self.shared.neigh.lookup(ifindex, next_hop) else {
+                    self.ask_resolve(ifindex, next_hop);
+                    self.counters.dropped(DropReason::NoNeighbour);
+                    self.pools[pool].free.push(base);
+                    return;
+                };
+                // SAFETY: we own the chunk (see process_frames).
+                let d = unsafe { self.pools[pool].umem.frame_mut(base + off as u64, 12) };
+                d[..6].copy_from_slice(&dst_mac);
+                d[6..12].copy_from_slice(&src_mac);
+                if epool == pool {
+                    outs.push(Out {
+                        port,
+                        desc: Desc {
+                            addr: base + off as u64,
+                            len: len as u32,
+                        },
+                    });
+                } else {
+                    // No shared UMEM between these sockets: copy (counted).
+                    let Some(nb) = self.pools[epool].free.pop() else {
+                        self.counters.dropped(DropReason::TxFull);
+                        self.pools[pool].free.push(base);
+                        return;
+                    };
+                    let src = self.pools[pool].umem.frame(base + off as u64, len);
+                    // SAFETY: `nb` came from the free list: ours alone.
+                    let dst = unsafe {
+                        self.pools[epool]
+                            .umem
+                            .frame_mut(nb + TX_HEADROOM as u64, len)
+                    };
+                    let n = dst.len().min(src.len());
+                    dst[..n].copy_from_slice(&src[..n]);
+                    self.pools[pool].free.push(base);
+                    self.dp.copied_frames.inc();
+                    outs.push(Out {
+                        port,
+                        desc: Desc {
+                            addr: nb + TX_HEADROOM as u64,
+                            len: n as u32,
+                        },
+                    });
+                }
+            }
+            Verdict::Handoff { core, ingress } => {
+                let q = self.shared.handoff.get(core as usize);
+                let boxed = self.shared.handoff_free.pop();
+                match (q, boxed) {
+                    (Some(q), Some(mut b)) if len <= HANDOFF_MTU => {
+                        let src = self.pools[pool].umem.frame(base + off as u64, len);
+                        b.data[..src.len()].copy_from_slice(src);
+                        b.len = src.len() as u16;
+                        b.ingress = ingress;
+                        if let Err(b) = q.push(b) {
+                            let _ = self.shared.handoff_free.push(b);
+                            self.counters.dropped(DropReason::HandoffFull);
+                        }
+                    }
+                    (_, b) => {
+                        if let Some(b) = b {
+                            let _ = self.shared.handoff_free.push(b);
+                        }
+                        self.counters.dropped(DropReason::HandoffFull);
+                    }
+                }
+                self.pools[pool].free.push(base);
+            }
+            Verdict::ToKernel => {
+                // The XDP program passes the kernel's traffic before it reaches us; what
+                // still arrives here cannot be re-injected and is counted.
+                self.counters.dropped(DropReason::ToKernelUnavailable);
+                self.pools[pool].free.push(base);
+            }
+            Verdict::Held | Verdict::Drop(_) => self.pools[pool].free.push(base),
+        }
+    }
+
+    /// Frames other cores handed to us: copied into our UMEM and run through the engine.
+    fn process_handoffs(&mut self, sc: &mut Scratch) -> bool {
+        let Some(q) = self.shared.handoff.get(self.engine.core()).cloned() else {
+            return false;
+        };
+        let mut any = false;
+        loop {
+            sc.pos.clear();
+            let mut ingress = None;
+            while sc.pos.len() < self.batch {
+                // One engine call per ingress kind: stop at a change.
+                let Some(b) = q.pop() else { break };
+                if ingress.is_some_and(|i| i != b.ingress) || self.pools[0].free.is_empty() {
+                    // Put it back at the end; order across ingress kinds does not matter.
+                    if let Err(b) = q.push(b) {
+                        let _ = self.shared.handoff_free.push(b);
+                        self.counters.dropped(DropReason::HandoffFull);
+                    }
+                    break;
+                }
+                ingress = Some(b.ingress);
+                let base = self.pools[0].free.pop().unwrap_or_default();
+                let len = b.len as usize;
+                // SAFETY: a free chunk is ours alone.
+                let dst = unsafe { self.pools[0].umem.frame_mut(base + TX_HEADROOM as u64, len) };
+                let n = dst.len().min(len);
+                dst[..n].copy_from_slice(&b.data[..n]);
+                let _ = self.shared.handoff_free.push(b);
+                sc.pos.push((base, TX_HEADROOM, n));
+                self.dp.handoff_in.inc();
+            }
+            let Some(ingress) = ingress else { break };
+            any = true;
+            self.process_frames(0, ingress, sc);
+        }
+        any
+    }
+
+    /// Fragments released from the engine's hold buffer.
+    fn drain_ready(&mut self, sc: &mut Scratch) {
+        sc.ready.clear();
+        let pools = &mut self.pools;
+        let ready = &mut sc.ready;
+        self.engine.drain_ready(|bytes, v| {
+            let Some(base) = pools[0].free.pop() else {
+                return;
+            };
+            // SAFETY: a free chunk is ours alone.
+            let dst = unsafe {
+                pools[0]
+                    .umem
+                    .frame_mut(base + TX_HEADROOM as u64, bytes.len())
+            };
+            let n = dst.len().min(bytes.len());
+            dst[..n].copy_from_slice(&bytes[..n]);
+            ready.push((base, TX_HEADROOM, n, v));
+        });
+        for i in 0..sc.ready.len() {
+            let (base, off, len, v) = sc.ready[i];
+            self.route(0, base, off, len, v, &mut sc.outs);
+        }
+    }
+
+    fn transmit(&mut self, sc: &mut Scratch) {
+        if sc.outs.is_empty() {
+            return;
+        }
+        for pi in 0..self.ports.len() {
+            sc.tx.clear();
+            sc.tx
+                .extend(sc.outs.iter().filter(|o| o.port == pi).map(|o| o.desc));
+            if sc.tx.is_empty() {
+                continue;
+            }
+            let sent = self.ports[pi].sock.send(&sc.tx);
+            self.dp.tx_frames.add(sent as u64);
+            for d in &sc.tx[sent..] {
+                let pool = self.ports[pi].pool;
+                let base = self.pools[pool].chunk(d.addr);
+                self.pools[pool].free.push(base);
+                self.counters.dropped(DropReason::TxFull);
+            }
+            let _ = self.ports[pi].sock.kick_tx();
+        }
+        sc.outs.clear();
+    }
+
+    /// Gives every socket's fill ring free frames, keeping some back for transmit copies.
+    fn refill(&mut self) {
+        for p in &mut self.ports {
+            let pool = &mut self.pools[p.pool];
+            let n = pool
+                .free
+                .len()
+                .saturating_sub(self.batch * 2)
+                .min(self.batch * 4);
+            if n == 0 {
+                continue;
+            }
+            let start = pool.free.len() - n;
+            let given = p.sock.fill(&pool.free[start..]);
+            // `fill` takes a prefix of the slice: remove exactly those frames.
+            pool.free.drain(start..start + given);
+            if given > 0 {
+                p.sock.wakeup_rx();
+            }
+        }
+    }
+
+    fn reap_completions(&mut self, scratch: &mut [u64]) {
+        for p in &mut self.ports {
+            loop {
+                let n = p.sock.complete(scratch);
+                let pool = &mut self.pools[p.pool];
+                for a in &scratch[..n] {
+                    let base = pool.chunk(*a);
+                    pool.free.push(base);
+                }
+                if n < scratch.len() {
+                    break;
+                }
+            }
+        }
+    }
+
+    fn ask_resolve(&mut self, ifindex: u32, addr: Ipv4Addr) {
+        let now = self.now_ns();
+        if self
+            .asked
+            .iter()
+            .any(|&(i, a, t)| i == ifindex && a == addr && now.saturating_sub(t) < 1_000_000_000)
+        {
+            return;
+        }
+        self.asked[self.asked_next] = (ifindex, addr, now);
+        self.asked_next = (self.asked_next + 1) % self.asked.len();
+        if self.shared.resolve.push((ifindex, addr)).is_ok() {
+            self.dp.neigh_requests.inc();
+        }
+    }
+
+    /// Adaptive polling: sleep in poll(2) on the sockets, bounded so handoffs (which have no
+    /// file descriptor) and housekeeping are never late by more than a few milliseconds.
+    fn sleep_until_traffic(&mut self) {
+        self.dp.idle_sleeps.inc();
+        let mut fds = [libc::pollfd {
+            fd: -1,
+            events: libc::POLLIN,
+            revents: 0,
+        }; 8];
+        for (i, p) in self.ports.iter().take(8).enumerate() {
+            fds[i].fd = p.sock.fd();
+        }
+        let timeout = if self.shared.handoff.len() > 1 { 1 } else { 10 };
+        // SAFETY: valid array of pollfd, length bounded by its size.
+        unsafe {
+            libc::poll(
+                fds.as_mut_ptr(),
+                self.ports.len().min(8) as libc::nfds_t,
+                timeout,
+            )
+        };
+    }
+
+    fn control_messages(&mut self) {
+        while let Ok(m) = self.control.try_recv() {
+            match m {
+                Control::SetRules(r) => self.engine.set_rules(r),
+                Control::ClearSessions => self.engine.clear_sessions(),
+                Control::Sessions(reply) => {
+                    let _ = reply.send(snapshot(&self.engine));
+                }
+            }
+        }
+    }
+}
+
+/// The engine's sessions as the management plane lists them.
+pub fn snapshot(engine: &Engine) -> Vec<SessionInfo> {
+    let rules = engine.rules();
+    let now = engine.now_secs();
+    let mut v = Vec::with_capacity(engine.session_count());
+    engine.for_each_session(|s| {
+        v.push(SessionInfo {
+            core: engine.core(),
+            realm: rules
+                .realms
+                .get(s.realm as usize)
+                .map(|r| r.name.clone())
+                .unwrap_or_default(),
+            proto: s.proto,
+            inside: (Ipv4Addr::from(s.in_addr), s.in_port),
+            external: (Ipv4Addr::from(s.ext_addr), s.ext_port),
+            remote: (Ipv4Addr::from(s.rem_addr), s.rem_port),
+            tcp_established: s.proto == 6 && crate::nat::session::tcp::is_established(s.tcp),
+            age_secs: now.saturating_sub(s.created),
+            expires_in_secs: s.expires.saturating_sub(now),
+            pkts_out: s.pkts_out,
+            pkts_in: s.pkts_in,
+            inbound: s.flags & crate::nat::session::flags::INBOUND != 0,
+        })
+    });
+    v
+}
