@@ -197,6 +197,10 @@ impl Gateway {
         if let Ok(d) = neigh_sock.dump() {
             let _ = neigh.sync(&d);
         }
+        // Ask for the next hops natgw will certainly need, so the first packets find them.
+        if neigh.lookup(outside.ifindex, cfg.outside.gateway).is_none() {
+            let _ = netlink::resolve(outside.ifindex, cfg.outside.gateway);
+        }
         let resolve = Arc::new(ArrayQueue::new(1024));
         let handoff: Vec<_> = (0..n)
             .map(|_| Arc::new(ArrayQueue::new(dp.handoff_queue)))
