@@ -7,3 +7,4 @@ pub mod config;
 pub mod dataplane;
 pub mod nat;
 pub mod packet;
+pub mod testbed;
