@@ -8,3 +8,4 @@ pub mod control;
 pub mod dataplane;
 pub mod nat;
 pub mod packet;
+pub mod testbed;
