@@ -6,6 +6,7 @@
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod lab;
 pub mod nat;
 pub mod packet;
 pub mod testbed;

@@ -22,6 +22,19 @@ enum Cmd {
         #[arg(long, short)]
         quiet: bool,
     },
+    /// Build a namespace topology, run natgw on it with real traffic (ping, UDP, TCP, a port
+    /// forward), print what happened and remove everything again (also on Ctrl-C). Needs root.
+    Lab {
+        /// Inside hosts.
+        #[arg(long, default_value_t = 2)]
+        hosts: usize,
+        /// Workers (and queues per gateway interface).
+        #[arg(long, default_value_t = 1)]
+        workers: u32,
+        /// Keep the generated configuration file (its path is printed).
+        #[arg(long)]
+        keep_config: bool,
+    },
     /// Run the gateway: attach XDP to the configured interfaces and forward until SIGTERM/SIGINT.
     Run {
         #[arg(long, short)]
@@ -48,6 +61,28 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run { config, xdp_mode } => run(&config, xdp_mode.as_deref()),
+        Cmd::Lab {
+            hosts,
+            workers,
+            keep_config,
+        } => {
+            let opts = natgw::lab::LabOptions {
+                hosts,
+                workers,
+                tcp_bytes: 20 << 20,
+                keep_config,
+            };
+            match natgw::lab::run(&opts) {
+                Ok(()) => {
+                    println!("\nlab: all traffic went through natgw as expected");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("\nlab: FAILED: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
     }
 }
 
