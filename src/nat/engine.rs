@@ -806,3 +806,64 @@ pub(crate) fn dec_ttl(d: &mut [u8], m: &Meta) {
     let c = rd16(d, m.l3 + 10);
     wr16(d, m.l3 + 10, checksum::update16(c, old, new));
 }
+
+#[cfg(test)]
+impl Engine {
+    /// Cross-checks every table against the slots (tests only; O(capacity)).
+    pub(crate) fn check_invariants(&self) {
+        let live: Vec<u32> = (0..self.sessions.len() as u32)
+            .filter(|&i| self.sessions[i as usize].proto != 0)
+            .collect();
+        assert_eq!(live.len(), self.in_tab.len(), "live sessions vs in_tab");
+        assert_eq!(live.len(), self.out_tab.len(), "live sessions vs out_tab");
+        assert_eq!(
+            live.len() + self.free_sessions.len(),
+            self.sessions.len(),
+            "session slots leaked"
+        );
+        let mut per_map = std::collections::HashMap::<u32, u32>::new();
+        let mut filt = std::collections::HashMap::<(u32, u32), u32>::new();
+        for &i in &live {
+            let s = &self.sessions[i as usize];
+            assert_eq!(self.in_tab.get(&s.in_key()), Some(i), "in_tab of {s:?}");
+            assert_eq!(self.out_tab.get(&s.out_key()), Some(i), "out_tab of {s:?}");
+            if s.map != NONE {
+                let mp = &self.maps[s.map as usize];
+                assert_ne!(mp.proto, 0, "session on a free mapping");
+                assert_eq!((mp.ext_addr, mp.ext_port), (s.ext_addr, s.ext_port));
+                *per_map.entry(s.map).or_default() += 1;
+                if s.flags & flags::FILTER_COUNTED != 0 {
+                    *filt.entry((s.map, s.rem_addr)).or_default() += 1;
+                }
+            }
+        }
+        let live_maps: Vec<u32> = (0..self.maps.len() as u32)
+            .filter(|&i| self.maps[i as usize].proto != 0)
+            .collect();
+        assert_eq!(live_maps.len(), self.map_in.len(), "mappings vs map_in");
+        assert_eq!(live_maps.len(), self.map_out.len(), "mappings vs map_out");
+        assert_eq!(live_maps.len() + self.free_maps.len(), self.maps.len());
+        let mut per_host = std::collections::HashMap::<u32, u32>::new();
+        for &mi in &live_maps {
+            let mp = &self.maps[mi as usize];
+            assert_eq!(self.map_in.get(&mp.key), Some(mi));
+            assert_eq!(
+                mp.sessions,
+                per_map.get(&mi).copied().unwrap_or(0),
+                "mapping session count"
+            );
+            assert!(mp.sessions > 0, "mapping without sessions kept");
+            *per_host.entry(mp.host).or_default() += 1;
+        }
+        assert_eq!(per_host.len(), self.host_tab.len(), "hosts vs host_tab");
+        assert_eq!(per_host.len() + self.free_hosts.len(), self.hosts.len());
+        for (h, n) in &per_host {
+            assert_eq!(self.hosts[*h as usize].mappings, *n, "host mapping count");
+        }
+        assert_eq!(filt.len(), self.filt.len(), "filter entries");
+        for (&(map, rem_addr), n) in &filt {
+            let k = FilterKey { map, rem_addr };
+            assert_eq!(self.filt.get(&k), Some(*n), "filter count");
+        }
+    }
+}
