@@ -133,3 +133,25 @@ fn oversized_out_of_order_fragment() {
     let frags = fragment(&f, 2400, 11);
     h.drop(&frags[1], IN0, DropReason::FragmentTooLarge);
 }
+
+#[test]
+fn fragment_released_in_its_expiry_second_is_not_also_timed_out() {
+    let mut h = H::new(&conf("", "", "[fragments]\nmax_held = 2\ntimeout = 2"));
+    let frags = fragment(&big(A, 5000, R1, 53), 64, 1);
+    assert_eq!(h.run(&frags[1], IN0).0, Verdict::Held);
+    let orphan = fragment(&big(A, 5000, R1, 53), 64, 50);
+    assert_eq!(h.run(&orphan[1], IN0).0, Verdict::Held);
+    // The first fragment comes in the very second the held one expires: it is released
+    // (and the end-of-batch expiry must not free its slot a second time).
+    h.at(T0 + 2.0);
+    h.fwd(&frags[0], IN0, fwd_out());
+    assert_eq!(h.drops(DropReason::FragmentTimeout), 1, "only the orphan");
+    assert_eq!(h.drain().len(), 1);
+    // Exactly two hold slots exist, no more.
+    for id in 10..12 {
+        let f = fragment(&big(A, 5000, R1, 53), 64, id);
+        assert_eq!(h.run(&f[1], IN0).0, Verdict::Held);
+    }
+    let f = fragment(&big(A, 5000, R1, 53), 64, 12);
+    h.drop(&f[1], IN0, DropReason::FragmentBufferFull);
+}
