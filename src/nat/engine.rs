@@ -488,23 +488,36 @@ impl Engine {
         Some(i)
     }
 
-    /// A free session slot; when none is free only expired sessions are reclaimed.
-    fn session_slot(&mut self) -> Option<u32> {
-        if let Some(i) = self.free_sessions.pop() {
-            return Some(i);
-        }
+    /// Deletes expired sessions (looking at no more than `RECLAIM_TRIES` slots) until `enough`.
+    /// Deleting a session may delete its mapping, so callers reclaim before they look up the
+    /// mapping a new session will use, never between that lookup and the session's creation.
+    fn reclaim(&mut self, enough: fn(&Engine) -> bool) {
         let n = self.sessions.len();
         for _ in 0..RECLAIM_TRIES.min(n) {
+            if enough(self) {
+                return;
+            }
             let i = self.sweep_cursor;
             self.sweep_cursor = if i + 1 == n { 0 } else { i + 1 };
             let s = &self.sessions[i];
             if s.proto != 0 && s.expires <= self.now {
                 self.delete_session(i as u32);
                 self.counters.sessions_expired.inc();
-                return self.free_sessions.pop();
             }
         }
-        None
+    }
+
+    /// When the table is full, reclaims expired sessions so a new one fits. Called before a
+    /// new session's mapping is looked up (see `reclaim`); creation fails later if no slot
+    /// came free.
+    pub(crate) fn make_session_room(&mut self) {
+        if self.free_sessions.is_empty() {
+            self.reclaim(|e| !e.free_sessions.is_empty());
+        }
+    }
+
+    fn session_slot(&mut self) -> Option<u32> {
+        self.free_sessions.pop()
     }
 
     /// Creates a session; `map` is the mapping it belongs to (NONE for static / 1:1).
@@ -649,6 +662,10 @@ impl Engine {
         }
         if realm.pool.is_empty() {
             return Err(DropReason::PortsExhausted);
+        }
+        if self.free_maps.is_empty() {
+            // Every mapping slot is taken: expired sessions may be all that holds some.
+            self.reclaim(|e| !e.free_maps.is_empty());
         }
         let hk = super::rules::HostKey {
             realm: realm.id,

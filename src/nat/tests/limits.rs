@@ -27,6 +27,8 @@ fn session_table_full_then_recovers() {
         IN0,
         DropReason::SessionTableFull,
     );
+    // Unsolicited traffic is still called that, full table or not.
+    h.drop(&udp(R2, 53, POOL, 60000), OUTSIDE, DropReason::Unsolicited);
     h.at(T0 + 60.0);
     // Existing flows keep working in both directions.
     let p = h.fwd(&udp(host(0), 2000, R1, 53), IN0, fwd_out());

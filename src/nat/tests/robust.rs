@@ -262,7 +262,10 @@ fn fuzz_200k_frames() {
     );
 }
 
-fn any_frame() -> impl Strategy<Value = (u8, [u8; 4], u16, [u8; 4], u16, u8, Vec<u8>, bool)> {
+/// (kind, src, sport, dst, dport, ttl, payload, zero UDP checksum)
+type FrameSpec = (u8, [u8; 4], u16, [u8; 4], u16, u8, Vec<u8>, bool);
+
+fn any_frame() -> impl Strategy<Value = FrameSpec> {
     (
         0u8..3,
         (2u8..255).prop_map(|b| [10, 0, 0, b]),
