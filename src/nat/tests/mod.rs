@@ -8,5 +8,6 @@ mod icmp;
 mod limits;
 mod mapping;
 mod multi;
+mod reload;
 mod robust;
 mod tcp;
