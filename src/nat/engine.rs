@@ -108,28 +108,7 @@ impl Engine {
     /// An engine for worker `core`; allocates every table up front.
     pub fn new(core: usize, rules: Arc<Rules>, counters: Arc<Counters>) -> Engine {
         let cap = rules.session_capacity.max(16) as usize;
-        let ports = rules
-            .realms
-            .iter()
-            .map(|r| {
-                let hold = (r.pool.len() * 3 * 65536 / rules.cores).clamp(1024, HOLD_CAP);
-                let mut pa = PortAllocator::new(
-                    r.pool.len().max(1),
-                    r.port_first,
-                    r.port_last,
-                    rules.partition.as_ref(),
-                    core,
-                    PORT_HOLD_SECS,
-                    hold,
-                );
-                for s in rules.statics.iter().filter(|s| s.realm == r.id) {
-                    if let Some(i) = r.pool.iter().position(|a| *a == s.ext_addr) {
-                        pa.reserve(i, proto_index(s.proto), s.ext_port);
-                    }
-                }
-                pa
-            })
-            .collect();
+        let ports = Self::port_allocators(&rules, core);
         let frags = FragTable::new(
             rules.frag_max_datagrams as usize,
             rules.frag_max_held as usize,
@@ -217,9 +196,43 @@ impl Engine {
         self.housekeeping(SWEEP_PER_TICK);
     }
 
-    /// Replaces the rules (configuration reload). Sessions of flows the new rules still allow
-    /// stay; the sweep removes the others lazily as they are looked up or expire.
+    /// One port allocator per realm, with the static mappings' ports reserved.
+    fn port_allocators(rules: &Rules, core: usize) -> Vec<PortAllocator> {
+        rules
+            .realms
+            .iter()
+            .map(|r| {
+                let hold = (r.pool.len() * 3 * 65536 / rules.cores).clamp(1024, HOLD_CAP);
+                let mut pa = PortAllocator::new(
+                    r.pool.len().max(1),
+                    r.port_first,
+                    r.port_last,
+                    rules.partition.as_ref(),
+                    core,
+                    PORT_HOLD_SECS,
+                    hold,
+                );
+                for s in rules.statics.iter().filter(|s| s.realm == r.id) {
+                    if let Some(i) = r.pool.iter().position(|a| *a == s.ext_addr) {
+                        pa.reserve(i, proto_index(s.proto), s.ext_port);
+                    }
+                }
+                pa
+            })
+            .collect()
+    }
+
+    /// Replaces the rules (configuration reload). Timeouts, filtering, hairpinning and the
+    /// like apply to existing sessions at once. When the translation layout changes (realms,
+    /// their interfaces, prefixes, pools or port ranges, static or 1:1 mappings, the core
+    /// partition), sessions refer to realm ids, pool indices and ports the new rules no longer
+    /// mean the same by: they are all removed and the port allocators rebuilt (this allocates;
+    /// reloads are rare and not per packet).
     pub fn set_rules(&mut self, rules: Arc<Rules>) {
+        if !self.rules.same_layout(&rules) {
+            self.clear_sessions();
+            self.ports = Self::port_allocators(&rules, self.core);
+        }
         self.rules = rules;
     }
 

@@ -118,3 +118,21 @@ fn forward_only_routes_without_translation() {
     );
     assert_eq!(h.e.session_count(), 0);
 }
+
+#[test]
+fn reload_changing_only_behaviour_keeps_sessions() {
+    let mut h = H::std();
+    let p = h.fwd(&udp(A, 5000, R1, 53), IN0, fwd_out());
+    h.e.set_rules(rules(
+        &conf(
+            "filtering = \"endpoint-independent\"",
+            "[realm.timeouts]\nudp = 600",
+            "",
+        ),
+        1,
+    ));
+    assert_eq!(h.e.session_count(), 1);
+    // The new filtering applies to the kept mapping.
+    h.fwd(&udp(R2, 53, POOL, p.sport), OUTSIDE, fwd_in(A));
+    h.e.check_invariants();
+}
