@@ -108,28 +108,7 @@ impl Engine {
     /// An engine for worker `core`; allocates every table up front.
     pub fn new(core: usize, rules: Arc<Rules>, counters: Arc<Counters>) -> Engine {
         let cap = rules.session_capacity.max(16) as usize;
-        let ports = rules
-            .realms
-            .iter()
-            .map(|r| {
-                let hold = (r.pool.len() * 3 * 65536 / rules.cores).clamp(1024, HOLD_CAP);
-                let mut pa = PortAllocator::new(
-                    r.pool.len().max(1),
-                    r.port_first,
-                    r.port_last,
-                    rules.partition.as_ref(),
-                    core,
-                    PORT_HOLD_SECS,
-                    hold,
-                );
-                for s in rules.statics.iter().filter(|s| s.realm == r.id) {
-                    if let Some(i) = r.pool.iter().position(|a| *a == s.ext_addr) {
-                        pa.reserve(i, proto_index(s.proto), s.ext_port);
-                    }
-                }
-                pa
-            })
-            .collect();
+        let ports = Self::port_allocators(&rules, core);
         let frags = FragTable::new(
             rules.frag_max_datagrams as usize,
             rules.frag_max_held as usize,
@@ -221,9 +200,43 @@ impl Engine {
         self.housekeeping(SWEEP_PER_TICK);
     }
 
-    /// Replaces the rules (configuration reload). Sessions of flows the new rules still allow
-    /// stay; the sweep removes the others lazily as they are looked up or expire.
+    /// One port allocator per realm, with the static mappings' ports reserved.
+    fn port_allocators(rules: &Rules, core: usize) -> Vec<PortAllocator> {
+        rules
+            .realms
+            .iter()
+            .map(|r| {
+                let hold = (r.pool.len() * 3 * 65536 / rules.cores).clamp(1024, HOLD_CAP);
+                let mut pa = PortAllocator::new(
+                    r.pool.len().max(1),
+                    r.port_first,
+                    r.port_last,
+                    rules.partition.as_ref(),
+                    core,
+                    PORT_HOLD_SECS,
+                    hold,
+                );
+                for s in rules.statics.iter().filter(|s| s.realm == r.id) {
+                    if let Some(i) = r.pool.iter().position(|a| *a == s.ext_addr) {
+                        pa.reserve(i, proto_index(s.proto), s.ext_port);
+                    }
+                }
+                pa
+            })
+            .collect()
+    }
+
+    /// Replaces the rules (configuration reload). Timeouts, filtering, hairpinning and the
+    /// like apply to existing sessions at once. When the translation layout changes (realms,
+    /// their interfaces, prefixes, pools or port ranges, static or 1:1 mappings, the core
+    /// partition), sessions refer to realm ids, pool indices and ports the new rules no longer
+    /// mean the same by: they are all removed and the port allocators rebuilt (this allocates;
+    /// reloads are rare and not per packet).
     pub fn set_rules(&mut self, rules: Arc<Rules>) {
+        if !self.rules.same_layout(&rules) {
+            self.clear_sessions();
+            self.ports = Self::port_allocators(&rules, self.core);
+        }
         self.rules = rules;
     }
 
@@ -492,23 +505,36 @@ impl Engine {
         Some(i)
     }
 
-    /// A free session slot; when none is free only expired sessions are reclaimed.
-    fn session_slot(&mut self) -> Option<u32> {
-        if let Some(i) = self.free_sessions.pop() {
-            return Some(i);
-        }
+    /// Deletes expired sessions (looking at no more than `RECLAIM_TRIES` slots) until `enough`.
+    /// Deleting a session may delete its mapping, so callers reclaim before they look up the
+    /// mapping a new session will use, never between that lookup and the session's creation.
+    fn reclaim(&mut self, enough: fn(&Engine) -> bool) {
         let n = self.sessions.len();
         for _ in 0..RECLAIM_TRIES.min(n) {
+            if enough(self) {
+                return;
+            }
             let i = self.sweep_cursor;
             self.sweep_cursor = if i + 1 == n { 0 } else { i + 1 };
             let s = &self.sessions[i];
             if s.proto != 0 && s.expires <= self.now {
                 self.delete_session(i as u32);
                 self.counters.sessions_expired.inc();
-                return self.free_sessions.pop();
             }
         }
-        None
+    }
+
+    /// When the table is full, reclaims expired sessions so a new one fits. Called before a
+    /// new session's mapping is looked up (see `reclaim`); creation fails later if no slot
+    /// came free.
+    pub(crate) fn make_session_room(&mut self) {
+        if self.free_sessions.is_empty() {
+            self.reclaim(|e| !e.free_sessions.is_empty());
+        }
+    }
+
+    fn session_slot(&mut self) -> Option<u32> {
+        self.free_sessions.pop()
     }
 
     /// Creates a session; `map` is the mapping it belongs to (NONE for static / 1:1).
@@ -653,6 +679,10 @@ impl Engine {
         }
         if realm.pool.is_empty() {
             return Err(DropReason::PortsExhausted);
+        }
+        if self.free_maps.is_empty() {
+            // Every mapping slot is taken: expired sessions may be all that holds some.
+            self.reclaim(|e| !e.free_maps.is_empty());
         }
         let hk = super::rules::HostKey {
             realm: realm.id,
@@ -809,4 +839,65 @@ pub(crate) fn dec_ttl(d: &mut [u8], m: &Meta) {
     wr16(d, o, new);
     let c = rd16(d, m.l3 + 10);
     wr16(d, m.l3 + 10, checksum::update16(c, old, new));
+}
+
+#[cfg(test)]
+impl Engine {
+    /// Cross-checks every table against the slots (tests only; O(capacity)).
+    pub(crate) fn check_invariants(&self) {
+        let live: Vec<u32> = (0..self.sessions.len() as u32)
+            .filter(|&i| self.sessions[i as usize].proto != 0)
+            .collect();
+        assert_eq!(live.len(), self.in_tab.len(), "live sessions vs in_tab");
+        assert_eq!(live.len(), self.out_tab.len(), "live sessions vs out_tab");
+        assert_eq!(
+            live.len() + self.free_sessions.len(),
+            self.sessions.len(),
+            "session slots leaked"
+        );
+        let mut per_map = std::collections::HashMap::<u32, u32>::new();
+        let mut filt = std::collections::HashMap::<(u32, u32), u32>::new();
+        for &i in &live {
+            let s = &self.sessions[i as usize];
+            assert_eq!(self.in_tab.get(&s.in_key()), Some(i), "in_tab of {s:?}");
+            assert_eq!(self.out_tab.get(&s.out_key()), Some(i), "out_tab of {s:?}");
+            if s.map != NONE {
+                let mp = &self.maps[s.map as usize];
+                assert_ne!(mp.proto, 0, "session on a free mapping");
+                assert_eq!((mp.ext_addr, mp.ext_port), (s.ext_addr, s.ext_port));
+                *per_map.entry(s.map).or_default() += 1;
+                if s.flags & flags::FILTER_COUNTED != 0 {
+                    *filt.entry((s.map, s.rem_addr)).or_default() += 1;
+                }
+            }
+        }
+        let live_maps: Vec<u32> = (0..self.maps.len() as u32)
+            .filter(|&i| self.maps[i as usize].proto != 0)
+            .collect();
+        assert_eq!(live_maps.len(), self.map_in.len(), "mappings vs map_in");
+        assert_eq!(live_maps.len(), self.map_out.len(), "mappings vs map_out");
+        assert_eq!(live_maps.len() + self.free_maps.len(), self.maps.len());
+        let mut per_host = std::collections::HashMap::<u32, u32>::new();
+        for &mi in &live_maps {
+            let mp = &self.maps[mi as usize];
+            assert_eq!(self.map_in.get(&mp.key), Some(mi));
+            assert_eq!(
+                mp.sessions,
+                per_map.get(&mi).copied().unwrap_or(0),
+                "mapping session count"
+            );
+            assert!(mp.sessions > 0, "mapping without sessions kept");
+            *per_host.entry(mp.host).or_default() += 1;
+        }
+        assert_eq!(per_host.len(), self.host_tab.len(), "hosts vs host_tab");
+        assert_eq!(per_host.len() + self.free_hosts.len(), self.hosts.len());
+        for (h, n) in &per_host {
+            assert_eq!(self.hosts[*h as usize].mappings, *n, "host mapping count");
+        }
+        assert_eq!(filt.len(), self.filt.len(), "filter entries");
+        for (&(map, rem_addr), n) in &filt {
+            let k = FilterKey { map, rem_addr };
+            assert_eq!(self.filt.get(&k), Some(*n), "filter count");
+        }
+    }
 }

@@ -236,7 +236,6 @@ impl FragTable {
             let h = self.held[i as usize];
             let base = i as usize * (HOLD_SLOT + HEADROOM);
             f(&self.held_bufs[base + h.off..base + h.off + h.len], v);
-            self.held[i as usize].ingress = None;
             self.held_free.push(i);
         }
     }
@@ -256,10 +255,7 @@ impl Engine {
         }
         for i in 0..self.frags.held.len() {
             let h = self.frags.held[i];
-            if h.ingress.is_none()
-                || h.key != k
-                || self.frags.ready.iter().any(|(j, _)| *j as usize == i)
-            {
+            if h.ingress.is_none() || h.key != k {
                 continue;
             }
             let base = i * (HOLD_SLOT + HEADROOM);
@@ -271,10 +267,12 @@ impl Engine {
             };
             let (off, len) = (fr.off, fr.len);
             self.frags.held_count -= 1;
+            // No longer waiting: neither released twice nor timed out (which would free the
+            // slot while it is still queued in `ready`).
+            self.frags.held[i].ingress = None;
             match v {
                 Verdict::Drop(r) => {
                     self.counters.dropped(r);
-                    self.frags.held[i].ingress = None;
                     self.frags.held_free.push(i as u32);
                 }
                 v => {

@@ -190,6 +190,7 @@ impl Engine {
             // An echo reply from inside answers an inbound request: it needs its session.
             return Err(DropReason::Unsolicited);
         }
+        self.make_session_room();
         let (ext_addr, ext_port, map) =
             if let Some(st) = r.static_by_in(realm.id, m.proto, m.src, m.sport) {
                 (st.ext_addr, st.ext_port, NONE)

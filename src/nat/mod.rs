@@ -18,3 +18,6 @@ pub use counters::Counters;
 pub use engine::{Engine, PORT_HOLD_SECS, Pkt};
 pub use rules::Rules;
 pub use types::*;
+
+#[cfg(test)]
+mod tests;

@@ -141,6 +141,7 @@ impl Engine {
             PROTO_ICMP => m.icmp_type == icmp::ECHO_REQUEST,
             _ => true,
         };
+        self.make_session_room();
         let (realm_id, in_addr, in_port, map) = match ext {
             ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. } => {
                 if let Some(st) = r.static_by_ext(m.proto, m.dst, m.dport) {

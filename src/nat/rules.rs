@@ -96,7 +96,7 @@ impl ExtAddr {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StaticRule {
     pub realm: u16,
     pub proto: u8,
@@ -106,7 +106,7 @@ pub struct StaticRule {
     pub in_port: u16,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OneToOneRule {
     pub realm: u16,
     pub ext_addr: u32,
@@ -423,6 +423,21 @@ impl Rules {
         } else {
             self.gateway
         }
+    }
+
+    /// Whether sessions and port allocations made under `self` mean the same under `o`.
+    pub fn same_layout(&self, o: &Rules) -> bool {
+        self.cores == o.cores
+            && self.statics == o.statics
+            && self.one_to_one == o.one_to_one
+            && self.realms.len() == o.realms.len()
+            && self.realms.iter().zip(&o.realms).all(|(a, b)| {
+                (a.iface, a.vlan, a.port_first, a.port_last)
+                    == (b.iface, b.vlan, b.port_first, b.port_last)
+                    && a.prefixes == b.prefixes
+                    && a.pool == b.pool
+                    && a.mapping == b.mapping
+            })
     }
 
     /// Is `a` one of natgw's own addresses (outside or a realm gateway)?

@@ -1,0 +1,13 @@
+//! Engine test suite: golden translations checked with an independent parser (etherparse) and
+//! full checksum recomputation, plus robustness (truncation, fuzz, property) tests.
+
+mod util;
+
+mod frag;
+mod icmp;
+mod limits;
+mod mapping;
+mod multi;
+mod reload;
+mod robust;
+mod tcp;
