@@ -110,6 +110,27 @@ pub fn rules_for(cfg: &Config) -> Result<Rules, String> {
     Ok(rules)
 }
 
+/// Reads the outside NIC's RSS key, indirection table and hashed fields (ethtool). None when
+/// the NIC has no RSS (veth) or it is not Toeplitz: handoff then keeps everything correct.
+pub fn rss_steering(ifname: &str, queue_of_core: &[u32]) -> Option<crate::nat::rules::RssSteering> {
+    use super::ethtool::{
+        RXH_L4_B_0_1, RXH_L4_B_2_3, TCP_V4_FLOW, UDP_V4_FLOW, rss_config, rx_flow_hash_fields,
+    };
+    let rss = rss_config(ifname).ok()??.to_rss()?.ok()?;
+    let ports = |flow| {
+        rx_flow_hash_fields(ifname, flow)
+            .ok()
+            .flatten()
+            .is_some_and(|f| f & (RXH_L4_B_0_1 | RXH_L4_B_2_3) == (RXH_L4_B_0_1 | RXH_L4_B_2_3))
+    };
+    Some(crate::nat::rules::RssSteering {
+        rss,
+        tcp_ports: ports(TCP_V4_FLOW),
+        udp_ports: ports(UDP_V4_FLOW),
+        queue_of_core: queue_of_core.to_vec(),
+    })
+}
+
 impl Gateway {
     pub fn start(cfg: &Config, opts: &RunOptions) -> Result<Gateway, String> {
         // SAFETY: geteuid has no preconditions.
@@ -188,6 +209,10 @@ impl Gateway {
 
         let mut rules = rules_for(cfg)?;
         rules.cores = dp.workers.len().max(1);
+        rules.rss = rss_steering(
+            &outside.name,
+            &dp.workers.iter().map(|w| w.queue).collect::<Vec<_>>(),
+        );
         let rules = Arc::new(rules);
         let n = dp.workers.len().max(1);
         let stop = Arc::new(AtomicBool::new(false));

@@ -669,10 +669,13 @@ impl Engine {
 
     /// Finds or creates the dynamic mapping for an inside endpoint (paired pooling, per-host
     /// limit, port preservation / bounded random search).
+    /// `remote` is the first destination, for RSS-aware port choice.
     pub(crate) fn mapping_for(
         &mut self,
+        r: &Rules,
         realm: &RealmRules,
         key: MapInKey,
+        remote: (u32, u16),
     ) -> Result<u32, DropReason> {
         if let Some(mi) = self.map_in.get(&key) {
             return Ok(mi);
@@ -713,7 +716,18 @@ impl Engine {
         let mut got = None;
         for t in 0..tries {
             let ai = (start + t) % n;
-            if let Some(p) = alloc.alloc(ai, pidx, key.in_port, policy, &mut self.rng, None) {
+            // With a predictable outside RSS, prefer ports whose replies land on our queue.
+            let ext = realm.pool[ai];
+            let core = self.core;
+            let steer = r
+                .rss
+                .as_ref()
+                .filter(|s| r.cores > 1 && s.steers(key.proto));
+            let pref =
+                |p: u16| steer.is_some_and(|s| s.lands_on(core, key.proto, remote, (ext, p)));
+            let prefer: Option<&dyn Fn(u16) -> bool> =
+                if steer.is_some() { Some(&pref) } else { None };
+            if let Some(p) = alloc.alloc(ai, pidx, key.in_port, policy, &mut self.rng, prefer) {
                 got = Some((ai, p));
                 break;
             }

@@ -198,7 +198,7 @@ impl Engine {
                 (o.ext_addr, m.sport, NONE)
             } else {
                 let mk = Self::map_key(realm, m.proto, m.src, m.sport, m.dst, rem_port(m));
-                let mi = self.mapping_for(realm, mk)?;
+                let mi = self.mapping_for(r, realm, mk, (m.dst, rem_port(m)))?;
                 let mp = self.mapping(mi);
                 (mp.ext_addr, mp.ext_port, mi)
             };

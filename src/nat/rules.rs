@@ -156,6 +156,51 @@ impl RealmRules {
 const UNTAGGED: usize = 4096;
 const NO_REALM: u16 = u16::MAX;
 
+/// The outside NIC's receive-side scaling, when it hashes addresses and ports: port choice
+/// then prefers external ports whose return traffic the NIC delivers to the allocating
+/// worker's own queue, so steady-state traffic needs no handoff.
+#[derive(Clone, Debug)]
+pub struct RssSteering {
+    pub rss: crate::dataplane::toeplitz::Rss,
+    /// Whether TCP / UDP return traffic is hashed over ports too (else only addresses count
+    /// and port choice cannot steer).
+    pub tcp_ports: bool,
+    pub udp_ports: bool,
+    /// The outside queue of each worker (engine core number).
+    pub queue_of_core: Vec<u32>,
+}
+
+impl RssSteering {
+    /// Port choice can steer only protocols whose ports the NIC hashes.
+    #[inline]
+    pub fn steers(&self, proto: u8) -> bool {
+        match proto {
+            PROTO_TCP => self.tcp_ports,
+            PROTO_UDP => self.udp_ports,
+            _ => false,
+        }
+    }
+
+    /// Does the NIC deliver return traffic from `rem` to `ext` on `core`'s queue?
+    #[inline]
+    pub fn lands_on(&self, core: usize, proto: u8, rem: (u32, u16), ext: (u32, u16)) -> bool {
+        let ports = match proto {
+            PROTO_TCP => self.tcp_ports,
+            PROTO_UDP => self.udp_ports,
+            _ => false,
+        };
+        let (sp, dp) = if ports {
+            (Some(rem.1), Some(ext.1))
+        } else {
+            (None, None)
+        };
+        let q = self
+            .rss
+            .ipv4_queue(Ipv4Addr::from(rem.0), Ipv4Addr::from(ext.0), sp, dp);
+        self.queue_of_core.get(core) == Some(&q)
+    }
+}
+
 pub struct Rules {
     pub realms: Vec<RealmRules>,
     pub statics: Vec<StaticRule>,
@@ -172,6 +217,8 @@ pub struct Rules {
     pub outside_onlink: Vec<Ipv4Net>,
     pub cores: usize,
     pub partition: Arc<dyn Partition>,
+    /// Set by the dataplane when the outside NIC's RSS can be predicted.
+    pub rss: Option<RssSteering>,
     pub forward_only: bool,
     pub session_capacity: u32,
     pub frag_max_datagrams: u32,
@@ -324,6 +371,7 @@ impl Rules {
             outside_onlink: Vec::new(),
             cores,
             partition,
+            rss: None,
             forward_only: cfg.dataplane.forward_only,
             session_capacity: cfg.sessions.capacity_per_core,
             frag_max_datagrams: cfg.fragments.max_datagrams,

@@ -10,4 +10,5 @@ mod mapping;
 mod multi;
 mod reload;
 mod robust;
+mod rss;
 mod tcp;
