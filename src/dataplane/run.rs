@@ -131,6 +131,22 @@ pub fn rss_steering(ifname: &str, queue_of_core: &[u32]) -> Option<crate::nat::r
     })
 }
 
+/// The kernel's VLAN devices `<interface>.<vid>` for the tagged realms on `interface`. The
+/// hosts of a VLAN are the kernel's neighbours on that device (it answers their ARP for the
+/// realm gateway there and can resolve them), never on the untagged parent, and two VLANs
+/// may hold the same address. A VLAN without such a device keeps the parent's ifindex.
+fn vlan_devices(cfg: &Config, interface: &str) -> Vec<(u16, u32)> {
+    cfg.realms
+        .iter()
+        .filter(|r| r.interface == interface)
+        .filter_map(|r| r.vlan)
+        .filter_map(|v| {
+            let l = netlink::link_by_name(&format!("{interface}.{v}")).ok()?;
+            Some((v, l.ifindex))
+        })
+        .collect()
+}
+
 impl Gateway {
     pub fn start(cfg: &Config, opts: &RunOptions) -> Result<Gateway, String> {
         // SAFETY: geteuid has no preconditions.
@@ -277,6 +293,7 @@ impl Gateway {
                 mac: outside.mac,
                 ifindex: outside.ifindex,
                 pool: 0,
+                vlan_ifindex: Vec::new(),
             }];
             let mut extra_pools = Vec::new();
             for (ii, l) in inside.iter().enumerate() {
@@ -311,6 +328,7 @@ impl Gateway {
                     mac: l.mac,
                     ifindex: l.ifindex,
                     pool,
+                    vlan_ifindex: vlan_devices(cfg, &l.name),
                 });
             }
             let mut pools = vec![Pool::new(umem)];

@@ -80,6 +80,9 @@ pub struct Port {
     pub ifindex: u32,
     /// Index of the UMEM pool this socket's frames belong to.
     pub pool: usize,
+    /// (VLAN id, ifindex of the kernel's device for that VLAN): where the neighbours of a
+    /// tagged frame's next hop live.
+    pub vlan_ifindex: Vec<(u16, u32)>,
 }
 
 /// A UMEM and its free frames.
@@ -301,11 +304,25 @@ impl Worker {
                     Egress::Outside => 0,
                     Egress::Inside(i) => 1 + i as usize,
                 }];
-                let (ifindex, src_mac, epool) = (
+                let (mut ifindex, src_mac, epool) = (
                     self.ports[port].ifindex,
                     self.ports[port].mac,
                     self.ports[port].pool,
                 );
+                if !self.ports[port].vlan_ifindex.is_empty() && len >= 18 {
+                    // The engine has already set the frame's tag for its egress VLAN.
+                    let d = self.pools[pool].umem.frame(base + off as u64, 16);
+                    if d.len() >= 16 && d[12..14] == [0x81, 0x00] {
+                        let vid = u16::from_be_bytes([d[14], d[15]]) & 0x0fff;
+                        if let Some(&(_, i)) = self.ports[port]
+                            .vlan_ifindex
+                            .iter()
+                            .find(|(v, _)| *v == vid)
+                        {
+                            ifindex = i;
+                        }
+                    }
+                }
                 let Some(dst_mac) = self.shared.neigh.lookup(ifindex, next_hop) else {
                     self.ask_resolve(ifindex, next_hop);
                     self.counters.dropped(DropReason::NoNeighbour);
