@@ -77,6 +77,10 @@ fn main() -> ExitCode {
                     println!("\nlab: all traffic went through natgw as expected");
                     ExitCode::SUCCESS
                 }
+                Err(e) if e == "interrupted" => {
+                    eprintln!("\nlab: interrupted; everything it created was removed");
+                    ExitCode::from(130)
+                }
                 Err(e) => {
                     eprintln!("\nlab: FAILED: {e}");
                     ExitCode::FAILURE
