@@ -5,6 +5,11 @@
 //!   checked, so it fails if the engine stops translating.
 //! - `cargo bench --bench engine -- --only <substring>`: only the cases whose name contains it
 //!   (for profiling one path, e.g. `--only in2out_1M`).
+//! - `--profile`: no copy baselines and 4x longer repetitions, so that a profiler attached
+//!   after the set-up phase sees (almost) only the engine.
+//! - `--hugepages`: allocations of 4 MiB and more (the engine's session arrays and hash
+//!   tables) are advised as transparent huge pages, to measure what huge pages would give the
+//!   engine without changing it.
 //!
 //! The engine rewrites frames in place, so before each batch the frames are restored from a
 //! pristine template, as if the NIC had delivered fresh ones. That copy is timed on its own with
@@ -13,12 +18,15 @@
 //! round-robin, so with 1M flows almost every lookup misses the caches.
 
 use natgw::nat::ports::BlockPartition;
-use natgw::nat::session::tcp;
+use natgw::nat::session::{InKey, tcp};
+use natgw::nat::table::{FlowTable, Key};
 use natgw::nat::{Counters, Egress, Engine, Frame, Ingress, Pkt, Rules, Verdict};
 use natgw::packet::checksum;
+use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 64;
@@ -43,6 +51,56 @@ const REMOTE_BASE: u32 = 0xc633_6401;
 /// 203.0.113.0/26: the 64-address pool.
 const POOL_BASE: u32 = 0xcb00_7100;
 const POOL_MASK: u32 = 0xffff_ffc0;
+
+/// The system allocator; with `--hugepages`, large blocks are `madvise(MADV_HUGEPAGE)`d before
+/// anything touches them (THP is usually in "madvise" mode, so plain `Vec`s get 4 KiB pages).
+struct Alloc;
+
+static HUGE_PAGES: AtomicBool = AtomicBool::new(false);
+const HUGE_MIN: usize = 4 << 20;
+
+fn advise(p: *mut u8, size: usize) {
+    if p.is_null() || size < HUGE_MIN || !HUGE_PAGES.load(Ordering::Relaxed) {
+        return;
+    }
+    // Only whole 2 MiB pages inside the block: madvise needs a page-aligned start.
+    const HP: usize = 2 << 20;
+    let start = (p as usize).next_multiple_of(HP);
+    let end = (p as usize + size) & !(HP - 1);
+    if end > start {
+        // SAFETY: the range lies inside a block we just allocated; a failed advice is harmless.
+        unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_HUGEPAGE) };
+    }
+}
+
+// SAFETY: every call is forwarded to `System`; `advise` only adds a hint on memory it returned.
+unsafe impl GlobalAlloc for Alloc {
+    unsafe fn alloc(&self, l: Layout) -> *mut u8 {
+        // SAFETY: same contract as ours.
+        let p = unsafe { System.alloc(l) };
+        advise(p, l.size());
+        p
+    }
+    unsafe fn alloc_zeroed(&self, l: Layout) -> *mut u8 {
+        // SAFETY: same contract as ours.
+        let p = unsafe { System.alloc_zeroed(l) };
+        advise(p, l.size());
+        p
+    }
+    unsafe fn dealloc(&self, p: *mut u8, l: Layout) {
+        // SAFETY: same contract as ours.
+        unsafe { System.dealloc(p, l) }
+    }
+    unsafe fn realloc(&self, p: *mut u8, l: Layout, new: usize) -> *mut u8 {
+        // SAFETY: same contract as ours.
+        let q = unsafe { System.realloc(p, l, new) };
+        advise(q, new);
+        q
+    }
+}
+
+#[global_allocator]
+static GLOBAL: Alloc = Alloc;
 
 fn config(capacity: usize) -> String {
     format!(
@@ -115,6 +173,23 @@ fn inside_flow(i: usize, proto: u8) -> Flow {
         dport,
         kind,
     }
+}
+
+/// The flows in a fixed pseudo-random order. Sessions are created in flow order (the engine
+/// hands out session slots sequentially), so visiting them shuffled keeps the session array
+/// from being streamed by the hardware prefetcher: real traffic does not arrive in set-up order.
+fn shuffled<T: Copy>(v: &[T]) -> Vec<T> {
+    let mut v = v.to_vec();
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in (1..v.len()).rev() {
+        // xorshift64*
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        let r = x.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        v.swap(i, (r % (i as u64 + 1)) as usize);
+    }
+    v
 }
 
 fn rd16(b: &[u8], o: usize) -> u16 {
@@ -286,7 +361,8 @@ struct Runner {
 impl Runner {
     fn new(ingress: Ingress) -> Runner {
         // Lives for the whole process: `Pkt` borrows its buffer.
-        let store: &'static mut [Chunk] = Vec::from_iter((0..BATCH).map(|_| Chunk([0; 128]))).leak();
+        let store: &'static mut [Chunk] =
+            Vec::from_iter((0..BATCH).map(|_| Chunk([0; 128]))).leak();
         let pkts = store
             .iter_mut()
             .map(|c| Pkt {
@@ -370,7 +446,11 @@ fn prime(e: &mut Engine, t: &Templates, ingress: Ingress) -> Vec<Flow> {
                     assert_eq!((f.dst, f.dport), (orig.dst, orig.dport));
                 }
                 _ => {
-                    assert_eq!(f.dst & 0xffff_0000, INSIDE_BASE, "dest not translated: {f:?}");
+                    assert_eq!(
+                        f.dst & 0xffff_0000,
+                        INSIDE_BASE,
+                        "dest not translated: {f:?}"
+                    );
                     assert_eq!(f.src, orig.src);
                     if f.proto != PROTO_ICMP {
                         // An ICMP identifier is translated back; ports on this side are not.
@@ -392,6 +472,8 @@ fn prime(e: &mut Engine, t: &Templates, ingress: Ingress) -> Vec<Flow> {
 #[derive(Clone, Copy)]
 struct Plan {
     quick: bool,
+    /// Skip the copy baselines (profiling).
+    no_baseline: bool,
     warmup: Duration,
     rep_time: Duration,
     reps: usize,
@@ -477,10 +559,14 @@ fn established(
         "{name}: not every frame was translated"
     );
     let mut r = Runner::new(ingress);
-    let copy = measure(p, || {
-        r.run::<false>(e, t, CHUNK_BATCHES, None);
-        (CHUNK_BATCHES * BATCH) as u64
-    });
+    let copy = if p.no_baseline {
+        stat(vec![0.0])
+    } else {
+        measure(p, || {
+            r.run::<false>(e, t, CHUNK_BATCHES, None);
+            (CHUNK_BATCHES * BATCH) as u64
+        })
+    };
     Row {
         name,
         sessions: e.session_count(),
@@ -509,9 +595,13 @@ impl Setup {
 fn setup_rate(p: &Plan, n: usize, capacity: usize) -> Setup {
     let flows: Vec<Flow> = (0..n).map(|i| inside_flow(i, PROTO_UDP)).collect();
     let t = Templates::new(&flows);
-    assert_eq!(t.lines.len(), n, "set-up size must be a multiple of the batch");
+    assert_eq!(
+        t.lines.len(),
+        n,
+        "set-up size must be a multiple of the batch"
+    );
     let check = p.quick.then_some(Egress::Outside);
-    let reps = if p.quick { 2 } else { 5 };
+    let reps = if p.quick { 2 } else { p.reps.min(5) };
     let mut v = Vec::new();
     for _ in 0..reps {
         let mut e = new_engine(capacity);
@@ -521,10 +611,21 @@ fn setup_rate(p: &Plan, n: usize, capacity: usize) -> Setup {
         v.push(start.elapsed().as_nanos() as f64 / n as f64);
         let c = e.counters();
         assert_eq!(c.total_drops(), 0, "set-up: engine dropped frames");
-        assert_eq!(c.sessions_created.get(), n as u64, "set-up: sessions created");
+        assert_eq!(
+            c.sessions_created.get(),
+            n as u64,
+            "set-up: sessions created"
+        );
         assert_eq!(e.session_count(), n);
     }
     let total = stat(v);
+    if p.no_baseline {
+        return Setup {
+            sessions: n,
+            total,
+            copy: stat(vec![0.0]),
+        };
+    }
     let mut e = new_engine(1024);
     let mut r = Runner::new(Ingress::Inside(0));
     let copy = stat(
@@ -543,6 +644,96 @@ fn setup_rate(p: &Plan, n: usize, capacity: usize) -> Setup {
     }
 }
 
+/// A session-sized record, for the lookup reference.
+#[derive(Clone, Copy, Default)]
+#[repr(C)]
+struct Rec([u32; 12]);
+
+#[inline(always)]
+fn prefetch<T>(p: *const T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is a hint and never faults, whatever the address.
+    unsafe {
+        core::arch::x86_64::_mm_prefetch::<{ core::arch::x86_64::_MM_HINT_T0 }>(p.cast::<i8>())
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
+/// What the engine's established path costs in memory alone: a `FlowTable<InKey>` sized like
+/// the engine's (`capacity` entries) holding `n` keys, then a read-modify-write of a 48-byte
+/// record per hit, like `Session::expires`. Keys are looked up in shuffled order, either one
+/// after the other (what `Engine::process` does today) or per batch of 64 in three passes:
+/// hash + prefetch slot, `get_hashed` + prefetch record, touch record.
+fn lookup_reference(p: &Plan, n: usize, capacity: usize) -> (Stat, Stat) {
+    let key = |i: usize| {
+        let f = inside_flow(i, PROTO_UDP);
+        InKey {
+            realm: 0,
+            proto: f.proto,
+            in_port: f.sport,
+            rem_port: f.dport,
+            in_addr: f.src,
+            rem_addr: f.dst,
+        }
+    };
+    let mut tab = FlowTable::with_capacity(capacity);
+    for i in 0..n {
+        tab.insert(key(i), i as u32).expect("insert");
+    }
+    let mut recs = vec![Rec::default(); capacity];
+    let order: Vec<InKey> = shuffled(
+        &(0..n.div_ceil(BATCH) * BATCH)
+            .map(|i| key(i % n))
+            .collect::<Vec<_>>(),
+    );
+    let nb = order.len() / BATCH;
+    let mut cur = 0;
+    let plain = measure(p, || {
+        for _ in 0..CHUNK_BATCHES {
+            for k in &order[cur * BATCH..(cur + 1) * BATCH] {
+                let i = tab.get(black_box(k)).expect("hit") as usize;
+                recs[i].0[10] = recs[i].0[10].wrapping_add(1);
+            }
+            cur = (cur + 1) % nb;
+        }
+        (CHUNK_BATCHES * BATCH) as u64
+    });
+    let mut hashes = [0u64; BATCH];
+    let mut idx = [0usize; BATCH];
+    let batched = measure(p, || {
+        for _ in 0..CHUNK_BATCHES {
+            let keys = &order[cur * BATCH..(cur + 1) * BATCH];
+            for (h, k) in hashes.iter_mut().zip(keys) {
+                *h = black_box(k).hash();
+                tab.prefetch(*h);
+            }
+            for ((i, h), k) in idx.iter_mut().zip(&hashes).zip(keys) {
+                *i = tab.get_hashed(k, *h).expect("hit") as usize;
+                prefetch(&recs[*i]);
+            }
+            for &i in &idx {
+                recs[i].0[10] = recs[i].0[10].wrapping_add(1);
+            }
+            cur = (cur + 1) % nb;
+        }
+        (CHUNK_BATCHES * BATCH) as u64
+    });
+    black_box(&recs);
+    (plain, batched)
+}
+
+/// The size in a case name like `ref_lookup_1M`.
+fn big_of(name: &str) -> usize {
+    let s = name.rsplit('_').next().unwrap_or("0");
+    let (num, mul) = match s.as_bytes().last() {
+        Some(b'M') => (&s[..s.len() - 1], 1_000_000),
+        Some(b'k') => (&s[..s.len() - 1], 1000),
+        _ => (s, 1),
+    };
+    num.parse::<usize>().unwrap_or(0) * mul
+}
+
 fn count_name(n: usize) -> String {
     match n {
         n if n >= 1_000_000 && n % 1_000_000 == 0 => format!("{}M", n / 1_000_000),
@@ -559,13 +750,17 @@ fn main() {
         .position(|a| a == "--only")
         .and_then(|i| args.get(i + 1))
         .cloned();
-    let wanted = |name: &str| only.as_deref().is_none_or(|o| name.contains(o));
+    let profile = args.iter().any(|a| a == "--profile");
+    let huge = args.iter().any(|a| a == "--hugepages");
+    HUGE_PAGES.store(huge, Ordering::Relaxed);
+
     // Same hash layout on every run.
     natgw::nat::table::set_seed(0x6e61_7467_7762_656e);
 
     let plan = if quick {
         Plan {
             quick,
+            no_baseline: profile,
             warmup: Duration::from_millis(5),
             rep_time: Duration::from_millis(10),
             reps: 3,
@@ -573,9 +768,10 @@ fn main() {
     } else {
         Plan {
             quick,
+            no_baseline: profile,
             warmup: Duration::from_millis(200),
-            rep_time: Duration::from_millis(250),
-            reps: 7,
+            rep_time: Duration::from_millis(if profile { 1000 } else { 250 }),
+            reps: if profile { 5 } else { 7 },
         }
     };
     // The "1M" cases shrink in the smoke run; names carry the real sizes.
@@ -583,6 +779,21 @@ fn main() {
         (64_000, 1 << 17)
     } else {
         (1_000_000, 1 << 21)
+    };
+    let names: Vec<String> = [
+        "udp_in2out_1".into(),
+        "udp_in2out_10k".into(),
+        format!("udp_in2out_{}", count_name(big)),
+        format!("udp_out2in_{}", count_name(big)),
+        format!("setup_{}", count_name(big)),
+        "mix_in2out_10k".into(),
+        format!("ref_lookup_{}", count_name(big)),
+    ]
+    .to_vec();
+    // An exact case name selects that case only; anything else selects by substring.
+    let wanted = |name: &str| {
+        only.as_deref()
+            .is_none_or(|o| name == o || (!names.iter().any(|n| n == o) && name.contains(o)))
     };
     let started = Instant::now();
     let mut rows = Vec::new();
@@ -605,7 +816,7 @@ fn main() {
                 &plan,
                 &mut e,
                 in_name,
-                &t,
+                &Templates::new(&shuffled(&flows)),
                 Ingress::Inside(0),
                 Egress::Outside,
             );
@@ -620,7 +831,7 @@ fn main() {
                 &plan,
                 &mut e,
                 out_name,
-                &rt,
+                &Templates::new(&shuffled(&replies)),
                 Ingress::Outside,
                 Egress::Inside(0),
             );
@@ -666,22 +877,41 @@ fn main() {
             &plan,
             &mut e,
             mix_name,
-            &t,
+            &Templates::new(&shuffled(&flows)),
             Ingress::Inside(0),
             Egress::Outside,
         );
         rows.push(row);
     }
 
-    report(&plan, &rows, setup.as_ref(), started.elapsed());
+    let lookup_name = format!("ref_lookup_{}", count_name(big));
+    let lookup =
+        wanted(&lookup_name).then(|| (lookup_name, lookup_reference(&plan, big, capacity)));
+
+    report(
+        &plan,
+        huge,
+        &rows,
+        setup.as_ref(),
+        lookup.as_ref(),
+        started.elapsed(),
+    );
 }
 
-fn report(p: &Plan, rows: &[Row], setup: Option<&Setup>, elapsed: Duration) {
+fn report(
+    p: &Plan,
+    huge: bool,
+    rows: &[Row],
+    setup: Option<&Setup>,
+    lookup: Option<&(String, (Stat, Stat))>,
+    elapsed: Duration,
+) {
     println!();
     println!(
-        "natgw engine benchmark{}: batch {BATCH}, {FRAME_LEN}-byte frames, 1 core; \
+        "natgw engine benchmark{}{}: batch {BATCH}, {FRAME_LEN}-byte frames, 1 core; \
          median of {} reps (min..max), engine = total - copy",
         if p.quick { " (--quick smoke run)" } else { "" },
+        if huge { " with THP advised" } else { "" },
         p.reps
     );
     println!();
@@ -716,6 +946,26 @@ fn report(p: &Plan, rows: &[Row], setup: Option<&Setup>, elapsed: Duration) {
             1e3 / s.engine_ns()
         );
     }
+    if let Some((name, (plain, batched))) = lookup {
+        println!();
+        println!("reference, not the engine: FlowTable<InKey> get + 48-byte record update");
+        println!(
+            "{:<20} {:>9} {:>7.1} ({:>5.1}..{:>5.1})   one key after the other",
+            format!("{name}_plain"),
+            count_name(big_of(name)),
+            plain.median,
+            plain.min,
+            plain.max
+        );
+        println!(
+            "{:<20} {:>9} {:>7.1} ({:>5.1}..{:>5.1})   batch of 64: hash+prefetch, get+prefetch, touch",
+            format!("{name}_batched"),
+            count_name(big_of(name)),
+            batched.median,
+            batched.min,
+            batched.max
+        );
+    }
     println!();
     if let Some(r) = rows.iter().find(|r| r.name == "udp_in2out_1M") {
         let ok = r.engine_ns() <= 50.0;
@@ -735,7 +985,8 @@ fn report(p: &Plan, rows: &[Row], setup: Option<&Setup>, elapsed: Duration) {
     println!("elapsed {:.1} s", elapsed.as_secs_f64());
 
     let mut j = format!(
-        "{{\"bench\":\"engine\",\"quick\":{},\"batch\":{BATCH},\"frame_bytes\":{FRAME_LEN},\"results\":[",
+        "{{\"bench\":\"engine\",\"quick\":{},\"hugepages\":{huge},\"batch\":{BATCH},\
+         \"frame_bytes\":{FRAME_LEN},\"results\":[",
         p.quick
     );
     let mut items: Vec<String> = rows
@@ -764,6 +1015,14 @@ fn report(p: &Plan, rows: &[Row], setup: Option<&Setup>, elapsed: Duration) {
             s.total.median,
             s.copy.median
         ));
+    }
+    if let Some((name, (plain, batched))) = lookup {
+        for (suffix, st) in [("plain", plain), ("batched", batched)] {
+            items.push(format!(
+                "{{\"name\":\"{name}_{suffix}\",\"ns_per_lookup\":{:.2}}}",
+                st.median
+            ));
+        }
     }
     j.push_str(&items.join(","));
     j.push_str("]}");
