@@ -916,12 +916,12 @@ fn report(
     );
     println!();
     println!(
-        "{:<20} {:>9} {:>22} {:>10} {:>10} {:>10}",
+        "{:<22} {:>9} {:>22} {:>10} {:>10} {:>10}",
         "case", "sessions", "total ns/pkt", "copy ns", "engine ns", "Mpps/core"
     );
     for r in rows {
         println!(
-            "{:<20} {:>9} {:>7.1} ({:>5.1}..{:>5.1}) {:>10.1} {:>10.1} {:>10.2}",
+            "{:<22} {:>9} {:>7.1} ({:>5.1}..{:>5.1}) {:>10.1} {:>10.1} {:>10.2}",
             r.name,
             r.sessions,
             r.total.median,
@@ -935,7 +935,7 @@ fn report(
     if let Some(s) = setup {
         println!();
         println!(
-            "{:<20} {:>9} {:>7.1} ({:>5.1}..{:>5.1}) {:>10.1} {:>10.1} {:>10.2} M sessions/s",
+            "{:<22} {:>9} {:>7.1} ({:>5.1}..{:>5.1}) {:>10.1} {:>10.1} {:>10.2} M sessions/s",
             format!("setup_{}", count_name(s.sessions)),
             s.sessions,
             s.total.median,
@@ -950,7 +950,7 @@ fn report(
         println!();
         println!("reference, not the engine: FlowTable<InKey> get + 48-byte record update");
         println!(
-            "{:<20} {:>9} {:>7.1} ({:>5.1}..{:>5.1})   one key after the other",
+            "{:<22} {:>9} {:>7.1} ({:>5.1}..{:>5.1})   one key after the other",
             format!("{name}_plain"),
             count_name(big_of(name)),
             plain.median,
@@ -958,7 +958,7 @@ fn report(
             plain.max
         );
         println!(
-            "{:<20} {:>9} {:>7.1} ({:>5.1}..{:>5.1})   batch of 64: hash+prefetch, get+prefetch, touch",
+            "{:<22} {:>9} {:>7.1} ({:>5.1}..{:>5.1})   batch of 64: hash+prefetch, get+prefetch, touch",
             format!("{name}_batched"),
             count_name(big_of(name)),
             batched.median,
