@@ -18,54 +18,6 @@ impl Engine {
         mut m: Meta,
         ingress: Ingress,
     ) -> Verdict {
-        if realm.gateway == Some(m.dst) {
-            return self.for_own_inside(realm, f, &m);
-        }
-        if !realm.contains(m.src) {
-            return self.discard(DropReason::SourceNotInside);
-        }
-        if r.cores > 1 {
-            let inside = match self.inside_addr_of(f.data(), &m) {
-                Some(a) => a,
-                None => return self.discard(DropReason::BadL4Header),
-            };
-            let owner = r.inside_owner(realm.id, inside);
-            if owner != self.core {
-                return self.handoff(owner, ingress, &m, FragKey::inside(realm.id, &m));
-            }
-        }
-        if m.ttl <= 1 {
-            let src = realm.gateway.unwrap_or(r.outside_addr);
-            let nh = realm.next_hop(m.src);
-            return self.time_exceeded(f, &m, src, Egress::Inside(realm.iface), nh);
-        }
-        if m.frag == Frag::Later {
-            return self.frag_later(r, f, &m, FragKey::inside(realm.id, &m));
-        }
-        match m.proto {
-            PROTO_TCP | PROTO_UDP => {}
-            PROTO_ICMP if m.is_icmp_error() => return self.icmp_error_in2out(r, realm, f, m),
-            PROTO_ICMP if m.icmp_type == icmp::ECHO_REQUEST || m.icmp_type == icmp::ECHO_REPLY => {}
-            PROTO_ICMP => return self.discard(DropReason::IcmpUnsupported),
-            _ => return self.discard(DropReason::UnsupportedProtocol),
-        }
-        let ext = r.ext_addr(m.dst);
-        if let Some(e) = ext
-            && e != ExtAddr::Own
-            && !matches!(e, ExtAddr::OneToOne { .. })
-            && m.proto == PROTO_ICMP
-            && m.icmp_type == icmp::ECHO_REQUEST
-        {
-            // Pings from inside to natgw's pool addresses are answered directly.
-            return self.for_own_inside(realm, f, &m);
-        }
-        if ext == Some(ExtAddr::Own) {
-            return self.for_own_inside(realm, f, &m);
-        }
-        let hairpin = ext.is_some();
-        if hairpin && !realm.hairpinning {
-            return self.discard(DropReason::HairpinDisabled);
-        }
         let key = InKey {
             realm: realm.id,
             proto: m.proto,
@@ -74,13 +26,85 @@ impl Engine {
             in_addr: m.src,
             rem_addr: m.dst,
         };
-        let si = match self.find_in(&key) {
-            Some(i) => i,
-            None => match self.new_outbound_session(r, realm, &m) {
-                Ok(i) => i,
-                Err(e) => return self.discard(e),
-            },
+        // Fast path: a live session means this core owns the flow and the checks below passed
+        // when it was created; everything else takes the full path.
+        let found = if m.ttl > 1 && m.frag != Frag::Later && fast_proto(&m, true) {
+            self.find_in_hinted(&key)
+        } else {
+            None
         };
+        let (si, hairpin) = match found {
+            Some(si) => (si, self.sessions[si as usize].flags & flags::HAIRPIN != 0),
+            None => {
+                if realm.gateway == Some(m.dst) {
+                    return self.for_own_inside(realm, f, &m);
+                }
+                if !realm.contains(m.src) {
+                    return self.discard(DropReason::SourceNotInside);
+                }
+                if r.cores > 1 {
+                    let inside = match self.inside_addr_of(f.data(), &m) {
+                        Some(a) => a,
+                        None => return self.discard(DropReason::BadL4Header),
+                    };
+                    let owner = r.inside_owner(realm.id, inside);
+                    if owner != self.core {
+                        return self.handoff(owner, ingress, &m, FragKey::inside(realm.id, &m));
+                    }
+                }
+                if m.ttl <= 1 {
+                    let src = realm.gateway.unwrap_or(r.outside_addr);
+                    let nh = realm.next_hop(m.src);
+                    return self.time_exceeded(f, &m, src, Egress::Inside(realm.iface), nh);
+                }
+                if m.frag == Frag::Later {
+                    return self.frag_later(r, f, &m, FragKey::inside(realm.id, &m));
+                }
+                match m.proto {
+                    PROTO_TCP | PROTO_UDP => {}
+                    PROTO_ICMP if m.is_icmp_error() => {
+                        return self.icmp_error_in2out(r, realm, f, m);
+                    }
+                    PROTO_ICMP
+                        if m.icmp_type == icmp::ECHO_REQUEST || m.icmp_type == icmp::ECHO_REPLY => {
+                    }
+                    PROTO_ICMP => return self.discard(DropReason::IcmpUnsupported),
+                    _ => return self.discard(DropReason::UnsupportedProtocol),
+                }
+                let ext = r.ext_addr(m.dst);
+                if let Some(e) = ext
+                    && e != ExtAddr::Own
+                    && !matches!(e, ExtAddr::OneToOne { .. })
+                    && m.proto == PROTO_ICMP
+                    && m.icmp_type == icmp::ECHO_REQUEST
+                {
+                    // Pings from inside to natgw's pool addresses are answered directly.
+                    return self.for_own_inside(realm, f, &m);
+                }
+                if ext == Some(ExtAddr::Own) {
+                    return self.for_own_inside(realm, f, &m);
+                }
+                let hairpin = ext.is_some();
+                if hairpin && !realm.hairpinning {
+                    return self.discard(DropReason::HairpinDisabled);
+                }
+                let si = match self.find_in(&key) {
+                    Some(i) => i,
+                    None => match self.new_outbound_session(r, realm, &m) {
+                        Ok(i) => i,
+                        Err(e) => return self.discard(e),
+                    },
+                };
+                if hairpin {
+                    self.sessions[si as usize].flags |= flags::HAIRPIN;
+                }
+                (si, hairpin)
+            }
+        };
+        if hairpin && !realm.hairpinning {
+            // Hairpinning was switched off by a reload after the session was created.
+            return self.discard(DropReason::HairpinDisabled);
+        }
         let now = self.now;
         let s = &mut self.sessions[si as usize];
         if m.proto == PROTO_TCP {
@@ -263,6 +287,19 @@ impl Engine {
             );
         }
         v
+    }
+}
+
+/// Protocols whose established sessions take the fast path: TCP, UDP and ICMP echo (from
+/// outside only replies: an echo request to a pool address is natgw's to answer).
+#[inline(always)]
+pub(crate) fn fast_proto(m: &Meta, outbound: bool) -> bool {
+    match m.proto {
+        PROTO_TCP | PROTO_UDP => true,
+        PROTO_ICMP => {
+            m.icmp_type == icmp::ECHO_REPLY || (outbound && m.icmp_type == icmp::ECHO_REQUEST)
+        }
+        _ => false,
     }
 }
 

@@ -136,6 +136,8 @@ pub mod flags {
     pub const INBOUND: u8 = 1;
     /// Counted in the address-dependent filter table.
     pub const FILTER_COUNTED: u8 = 2;
+    /// An inside-to-inside flow through an external address (hairpinning).
+    pub const HAIRPIN: u8 = 4;
 }
 
 /// A session slot. `proto == 0` marks a free slot.
