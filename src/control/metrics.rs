@@ -23,6 +23,17 @@ impl Metrics {
         let reg = Registry::new();
         let mut counters: Vec<(&'static str, IntCounterVec)> = Vec::new();
         let mut gauges: Vec<(&'static str, IntGaugeVec)> = Vec::new();
+        // One metric family per counter name, created on first use and registered once.
+        let mut counter = |name: &'static str, help: &'static str| -> IntCounterVec {
+            if let Some((_, c)) = counters.iter().find(|(n, _)| *n == name) {
+                return c.clone();
+            }
+            let c = IntCounterVec::new(Opts::new(format!("natgw_{name}_total"), help), &["worker"])
+                .expect("static metric definition");
+            let _ = reg.register(Box::new(c.clone()));
+            counters.push((name, c.clone()));
+            c
+        };
         let drops = IntCounterVec::new(
             Opts::new("natgw_drops_total", "frames dropped, by reason"),
             &["worker", "reason"],
@@ -49,20 +60,9 @@ impl Metrics {
                     };
                     g.with_label_values(&[w.as_str()]).set(v as i64);
                 } else {
-                    let cv = match counters.iter().find(|(n, _)| *n == name) {
-                        Some((_, c)) => c.clone(),
-                        None => {
-                            let c = IntCounterVec::new(
-                                Opts::new(format!("natgw_{name}_total"), help),
-                                &["worker"],
-                            )
-                            .expect("static metric definition");
-                            let _ = reg.register(Box::new(c.clone()));
-                            counters.push((name, c.clone()));
-                            c
-                        }
-                    };
-                    cv.with_label_values(&[w.as_str()]).inc_by(v);
+                    counter(name, help)
+                        .with_label_values(&[w.as_str()])
+                        .inc_by(v);
                 }
             });
             for r in DropReason::ALL {
@@ -74,20 +74,9 @@ impl Metrics {
         for (wi, d) in h.dp.iter().enumerate() {
             let w = wi.to_string();
             d.each(|name, help, v| {
-                let cv = match counters.iter().find(|(n, _)| *n == name) {
-                    Some((_, c)) => c.clone(),
-                    None => {
-                        let c = IntCounterVec::new(
-                            Opts::new(format!("natgw_{name}_total"), help),
-                            &["worker"],
-                        )
-                        .expect("static metric definition");
-                        let _ = reg.register(Box::new(c.clone()));
-                        counters.push((name, c.clone()));
-                        c
-                    }
-                };
-                cv.with_label_values(&[w.as_str()]).inc_by(v);
+                counter(name, help)
+                    .with_label_values(&[w.as_str()])
+                    .inc_by(v)
             });
         }
         let up = IntGaugeVec::new(

@@ -1,11 +1,11 @@
 //! Sessions (one per 5-tuple) and mappings (one per inside endpoint, shared by that endpoint's
 //! sessions under endpoint-independent mapping), with their lookup keys and the TCP state machine.
 //!
-//! Memory per session, with the default 2x slot over-provisioning of the hash tables:
-//! `Session` 48 B + two index slots (in->out, out->in) of 24 B each at <= 50 % load (96 B)
-//! = about 144 B, plus one mapping (32 B + two 24 B index slots at <= 50 % load = 128 B) per inside
-//! endpoint and, with address-dependent filtering, one 16 B filter slot pair per (mapping, remote
-//! address). `Engine::memory_bytes` reports the exact figure for a configured capacity.
+//! Memory: every table is sized from `sessions.capacity_per_core` at start-up. Per session slot
+//! that is the 48-byte `Session`, two index slots (inside and outside view) at <= 50 % load, a
+//! mapping slot and its two index slots, a host slot and its index slot, and the
+//! address-dependent filter slot, plus fixed costs (port bitmaps, fragment table): about 364 bytes
+//! per slot at the default capacity (`Engine::memory_bytes`; the test `memory_per_session` prints it).
 
 use super::table::{Key, hash_words};
 

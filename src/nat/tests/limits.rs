@@ -137,3 +137,17 @@ fn full_table_reclaim_never_frees_the_mapping_in_use() {
     h.tick(T0 + 122.0);
     h.e.check_invariants();
 }
+
+/// The memory figure tuning.md quotes: table bytes per session slot at a realistic capacity.
+/// `cargo test --lib memory_per_session -- --nocapture` prints it.
+#[test]
+fn memory_per_session() {
+    let toml = conf("", "", "[sessions]\ncapacity_per_core = 262144\n");
+    let h = H::new(&toml);
+    let per = h.e.memory_bytes() as f64 / 262144.0;
+    println!(
+        "engine memory: {} bytes for 262144 sessions = {per:.0} bytes/session",
+        h.e.memory_bytes()
+    );
+    assert!((150.0..600.0).contains(&per), "{per} bytes per session");
+}
