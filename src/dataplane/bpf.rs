@@ -5,7 +5,8 @@
 //! 1. shorter than an Ethernet header => `XDP_PASS`;
 //! 2. one 802.1Q tag is skipped (the IPv4 header is then at +18 instead of +14);
 //! 3. anything but IPv4 (ARP, IPv6, ...) => `XDP_PASS`;
-//! 4. truncated IPv4 header, or destination address in the `pass_addrs` hash map
+//! 4. truncated IPv4 header, multicast destination (224.0.0.0/4), or destination address in
+//!    the `pass_addrs` hash map
 //!    (management addresses) => `XDP_PASS`;
 //! 5. otherwise `bpf_redirect_map(xsks_map, rx_queue_index, XDP_PASS)`: the frame goes to
 //!    the queue's AF_XDP socket, or to the kernel when no socket is registered there.
@@ -329,6 +330,11 @@ pub fn redirect_program(xsks_map_fd: RawFd, pass_map_fd: RawFd) -> io::Result<Ve
         .jmp_reg_to(BPF_JGT, R4, R3, pass)
         // Key = destination address exactly as in the packet (network order).
         .push(Insn::ldx(Size::W, R5, R2, ETH_HLEN as i16 + IPV4_DADDR_OFF))
+        // Multicast (224.0.0.0/4: IGMP, mDNS, ...) is link-local business of the kernel and is
+        // never translated. The first address byte is the low byte of the loaded word.
+        .push(Insn::mov64_reg(R4, R5))
+        .push(Insn::new(BPF_ALU64 | BPF_AND | BPF_K, R4, 0, 0, 0xf0))
+        .jmp_imm_to(BPF_JEQ, R4, 0xe0, pass)
         .push(Insn::stx(Size::W, R10, R5, -4))
         .extend(Insn::ld_map_fd(R1, pass_map_fd))
         .push(Insn::mov64_reg(R2, R10))
@@ -789,6 +795,7 @@ mod tests {
                     match i.code & 0xf0 {
                         BPF_MOV => r[i.dst as usize] = src,
                         BPF_ADD => r[i.dst as usize] = r[i.dst as usize].wrapping_add(src),
+                        BPF_AND => r[i.dst as usize] &= src,
                         op => panic!("alu op {op:#x}"),
                     }
                 }
@@ -906,6 +913,13 @@ mod tests {
             );
             // Exactly the minimum header.
             assert_eq!(run(&p, &frame(vlan, 0x0800, nat, 20), 3, &[]), redirect);
+            // Multicast goes to the kernel; the addresses around the range do not.
+            for mc in [[224, 0, 0, 22], [239, 255, 255, 250]] {
+                assert_eq!(run(&p, &frame(vlan, 0x0800, mc, 28), 3, &[]), Outcome::Pass);
+            }
+            for uc in [[223, 255, 255, 255], [240, 0, 0, 1], [14, 0, 0, 224]] {
+                assert_eq!(run(&p, &frame(vlan, 0x0800, uc, 28), 3, &[]), redirect);
+            }
         }
         // Shorter than Ethernet, and a tag with no room for the inner EtherType.
         assert_eq!(run(&p, &[0u8; 13], 0, &[]), Outcome::Pass);
