@@ -5,6 +5,7 @@ mod engine;
 mod frag;
 mod icmp;
 mod in2out;
+mod mem;
 mod out2in;
 pub mod ports;
 pub mod rng;

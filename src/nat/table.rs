@@ -139,7 +139,7 @@ impl<K: Key> FlowTable<K> {
             key: MaybeUninit::uninit(),
         };
         FlowTable {
-            slots: vec![empty; n].into_boxed_slice(),
+            slots: super::mem::table(n, empty).into_boxed_slice(),
             mask: n - 1,
             len: 0,
             max_len: max_entries,
