@@ -100,7 +100,13 @@ impl Engine {
             in_addr: e.dst,
             rem_addr: e.src,
         };
-        let Some(si) = self.in_tab.get(&key) else {
+        // An expired session that the sweep has not reached yet is gone all the same; it is
+        // left for the sweep (an error never deletes a session itself).
+        let Some(si) = self
+            .in_tab
+            .get(&key)
+            .filter(|&i| self.sessions[i as usize].expires > self.now)
+        else {
             return self.discard(DropReason::IcmpNoSession);
         };
         let s = self.sessions[si as usize];
@@ -149,7 +155,13 @@ impl Engine {
             ext_addr: e.src,
             rem_addr: e.dst,
         };
-        let Some(si) = self.out_tab.get(&key) else {
+        // An expired session that the sweep has not reached yet is gone all the same; it is
+        // left for the sweep (an error never deletes a session itself).
+        let Some(si) = self
+            .out_tab
+            .get(&key)
+            .filter(|&i| self.sessions[i as usize].expires > self.now)
+        else {
             return self.discard(DropReason::IcmpNoSession);
         };
         let s = self.sessions[si as usize];

@@ -238,3 +238,23 @@ fn unsupported_icmp_dropped() {
     // An echo reply from inside with no request seen is unsolicited.
     h.drop(&echo(A, R1, 5, false), IN0, DropReason::Unsolicited);
 }
+
+/// An error about a flow whose session has expired (but was not swept yet) is not translated,
+/// and does not remove the session itself either.
+#[test]
+fn icmp_error_about_an_expired_session_is_dropped() {
+    let mut h = H::std();
+    let p = h.fwd(&udp(A, 5000, R1, 53), IN0, fwd_out());
+    let quote = l3(&udp_full(None, POOL, p.sport, R1, 53, 1, PAYLOAD)).to_vec();
+    let err = icmp_err(ROUTER, POOL, 11, 0, &quote);
+    // Default UDP timeout is 300 s; no tick, so the sweep has not run.
+    h.at(T0 + 301.0);
+    h.drop(&err, OUTSIDE, DropReason::IcmpNoSession);
+    // From inside: an error about an inbound flow of a session that expired.
+    let mut h = H::new(&conf(UDP_STATIC, "", ""));
+    h.fwd(&udp(R1, 40000, POOL, 5353), OUTSIDE, fwd_in(SRV));
+    let delivered = udp_full(None, R1, 40000, SRV, 53, 63, PAYLOAD);
+    let err = icmp_err(SRV, R1, 3, 3, l3(&delivered));
+    h.at(T0 + 301.0);
+    h.drop(&err, IN0, DropReason::IcmpNoSession);
+}
