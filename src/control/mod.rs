@@ -59,6 +59,9 @@ pub fn reload(state: &State) -> Result<String, String> {
     }
     let mut rules = crate::dataplane::run::rules_for(&cfg)?;
     rules.cores = h.rules.cores;
+    // Read from the NIC at start; without it port choice would stop steering replies to
+    // the allocating worker's queue and most traffic would need a handoff.
+    rules.rss = h.rules.rss.clone();
     let rules = Arc::new(rules);
     for tx in &h.control {
         tx.send(Control::SetRules(Arc::clone(&rules)))
@@ -144,4 +147,67 @@ pub fn stats_json(h: &Handle) -> String {
         h.started.elapsed().as_secs(),
         body.join(",")
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dataplane::toeplitz::{DEFAULT_KEY, Rss};
+    use crate::nat::rules::{RssSteering, Rules};
+
+    const CONF: &str = "[outside]\ninterface = \"eth1\"\naddress = \"192.168.1.2\"\n\
+        gateway = \"192.168.1.1\"\n[[inside]]\ninterface = \"eth0\"\n\
+        [dataplane]\nworkers = [{ core = 0, queue = 0 }, { core = 1, queue = 1 }]\n\
+        [[realm]]\nname = \"r\"\ninterface = \"eth0\"\nprefixes = [\"10.0.0.0/24\"]\n\
+        gateway = \"10.0.0.1\"\npool = [\"192.168.1.10\"]\n";
+
+    /// A running gateway of two workers on eth1/eth0 (the test holds the workers' ends).
+    fn state(path: PathBuf) -> (State, Vec<crossbeam::channel::Receiver<Control>>) {
+        let cfg = crate::config::parse(CONF).unwrap();
+        let mut rules = Rules::new(&cfg, Arc::new(crate::nat::ports::BlockPartition::new(2)));
+        rules.rss = Some(RssSteering {
+            rss: Rss::new(&DEFAULT_KEY, (0..128).map(|i| i % 2).collect()).unwrap(),
+            tcp_ports: true,
+            udp_ports: true,
+            queue_of_core: vec![0, 1],
+        });
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| crossbeam::channel::bounded(4)).unzip();
+        let handle = Handle {
+            counters: (0..2).map(|_| Arc::default()).collect(),
+            dp: (0..2).map(|_| Arc::default()).collect(),
+            control: txs,
+            rules: Arc::new(rules),
+            neigh: Arc::new(crate::dataplane::netlink::NeighTable::new(16)),
+            started: std::time::Instant::now(),
+            xdp_modes: Vec::new(),
+            copy_fallbacks: 0,
+        };
+        let st = State {
+            handle: Mutex::new(handle),
+            config_path: path,
+            metrics: metrics::Metrics::new(),
+        };
+        (st, rxs)
+    }
+
+    #[test]
+    fn reload_keeps_rss() {
+        let path = std::env::temp_dir().join(format!("natgw-reload-{}.toml", std::process::id()));
+        let (st, rxs) = state(path.clone());
+        let before = Arc::clone(&st.handle.lock().unwrap().rules);
+
+        // Applied, with the NIC's RSS steering kept.
+        std::fs::write(&path, CONF).unwrap();
+        reload(&st).unwrap();
+        let after = Arc::clone(&st.handle.lock().unwrap().rules);
+        assert!(!Arc::ptr_eq(&after, &before));
+        assert!(after.rss.is_some(), "RSS steering lost on reload");
+        for r in &rxs {
+            match r.try_recv() {
+                Ok(Control::SetRules(got)) => assert!(Arc::ptr_eq(&got, &after)),
+                _ => panic!("worker did not get the new rules"),
+            }
+        }
+        let _ = std::fs::remove_file(&path);
+    }
 }
