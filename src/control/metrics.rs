@@ -119,6 +119,7 @@ mod tests {
             started: std::time::Instant::now(),
             xdp_modes: Vec::new(),
             copy_fallbacks: 0,
+            interfaces: vec!["eth1".into(), "eth0".into()],
         }
     }
 

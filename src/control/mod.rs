@@ -57,6 +57,18 @@ pub fn reload(state: &State) -> Result<String, String> {
     if cfg.dataplane.workers.len() != h.control.len() {
         return Err("dataplane.workers: changing the worker count needs a restart".into());
     }
+    // The workers' sockets and their Inside(i) numbering are fixed at start: a realm on an
+    // interface added or moved would send frames to a port the workers do not have.
+    let names: Vec<&str> = std::iter::once(cfg.outside.name.as_str())
+        .chain(cfg.inside.iter().map(|i| i.name.as_str()))
+        .collect();
+    if names != h.interfaces {
+        return Err(format!(
+            "outside/inside interfaces: changing them ({} -> {}) needs a restart",
+            h.interfaces.join(","),
+            names.join(",")
+        ));
+    }
     let mut rules = crate::dataplane::run::rules_for(&cfg)?;
     rules.cores = h.rules.cores;
     // Read from the NIC at start; without it port choice would stop steering replies to
@@ -181,6 +193,7 @@ mod tests {
             started: std::time::Instant::now(),
             xdp_modes: Vec::new(),
             copy_fallbacks: 0,
+            interfaces: vec!["eth1".into(), "eth0".into()],
         };
         let st = State {
             handle: Mutex::new(handle),
@@ -191,12 +204,26 @@ mod tests {
     }
 
     #[test]
-    fn reload_keeps_rss() {
+    fn reload_keeps_interfaces_and_rss() {
         let path = std::env::temp_dir().join(format!("natgw-reload-{}.toml", std::process::id()));
         let (st, rxs) = state(path.clone());
         let before = Arc::clone(&st.handle.lock().unwrap().rules);
 
-        // Applied, with the NIC's RSS steering kept.
+        // A second inside interface (its realm would be Inside(1), a port no worker has).
+        let added = CONF.replace(
+            "[dataplane]",
+            "[[inside]]\ninterface = \"eth2\"\n[dataplane]",
+        );
+        std::fs::write(&path, &added).unwrap();
+        let e = reload(&st).unwrap_err();
+        assert!(e.contains("needs a restart"), "{e}");
+        assert!(Arc::ptr_eq(&st.handle.lock().unwrap().rules, &before));
+        assert!(
+            rxs.iter().all(|r| r.is_empty()),
+            "nothing sent to the workers"
+        );
+
+        // The same interfaces: applied, with the NIC's RSS steering kept.
         std::fs::write(&path, CONF).unwrap();
         reload(&st).unwrap();
         let after = Arc::clone(&st.handle.lock().unwrap().rules);

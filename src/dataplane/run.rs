@@ -61,6 +61,9 @@ pub struct Handle {
     pub started: Instant,
     pub xdp_modes: Vec<(String, AttachMode)>,
     pub copy_fallbacks: usize,
+    /// The interfaces the sockets are bound to: outside first, then inside in config order
+    /// (the engine's `Inside(i)` numbering). A reload cannot change them.
+    pub interfaces: Vec<String>,
 }
 
 /// A running gateway.
@@ -274,6 +277,7 @@ impl Gateway {
             started: epoch,
             xdp_modes,
             copy_fallbacks: 0,
+            interfaces: all_links.iter().map(|(l, _)| l.name.clone()).collect(),
         };
         let mut workers = Vec::new();
         for (wi, w) in dp.workers.iter().enumerate() {
