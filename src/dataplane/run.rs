@@ -76,6 +76,24 @@ pub struct Gateway {
     _progs: Vec<XdpProgram>,
 }
 
+/// The workers `Gateway::start` has spawned so far: stopped and joined if it fails later.
+struct Started {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
 fn err(msg: String) -> String {
     msg
 }
@@ -279,7 +297,12 @@ impl Gateway {
             copy_fallbacks: 0,
             interfaces: all_links.iter().map(|(l, _)| l.name.clone()).collect(),
         };
-        let mut workers = Vec::new();
+        // Declared after `progs`, so dropped first: on an error below, the workers already
+        // started stop before their XDP programs detach.
+        let mut workers = Started {
+            stop: Arc::clone(&stop),
+            threads: Vec::new(),
+        };
         for (wi, w) in dp.workers.iter().enumerate() {
             let umem = Umem::new(dp.umem_frames, FRAME_SIZE)
                 .map_err(|e| format!("UMEM for worker {wi}: {e}"))?;
@@ -369,14 +392,14 @@ impl Gateway {
                     worker.run()
                 })
                 .map_err(|e| format!("starting worker {wi}: {e}"))?;
-            workers.push(t);
+            workers.threads.push(t);
             handle.counters.push(counters);
             handle.dp.push(dpc);
             handle.control.push(tx);
         }
         Ok(Gateway {
             handle,
-            workers,
+            workers: std::mem::take(&mut workers.threads),
             stop,
             resolve,
             neigh_sock,
