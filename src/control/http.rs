@@ -30,6 +30,9 @@ fn respond(mut s: &TcpStream, status: &str, ctype: &str, body: &str) -> std::io:
 
 fn handle(stream: TcpStream, st: &State) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // A client that stops reading (a large /sessions answer fills the socket buffer) must
+    // not park this thread in write(2) forever.
+    stream.set_write_timeout(Some(Duration::from_secs(5)))?;
     let mut r = BufReader::new(stream.try_clone()?.take(64 * 1024));
     let mut line = String::new();
     r.read_line(&mut line)?;
