@@ -358,12 +358,11 @@ impl Worker {
                         return;
                     };
                     let src = self.pools[pool].umem.frame(base + off as u64, len);
+                    // Same offset as in the source chunk: `off + len` fits a chunk, while a
+                    // frame that grew in front (VLAN tag pushed) need not fit after
+                    // TX_HEADROOM. Both pools use FRAME_SIZE chunks.
                     // SAFETY: `nb` came from the free list: ours alone.
-                    let dst = unsafe {
-                        self.pools[epool]
-                            .umem
-                            .frame_mut(nb + TX_HEADROOM as u64, len)
-                    };
+                    let dst = unsafe { self.pools[epool].umem.frame_mut(nb + off as u64, len) };
                     let n = dst.len().min(src.len());
                     dst[..n].copy_from_slice(&src[..n]);
                     self.pools[pool].free.push(base);
@@ -371,7 +370,7 @@ impl Worker {
                     outs.push(Out {
                         port,
                         desc: Desc {
-                            addr: nb + TX_HEADROOM as u64,
+                            addr: nb + off as u64,
                             len: n as u32,
                         },
                     });
