@@ -452,8 +452,11 @@ impl Worker {
         sc.ready.clear();
         let pools = &mut self.pools;
         let ready = &mut sc.ready;
+        let counters = &self.counters;
         self.engine.drain_ready(|bytes, v| {
             let Some(base) = pools[0].free.pop() else {
+                // The engine has let go of the fragment: it is lost, and counted.
+                counters.dropped(DropReason::TxFull);
                 return;
             };
             // SAFETY: a free chunk is ours alone.
@@ -728,5 +731,70 @@ mod tests {
         free.sort_unstable();
         free.dedup();
         assert_eq!(free.len(), 64, "every frame back in the free list once");
+    }
+
+    /// An IPv4/UDP fragment from `src` (payload offset `off` bytes, a multiple of 8).
+    fn fragment(src: [u8; 4], off: u16, more: bool, payload: &[u8]) -> Vec<u8> {
+        let mut ip = etherparse::Ipv4Header::new(
+            payload.len() as u16,
+            64,
+            etherparse::IpNumber::UDP,
+            src,
+            [198, 51, 100, 7],
+        )
+        .unwrap();
+        ip.identification = 0x4242;
+        ip.more_fragments = more;
+        ip.fragment_offset = (off / 8).try_into().unwrap();
+        ip.header_checksum = ip.calc_header_checksum();
+        let mut f = Vec::new();
+        etherparse::Ethernet2Header {
+            source: [2; 6],
+            destination: [4; 6],
+            ether_type: etherparse::EtherType::IPV4,
+        }
+        .write(&mut f)
+        .unwrap();
+        ip.write(&mut f).unwrap();
+        f.extend_from_slice(payload);
+        f
+    }
+
+    /// A fragment the engine releases from its hold buffer while no UMEM frame is free is
+    /// lost: it must show in a drop counter.
+    #[test]
+    fn released_fragment_without_a_free_frame_is_counted() {
+        let mut w = worker(4);
+        let mut sc = Scratch::new(4);
+        // UDP header (ports 5000 -> 53, length 8 + 24, no checksum) and 8 bytes of data,
+        // then the last 16 bytes, which arrive first and are held.
+        let mut first = vec![0x13, 0x88, 0x00, 0x35, 0x00, 0x20, 0x00, 0x00];
+        first.extend_from_slice(&[1; 8]);
+        let host = (2..250u8)
+            .map(|h| [10, 0, 0, h])
+            .find(|&a| owner(&w, &fragment(a, 0, true, &first), Ingress::Inside(0)) == Some(0))
+            .unwrap();
+        let frames = [
+            fragment(host, 16, false, &[2; 16]),
+            fragment(host, 0, true, &first),
+        ];
+        let mut verdicts = Vec::new();
+        for f in &frames {
+            let mut b = f.clone();
+            let mut pkts = [Pkt {
+                frame: Frame::whole(&mut b),
+                ingress: Ingress::Inside(0),
+            }];
+            let mut v = [Verdict::Held];
+            w.engine.process(0, &mut pkts, &mut v);
+            verdicts.push(v[0]);
+        }
+        assert_eq!(verdicts[0], Verdict::Held);
+        assert!(matches!(verdicts[1], Verdict::Forward { .. }));
+        w.pools[0].free.clear();
+        let before = w.counters.drops_of(DropReason::TxFull);
+        w.drain_ready(&mut sc);
+        assert_eq!(w.counters.drops_of(DropReason::TxFull), before + 1);
+        assert!(sc.outs.is_empty());
     }
 }
