@@ -459,15 +459,15 @@ impl Worker {
                 counters.dropped(DropReason::TxFull);
                 return;
             };
+            // A fragment may have grown by a VLAN tag past what fits after TX_HEADROOM:
+            // start it earlier rather than cut it.
+            let fsize = pools[0].umem.frame_size() as usize;
+            let off = TX_HEADROOM.min(fsize.saturating_sub(bytes.len()));
             // SAFETY: a free chunk is ours alone.
-            let dst = unsafe {
-                pools[0]
-                    .umem
-                    .frame_mut(base + TX_HEADROOM as u64, bytes.len())
-            };
+            let dst = unsafe { pools[0].umem.frame_mut(base + off as u64, bytes.len()) };
             let n = dst.len().min(bytes.len());
             dst[..n].copy_from_slice(&bytes[..n]);
-            ready.push((base, TX_HEADROOM, n, v));
+            ready.push((base, off, n, v));
         });
         for i in 0..sc.ready.len() {
             let (base, off, len, v) = sc.ready[i];
