@@ -496,8 +496,25 @@ impl Engine {
                 FastKey::Out(k) => self.out_tab.get_hashed(&k, p.hash),
                 FastKey::None => None,
             };
-            if let Some(si) = hint {
-                prefetch(&self.sessions[si as usize]);
+            match (hint, p.key) {
+                (Some(si), _) => prefetch(&self.sessions[si as usize]),
+                (None, FastKey::In(k)) => {
+                    // Probably a new flow: set-up will look up its mapping and its host next.
+                    if let Some(realm) = r.realms.get(k.realm as usize) {
+                        let mk = Self::map_key(
+                            realm, k.proto, k.in_addr, k.in_port, k.rem_addr, k.rem_port,
+                        );
+                        self.map_in.prefetch(mk.hash());
+                        self.host_tab.prefetch(
+                            super::rules::HostKey {
+                                realm: k.realm,
+                                addr: k.in_addr,
+                            }
+                            .hash(),
+                        );
+                    }
+                }
+                _ => {}
             }
             self.prep[i].hint = hint;
         }
