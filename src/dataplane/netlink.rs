@@ -1431,40 +1431,51 @@ mod tests {
     /// entries between slots by removing and re-inserting them.
     #[test]
     fn table_reads_are_consistent_under_writes() {
+        use std::sync::atomic::AtomicU64;
         let t = Arc::new(NeighTable::new(16));
         let stop = Arc::new(AtomicBool::new(false));
+        let hits: Arc<[AtomicU64; 2]> = Arc::new([AtomicU64::new(0), AtomicU64::new(0)]);
         let readers: Vec<_> = (0..2)
-            .map(|_| {
-                let (t, stop) = (t.clone(), stop.clone());
+            .map(|r| {
+                let (t, stop, hits) = (t.clone(), stop.clone(), hits.clone());
                 std::thread::spawn(move || {
-                    let mut hits = 0u64;
                     while !stop.load(Ordering::Relaxed) {
                         for i in 1..=24u8 {
                             if let Some(mac) = t.lookup(1, Ipv4Addr::new(10, 0, 0, i)) {
                                 assert_eq!(mac[0], i, "MAC of another key");
                                 assert_eq!(mac[1], !mac[2], "torn MAC");
                                 assert_eq!(mac[3], !mac[4], "torn MAC");
-                                hits += 1;
+                                hits[r].fetch_add(1, Ordering::Relaxed);
                             }
                         }
                     }
-                    hits
                 })
             })
             .collect();
-        for round in 0..100_000u32 {
+        // At least 100k rounds, and on a loaded machine as long as it takes (bounded) for
+        // both readers to have been scheduled and read entries while the writer runs.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        let mut round = 0u32;
+        while round < 100_000
+            || (hits.iter().any(|h| h.load(Ordering::Relaxed) < 1000)
+                && std::time::Instant::now() < deadline)
+        {
             let i = (round % 24) as u8 + 1;
             let c = (round >> 5) as u8;
             let mac = [i, c, !c, c ^ 0x5a, !(c ^ 0x5a), 0];
-            if round % 3 == 0 {
+            if round.is_multiple_of(3) {
                 t.remove(1, Ipv4Addr::new(10, 0, 0, i));
             } else {
                 let _ = t.update(&neigh(1, i, mac));
             }
+            round = round.wrapping_add(1);
         }
         stop.store(true, Ordering::Relaxed);
         for r in readers {
-            assert!(r.join().unwrap() > 0, "reader never hit an entry");
+            r.join().unwrap();
+        }
+        for h in hits.iter() {
+            assert!(h.load(Ordering::Relaxed) > 0, "reader never hit an entry");
         }
     }
 }
