@@ -1136,8 +1136,6 @@ fn write_sysctl_if_present(key: &str, value: &str) -> io::Result<()> {
 // device; frames the kernel sends out of an access device get the tag written into the
 // frame data (not just the skb metadata, so natgw's XDP sees it) and leave by the trunk.
 
-const BPF_PROG_LOAD: libc::c_long = 5;
-const BPF_LINK_CREATE: libc::c_long = 28;
 const BPF_PROG_TYPE_SCHED_CLS: u32 = 3;
 const BPF_TCX_INGRESS: u32 = 46;
 const BPF_TCX_EGRESS: u32 = 47;
@@ -1154,99 +1152,19 @@ const SKB_VLAN_TCI: i16 = 24;
 const SKB_DATA: i16 = 76;
 const SKB_DATA_END: i16 = 80;
 
-#[repr(C)]
-struct ProgLoadAttr {
-    prog_type: u32,
-    insn_cnt: u32,
-    insns: u64,
-    license: u64,
-    log_level: u32,
-    log_size: u32,
-    log_buf: u64,
-    kern_version: u32,
-    prog_flags: u32,
-    prog_name: [u8; 16],
-    prog_ifindex: u32,
-    expected_attach_type: u32,
-    rest: [u64; 12],
-}
-
-#[repr(C)]
-struct LinkCreateAttr {
-    prog_fd: u32,
-    target_ifindex: u32,
-    attach_type: u32,
-    flags: u32,
-    rest: [u64; 8],
-}
-
-fn bpf_call<T>(cmd: libc::c_long, attr: &mut T, op: &'static str) -> io::Result<OwnedFd> {
-    // SAFETY: `attr` is a live repr(C) struct of the given size whose pointers outlive the
-    // call; the kernel zero-checks the tail it does not know.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_bpf,
-            cmd,
-            attr as *mut T as *mut libc::c_void,
-            size_of::<T>() as libc::c_long,
-        )
-    };
-    if r < 0 {
-        return Err(sys::last_os_error(op));
-    }
-    // SAFETY: the kernel returned a new fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(r as i32) })
-}
-
 fn load_tc_program(insns: &[bpf::Insn], name: &str) -> io::Result<OwnedFd> {
-    let code: Vec<[u8; 8]> = insns.iter().map(bpf::Insn::encode).collect();
-    let mut log = vec![0u8; 1 << 16];
-    let mut prog_name = [0u8; 16];
-    for (d, s) in prog_name.iter_mut().zip(name.bytes().take(15)) {
-        *d = s;
-    }
-    let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_SCHED_CLS,
-        insn_cnt: code.len() as u32,
-        insns: code.as_ptr() as u64,
-        license: c"GPL".as_ptr() as u64,
-        log_level: 1,
-        log_size: log.len() as u32,
-        log_buf: log.as_mut_ptr() as u64,
-        kern_version: 0,
-        prog_flags: 0,
-        prog_name,
-        prog_ifindex: 0,
-        expected_attach_type: 0,
-        rest: [0; 12],
-    };
-    bpf_call(BPF_PROG_LOAD, &mut attr, "bpf(BPF_PROG_LOAD, sched_cls)").map_err(|e| {
-        let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
-        annotate(
-            e,
-            &format!(
-                "{name}: {}",
-                String::from_utf8_lossy(&log[..end]).trim_end()
-            ),
-        )
-    })
+    bpf::load_program(BPF_PROG_TYPE_SCHED_CLS, 0, insns, name)
 }
 
 /// Attaches a tc program to `ifindex` (calling thread's namespace) through a tcx bpf link:
 /// it stays attached while the returned fd is open.
 fn attach_tcx(prog: &OwnedFd, ifindex: u32, egress: bool) -> io::Result<OwnedFd> {
-    let mut attr = LinkCreateAttr {
-        prog_fd: prog.as_raw_fd() as u32,
-        target_ifindex: ifindex,
-        attach_type: if egress {
-            BPF_TCX_EGRESS
-        } else {
-            BPF_TCX_INGRESS
-        },
-        flags: 0,
-        rest: [0; 8],
+    let attach = if egress {
+        BPF_TCX_EGRESS
+    } else {
+        BPF_TCX_INGRESS
     };
-    bpf_call(BPF_LINK_CREATE, &mut attr, "bpf(BPF_LINK_CREATE, tcx)")
+    bpf::link_create(prog.as_fd(), ifindex, attach, 0)
 }
 
 /// Trunk ingress: a tagged frame whose VLAN id is in `access` loses its tag and is received

@@ -477,18 +477,23 @@ fn map_delete<K>(map: BorrowedFd<'_>, key: &K) -> io::Result<()> {
     bpf(BPF_MAP_DELETE_ELEM, &mut attr, "bpf(BPF_MAP_DELETE_ELEM)").map(drop)
 }
 
-/// Loads an XDP program. On failure the load is repeated with the verifier log enabled
-/// and the log is put into the error.
-pub fn load_xdp_program(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
+/// Loads a program of `prog_type` (e.g. 6 = XDP, 3 = tc `sched_cls`). On failure the load
+/// is repeated with the verifier log enabled and the log is put into the error.
+pub fn load_program(
+    prog_type: u32,
+    expected_attach_type: u32,
+    insns: &[Insn],
+    name: &str,
+) -> io::Result<OwnedFd> {
     let code: Vec<[u8; 8]> = insns.iter().map(Insn::encode).collect();
     let license = c"GPL"; // bpf_redirect_map and friends are GPL-only helpers.
     let mut attr = ProgLoadAttr {
-        prog_type: BPF_PROG_TYPE_XDP,
+        prog_type,
         insn_cnt: code.len() as u32,
         insns: code.as_ptr() as u64,
         license: license.as_ptr() as u64,
         prog_name: name16(name),
-        expected_attach_type: BPF_XDP,
+        expected_attach_type,
         ..Default::default()
     };
     match bpf(BPF_PROG_LOAD, &mut attr, "bpf(BPF_PROG_LOAD)") {
@@ -505,12 +510,18 @@ pub fn load_xdp_program(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
                 Err(_) => {
                     let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                     let text = String::from_utf8_lossy(&log[..end]).trim_end().to_string();
-                    let detail = (!text.is_empty()).then(|| format!("verifier log:\n{text}"));
+                    let detail =
+                        (!text.is_empty()).then(|| format!("{name}: verifier log:\n{text}"));
                     Err(sys::os_error_detail("bpf(BPF_PROG_LOAD)", errno, detail))
                 }
             }
         }
     }
+}
+
+/// Loads an XDP program (see [`load_program`]).
+pub fn load_xdp_program(insns: &[Insn], name: &str) -> io::Result<OwnedFd> {
+    load_program(BPF_PROG_TYPE_XDP, BPF_XDP, insns, name)
 }
 
 /// Loads the trivial `return XDP_PASS` program. A veth only accepts frames redirected into
@@ -542,11 +553,22 @@ impl AttachMode {
 /// link. The program stays attached while the returned link fd is open: closing it, or
 /// the process ending in any way, detaches it.
 pub fn attach_xdp(prog: BorrowedFd<'_>, ifindex: u32, mode: AttachMode) -> io::Result<OwnedFd> {
+    link_create(prog, ifindex, BPF_XDP, mode.flags())
+}
+
+/// Attaches `prog` to `ifindex` with `attach_type` (e.g. 37 = XDP, 46/47 = tcx ingress/egress)
+/// through a bpf link; closing the returned fd detaches it.
+pub fn link_create(
+    prog: BorrowedFd<'_>,
+    ifindex: u32,
+    attach_type: u32,
+    flags: u32,
+) -> io::Result<OwnedFd> {
     let mut attr = LinkCreateAttr {
         prog_fd: prog.as_raw_fd() as u32,
         target_ifindex: ifindex,
-        attach_type: BPF_XDP,
-        flags: mode.flags(),
+        attach_type,
+        flags,
     };
     bpf(BPF_LINK_CREATE, &mut attr, "bpf(BPF_LINK_CREATE)").map(owned)
 }
