@@ -9,6 +9,8 @@
 //! Needs root and the `ip` command. Without them each test prints a skip notice and passes,
 //! except under `CI=true` where a missing prerequisite is a failure.
 
+mod common;
+
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::mem::{size_of, zeroed};
@@ -34,30 +36,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 // Prerequisites, natgw process and topology guard
 // ---------------------------------------------------------------------------------------
 
-fn prerequisites(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let missing: Vec<&str> = [
-        (!root).then_some("root"),
-        (!ip).then_some("the `ip` command (iproute2)"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("{test}: needs {}", missing.join(" and "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg} (CI=true: missing prerequisites are failures)");
-    }
-    eprintln!("SKIPPED {msg}");
-    false
-}
+use common::prerequisites;
 
 /// One natgw process, started with `ip netns exec <gw> natgw run --config <file>`; its stderr
 /// goes to a file so that it can be read at any time without blocking the process.

@@ -4,6 +4,8 @@
 //! Needs root, the `ip` command and `nft`. Without them each test prints a skip notice and
 //! passes, except under `CI=true` where a missing prerequisite is a failure.
 
+mod common;
+
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::process::Command;
@@ -20,31 +22,10 @@ use natgw::testbed::{
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 fn prerequisites(test: &str) -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    let works = |cmd: &str, arg: &str| {
-        Command::new(cmd)
-            .arg(arg)
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    let missing: Vec<&str> = [
-        (!root).then_some("root"),
-        (!works("ip", "-V")).then_some("the `ip` command (iproute2)"),
-        (!works("nft", "--version")).then_some("the `nft` command (nftables)"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
-    if missing.is_empty() {
-        return true;
-    }
-    let msg = format!("{test}: needs {}", missing.join(", "));
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("{msg} (CI=true: missing prerequisites are failures)");
-    }
-    eprintln!("SKIPPED {msg}");
-    false
+    common::prerequisites_with(
+        test,
+        &[("nft", "--version", "the `nft` command (nftables)")],
+    )
 }
 
 /// Builds `spec` after removing what a killed earlier run with the same tag left.

@@ -18,19 +18,31 @@ use std::time::{Duration, Instant};
 /// Whether the test can run: root and the `ip` command are needed. Without them the test
 /// is skipped with a notice, except under `CI=true` where a missing prerequisite fails.
 pub fn prerequisites(test: &str) -> bool {
+    prerequisites_with(test, &[])
+}
+
+/// Like [`prerequisites`], also needing each `(command, version flag, description)` of `extra`.
+pub fn prerequisites_with(test: &str, extra: &[(&str, &str, &str)]) -> bool {
     // SAFETY: geteuid has no preconditions.
     let root = unsafe { libc::geteuid() } == 0;
-    let ip = Command::new("ip")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let missing: Vec<&str> = [
-        (!root).then_some("root"),
-        (!ip).then_some("the `ip` command"),
-    ]
-    .into_iter()
-    .flatten()
-    .collect();
+    let works = |cmd: &str, arg: &str| {
+        Command::new(cmd)
+            .arg(arg)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let mut missing: Vec<&str> = Vec::new();
+    if !root {
+        missing.push("root");
+    }
+    if !works("ip", "-V") {
+        missing.push("the `ip` command (iproute2)");
+    }
+    for (cmd, arg, what) in extra {
+        if !works(cmd, arg) {
+            missing.push(what);
+        }
+    }
     if missing.is_empty() {
         return true;
     }
