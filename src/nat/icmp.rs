@@ -64,6 +64,15 @@ impl Embedded {
         })
     }
 
+    /// The quote of an error, parsed and with its checksums verified.
+    pub fn checked(d: &[u8], m: &Meta) -> Result<Embedded, DropReason> {
+        let e = Self::parse(d, m)?;
+        if !e.checksums_ok(d, m) {
+            return Err(DropReason::IcmpBadChecksum);
+        }
+        Ok(e)
+    }
+
     fn checksums_ok(&self, d: &[u8], m: &Meta) -> bool {
         let ihl = self.l4 - self.ip;
         // RFC 5508 REQ-3: a bad ICMP checksum or a bad embedded IP header checksum is dropped;
@@ -74,6 +83,13 @@ impl Embedded {
 }
 
 impl Engine {
+    /// A session found for an error, unless it has expired: an expired session the sweep has
+    /// not reached yet is gone all the same, and is left for the sweep (an error never
+    /// deletes a session itself).
+    fn live(&self, found: Option<u32>) -> Option<u32> {
+        found.filter(|&i| self.sessions[i as usize].expires > self.now)
+    }
+
     /// An error from inside about a flow that came in from outside: the quoted packet went
     /// remote -> inside host; restore the external address/port in it and translate the outer
     /// source.
@@ -84,14 +100,10 @@ impl Engine {
         f: &mut Frame<'_>,
         mut m: Meta,
     ) -> Verdict {
-        let d = f.data();
-        let e = match Embedded::parse(d, &m) {
+        let e = match Embedded::checked(f.data(), &m) {
             Ok(e) => e,
             Err(x) => return self.discard(x),
         };
-        if !e.checksums_ok(d, &m) {
-            return self.discard(DropReason::IcmpBadChecksum);
-        }
         let key = InKey {
             realm: realm.id,
             proto: e.proto,
@@ -100,13 +112,7 @@ impl Engine {
             in_addr: e.dst,
             rem_addr: e.src,
         };
-        // An expired session that the sweep has not reached yet is gone all the same; it is
-        // left for the sweep (an error never deletes a session itself).
-        let Some(si) = self
-            .in_tab
-            .get(&key)
-            .filter(|&i| self.sessions[i as usize].expires > self.now)
-        else {
+        let Some(si) = self.live(self.in_tab.get(&key)) else {
             return self.discard(DropReason::IcmpNoSession);
         };
         let s = self.sessions[si as usize];
@@ -140,14 +146,10 @@ impl Engine {
         m: Meta,
         hairpin: bool,
     ) -> Verdict {
-        let d = f.data();
-        let e = match Embedded::parse(d, &m) {
+        let e = match Embedded::checked(f.data(), &m) {
             Ok(e) => e,
             Err(x) => return self.discard(x),
         };
-        if !e.checksums_ok(d, &m) {
-            return self.discard(DropReason::IcmpBadChecksum);
-        }
         let key = OutKey {
             proto: e.proto,
             ext_port: e.sport,
@@ -155,13 +157,7 @@ impl Engine {
             ext_addr: e.src,
             rem_addr: e.dst,
         };
-        // An expired session that the sweep has not reached yet is gone all the same; it is
-        // left for the sweep (an error never deletes a session itself).
-        let Some(si) = self
-            .out_tab
-            .get(&key)
-            .filter(|&i| self.sessions[i as usize].expires > self.now)
-        else {
+        let Some(si) = self.live(self.out_tab.get(&key)) else {
             return self.discard(DropReason::IcmpNoSession);
         };
         let s = self.sessions[si as usize];
