@@ -27,8 +27,14 @@ fn session_table_full_then_recovers() {
         IN0,
         DropReason::SessionTableFull,
     );
-    // Unsolicited traffic is still called that, full table or not.
-    h.drop(&udp(R2, 53, POOL, 60000), OUTSIDE, DropReason::Unsolicited);
+    // Unsolicited traffic is still called that, full table or not. The probe's port must be
+    // one no mapping holds: most of the 1024 ports were picked at random.
+    let mut used = std::collections::HashSet::new();
+    h.e.for_each_session(|s| {
+        used.insert(s.ext_port);
+    });
+    let free = (60000..=u16::MAX).find(|p| !used.contains(p)).unwrap();
+    h.drop(&udp(R2, 53, POOL, free), OUTSIDE, DropReason::Unsolicited);
     h.at(T0 + 60.0);
     // Existing flows keep working in both directions.
     let p = h.fwd(&udp(host(0), 2000, R1, 53), IN0, fwd_out());
