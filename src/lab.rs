@@ -22,7 +22,8 @@ fn stop_requested() -> bool {
     crate::dataplane::run::signalled()
 }
 
-/// One HTTP GET against natgw's API inside the gateway namespace.
+/// GET `path` from natgw's API (127.0.0.1:9180) inside namespace `ns`: the body of a 200
+/// answer; any other status is an error naming it.
 pub fn api_get(ns: &str, path: &str) -> std::io::Result<String> {
     let path = path.to_string();
     run_in_netns(ns, move || {
@@ -31,16 +32,20 @@ pub fn api_get(ns: &str, path: &str) -> std::io::Result<String> {
             Duration::from_secs(2),
         )?;
         s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
         write!(
             s,
             "GET {path} HTTP/1.1\r\nHost: natgw\r\nConnection: close\r\n\r\n"
         )?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
-        Ok(out
+        let (head, body) = out
             .split_once("\r\n\r\n")
-            .map(|(_, b)| b.to_string())
-            .unwrap_or_default())
+            .ok_or_else(|| std::io::Error::other(format!("malformed answer: {out:?}")))?;
+        if !head.starts_with("HTTP/1.1 200") {
+            return Err(std::io::Error::other(format!("GET {path}: {head}")));
+        }
+        Ok(body.to_string())
     })
 }
 

@@ -24,11 +24,11 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use natgw::lab::api_get;
 use natgw::testbed::{RawIcmp, Topology, TopologySpec, ipv4_payload, run_in_netns};
 
 const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
 /// natgw's HTTP API inside the gateway namespace (the configuration default).
-const API: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9180);
 const READY_TIMEOUT: Duration = Duration::from_secs(10);
 const IO_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -161,7 +161,7 @@ impl Lab {
                     self.stderr_report()
                 );
             }
-            if http_get(self.gw(), "/stats").is_ok() {
+            if api_get(self.gw(), "/stats").is_ok() {
                 return;
             }
             if Instant::now() >= deadline {
@@ -226,7 +226,7 @@ impl Lab {
                 .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()));
             // natgw's own view of what happened, while it still runs.
             let stats = match &self.natgw {
-                Some(_) => match http_get(self.gw(), "/stats") {
+                Some(_) => match api_get(self.gw(), "/stats") {
                     Ok(b) => format!("natgw /stats: {b}\n"),
                     Err(e) => format!("natgw /stats: {e}\n"),
                 },
@@ -246,13 +246,12 @@ impl Lab {
     }
 
     fn stats(&self) -> Stats {
-        let body = http_get(self.gw(), "/stats").unwrap_or_else(|e| panic!("GET /stats: {e}"));
+        let body = api_get(self.gw(), "/stats").unwrap_or_else(|e| panic!("GET /stats: {e}"));
         Stats(body)
     }
 
     fn sessions(&self) -> Sessions {
-        let body =
-            http_get(self.gw(), "/sessions").unwrap_or_else(|e| panic!("GET /sessions: {e}"));
+        let body = api_get(self.gw(), "/sessions").unwrap_or_else(|e| panic!("GET /sessions: {e}"));
         Sessions::parse(&body)
     }
 
@@ -279,27 +278,8 @@ impl Drop for Lab {
 }
 
 // ---------------------------------------------------------------------------------------
-// natgw's API: HTTP/1.0 GET and just enough JSON
+// natgw's API (natgw::lab::api_get) and just enough JSON
 // ---------------------------------------------------------------------------------------
-
-/// GET `path` from natgw's API in namespace `ns`; the body of a 200 answer.
-fn http_get(ns: &str, path: &str) -> io::Result<String> {
-    let mut s = run_in_netns(ns, || {
-        TcpStream::connect_timeout(&SocketAddr::V4(API), Duration::from_millis(500))
-    })?;
-    s.set_read_timeout(Some(IO_TIMEOUT))?;
-    s.set_write_timeout(Some(IO_TIMEOUT))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: natgw\r\n\r\n")?;
-    let mut resp = String::new();
-    s.read_to_string(&mut resp)?;
-    let (head, body) = resp
-        .split_once("\r\n\r\n")
-        .ok_or_else(|| io::Error::other(format!("malformed answer: {resp:?}")))?;
-    if !head.starts_with("HTTP/1.1 200") {
-        return Err(io::Error::other(format!("GET {path}: {head}")));
-    }
-    Ok(body.to_string())
-}
 
 /// The number after `"key":` in `json`.
 fn json_u64(json: &str, key: &str) -> Option<u64> {
@@ -1094,7 +1074,7 @@ fn two_workers_on_two_queues() {
             std::thread::sleep(Duration::from_millis(20));
         }
         // Both workers received from their own queues: the traffic was spread.
-        let metrics = http_get(lab.gw(), "/metrics").expect("GET /metrics");
+        let metrics = api_get(lab.gw(), "/metrics").expect("GET /metrics");
         for w in 0..2 {
             let v = metric(
                 &metrics,
