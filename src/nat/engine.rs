@@ -10,7 +10,7 @@ use super::ports::{Policy, PortAllocator};
 use super::rng::Rng;
 use super::rules::{PROTO_ICMP, PROTO_TCP, PROTO_UDP, RealmRules, Rules, proto_index};
 use super::session::*;
-use super::table::FlowTable;
+use super::table::{FlowTable, Key};
 use super::types::*;
 use super::wire::*;
 use crate::config::{Filtering, Mapping, PortPolicy};
@@ -441,7 +441,7 @@ impl Engine {
 
     /// Passes one and two of the pipeline for a round of frames.
     fn prepare(&mut self, r: &Rules, pkts: &[Pkt<'_>]) {
-        use super::table::Key;
+
         self.prep.clear();
         for p in pkts {
             let meta = Self::parse(p.frame.data());
@@ -887,6 +887,37 @@ impl Engine {
             self.free_maps.push(mi);
             return Err(DropReason::PortsExhausted);
         };
+        // The external endpoint is known only now. The new mapping and the session about to be
+        // created insert into three more tables at random places: start all three loads at
+        // once so their cache misses overlap instead of queueing one after the other.
+        let ext_addr = realm.pool[ai];
+        self.map_out.prefetch(
+            MapOutKey {
+                proto: key.proto,
+                port,
+                addr: ext_addr,
+            }
+            .hash(),
+        );
+        self.out_tab.prefetch(
+            OutKey {
+                proto: key.proto,
+                ext_port: port,
+                rem_port: remote.1,
+                ext_addr,
+                rem_addr: remote.0,
+            }
+            .hash(),
+        );
+        if realm.filtering == Filtering::AddressDependent {
+            self.filt.prefetch(
+                FilterKey {
+                    map: mi,
+                    rem_addr: remote.0,
+                }
+                .hash(),
+            );
+        }
         let h = match host {
             Some(h) => h,
             None => {
@@ -905,7 +936,6 @@ impl Engine {
                 h
             }
         };
-        let ext_addr = realm.pool[ai];
         let ok = self.map_in.insert(key, mi).is_ok();
         if !ok
             || self
