@@ -114,7 +114,7 @@ pub fn session_json(s: &SessionInfo) -> String {
     };
     format!(
         "{{\"core\":{},\"realm\":{},\"protocol\":\"{}\",\"inside\":\"{}:{}\",\"external\":\"{}:{}\",\"remote\":\"{}:{}\",\
-         \"tcp_established\":{},\"age_secs\":{},\"expires_in_secs\":{},\"packets_out\":{},\"packets_in\":{},\"inbound\":{}}}",
+         \"tcp_established\":{},\"age_secs\":{},\"expires_in_secs\":{},\"inbound\":{}}}",
         s.core,
         json_str(&s.realm),
         proto,
@@ -127,8 +127,6 @@ pub fn session_json(s: &SessionInfo) -> String {
         s.tcp_established,
         s.age_secs,
         s.expires_in_secs,
-        s.pkts_out,
-        s.pkts_in,
         s.inbound
     )
 }

@@ -45,8 +45,6 @@ pub struct SessionInfo {
     pub tcp_established: bool,
     pub age_secs: u32,
     pub expires_in_secs: u32,
-    pub pkts_out: u32,
-    pub pkts_in: u32,
     pub inbound: bool,
 }
 
@@ -609,8 +607,6 @@ pub fn snapshot(engine: &Engine) -> Vec<SessionInfo> {
             tcp_established: s.proto == 6 && crate::nat::session::tcp::is_established(s.tcp),
             age_secs: now.saturating_sub(s.created),
             expires_in_secs: s.expires.saturating_sub(now),
-            pkts_out: s.pkts_out,
-            pkts_in: s.pkts_in,
             inbound: s.flags & crate::nat::session::flags::INBOUND != 0,
         })
     });

@@ -85,8 +85,8 @@ pub struct Engine {
     pub(crate) now: u32,
     pub(crate) sessions: Vec<Session>,
     free_sessions: Vec<u32>,
-    pub(crate) in_tab: FlowTable<InKey>,
-    pub(crate) out_tab: FlowTable<OutKey>,
+    pub(crate) in_tab: FlowTable<InKey, InVal>,
+    pub(crate) out_tab: FlowTable<OutKey, OutVal>,
     maps: Vec<MappingSlot>,
     free_maps: Vec<u32>,
     map_in: FlowTable<MapInKey>,
@@ -104,27 +104,33 @@ pub struct Engine {
     pub(crate) ip_ident: u16,
     /// Per-batch scratch of the lookup pipeline (capacity MAX_BATCH, never reallocated).
     prep: Vec<Prep>,
-    /// Session index the pipeline found for the frame being processed.
-    hint: Option<u32>,
 }
 
 /// Frames processed per pipeline round; larger batches are cut into rounds.
 const MAX_BATCH: usize = 256;
 
-/// The lookup a frame will make, computed ahead so its table slot can be prefetched.
+/// The session lookup a frame will make, computed ahead so its table slot can be prefetched.
 #[derive(Clone, Copy)]
-enum FastKey {
-    None,
+enum Lane {
+    /// Not a session packet the fast path knows: the full path parses it.
+    Slow,
     In(InKey),
     Out(OutKey),
 }
 
+/// What the pipeline's first two passes learned about a frame.
 #[derive(Clone, Copy)]
 struct Prep {
-    meta: Result<Meta, Option<DropReason>>,
-    key: FastKey,
+    lane: Lane,
     hash: u64,
-    hint: Option<u32>,
+    /// Slot position of the session in `in_tab` / `out_tab` (re-checked before use).
+    pos: usize,
+    /// Offset of the IPv4 header and its total length (the fast path's frames have no options).
+    l3: u8,
+    tot: u16,
+    /// Plain enough for the fast path: no fragment, no IP options, TTL > 1, no SYN/FIN/RST,
+    /// a live session whose slot says its direction is fast.
+    fast: bool,
 }
 
 impl Engine {
@@ -161,7 +167,6 @@ impl Engine {
             icmp_second: 0,
             ip_ident: (core as u16).wrapping_mul(0x1000),
             prep: Vec::with_capacity(MAX_BATCH),
-            hint: None,
             rules,
         }
     }
@@ -214,8 +219,9 @@ impl Engine {
         self.set_time(now_ns);
         let rules = Arc::clone(&self.rules);
         // Three passes per round so the cache misses of a round overlap instead of queueing:
-        // parse and prefetch each frame's hash slot, then look up and prefetch each session,
-        // then translate (by then both lines are usually in cache).
+        // classify each frame and prefetch its session slot; look the slots up; translate.
+        // An established packet's whole state is in its slot, so it costs one cache miss.
+        let (mut fast_in, mut fast_out) = (0u64, 0u64);
         for (pk, vs) in pkts
             .chunks_mut(MAX_BATCH)
             .zip(verdicts.chunks_mut(MAX_BATCH))
@@ -223,11 +229,35 @@ impl Engine {
             self.prepare(&rules, pk);
             for (i, (p, v)) in pk.iter_mut().zip(vs.iter_mut()).enumerate() {
                 let prep = self.prep[i];
-                self.hint = prep.hint;
-                *v = self.process_one(&rules, &mut p.frame, p.ingress, prep.meta);
+                let fast = if prep.fast {
+                    match prep.lane {
+                        Lane::In(k) => self.fast_in2out(&rules, &mut p.frame, &k, &prep),
+                        Lane::Out(k) => self.fast_out2in(&rules, &mut p.frame, &k, &prep),
+                        Lane::Slow => None,
+                    }
+                } else {
+                    None
+                };
+                *v = match fast {
+                    Some(verdict) => {
+                        if matches!(prep.lane, Lane::In(_)) {
+                            fast_in += 1;
+                        } else {
+                            fast_out += 1;
+                        }
+                        verdict
+                    }
+                    None => {
+                        let meta = Self::parse(p.frame.data());
+                        self.process_one(&rules, &mut p.frame, p.ingress, meta)
+                    }
+                };
             }
         }
-        self.hint = None;
+        let c = &self.counters;
+        c.rx_frames.add(fast_in + fast_out);
+        c.in2out.add(fast_in);
+        c.out2in.add(fast_out);
         self.housekeeping(SWEEP_PER_BATCH);
     }
 
@@ -303,8 +333,7 @@ impl Engine {
             self.sweep_cursor = if i + 1 == n { 0 } else { i + 1 };
             let s = &self.sessions[i];
             if s.proto != 0 && s.expires <= self.now {
-                self.delete_session(i as u32);
-                self.counters.sessions_expired.inc();
+                self.expire_if_due(i as u32);
             }
         }
     }
@@ -439,112 +468,217 @@ impl Engine {
         Ok(m)
     }
 
+    /// Pass one for a frame: is it a TCP/UDP/ICMP-echo packet plain enough for the fast path,
+    /// and which session would it belong to? Anything unusual is left to `parse` and the full
+    /// path, which handle every case; this only has to be right when it says "fast".
+    #[inline(always)]
+    fn classify(r: &Rules, p: &Pkt<'_>) -> Prep {
+        use crate::packet::tcp::flags as tf;
+        let mut prep = Prep {
+            lane: Lane::Slow,
+            hash: 0,
+            pos: 0,
+            l3: 0,
+            tot: 0,
+            fast: false,
+        };
+        let d = p.frame.data();
+        if d.len() < 14 + 28 || r.forward_only {
+            return prep;
+        }
+        let (l3, vlan) = if rd16(d, 12) == crate::packet::ethernet::ETHERTYPE_VLAN {
+            (18, Some(rd16(d, 14) & 0x0fff))
+        } else {
+            (14, None)
+        };
+        if rd16(d, l3 - 2) != crate::packet::ethernet::ETHERTYPE_IPV4 || d.len() < l3 + 28 {
+            return prep;
+        }
+        let ip = &d[l3..];
+        let tot = rd16(ip, 2) as usize;
+        // Version 4 without options, not a fragment, whole, header checksum right.
+        if ip[0] != 0x45
+            || rd16(ip, 6) & 0x3fff != 0
+            || tot < 28
+            || tot > ip.len()
+            || !header_checksum_ok(&ip[..20])
+        {
+            return prep;
+        }
+        let (proto, ttl) = (ip[9], ip[8]);
+        let l4 = &ip[20..tot];
+        let outbound = matches!(p.ingress, Ingress::Inside(_));
+        let (sport, dport, rem_port, plain) = match proto {
+            PROTO_UDP => {
+                let ok = rd16(l4, 4) >= 8;
+                (rd16(l4, 0), rd16(l4, 2), ok, ok)
+            }
+            PROTO_TCP if l4.len() >= 20 && l4[12] >> 4 >= 5 => {
+                let plain = l4[13] & (tf::SYN | tf::FIN | tf::RST) == 0;
+                (rd16(l4, 0), rd16(l4, 2), true, plain)
+            }
+            PROTO_ICMP
+                if l4[0] == icmp::ECHO_REPLY || (outbound && l4[0] == icmp::ECHO_REQUEST) =>
+            {
+                let id = rd16(l4, 4);
+                (id, id, false, true)
+            }
+            _ => return prep,
+        };
+        let (src, dst) = (rd32(ip, 12), rd32(ip, 16));
+        prep.l3 = l3 as u8;
+        prep.tot = tot as u16;
+        prep.fast = plain && ttl > 1;
+        match p.ingress {
+            Ingress::Inside(i) => {
+                let Some(realm) = r.realm_for(i, vlan) else {
+                    return prep;
+                };
+                let k = InKey {
+                    realm: realm.id,
+                    proto,
+                    in_port: sport,
+                    rem_port: if rem_port { dport } else { 0 },
+                    in_addr: src,
+                    rem_addr: dst,
+                };
+                prep.hash = k.hash();
+                prep.lane = Lane::In(k);
+            }
+            Ingress::Outside => {
+                let k = OutKey {
+                    proto,
+                    ext_port: dport,
+                    rem_port: if rem_port { sport } else { 0 },
+                    ext_addr: dst,
+                    rem_addr: src,
+                };
+                prep.hash = k.hash();
+                prep.lane = Lane::Out(k);
+                // Tagged frames from outside are rare; the full path handles them.
+                prep.fast &= vlan.is_none();
+            }
+            Ingress::Hairpin => {}
+        }
+        prep
+    }
+
     /// Passes one and two of the pipeline for a round of frames.
     fn prepare(&mut self, r: &Rules, pkts: &[Pkt<'_>]) {
-
         self.prep.clear();
         for p in pkts {
-            let meta = Self::parse(p.frame.data());
-            let mut key = FastKey::None;
-            let mut hash = 0;
-            if let Ok(m) = &meta
-                && m.frag != Frag::Later
-                && !r.forward_only
-            {
-                match p.ingress {
-                    Ingress::Inside(i) if super::in2out::fast_proto(m, true) => {
-                        if let Some(realm) = r.realm_for(i, m.vlan) {
-                            let k = InKey {
-                                realm: realm.id,
-                                proto: m.proto,
-                                in_port: m.sport,
-                                rem_port: super::in2out::rem_port(m),
-                                in_addr: m.src,
-                                rem_addr: m.dst,
-                            };
-                            hash = k.hash();
-                            self.in_tab.prefetch(hash);
-                            key = FastKey::In(k);
+            let prep = Self::classify(r, p);
+            match prep.lane {
+                Lane::In(_) => self.in_tab.prefetch(prep.hash),
+                Lane::Out(_) => self.out_tab.prefetch(prep.hash),
+                Lane::Slow => {}
+            }
+            self.prep.push(prep);
+        }
+        let now = self.now;
+        for p in self.prep.iter_mut() {
+            match p.lane {
+                Lane::In(k) => match self.in_tab.find(&k, p.hash) {
+                    Some(pos) => {
+                        let v = self.in_tab.val_at(pos);
+                        p.pos = pos;
+                        p.fast &= v.sess & slot::FAST != 0 && v.expires > now;
+                    }
+                    None => {
+                        p.fast = false;
+                        // Probably a new flow: set-up will look up its mapping and its host next.
+                        if let Some(realm) = r.realms.get(k.realm as usize) {
+                            let mk = Self::map_key(
+                                realm, k.proto, k.in_addr, k.in_port, k.rem_addr, k.rem_port,
+                            );
+                            self.map_in.prefetch(mk.hash());
+                            self.host_tab.prefetch(
+                                super::rules::HostKey {
+                                    realm: k.realm,
+                                    addr: k.in_addr,
+                                }
+                                .hash(),
+                            );
                         }
                     }
-                    Ingress::Outside | Ingress::Hairpin if super::in2out::fast_proto(m, false) => {
-                        let k = OutKey {
-                            proto: m.proto,
-                            ext_port: m.dport,
-                            rem_port: super::out2in::rem_port_out(m),
-                            ext_addr: m.dst,
-                            rem_addr: m.src,
-                        };
-                        hash = k.hash();
-                        self.out_tab.prefetch(hash);
-                        key = FastKey::Out(k);
+                },
+                Lane::Out(k) => match self.out_tab.find(&k, p.hash) {
+                    Some(pos) => {
+                        let v = self.out_tab.val_at(pos);
+                        p.pos = pos;
+                        p.fast &= v.sess & slot::FAST != 0 && v.expires > now;
                     }
-                    _ => {}
-                }
+                    None => p.fast = false,
+                },
+                Lane::Slow => p.fast = false,
             }
-            self.prep.push(Prep {
-                meta,
-                key,
-                hash,
-                hint: None,
-            });
-        }
-        for i in 0..self.prep.len() {
-            let p = self.prep[i];
-            let hint = match p.key {
-                FastKey::In(k) => self.in_tab.get_hashed(&k, p.hash),
-                FastKey::Out(k) => self.out_tab.get_hashed(&k, p.hash),
-                FastKey::None => None,
-            };
-            match (hint, p.key) {
-                (Some(si), _) => prefetch(&self.sessions[si as usize]),
-                (None, FastKey::In(k)) => {
-                    // Probably a new flow: set-up will look up its mapping and its host next.
-                    if let Some(realm) = r.realms.get(k.realm as usize) {
-                        let mk = Self::map_key(
-                            realm, k.proto, k.in_addr, k.in_port, k.rem_addr, k.rem_port,
-                        );
-                        self.map_in.prefetch(mk.hash());
-                        self.host_tab.prefetch(
-                            super::rules::HostKey {
-                                realm: k.realm,
-                                addr: k.in_addr,
-                            }
-                            .hash(),
-                        );
-                    }
-                }
-                _ => {}
-            }
-            self.prep[i].hint = hint;
         }
     }
 
-    /// The pipeline's session for `k`, if it is still that session and alive; else a lookup.
+    /// Established outbound packet: everything it needs is in its `in_tab` slot. None if an
+    /// earlier frame of the batch moved or changed the slot: the full path takes over.
     #[inline(always)]
-    pub(crate) fn find_in_hinted(&mut self, k: &InKey) -> Option<u32> {
-        if let Some(i) = self.hint.take()
-            && let s = &self.sessions[i as usize]
-            && s.proto != 0
-            && s.in_key() == *k
-            && s.expires > self.now
-        {
-            return Some(i);
+    fn fast_in2out(
+        &mut self,
+        r: &Rules,
+        f: &mut Frame<'_>,
+        k: &InKey,
+        p: &Prep,
+    ) -> Option<Verdict> {
+        let now = self.now;
+        if self.in_tab.key_at(p.pos) != k {
+            return None;
         }
-        self.find_in(k)
+        let realm = r.realms.get(k.realm as usize)?;
+        let v = self.in_tab.val_at_mut(p.pos);
+        if v.sess & slot::FAST == 0 || v.expires <= now {
+            return None;
+        }
+        v.expires = now.saturating_add(class_timeout(realm, k.proto, v.sess & slot::EST != 0));
+        let (addr, port) = (v.ext_addr, v.ext_port);
+        let m = fast_meta(p, k.proto);
+        super::in2out::rewrite(f.data_mut(), &m, true, addr, port, true);
+        if m.l3 != 14 {
+            set_vlan(f.buf, &mut f.off, &mut f.len, None);
+        }
+        Some(Verdict::Forward {
+            egress: Egress::Outside,
+            next_hop: Ipv4Addr::from(r.outside_next_hop(k.rem_addr)),
+        })
     }
 
+    /// Established inbound packet, from its `out_tab` slot alone.
     #[inline(always)]
-    pub(crate) fn find_out_hinted(&mut self, k: &OutKey) -> Option<u32> {
-        if let Some(i) = self.hint.take()
-            && let s = &self.sessions[i as usize]
-            && s.proto != 0
-            && s.out_key() == *k
-            && s.expires > self.now
-        {
-            return Some(i);
+    fn fast_out2in(
+        &mut self,
+        r: &Rules,
+        f: &mut Frame<'_>,
+        k: &OutKey,
+        p: &Prep,
+    ) -> Option<Verdict> {
+        let now = self.now;
+        if self.out_tab.key_at(p.pos) != k {
+            return None;
         }
-        self.find_out(k)
+        let v = *self.out_tab.val_at(p.pos);
+        if v.sess & slot::FAST == 0 || v.expires <= now {
+            return None;
+        }
+        let realm = r.realms.get(v.realm as usize)?;
+        // RFC 4787 REQ-6: inbound refresh is the operator's choice; TCP follows its state.
+        if k.proto == PROTO_TCP || realm.inbound_refresh {
+            let t = class_timeout(realm, k.proto, v.sess & slot::EST != 0);
+            self.out_tab.val_at_mut(p.pos).expires = now.saturating_add(t);
+        }
+        let m = fast_meta(p, k.proto);
+        super::in2out::rewrite(f.data_mut(), &m, false, v.in_addr, v.in_port, true);
+        if realm.vlan.is_some() && !set_vlan(f.buf, &mut f.off, &mut f.len, realm.vlan) {
+            return Some(self.discard(DropReason::NoHeadroom));
+        }
+        Some(Verdict::Forward {
+            egress: Egress::Inside(realm.iface),
+            next_hop: Ipv4Addr::from(realm.next_hop(v.in_addr)),
+        })
     }
 
     fn process_one(
@@ -624,36 +758,95 @@ impl Engine {
 
     #[inline]
     pub(crate) fn timeout(&self, realm: &RealmRules, s: &Session) -> u32 {
-        let t = &realm.timeouts;
-        match s.proto {
-            PROTO_UDP => t.udp,
-            PROTO_ICMP => t.icmp,
-            _ if tcp::is_established(s.tcp) => t.tcp_established,
-            _ => t.tcp_transitory,
-        }
+        class_timeout(realm, s.proto, tcp::is_established(s.tcp))
     }
 
     /// Looks a session up from inside; an expired one is removed and not returned.
     #[inline]
     pub(crate) fn find_in(&mut self, k: &InKey) -> Option<u32> {
-        let i = self.in_tab.get(k)?;
-        if self.sessions[i as usize].expires <= self.now {
-            self.delete_session(i);
-            self.counters.sessions_expired.inc();
-            return None;
+        let v = self.in_tab.get(k)?;
+        let si = v.sess & slot::INDEX;
+        if v.expires > self.now {
+            return Some(si);
         }
-        Some(i)
+        self.expire_if_due(si).then_some(si)
     }
 
     #[inline]
     pub(crate) fn find_out(&mut self, k: &OutKey) -> Option<u32> {
-        let i = self.out_tab.get(k)?;
-        if self.sessions[i as usize].expires <= self.now {
-            self.delete_session(i);
-            self.counters.sessions_expired.inc();
-            return None;
+        let v = self.out_tab.get(k)?;
+        let si = v.sess & slot::INDEX;
+        if v.expires > self.now {
+            return Some(si);
         }
-        Some(i)
+        self.expire_if_due(si).then_some(si)
+    }
+
+    /// The session an inside key names, live or not (no side effects).
+    pub(crate) fn session_in(&self, k: &InKey) -> Option<u32> {
+        self.in_tab.get(k).map(|v| v.sess & slot::INDEX)
+    }
+
+    pub(crate) fn session_out(&self, k: &OutKey) -> Option<u32> {
+        self.out_tab.get(k).map(|v| v.sess & slot::INDEX)
+    }
+
+    /// A session's real deadline: the latest of its own and its two slots' (the fast path
+    /// refreshes only the slot of the packet's direction).
+    pub(crate) fn deadline(&self, si: u32) -> u32 {
+        let s = &self.sessions[si as usize];
+        let a = self.in_tab.get(&s.in_key()).map_or(0, |v| v.expires);
+        let b = self.out_tab.get(&s.out_key()).map_or(0, |v| v.expires);
+        s.expires.max(a).max(b)
+    }
+
+    /// Brings the session and both slots to the real deadline; deletes the session if that
+    /// has passed. True if it lives.
+    fn expire_if_due(&mut self, si: u32) -> bool {
+        let d = self.deadline(si);
+        if d > self.now {
+            self.sessions[si as usize].expires = d;
+            self.publish(si, true);
+            return true;
+        }
+        self.delete_session(si);
+        self.counters.sessions_expired.inc();
+        false
+    }
+
+    /// Copies a session's fast-path flags (from its TCP state and hairpin flag) and, with
+    /// `deadline`, its `expires` into both index slots. The slow path calls this after every
+    /// change it makes, so the fast path never acts on stale state.
+    pub(crate) fn publish(&mut self, si: u32, deadline: bool) {
+        let s = self.sessions[si as usize];
+        let tcp = s.proto == PROTO_TCP;
+        let est = if tcp && tcp::is_established(s.tcp) {
+            slot::EST
+        } else {
+            0
+        };
+        let fast_if = |seen: u8| {
+            if !tcp || s.tcp & seen != 0 {
+                slot::FAST
+            } else {
+                0
+            }
+        };
+        let hairpin = s.flags & flags::HAIRPIN != 0;
+        let in_flags = if hairpin { 0 } else { fast_if(tcp::SEEN_OUT) } | est;
+        let out_flags = fast_if(tcp::SEEN_IN) | est;
+        if let Some(v) = self.in_tab.get_mut(&s.in_key()) {
+            v.sess = si | in_flags;
+            if deadline {
+                v.expires = s.expires;
+            }
+        }
+        if let Some(v) = self.out_tab.get_mut(&s.out_key()) {
+            v.sess = si | out_flags;
+            if deadline {
+                v.expires = s.expires;
+            }
+        }
     }
 
     /// Deletes expired sessions (looking at no more than `RECLAIM_TRIES` slots) until `enough`.
@@ -669,8 +862,7 @@ impl Engine {
             self.sweep_cursor = if i + 1 == n { 0 } else { i + 1 };
             let s = &self.sessions[i];
             if s.proto != 0 && s.expires <= self.now {
-                self.delete_session(i as u32);
-                self.counters.sessions_expired.inc();
+                self.expire_if_due(i as u32);
             }
         }
     }
@@ -698,11 +890,26 @@ impl Engine {
             return Err(DropReason::SessionTableFull);
         };
         s.created = self.now;
-        if self.in_tab.insert(s.in_key(), i).is_err() {
+        s.expires = self.now.saturating_add(self.timeout(realm, &s));
+        let iv = InVal {
+            sess: i,
+            ext_addr: s.ext_addr,
+            ext_port: s.ext_port,
+            _pad: 0,
+            expires: s.expires,
+        };
+        if self.in_tab.insert(s.in_key(), iv).is_err() {
             self.free_sessions.push(i);
             return Err(DropReason::SessionTableFull);
         }
-        if self.out_tab.insert(s.out_key(), i).is_err() {
+        let ov = OutVal {
+            sess: i,
+            in_addr: s.in_addr,
+            in_port: s.in_port,
+            realm: s.realm,
+            expires: s.expires,
+        };
+        if self.out_tab.insert(s.out_key(), ov).is_err() {
             self.in_tab.remove(&s.in_key());
             self.free_sessions.push(i);
             return Err(DropReason::SessionTableFull);
@@ -725,8 +932,8 @@ impl Engine {
                 s.flags |= flags::FILTER_COUNTED;
             }
         }
-        s.expires = self.now.saturating_add(self.timeout(realm, &s));
         self.sessions[i as usize] = s;
+        self.publish(i, false);
         self.counters.sessions_created.inc();
         Ok(i)
     }
@@ -994,14 +1201,17 @@ impl Engine {
         }
     }
 
-    /// Iterates over live sessions (management plane listing; not for the hot path).
+    /// Iterates over live sessions (management plane listing; not for the hot path), each
+    /// with its real deadline in `expires`.
     pub fn for_each_session(&self, mut f: impl FnMut(&Session)) {
-        for s in self
-            .sessions
-            .iter()
-            .filter(|s| s.proto != 0 && s.expires > self.now)
-        {
-            f(s)
+        for (i, s) in self.sessions.iter().enumerate() {
+            if s.proto == 0 {
+                continue;
+            }
+            let expires = self.deadline(i as u32);
+            if expires > self.now {
+                f(&Session { expires, ..*s })
+            }
         }
     }
 
@@ -1054,8 +1264,16 @@ impl Engine {
         let mut filt = std::collections::HashMap::<(u32, u32), u32>::new();
         for &i in &live {
             let s = &self.sessions[i as usize];
-            assert_eq!(self.in_tab.get(&s.in_key()), Some(i), "in_tab of {s:?}");
-            assert_eq!(self.out_tab.get(&s.out_key()), Some(i), "out_tab of {s:?}");
+            let iv = self.in_tab.get(&s.in_key()).expect("in_tab entry");
+            let ov = self.out_tab.get(&s.out_key()).expect("out_tab entry");
+            assert_eq!(iv.sess & slot::INDEX, i, "in_tab of {s:?}");
+            assert_eq!(ov.sess & slot::INDEX, i, "out_tab of {s:?}");
+            assert_eq!((iv.ext_addr, iv.ext_port), (s.ext_addr, s.ext_port));
+            assert_eq!(
+                (ov.in_addr, ov.in_port, ov.realm),
+                (s.in_addr, s.in_port, s.realm)
+            );
+            assert!(iv.expires >= s.expires && ov.expires >= s.expires, "{s:?}");
             if s.map != NONE {
                 let mp = &self.maps[s.map as usize];
                 assert_ne!(mp.proto, 0, "session on a free mapping");
@@ -1097,6 +1315,33 @@ impl Engine {
     }
 }
 
+/// The timeout of a session of `proto` (for TCP: established or not) in `realm`.
+#[inline(always)]
+fn class_timeout(realm: &RealmRules, proto: u8, established: bool) -> u32 {
+    let t = &realm.timeouts;
+    match proto {
+        PROTO_UDP => t.udp,
+        PROTO_ICMP => t.icmp,
+        _ if established => t.tcp_established,
+        _ => t.tcp_transitory,
+    }
+}
+
+/// The `Meta` of a frame the fast path handles (IPv4 without options, not a fragment), for
+/// `rewrite`.
+#[inline(always)]
+fn fast_meta(p: &Prep, proto: u8) -> Meta {
+    let l3 = p.l3 as usize;
+    Meta {
+        l3,
+        ihl: 20,
+        tot: p.tot as usize,
+        l4: l3 + 20,
+        proto,
+        ..Meta::default()
+    }
+}
+
 /// Is an IPv4 header's checksum right? The common 20-byte header is summed as five 32-bit
 /// words (the one's-complement sum folds the same way), which is a fraction of the work of
 /// the generic 16-bit loop.
@@ -1115,19 +1360,6 @@ pub(crate) fn header_checksum_ok(h: &[u8]) -> bool {
     } else {
         checksum::checksum(h) == 0
     }
-}
-
-/// Hints the CPU to fetch the cache line holding `v`.
-#[inline(always)]
-fn prefetch<T>(v: &T) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use core::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-        // SAFETY: prefetch is a hint and never faults; SSE is baseline on x86_64.
-        unsafe { _mm_prefetch::<_MM_HINT_T0>((v as *const T).cast::<i8>()) };
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = v;
 }
 
 #[cfg(test)]

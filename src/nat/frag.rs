@@ -30,6 +30,14 @@ pub struct FragKey {
 }
 
 impl Key for FragKey {
+    /// A scope no realm and no outside scope uses.
+    const EMPTY: FragKey = FragKey {
+        scope: u16::MAX - 2,
+        proto: 0,
+        id: 0,
+        src: 0,
+        dst: 0,
+    };
     fn hash(&self) -> u64 {
         hash_words(&[
             (self.scope as u64) << 32 | (self.proto as u64) << 16 | self.id as u64,

@@ -87,7 +87,7 @@ impl Engine {
     /// not reached yet is gone all the same, and is left for the sweep (an error never
     /// deletes a session itself).
     fn live(&self, found: Option<u32>) -> Option<u32> {
-        found.filter(|&i| self.sessions[i as usize].expires > self.now)
+        found.filter(|&i| self.deadline(i) > self.now)
     }
 
     /// An error from inside about a flow that came in from outside: the quoted packet went
@@ -112,7 +112,7 @@ impl Engine {
             in_addr: e.dst,
             rem_addr: e.src,
         };
-        let Some(si) = self.live(self.in_tab.get(&key)) else {
+        let Some(si) = self.live(self.session_in(&key)) else {
             return self.discard(DropReason::IcmpNoSession);
         };
         let s = self.sessions[si as usize];
@@ -157,7 +157,7 @@ impl Engine {
             ext_addr: e.src,
             rem_addr: e.dst,
         };
-        let Some(si) = self.live(self.out_tab.get(&key)) else {
+        let Some(si) = self.live(self.session_out(&key)) else {
             return self.discard(DropReason::IcmpNoSession);
         };
         let s = self.sessions[si as usize];

@@ -26,16 +26,10 @@ impl Engine {
             in_addr: m.src,
             rem_addr: m.dst,
         };
-        // Fast path: a live session means this core owns the flow and the checks below passed
-        // when it was created; everything else takes the full path.
-        let found = if m.ttl > 1 && m.frag != Frag::Later && fast_proto(&m, true) {
-            self.find_in_hinted(&key)
-        } else {
-            None
-        };
-        let (si, hairpin) = match found {
-            Some(si) => (si, self.sessions[si as usize].flags & flags::HAIRPIN != 0),
-            None => {
+        // The full path: every check, then the session (found or created). Established
+        // packets of plain flows rarely get here: `Engine::fast_in2out` takes them.
+        let (si, hairpin) = {
+            {
                 if realm.gateway == Some(m.dst) {
                     return self.for_own_inside(realm, f, &m);
                 }
@@ -101,6 +95,7 @@ impl Engine {
                 (si, hairpin)
             }
         };
+        let hairpin = hairpin || self.sessions[si as usize].flags & flags::HAIRPIN != 0;
         if hairpin && !realm.hairpinning {
             // Hairpinning was switched off by a reload after the session was created.
             return self.discard(DropReason::HairpinDisabled);
@@ -110,9 +105,9 @@ impl Engine {
         if m.proto == PROTO_TCP {
             s.tcp = tcp::update(s.tcp, m.tcp_flags, true);
         }
-        s.pkts_out = s.pkts_out.wrapping_add(1);
         let s = *s;
         self.sessions[si as usize].expires = now.saturating_add(self.timeout(realm, &s));
+        self.publish(si, true);
         rewrite(f.data_mut(), &m, true, s.ext_addr, s.ext_port, true);
         self.counters.in2out.inc();
         let fkey = FragKey::inside(realm.id, &m);
@@ -287,19 +282,6 @@ impl Engine {
             );
         }
         v
-    }
-}
-
-/// Protocols whose established sessions take the fast path: TCP, UDP and ICMP echo (from
-/// outside only replies: an echo request to a pool address is natgw's to answer).
-#[inline(always)]
-pub(crate) fn fast_proto(m: &Meta, outbound: bool) -> bool {
-    match m.proto {
-        PROTO_TCP | PROTO_UDP => true,
-        PROTO_ICMP => {
-            m.icmp_type == icmp::ECHO_REPLY || (outbound && m.icmp_type == icmp::ECHO_REQUEST)
-        }
-        _ => false,
     }
 }
 

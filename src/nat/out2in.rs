@@ -31,18 +31,10 @@ impl Engine {
             ext_addr: m.dst,
             rem_addr: m.src,
         };
-        // Fast path: a live session means this core owns the flow and the address is ours.
-        let found = if (hairpin || m.ttl > 1)
-            && m.frag != Frag::Later
-            && super::in2out::fast_proto(&m, false)
-        {
-            self.find_out_hinted(&key)
-        } else {
-            None
-        };
-        let si = match found {
-            Some(si) => si,
-            None => {
+        // The full path: every check, then the session (found or created). Established
+        // packets of plain flows rarely get here: `Engine::fast_out2in` takes them.
+        let si = {
+            {
                 let Some(ext) = r.ext_addr(m.dst) else {
                     return self.discard(DropReason::NotForUs);
                 };
@@ -121,13 +113,14 @@ impl Engine {
         if m.proto == PROTO_TCP {
             s.tcp = tcp::update(s.tcp, m.tcp_flags, false);
         }
-        s.pkts_in = s.pkts_in.wrapping_add(1);
         let s = *s;
         let realm = &r.realms[s.realm as usize];
         // RFC 4787 REQ-6: inbound refresh is the operator's choice; TCP follows its state.
-        if m.proto == PROTO_TCP || realm.inbound_refresh {
+        let refresh = m.proto == PROTO_TCP || realm.inbound_refresh;
+        if refresh {
             self.sessions[si as usize].expires = now.saturating_add(self.timeout(realm, &s));
         }
+        self.publish(si, refresh);
         super::in2out::rewrite(f.data_mut(), &m, false, s.in_addr, s.in_port, !hairpin);
         if hairpin {
             self.counters.hairpinned.inc();

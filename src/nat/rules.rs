@@ -24,6 +24,8 @@ pub fn proto_index(proto: u8) -> usize {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct AddrKey(pub u32);
 impl Key for AddrKey {
+    /// The limited broadcast address is never one of natgw's addresses.
+    const EMPTY: AddrKey = AddrKey(u32::MAX);
     fn hash(&self) -> u64 {
         hash_words(&[self.0 as u64])
     }
@@ -39,6 +41,13 @@ pub struct EndpointKey {
     pub addr: u32,
 }
 impl Key for EndpointKey {
+    /// Static mappings are TCP or UDP.
+    const EMPTY: EndpointKey = EndpointKey {
+        realm: 0,
+        proto: 0,
+        port: 0,
+        addr: 0,
+    };
     fn hash(&self) -> u64 {
         hash_words(&[
             (self.realm as u64) << 32 | (self.proto as u64) << 16 | self.port as u64,
@@ -54,6 +63,11 @@ pub struct HostKey {
     pub addr: u32,
 }
 impl Key for HostKey {
+    /// No realm has this id (`NO_REALM`).
+    const EMPTY: HostKey = HostKey {
+        realm: u16::MAX,
+        addr: 0,
+    };
     fn hash(&self) -> u64 {
         hash_words(&[(self.realm as u64) << 32 | self.addr as u64])
     }

@@ -2,9 +2,10 @@
 //! sessions under endpoint-independent mapping), with their lookup keys and the TCP state machine.
 //!
 //! Memory: every table is sized from `sessions.capacity_per_core` at start-up. Per session slot
-//! that is the 48-byte `Session`, two index slots (inside and outside view) at <= 50 % load, a
+//! that is the 40-byte `Session`, two 32-byte index slots (inside and outside view, each with
+//! the fast-path data of its direction) at <= 50 % load, a
 //! mapping slot and its two index slots, a host slot and its index slot, and the
-//! address-dependent filter slot, plus fixed costs (port bitmaps, fragment table): about 364 bytes
+//! address-dependent filter slot, plus fixed costs (port bitmaps, fragment table): about 356 bytes
 //! per slot at the default capacity (`Engine::memory_bytes`; the test `memory_per_session` prints it).
 
 use super::table::{Key, hash_words};
@@ -24,6 +25,15 @@ pub struct InKey {
 }
 
 impl Key for InKey {
+    /// Protocol 0: sessions are TCP, UDP or ICMP.
+    const EMPTY: InKey = InKey {
+        realm: 0,
+        proto: 0,
+        in_port: 0,
+        rem_port: 0,
+        in_addr: 0,
+        rem_addr: 0,
+    };
     #[inline(always)]
     fn hash(&self) -> u64 {
         hash_words(&[
@@ -48,6 +58,13 @@ pub struct OutKey {
 }
 
 impl Key for OutKey {
+    const EMPTY: OutKey = OutKey {
+        proto: 0,
+        ext_port: 0,
+        rem_port: 0,
+        ext_addr: 0,
+        rem_addr: 0,
+    };
     #[inline(always)]
     fn hash(&self) -> u64 {
         hash_words(&[
@@ -70,6 +87,11 @@ pub struct MapOutKey {
 }
 
 impl Key for MapOutKey {
+    const EMPTY: MapOutKey = MapOutKey {
+        proto: 0,
+        port: 0,
+        addr: 0,
+    };
     #[inline(always)]
     fn hash(&self) -> u64 {
         hash_words(&[(self.proto as u64) << 48 | (self.port as u64) << 32 | self.addr as u64])
@@ -84,6 +106,11 @@ pub struct FilterKey {
 }
 
 impl Key for FilterKey {
+    /// Only sessions with a mapping are counted, and NONE is no mapping's index.
+    const EMPTY: FilterKey = FilterKey {
+        map: NONE,
+        rem_addr: 0,
+    };
     #[inline(always)]
     fn hash(&self) -> u64 {
         hash_words(&[(self.map as u64) << 32 | self.rem_addr as u64])
@@ -140,6 +167,41 @@ pub mod flags {
     pub const HAIRPIN: u8 = 4;
 }
 
+/// Fast-path data of a session kept in its `in_tab` slot, next to the key: an established
+/// outbound packet reads and writes only this slot, never the `Session`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InVal {
+    /// Session index and fast-path flags, see [`slot`].
+    pub sess: u32,
+    pub ext_addr: u32,
+    pub ext_port: u16,
+    pub _pad: u16,
+    /// Deadline as refreshed by outbound packets (see [`Session::expires`]).
+    pub expires: u32,
+}
+
+/// Fast-path data of a session kept in its `out_tab` slot (the inbound twin of [`InVal`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutVal {
+    pub sess: u32,
+    pub in_addr: u32,
+    pub in_port: u16,
+    pub realm: u16,
+    /// Deadline as refreshed by inbound packets.
+    pub expires: u32,
+}
+
+/// The `sess` word of an index slot: the session index in the low bits, flags in the top.
+pub mod slot {
+    /// Packets of this direction may take the fast path: not a hairpin (outbound), and for
+    /// TCP this direction was already seen, so a segment without SYN/FIN/RST changes no state.
+    pub const FAST: u32 = 1 << 31;
+    /// TCP only: established (the established timeout applies, else the transitory one).
+    pub const EST: u32 = 1 << 30;
+    /// Session capacity is at most 2^26 (config), so indexes never reach the flag bits.
+    pub const INDEX: u32 = (1 << 30) - 1;
+}
+
 /// A session slot. `proto == 0` marks a free slot.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
@@ -159,9 +221,10 @@ pub struct Session {
     pub map: u32,
     /// Seconds (engine clock).
     pub created: u32,
+    /// A lower bound of the deadline: the fast path refreshes the deadlines in the two index
+    /// slots only. The real deadline is the latest of the three (`Engine::deadline`); the
+    /// slow path writes all three at once, which is also how a TCP state change shortens it.
     pub expires: u32,
-    pub pkts_out: u32,
-    pub pkts_in: u32,
 }
 
 impl Session {

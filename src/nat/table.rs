@@ -1,26 +1,30 @@
-//! Fixed-capacity open-addressing hash map `K -> u32` for session lookup.
+//! Fixed-capacity open-addressing hash map `K -> V` for session lookup.
 //!
 //! Design constraints come from the data path: tens of millions of lookups per second
 //! over 1M+ entries, no allocation after construction, and predictable O(1) cost.
 //!
 //! - Linear probing, load factor at most 1/2 (slots = next_pow2(2 * max_entries)), so
 //!   probe sequences stay short and an empty slot always exists (lookups terminate).
-//! - Keys live inline in the slot next to a 32-bit hash tag: the common lookup touches
-//!   one cache line and rejects non-matching slots without comparing keys.
+//! - Key and value live inline in the slot and nothing else does: the session tables keep
+//!   a 16-byte key next to 16 bytes of fast-path data, so a 32-byte slot never straddles a
+//!   cache line and an established packet touches one line of memory (see `engine.rs`).
+//!   An empty slot holds `Key::EMPTY`, a value no real key takes, so no tag is needed.
 //! - Deletion is backward-shift (no tombstones), so a long-running table with heavy
 //!   churn never degrades and never needs a rehash.
 //!
 //! Hashes are keyed by a process-wide random seed so that outside hosts cannot
 //! craft flows that collide into one probe chain (hash flooding).
 
-use core::mem::{MaybeUninit, size_of};
+use core::mem::size_of;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// A key that computes its own 64-bit hash, normally with [`hash_words`].
 ///
-/// The low bits select the home slot and the high 32 bits form the slot tag, so the
-/// whole hash should be well mixed.
+/// The low bits select the home slot, so the whole hash should be well mixed.
 pub trait Key: Copy + Eq {
+    /// Marks an empty slot: a value no real key takes. Looking it up finds nothing and
+    /// inserting it is refused.
+    const EMPTY: Self;
     fn hash(&self) -> u64;
 }
 
@@ -74,8 +78,8 @@ pub fn set_seed(seed: u64) -> bool {
 ///
 /// Each word is absorbed by one 64x64->128 multiply whose halves are folded, which
 /// spreads every input bit over the whole state; a final keyed multiply avalanches
-/// both the index bits (low) and the tag bits (high).
-#[inline]
+/// the index bits.
+#[inline(always)]
 pub fn hash_words(words: &[u64]) -> u64 {
     let s = seed();
     let mut h = s ^ (words.len() as u64).wrapping_mul(P0);
@@ -91,38 +95,25 @@ pub enum InsertError {
     Full,
     /// The key is already present; its value was not changed.
     Exists,
+    /// The key is `Key::EMPTY`, which marks empty slots.
+    Reserved,
 }
 
-/// `tag == 0` marks an empty slot; `key` is initialised whenever `tag != 0`.
-struct Slot<K> {
-    tag: u32,
-    val: u32,
-    key: MaybeUninit<K>,
+#[derive(Clone, Copy)]
+struct Slot<K, V> {
+    key: K,
+    val: V,
 }
 
-// Manual impls: derive would require `K: Clone` for `Clone` without knowing `K: Copy`.
-impl<K: Copy> Clone for Slot<K> {
-    fn clone(&self) -> Self {
-        *self
-    }
-}
-impl<K: Copy> Copy for Slot<K> {}
-
-#[inline(always)]
-fn tag_of(hash: u64) -> u32 {
-    // High bits: the low bits are (mostly) equal along one probe chain already.
-    ((hash >> 32) as u32) | 1
-}
-
-/// Fixed-capacity map from flow keys to `u32` (typically a session index).
-pub struct FlowTable<K: Key> {
-    slots: Box<[Slot<K>]>,
+/// Fixed-capacity map from flow keys to small `Copy` values (by default a `u32` index).
+pub struct FlowTable<K: Key, V: Copy + Default = u32> {
+    slots: Box<[Slot<K, V>]>,
     mask: usize,
     len: usize,
     max_len: usize,
 }
 
-impl<K: Key> FlowTable<K> {
+impl<K: Key, V: Copy + Default> FlowTable<K, V> {
     /// Allocates `next_power_of_two(2 * max_entries).max(16)` slots up front (and
     /// touches them, so no page faults happen later on the data path).
     ///
@@ -134,9 +125,8 @@ impl<K: Key> FlowTable<K> {
             .expect("FlowTable capacity overflow")
             .max(16);
         let empty = Slot {
-            tag: 0,
-            val: 0,
-            key: MaybeUninit::uninit(),
+            key: K::EMPTY,
+            val: V::default(),
         };
         FlowTable {
             slots: super::mem::table(n, empty).into_boxed_slice(),
@@ -163,19 +153,62 @@ impl<K: Key> FlowTable<K> {
     }
 
     #[inline]
-    pub fn get(&self, k: &K) -> Option<u32> {
+    pub fn get(&self, k: &K) -> Option<V> {
         self.get_hashed(k, k.hash())
     }
 
     /// Like [`get`](Self::get) with `hash == k.hash()` already computed, so a batch
     /// loop can hash and [`prefetch`](Self::prefetch) all keys before looking them up.
     #[inline]
-    pub fn get_hashed(&self, k: &K, hash: u64) -> Option<u32> {
+    pub fn get_hashed(&self, k: &K, hash: u64) -> Option<V> {
         self.find(k, hash).map(|i| self.slots[i].val)
     }
 
-    /// Hint the CPU to load the home slot of `hash` into cache.
     #[inline]
+    pub fn get_mut(&mut self, k: &K) -> Option<&mut V> {
+        let i = self.find(k, k.hash())?;
+        Some(&mut self.slots[i].val)
+    }
+
+    /// Where `k` is stored. A position stays valid until the next insert or remove (which
+    /// may move entries), so a holder re-checks [`key_at`](Self::key_at) before using it.
+    #[inline(always)]
+    pub fn find(&self, k: &K, hash: u64) -> Option<usize> {
+        if *k == K::EMPTY {
+            return None;
+        }
+        let mut i = hash as usize & self.mask;
+        // Terminates: len <= max_entries < slots, so an empty slot always exists.
+        loop {
+            let s = &self.slots[i];
+            if s.key == *k {
+                return Some(i);
+            }
+            if s.key == K::EMPTY {
+                return None;
+            }
+            i = (i + 1) & self.mask;
+        }
+    }
+
+    /// The key at a position from [`find`](Self::find) (`Key::EMPTY` if that slot is free).
+    #[inline(always)]
+    pub fn key_at(&self, pos: usize) -> &K {
+        &self.slots[pos & self.mask].key
+    }
+
+    #[inline(always)]
+    pub fn val_at(&self, pos: usize) -> &V {
+        &self.slots[pos & self.mask].val
+    }
+
+    #[inline(always)]
+    pub fn val_at_mut(&mut self, pos: usize) -> &mut V {
+        &mut self.slots[pos & self.mask].val
+    }
+
+    /// Hint the CPU to load the home slot of `hash` into cache.
+    #[inline(always)]
     pub fn prefetch(&self, hash: u64) {
         #[cfg(target_arch = "x86_64")]
         {
@@ -188,17 +221,17 @@ impl<K: Key> FlowTable<K> {
         let _ = hash;
     }
 
-    pub fn insert(&mut self, k: K, v: u32) -> Result<(), InsertError> {
-        let hash = k.hash();
-        let tag = tag_of(hash);
-        let mut i = hash as usize & self.mask;
+    pub fn insert(&mut self, k: K, v: V) -> Result<(), InsertError> {
+        if k == K::EMPTY {
+            return Err(InsertError::Reserved);
+        }
+        let mut i = k.hash() as usize & self.mask;
         loop {
             let s = &self.slots[i];
-            if s.tag == 0 {
+            if s.key == K::EMPTY {
                 break;
             }
-            // SAFETY: tag != 0 means the key was written by insert.
-            if s.tag == tag && unsafe { s.key.assume_init() } == k {
+            if s.key == k {
                 return Err(InsertError::Exists);
             }
             i = (i + 1) & self.mask;
@@ -206,16 +239,12 @@ impl<K: Key> FlowTable<K> {
         if self.len >= self.max_len {
             return Err(InsertError::Full);
         }
-        self.slots[i] = Slot {
-            tag,
-            val: v,
-            key: MaybeUninit::new(k),
-        };
+        self.slots[i] = Slot { key: k, val: v };
         self.len += 1;
         Ok(())
     }
 
-    pub fn remove(&mut self, k: &K) -> Option<u32> {
+    pub fn remove(&mut self, k: &K) -> Option<V> {
         let mut hole = self.find(k, k.hash())?;
         let val = self.slots[hole].val;
         // Backward shift: pull later members of the cluster into the hole when that
@@ -223,11 +252,10 @@ impl<K: Key> FlowTable<K> {
         let mut j = (hole + 1) & self.mask;
         loop {
             let s = self.slots[j];
-            if s.tag == 0 {
+            if s.key == K::EMPTY {
                 break;
             }
-            // SAFETY: tag != 0 means the key was written by insert.
-            let home = unsafe { s.key.assume_init() }.hash() as usize & self.mask;
+            let home = s.key.hash() as usize & self.mask;
             let dist_home = j.wrapping_sub(home) & self.mask;
             let dist_hole = j.wrapping_sub(hole) & self.mask;
             if dist_home >= dist_hole {
@@ -236,16 +264,16 @@ impl<K: Key> FlowTable<K> {
             }
             j = (j + 1) & self.mask;
         }
-        self.slots[hole].tag = 0;
+        self.slots[hole].key = K::EMPTY;
         self.len -= 1;
         Some(val)
     }
 
     /// Overwrites the value of an existing key; false (and no insert) if absent.
-    pub fn set(&mut self, k: &K, v: u32) -> bool {
-        match self.find(k, k.hash()) {
-            Some(i) => {
-                self.slots[i].val = v;
+    pub fn set(&mut self, k: &K, v: V) -> bool {
+        match self.get_mut(k) {
+            Some(x) => {
+                *x = v;
                 true
             }
             None => false,
@@ -255,42 +283,26 @@ impl<K: Key> FlowTable<K> {
     /// Removes every entry, keeping the allocation.
     pub fn clear(&mut self) {
         for s in self.slots.iter_mut() {
-            s.tag = 0;
+            s.key = K::EMPTY;
         }
         self.len = 0;
     }
 
     /// All entries in slot order (control plane / diagnostics; O(slots)).
-    pub fn iter(&self) -> impl Iterator<Item = (K, u32)> + '_ {
+    pub fn iter(&self) -> impl Iterator<Item = (K, V)> + '_ {
         self.slots
             .iter()
-            .filter(|s| s.tag != 0)
-            // SAFETY: tag != 0 means the key was written by insert.
-            .map(|s| (unsafe { s.key.assume_init() }, s.val))
+            .filter(|s| s.key != K::EMPTY)
+            .map(|s| (s.key, s.val))
     }
 
     /// Bytes owned by the table (slot array plus the header).
     pub fn memory_bytes(&self) -> usize {
-        self.slots.len() * size_of::<Slot<K>>() + size_of::<Self>()
+        self.slots.len() * size_of::<Slot<K, V>>() + size_of::<Self>()
     }
 
-    #[inline(always)]
-    fn find(&self, k: &K, hash: u64) -> Option<usize> {
-        let tag = tag_of(hash);
-        let mut i = hash as usize & self.mask;
-        // Terminates: len <= max_entries < slots, so an empty slot always exists.
-        loop {
-            let s = &self.slots[i];
-            if s.tag == 0 {
-                return None;
-            }
-            // SAFETY: tag != 0 means the key was written by insert.
-            if s.tag == tag && unsafe { s.key.assume_init_ref() } == k {
-                return Some(i);
-            }
-            i = (i + 1) & self.mask;
-        }
-    }
+    /// Bytes of one slot (for the memory documentation and tests).
+    pub const SLOT_BYTES: usize = size_of::<Slot<K, V>>();
 }
 
 #[cfg(test)]
@@ -307,6 +319,11 @@ mod tests {
         ports: u32,
     }
     impl Key for Flow {
+        const EMPTY: Flow = Flow {
+            a: u32::MAX,
+            b: u32::MAX,
+            ports: u32::MAX,
+        };
         fn hash(&self) -> u64 {
             hash_words(&[
                 u64::from(self.a) << 32 | u64::from(self.b),
@@ -316,10 +333,11 @@ mod tests {
     }
 
     /// Deliberately terrible hash: 5 home slots near the end of the array (forcing
-    /// wrap-around) and one shared tag, so every lookup relies on key compares.
+    /// wrap-around), so every lookup walks a long probe chain.
     #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
     struct Weak(u16);
     impl Key for Weak {
+        const EMPTY: Weak = Weak(u16::MAX);
         fn hash(&self) -> u64 {
             u64::from(self.0 % 5) + 13
         }
@@ -328,17 +346,18 @@ mod tests {
     fn check_invariants<K: Key>(t: &FlowTable<K>) {
         let mut n = 0;
         for (i, s) in t.slots.iter().enumerate() {
-            if s.tag == 0 {
+            if s.key == K::EMPTY {
                 continue;
             }
             n += 1;
-            let k = unsafe { s.key.assume_init() };
-            let h = k.hash();
-            assert_eq!(s.tag, tag_of(h));
+            let h = s.key.hash();
             // No empty slot between home and position (otherwise unreachable).
             let mut j = h as usize & t.mask;
             while j != i {
-                assert_ne!(t.slots[j].tag, 0, "hole in probe chain of slot {i}");
+                assert!(
+                    t.slots[j].key != K::EMPTY,
+                    "hole in probe chain of slot {i}"
+                );
                 j = (j + 1) & t.mask;
             }
         }
@@ -502,6 +521,18 @@ mod tests {
     }
 
     #[test]
+    fn empty_key_is_reserved() {
+        let mut t = FlowTable::with_capacity(4);
+        assert_eq!(t.insert(Weak::EMPTY, 1), Err(InsertError::Reserved));
+        assert_eq!(t.get(&Weak::EMPTY), None);
+        t.insert(Weak(1), 1).unwrap();
+        // Every free slot holds EMPTY: looking it up must still find nothing.
+        assert_eq!(t.get(&Weak::EMPTY), None);
+        assert_eq!(t.remove(&Weak::EMPTY), None);
+        assert_eq!(t.len(), 1);
+    }
+
+    #[test]
     fn zero_capacity_refuses_inserts() {
         let mut t = FlowTable::with_capacity(0);
         assert_eq!(t.insert(Weak(1), 1), Err(InsertError::Full));
@@ -557,7 +588,7 @@ mod tests {
             }
         }
         assert!(t.is_empty());
-        assert!(t.slots.iter().all(|s| s.tag == 0));
+        assert!(t.slots.iter().all(|s| s.key == Flow::EMPTY));
     }
 
     #[test]
@@ -601,8 +632,9 @@ mod tests {
     fn memory_accounting() {
         let t = FlowTable::<Flow>::with_capacity(1000);
         assert_eq!(t.slots.len(), 2048);
-        assert!(t.memory_bytes() >= 2048 * (8 + 12));
-        assert!(t.memory_bytes() < 2048 * 32 + 1024);
+        assert_eq!(FlowTable::<Flow>::SLOT_BYTES, 16);
+        assert!(t.memory_bytes() >= 2048 * 16);
+        assert!(t.memory_bytes() < 2048 * 16 + 1024);
         t.prefetch(12345);
     }
 }

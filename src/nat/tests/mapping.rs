@@ -408,3 +408,28 @@ fn inside_source_and_realm_checks() {
     let (v, _) = h.run(&tcp(R1, 5000, OUT, 22, SYN), OUTSIDE);
     assert_eq!(v, Verdict::ToKernel);
 }
+
+/// With inbound refresh off, only outbound packets extend a UDP session. They refresh the
+/// inside slot; a reply arriving after the outside slot's own deadline must still find the
+/// session alive (and must not extend it).
+#[test]
+fn reply_after_outbound_only_refresh_is_translated_not_refreshing() {
+    let mut h = H::new(&conf(
+        "inbound_refresh = false",
+        "[realm.timeouts]\nudp = 120",
+        "",
+    ));
+    h.fwd(&udp(A, 5000, R1, 53), IN0, fwd_out());
+    h.at(T0 + 100.0);
+    h.fwd(&udp(A, 5000, R1, 53), IN0, fwd_out());
+    h.at(T0 + 150.0);
+    h.fwd(&udp(R1, 53, POOL, 5000), OUTSIDE, fwd_in(A));
+    h.fwd(&udp(R1, 53, POOL, 5000), OUTSIDE, fwd_in(A));
+    assert_eq!(h.expiries(), vec![T0 as u32 + 220]);
+    h.e.check_invariants();
+    h.tick(T0 + 219.0);
+    assert_eq!(h.e.session_count(), 1);
+    h.tick(T0 + 221.0);
+    assert_eq!(h.e.session_count(), 0);
+    h.drop(&udp(R1, 53, POOL, 5000), OUTSIDE, DropReason::Unsolicited);
+}

@@ -112,3 +112,29 @@ fn icmp_error_does_not_end_tcp() {
     assert_eq!((q.src, q.sport, q.proto), (ip(A), 4000, 6));
     assert_eq!(h.expiries(), before);
 }
+
+/// Established segments take the fast path, which refreshes only its own direction's slot;
+/// the sweep must find the refreshed deadline, and a RST must still cut it short.
+#[test]
+fn fast_path_refresh_is_seen_by_the_sweep_and_cut_by_rst() {
+    let mut h = H::std();
+    let port = open(&mut h);
+    h.at(T0 + 7000.0);
+    h.fwd(&tcp(A, 4000, R1, 80, ACK), IN0, fwd_out());
+    assert!(
+        alive_at(&mut h, T0 + 7441.0),
+        "refreshed by the ACK at 7000"
+    );
+    assert_eq!(h.expiries(), vec![T0 as u32 + 7000 + 7440]);
+    h.e.check_invariants();
+    assert!(alive_at(&mut h, T0 + 14000.0));
+    h.fwd(&tcp(R1, 80, POOL, port, RST), OUTSIDE, fwd_in(A));
+    assert_eq!(h.expiries(), vec![T0 as u32 + 14000 + 240]);
+    // A later ACK refreshes with the transitory timeout only.
+    h.at(T0 + 14001.0);
+    h.fwd(&tcp(A, 4000, R1, 80, ACK), IN0, fwd_out());
+    assert_eq!(h.expiries(), vec![T0 as u32 + 14001 + 240]);
+    assert!(alive_at(&mut h, T0 + 14240.0));
+    assert!(!alive_at(&mut h, T0 + 14242.0));
+    h.e.check_invariants();
+}
