@@ -66,7 +66,7 @@ impl Meta {
 
 /// Sessions examined for expiry per batch: bounded work, no pauses; with 64-frame batches at
 /// 1 Mpps a 1M-session table is swept about every 4 s.
-const SWEEP_PER_BATCH: usize = 64;
+const SWEEP_PER_BATCH: usize = 16;
 /// Sessions examined per idle tick.
 const SWEEP_PER_TICK: usize = 4096;
 /// Expired sessions looked at when the table is full before giving up on a new flow.
@@ -921,10 +921,8 @@ impl Engine {
                     map: s.map,
                     rem_addr: s.rem_addr,
                 };
-                match self.filt.get(&k) {
-                    Some(c) => {
-                        self.filt.set(&k, c + 1);
-                    }
+                match self.filt.get_mut(&k) {
+                    Some(c) => *c += 1,
                     None => {
                         let _ = self.filt.insert(k, 1);
                     }
@@ -932,8 +930,9 @@ impl Engine {
                 s.flags |= flags::FILTER_COUNTED;
             }
         }
+        // The slots start with no fast-path flags (safe: the full path handles everything);
+        // the caller publishes them once the first packet has been applied.
         self.sessions[i as usize] = s;
-        self.publish(i, false);
         self.counters.sessions_created.inc();
         Ok(i)
     }
