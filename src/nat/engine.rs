@@ -65,7 +65,9 @@ impl Meta {
 }
 
 /// Sessions examined for expiry per batch: bounded work, no pauses; with 64-frame batches at
-/// 1 Mpps a 1M-session table is swept about every 4 s.
+/// 1 Mpps a 1M-session table is swept about every 4 s (idle ticks sweep more). Lookups check
+/// deadlines themselves and a full table reclaims on demand, so the sweep only keeps the
+/// table and its gauge tidy; more per batch would cost the established path memory bandwidth.
 const SWEEP_PER_BATCH: usize = 16;
 /// Sessions examined per idle tick.
 const SWEEP_PER_TICK: usize = 4096;
@@ -917,14 +919,20 @@ impl Engine {
         if s.map != NONE {
             self.maps[s.map as usize].sessions += 1;
             if realm.filtering == Filtering::AddressDependent {
-                let k = FilterKey {
-                    map: s.map,
-                    rem_addr: s.rem_addr,
-                };
-                match self.filt.get_mut(&k) {
-                    Some(c) => *c += 1,
-                    None => {
-                        let _ = self.filt.insert(k, 1);
+                let mp = &mut self.maps[s.map as usize];
+                if mp.rem0_sessions == 0 || mp.rem0 == s.rem_addr {
+                    mp.rem0 = s.rem_addr;
+                    mp.rem0_sessions += 1;
+                } else {
+                    let k = FilterKey {
+                        map: s.map,
+                        rem_addr: s.rem_addr,
+                    };
+                    match self.filt.get_mut(&k) {
+                        Some(c) => *c += 1,
+                        None => {
+                            let _ = self.filt.insert(k, 1);
+                        }
                     }
                 }
                 s.flags |= flags::FILTER_COUNTED;
@@ -950,16 +958,21 @@ impl Engine {
             return;
         }
         if s.flags & flags::FILTER_COUNTED != 0 {
-            let k = FilterKey {
-                map: s.map,
-                rem_addr: s.rem_addr,
-            };
-            match self.filt.get(&k) {
-                Some(c) if c > 1 => {
-                    self.filt.set(&k, c - 1);
-                }
-                _ => {
-                    self.filt.remove(&k);
+            // The remote's sessions are counted inline and/or in the table; any place with a
+            // positive count for it may give one back, the sum stays right.
+            let mp = &mut self.maps[s.map as usize];
+            if mp.rem0 == s.rem_addr && mp.rem0_sessions > 0 {
+                mp.rem0_sessions -= 1;
+            } else {
+                let k = FilterKey {
+                    map: s.map,
+                    rem_addr: s.rem_addr,
+                };
+                match self.filt.get_mut(&k) {
+                    Some(c) if *c > 1 => *c -= 1,
+                    _ => {
+                        self.filt.remove(&k);
+                    }
                 }
             }
         }
@@ -1094,8 +1107,8 @@ impl Engine {
             return Err(DropReason::PortsExhausted);
         };
         // The external endpoint is known only now. The new mapping and the session about to be
-        // created insert into three more tables at random places: start all three loads at
-        // once so their cache misses overlap instead of queueing one after the other.
+        // created insert into two more tables at random places: start both loads at once so
+        // their cache misses overlap instead of queueing one after the other.
         let ext_addr = realm.pool[ai];
         self.map_out.prefetch(
             MapOutKey {
@@ -1115,15 +1128,6 @@ impl Engine {
             }
             .hash(),
         );
-        if realm.filtering == Filtering::AddressDependent {
-            self.filt.prefetch(
-                FilterKey {
-                    map: mi,
-                    rem_addr: remote.0,
-                }
-                .hash(),
-            );
-        }
         let h = match host {
             Some(h) => h,
             None => {
@@ -1176,6 +1180,8 @@ impl Engine {
             proto: key.proto,
             sessions: 0,
             host: h,
+            rem0: 0,
+            rem0_sessions: 0,
         };
         self.counters.mappings_created.inc();
         Ok(mi)
@@ -1194,7 +1200,9 @@ impl Engine {
         match realm.filtering {
             Filtering::EndpointIndependent => true,
             Filtering::AddressDependent => {
-                self.filt.get(&FilterKey { map: mi, rem_addr }).is_some()
+                let mp = &self.maps[mi as usize];
+                (mp.rem0 == rem_addr && mp.rem0_sessions > 0)
+                    || self.filt.get(&FilterKey { map: mi, rem_addr }).is_some()
             }
             Filtering::AddressAndPortDependent => false,
         }
@@ -1299,6 +1307,13 @@ impl Engine {
                 "mapping session count"
             );
             assert!(mp.sessions > 0, "mapping without sessions kept");
+            if mp.rem0_sessions > 0 {
+                let n = filt.get(&(mi, mp.rem0)).copied().unwrap_or(0);
+                assert!(
+                    mp.rem0_sessions <= n,
+                    "inline filter count without sessions"
+                );
+            }
             *per_host.entry(mp.host).or_default() += 1;
         }
         assert_eq!(per_host.len(), self.host_tab.len(), "hosts vs host_tab");
@@ -1306,11 +1321,22 @@ impl Engine {
         for (h, n) in &per_host {
             assert_eq!(self.hosts[*h as usize].mappings, *n, "host mapping count");
         }
-        assert_eq!(filt.len(), self.filt.len(), "filter entries");
-        for (&(map, rem_addr), n) in &filt {
+        // Per (mapping, remote): the inline count plus the table's is the number of sessions.
+        let mut in_table = 0;
+        for (&(map, rem_addr), &n) in &filt {
+            let mp = &self.maps[map as usize];
+            let inline = if mp.rem0 == rem_addr {
+                mp.rem0_sessions
+            } else {
+                0
+            };
+            assert!(inline <= n, "inline filter count");
             let k = FilterKey { map, rem_addr };
-            assert_eq!(self.filt.get(&k), Some(*n), "filter count");
+            let want = (n > inline).then_some(n - inline);
+            assert_eq!(self.filt.get(&k), want, "filter count");
+            in_table += usize::from(want.is_some());
         }
+        assert_eq!(in_table, self.filt.len(), "filter entries");
     }
 }
 

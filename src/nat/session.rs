@@ -259,6 +259,11 @@ pub struct MappingSlot {
     pub proto: u8,
     pub sessions: u32,
     pub host: u32,
+    /// Address-dependent filtering: sessions to one remote address are counted here, in the
+    /// mapping, and only other remotes in the filter table (a new mapping's first session,
+    /// the common case, then costs no filter-table access).
+    pub rem0: u32,
+    pub rem0_sessions: u32,
 }
 
 /// Per inside host: its paired external address and how many mappings it holds.

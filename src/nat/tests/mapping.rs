@@ -433,3 +433,33 @@ fn reply_after_outbound_only_refresh_is_translated_not_refreshing() {
     assert_eq!(h.e.session_count(), 0);
     h.drop(&udp(R1, 53, POOL, 5000), OUTSIDE, DropReason::Unsolicited);
 }
+
+/// Address-dependent filtering counts one remote inline in the mapping and the others in the
+/// filter table; sessions to each come and go in any order and the filter stays exact.
+#[test]
+fn address_filter_counts_survive_any_expiry_order() {
+    let mut h = H::new(&conf("", "[realm.timeouts]\nudp = 120", ""));
+    const R3: [u8; 4] = [198, 51, 100, 30];
+    h.fwd(&udp(A, 5000, R1, 53), IN0, fwd_out());
+    h.at(T0 + 50.0);
+    h.fwd(&udp(A, 5000, R2, 53), IN0, fwd_out());
+    h.at(T0 + 60.0);
+    h.fwd(&udp(A, 5000, R1, 54), IN0, fwd_out());
+    h.tick(T0 + 130.0);
+    assert_eq!(h.e.session_count(), 2);
+    h.e.check_invariants();
+    h.tick(T0 + 175.0);
+    assert_eq!(h.e.session_count(), 1, "only R1:54 is left");
+    h.drop(&udp(R2, 53, POOL, 5000), OUTSIDE, DropReason::Filtered);
+    h.fwd(&udp(R1, 7, POOL, 5000), OUTSIDE, fwd_in(A));
+    h.e.check_invariants();
+    h.tick(T0 + 185.0);
+    h.at(T0 + 185.0);
+    h.fwd(&udp(A, 5000, R3, 53), IN0, fwd_out());
+    h.e.check_invariants();
+    h.tick(T0 + 300.0);
+    assert_eq!(h.e.session_count(), 1, "only R3:53 is left");
+    h.drop(&udp(R1, 7, POOL, 5000), OUTSIDE, DropReason::Filtered);
+    h.fwd(&udp(R3, 9, POOL, 5000), OUTSIDE, fwd_in(A));
+    h.e.check_invariants();
+}
