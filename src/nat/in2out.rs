@@ -28,74 +28,68 @@ impl Engine {
         };
         // The full path: every check, then the session (found or created). Established
         // packets of plain flows rarely get here: `Engine::fast_in2out` takes them.
-        let (si, hairpin) = {
-            {
-                if realm.gateway == Some(m.dst) {
-                    return self.for_own_inside(realm, f, &m);
-                }
-                if !realm.contains(m.src) {
-                    return self.discard(DropReason::SourceNotInside);
-                }
-                if r.cores > 1 {
-                    let inside = match self.inside_addr_of(f.data(), &m) {
-                        Some(a) => a,
-                        None => return self.discard(DropReason::BadL4Header),
-                    };
-                    let owner = r.inside_owner(realm.id, inside);
-                    if owner != self.core {
-                        return self.handoff(owner, ingress, &m, FragKey::inside(realm.id, &m));
-                    }
-                }
-                if m.ttl <= 1 {
-                    let src = realm.gateway.unwrap_or(r.outside_addr);
-                    let nh = realm.next_hop(m.src);
-                    return self.time_exceeded(f, &m, src, Egress::Inside(realm.iface), nh);
-                }
-                if m.frag == Frag::Later {
-                    return self.frag_later(r, f, &m, FragKey::inside(realm.id, &m));
-                }
-                match m.proto {
-                    PROTO_TCP | PROTO_UDP => {}
-                    PROTO_ICMP if m.is_icmp_error() => {
-                        return self.icmp_error_in2out(r, realm, f, m);
-                    }
-                    PROTO_ICMP
-                        if m.icmp_type == icmp::ECHO_REQUEST || m.icmp_type == icmp::ECHO_REPLY => {
-                    }
-                    PROTO_ICMP => return self.discard(DropReason::IcmpUnsupported),
-                    _ => return self.discard(DropReason::UnsupportedProtocol),
-                }
-                let ext = r.ext_addr(m.dst);
-                if let Some(e) = ext
-                    && e != ExtAddr::Own
-                    && !matches!(e, ExtAddr::OneToOne { .. })
-                    && m.proto == PROTO_ICMP
-                    && m.icmp_type == icmp::ECHO_REQUEST
-                {
-                    // Pings from inside to natgw's pool addresses are answered directly.
-                    return self.for_own_inside(realm, f, &m);
-                }
-                if ext == Some(ExtAddr::Own) {
-                    return self.for_own_inside(realm, f, &m);
-                }
-                let hairpin = ext.is_some();
-                if hairpin && !realm.hairpinning {
-                    return self.discard(DropReason::HairpinDisabled);
-                }
-                let si = match self.find_in(&key) {
-                    Some(i) => i,
-                    None => match self.new_outbound_session(r, realm, &m) {
-                        Ok(i) => i,
-                        Err(e) => return self.discard(e),
-                    },
-                };
-                if hairpin {
-                    self.sessions[si as usize].flags |= flags::HAIRPIN;
-                }
-                (si, hairpin)
+        if realm.gateway == Some(m.dst) {
+            return self.for_own_inside(realm, f, &m);
+        }
+        if !realm.contains(m.src) {
+            return self.discard(DropReason::SourceNotInside);
+        }
+        if r.cores > 1 {
+            let inside = match self.inside_addr_of(f.data(), &m) {
+                Some(a) => a,
+                None => return self.discard(DropReason::BadL4Header),
+            };
+            let owner = r.inside_owner(realm.id, inside);
+            if owner != self.core {
+                return self.handoff(owner, ingress, &m, FragKey::inside(realm.id, &m));
             }
+        }
+        if m.ttl <= 1 {
+            let src = realm.gateway.unwrap_or(r.outside_addr);
+            let nh = realm.next_hop(m.src);
+            return self.time_exceeded(f, &m, src, Egress::Inside(realm.iface), nh);
+        }
+        if m.frag == Frag::Later {
+            return self.frag_later(r, f, &m, FragKey::inside(realm.id, &m));
+        }
+        match m.proto {
+            PROTO_TCP | PROTO_UDP => {}
+            PROTO_ICMP if m.is_icmp_error() => {
+                return self.icmp_error_in2out(r, realm, f, m);
+            }
+            PROTO_ICMP if m.icmp_type == icmp::ECHO_REQUEST || m.icmp_type == icmp::ECHO_REPLY => {}
+            PROTO_ICMP => return self.discard(DropReason::IcmpUnsupported),
+            _ => return self.discard(DropReason::UnsupportedProtocol),
+        }
+        let ext = r.ext_addr(m.dst);
+        if let Some(e) = ext
+            && e != ExtAddr::Own
+            && !matches!(e, ExtAddr::OneToOne { .. })
+            && m.proto == PROTO_ICMP
+            && m.icmp_type == icmp::ECHO_REQUEST
+        {
+            // Pings from inside to natgw's pool addresses are answered directly.
+            return self.for_own_inside(realm, f, &m);
+        }
+        if ext == Some(ExtAddr::Own) {
+            return self.for_own_inside(realm, f, &m);
+        }
+        let hairpin = ext.is_some();
+        if hairpin && !realm.hairpinning {
+            return self.discard(DropReason::HairpinDisabled);
+        }
+        let si = match self.find_in(&key) {
+            Some(i) => i,
+            None => match self.new_outbound_session(r, realm, &m) {
+                Ok(i) => i,
+                Err(e) => return self.discard(e),
+            },
         };
-        let hairpin = hairpin || self.sessions[si as usize].flags & flags::HAIRPIN != 0;
+        if hairpin {
+            self.sessions[si as usize].flags |= flags::HAIRPIN;
+        }
+        // Also set if an earlier packet of this session found its destination external.
+        let hairpin = self.sessions[si as usize].flags & flags::HAIRPIN != 0;
         if hairpin && !realm.hairpinning {
             // Hairpinning was switched off by a reload after the session was created.
             return self.discard(DropReason::HairpinDisabled);

@@ -33,81 +33,71 @@ impl Engine {
         };
         // The full path: every check, then the session (found or created). Established
         // packets of plain flows rarely get here: `Engine::fast_out2in` takes them.
-        let si = {
-            {
-                let Some(ext) = r.ext_addr(m.dst) else {
-                    return self.discard(DropReason::NotForUs);
-                };
-                let echo_request = m.proto == PROTO_ICMP
-                    && m.icmp_type == icmp::ECHO_REQUEST
-                    && m.frag != Frag::Later;
-                match ext {
-                    // natgw answers pings to its own and its pool addresses; 1:1 addresses belong to
-                    // their inside host, which answers itself.
-                    ExtAddr::Own | ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. }
-                        if echo_request =>
-                    {
-                        if m.frag != Frag::None {
-                            return self.discard(DropReason::IcmpUnsupported);
-                        }
-                        if hairpin {
-                            // A hairpinned ping to a pool address: answer towards the sender's mapping.
-                            return self.discard(DropReason::IcmpUnsupported);
-                        }
-                        return self.echo_reply(f, &m, Egress::Outside, r.outside_next_hop(m.src));
-                    }
-                    ExtAddr::Own => {
-                        self.counters.to_kernel.inc();
-                        return Verdict::ToKernel;
-                    }
-                    _ => {}
-                }
-                if r.cores > 1
-                    && m.frag != Frag::Later
-                    && let Some((p, a, port)) = Self::outside_endpoint(f.data(), &m)
-                    && let Some(o) = r.outside_owner(p, a, port)
-                    && o != self.core
-                {
-                    return self.handoff(o, ingress, &m, fkey);
-                }
-                if !hairpin && m.ttl <= 1 {
-                    return self.time_exceeded(
-                        f,
-                        &m,
-                        r.outside_addr,
-                        Egress::Outside,
-                        r.outside_next_hop(m.src),
-                    );
-                }
-                if m.frag == Frag::Later {
-                    return self.frag_later(r, f, &m, fkey);
-                }
-                match m.proto {
-                    PROTO_TCP | PROTO_UDP => {}
-                    PROTO_ICMP if m.is_icmp_error() => {
-                        return self.icmp_error_out2in(r, f, m, hairpin);
-                    }
-                    PROTO_ICMP
-                        if m.icmp_type == icmp::ECHO_REPLY || m.icmp_type == icmp::ECHO_REQUEST => {
-                    }
-                    PROTO_ICMP => return self.discard(DropReason::IcmpUnsupported),
-                    _ => return self.discard(DropReason::UnsupportedProtocol),
-                }
-                let si = match self.find_out(&key) {
-                    Some(i) => i,
-                    None => match self.new_inbound_session(r, ext, &m) {
-                        Ok(i) => i,
-                        Err(e) => return self.discard(e),
-                    },
-                };
-                if hairpin {
-                    // Its remote is one of our external addresses: the inside end's replies
-                    // must hairpin too.
-                    self.sessions[si as usize].flags |= flags::HAIRPIN;
-                }
-                si
-            }
+        let Some(ext) = r.ext_addr(m.dst) else {
+            return self.discard(DropReason::NotForUs);
         };
+        let echo_request =
+            m.proto == PROTO_ICMP && m.icmp_type == icmp::ECHO_REQUEST && m.frag != Frag::Later;
+        match ext {
+            // natgw answers pings to its own and its pool addresses; 1:1 addresses belong to
+            // their inside host, which answers itself.
+            ExtAddr::Own | ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. } if echo_request => {
+                if m.frag != Frag::None {
+                    return self.discard(DropReason::IcmpUnsupported);
+                }
+                if hairpin {
+                    // A hairpinned ping to a pool address: answer towards the sender's mapping.
+                    return self.discard(DropReason::IcmpUnsupported);
+                }
+                return self.echo_reply(f, &m, Egress::Outside, r.outside_next_hop(m.src));
+            }
+            ExtAddr::Own => {
+                self.counters.to_kernel.inc();
+                return Verdict::ToKernel;
+            }
+            _ => {}
+        }
+        if r.cores > 1
+            && m.frag != Frag::Later
+            && let Some((p, a, port)) = Self::outside_endpoint(f.data(), &m)
+            && let Some(o) = r.outside_owner(p, a, port)
+            && o != self.core
+        {
+            return self.handoff(o, ingress, &m, fkey);
+        }
+        if !hairpin && m.ttl <= 1 {
+            return self.time_exceeded(
+                f,
+                &m,
+                r.outside_addr,
+                Egress::Outside,
+                r.outside_next_hop(m.src),
+            );
+        }
+        if m.frag == Frag::Later {
+            return self.frag_later(r, f, &m, fkey);
+        }
+        match m.proto {
+            PROTO_TCP | PROTO_UDP => {}
+            PROTO_ICMP if m.is_icmp_error() => {
+                return self.icmp_error_out2in(r, f, m, hairpin);
+            }
+            PROTO_ICMP if m.icmp_type == icmp::ECHO_REPLY || m.icmp_type == icmp::ECHO_REQUEST => {}
+            PROTO_ICMP => return self.discard(DropReason::IcmpUnsupported),
+            _ => return self.discard(DropReason::UnsupportedProtocol),
+        }
+        let si = match self.find_out(&key) {
+            Some(i) => i,
+            None => match self.new_inbound_session(r, ext, &m) {
+                Ok(i) => i,
+                Err(e) => return self.discard(e),
+            },
+        };
+        if hairpin {
+            // Its remote is one of our external addresses: the inside end's replies
+            // must hairpin too.
+            self.sessions[si as usize].flags |= flags::HAIRPIN;
+        }
         let now = self.now;
         let s = &mut self.sessions[si as usize];
         if m.proto == PROTO_TCP {
