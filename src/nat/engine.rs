@@ -584,7 +584,7 @@ impl Engine {
                     Some(pos) => {
                         let v = self.in_tab.val_at(pos);
                         p.pos = pos;
-                        p.fast &= v.sess & slot::FAST != 0 && v.expires > now;
+                        p.fast &= slot::fast_live(v.sess, v.expires, now);
                     }
                     None => {
                         p.fast = false;
@@ -608,7 +608,7 @@ impl Engine {
                     Some(pos) => {
                         let v = self.out_tab.val_at(pos);
                         p.pos = pos;
-                        p.fast &= v.sess & slot::FAST != 0 && v.expires > now;
+                        p.fast &= slot::fast_live(v.sess, v.expires, now);
                     }
                     None => p.fast = false,
                 },
@@ -633,7 +633,7 @@ impl Engine {
         }
         let realm = r.realms.get(k.realm as usize)?;
         let v = self.in_tab.val_at_mut(p.pos);
-        if v.sess & slot::FAST == 0 || v.expires <= now {
+        if !slot::fast_live(v.sess, v.expires, now) {
             return None;
         }
         v.expires = now.saturating_add(class_timeout(realm, k.proto, v.sess & slot::EST != 0));
@@ -663,7 +663,7 @@ impl Engine {
             return None;
         }
         let v = *self.out_tab.val_at(p.pos);
-        if v.sess & slot::FAST == 0 || v.expires <= now {
+        if !slot::fast_live(v.sess, v.expires, now) {
             return None;
         }
         let realm = r.realms.get(v.realm as usize)?;

@@ -200,6 +200,12 @@ pub mod slot {
     pub const EST: u32 = 1 << 30;
     /// Session capacity is at most 2^26 (config), so indexes never reach the flag bits.
     pub const INDEX: u32 = (1 << 30) - 1;
+
+    /// May the fast path take a packet whose slot holds `sess` and `expires`, at `now`?
+    #[inline(always)]
+    pub fn fast_live(sess: u32, expires: u32, now: u32) -> bool {
+        sess & FAST != 0 && expires > now
+    }
 }
 
 /// A session slot. `proto == 0` marks a free slot.
