@@ -107,7 +107,7 @@ struct Slot<K, V> {
 
 /// Fixed-capacity map from flow keys to small `Copy` values (by default a `u32` index).
 pub struct FlowTable<K: Key, V: Copy + Default = u32> {
-    slots: Box<[Slot<K, V>]>,
+    slots: super::mem::Table<Slot<K, V>>,
     mask: usize,
     len: usize,
     max_len: usize,
@@ -129,7 +129,7 @@ impl<K: Key, V: Copy + Default> FlowTable<K, V> {
             val: V::default(),
         };
         FlowTable {
-            slots: super::mem::table(n, empty).into_boxed_slice(),
+            slots: super::mem::table(n, empty),
             mask: n - 1,
             len: 0,
             max_len: max_entries,
