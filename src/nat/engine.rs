@@ -5,6 +5,7 @@
 //! ICMP errors and the engine's own replies live in `icmp.rs`, fragments in `frag.rs`.
 
 use super::counters::Counters;
+use super::fast::{self, Lane, Prep};
 use super::frag::FragTable;
 use super::ports::{Policy, PortAllocator};
 use super::rng::Rng;
@@ -111,30 +112,6 @@ pub struct Engine {
 /// Frames processed per pipeline round; larger batches are cut into rounds.
 const MAX_BATCH: usize = 256;
 
-/// The session lookup a frame will make, computed ahead so its table slot can be prefetched.
-#[derive(Clone, Copy)]
-enum Lane {
-    /// Not a session packet the fast path knows: the full path parses it.
-    Slow,
-    In(InKey),
-    Out(OutKey),
-}
-
-/// What the pipeline's first two passes learned about a frame.
-#[derive(Clone, Copy)]
-struct Prep {
-    lane: Lane,
-    hash: u64,
-    /// Slot position of the session in `in_tab` / `out_tab` (re-checked before use).
-    pos: usize,
-    /// Offset of the IPv4 header and its total length (the fast path's frames have no options).
-    l3: u8,
-    tot: u16,
-    /// Plain enough for the fast path: no fragment, no IP options, TTL > 1, no SYN/FIN/RST,
-    /// a live session whose slot says its direction is fast.
-    fast: bool,
-}
-
 impl Engine {
     /// An engine for worker `core`; allocates every table up front.
     pub fn new(core: usize, rules: Arc<Rules>, counters: Arc<Counters>) -> Engine {
@@ -224,17 +201,18 @@ impl Engine {
         // classify each frame and prefetch its session slot; look the slots up; translate.
         // An established packet's whole state is in its slot, so it costs one cache miss.
         let (mut fast_in, mut fast_out) = (0u64, 0u64);
+        // Taken out of self for the round, so the passes can hold it while they call &mut self.
+        let mut prep = std::mem::take(&mut self.prep);
         for (pk, vs) in pkts
             .chunks_mut(MAX_BATCH)
             .zip(verdicts.chunks_mut(MAX_BATCH))
         {
-            self.prepare(&rules, pk);
-            for (i, (p, v)) in pk.iter_mut().zip(vs.iter_mut()).enumerate() {
-                let prep = self.prep[i];
-                let fast = if prep.fast {
-                    match prep.lane {
-                        Lane::In(k) => self.fast_in2out(&rules, &mut p.frame, &k, &prep),
-                        Lane::Out(k) => self.fast_out2in(&rules, &mut p.frame, &k, &prep),
+            self.prepare(&rules, pk, &mut prep);
+            for ((p, v), pr) in pk.iter_mut().zip(vs.iter_mut()).zip(prep.iter()) {
+                let fast = if pr.fast {
+                    match pr.lane {
+                        Lane::In(k) => self.fast_in2out(&rules, &mut p.frame, &k, pr),
+                        Lane::Out(k) => self.fast_out2in(&rules, &mut p.frame, &k, pr),
                         Lane::Slow => None,
                     }
                 } else {
@@ -242,7 +220,7 @@ impl Engine {
                 };
                 *v = match fast {
                     Some(verdict) => {
-                        if matches!(prep.lane, Lane::In(_)) {
+                        if matches!(pr.lane, Lane::In(_)) {
                             fast_in += 1;
                         } else {
                             fast_out += 1;
@@ -256,6 +234,7 @@ impl Engine {
                 };
             }
         }
+        self.prep = prep;
         let c = &self.counters;
         c.rx_frames.add(fast_in + fast_out);
         c.in2out.add(fast_in);
@@ -410,7 +389,11 @@ impl Engine {
         if tot > ip.len() {
             return Err(Some(DropReason::Truncated));
         }
-        if !header_checksum_ok(&ip[..ihl]) {
+        let sum_ok = match ip[..ihl].first_chunk::<20>() {
+            Some(h) if ihl == 20 => fast::header_checksum_ok(h),
+            _ => checksum::checksum(&ip[..ihl]) == 0,
+        };
+        if !sum_ok {
             return Err(Some(DropReason::BadIpChecksum));
         }
         m.l3 = l3;
@@ -470,115 +453,20 @@ impl Engine {
         Ok(m)
     }
 
-    /// Pass one for a frame: is it a TCP/UDP/ICMP-echo packet plain enough for the fast path,
-    /// and which session would it belong to? Anything unusual is left to `parse` and the full
-    /// path, which handle every case; this only has to be right when it says "fast".
-    #[inline(always)]
-    fn classify(r: &Rules, p: &Pkt<'_>) -> Prep {
-        use crate::packet::tcp::flags as tf;
-        let mut prep = Prep {
-            lane: Lane::Slow,
-            hash: 0,
-            pos: 0,
-            l3: 0,
-            tot: 0,
-            fast: false,
-        };
-        let d = p.frame.data();
-        if d.len() < 14 + 28 || r.forward_only {
-            return prep;
-        }
-        let (l3, vlan) = if rd16(d, 12) == crate::packet::ethernet::ETHERTYPE_VLAN {
-            (18, Some(rd16(d, 14) & 0x0fff))
-        } else {
-            (14, None)
-        };
-        if rd16(d, l3 - 2) != crate::packet::ethernet::ETHERTYPE_IPV4 || d.len() < l3 + 28 {
-            return prep;
-        }
-        let ip = &d[l3..];
-        let tot = rd16(ip, 2) as usize;
-        // Version 4 without options, not a fragment, whole, header checksum right.
-        if ip[0] != 0x45
-            || rd16(ip, 6) & 0x3fff != 0
-            || tot < 28
-            || tot > ip.len()
-            || !header_checksum_ok(&ip[..20])
-        {
-            return prep;
-        }
-        let (proto, ttl) = (ip[9], ip[8]);
-        let l4 = &ip[20..tot];
-        let outbound = matches!(p.ingress, Ingress::Inside(_));
-        let (sport, dport, rem_port, plain) = match proto {
-            PROTO_UDP => {
-                let ok = rd16(l4, 4) >= 8;
-                (rd16(l4, 0), rd16(l4, 2), ok, ok)
-            }
-            PROTO_TCP if l4.len() >= 20 && l4[12] >> 4 >= 5 => {
-                let plain = l4[13] & (tf::SYN | tf::FIN | tf::RST) == 0;
-                (rd16(l4, 0), rd16(l4, 2), true, plain)
-            }
-            PROTO_ICMP
-                if l4[0] == icmp::ECHO_REPLY || (outbound && l4[0] == icmp::ECHO_REQUEST) =>
-            {
-                let id = rd16(l4, 4);
-                (id, id, false, true)
-            }
-            _ => return prep,
-        };
-        let (src, dst) = (rd32(ip, 12), rd32(ip, 16));
-        prep.l3 = l3 as u8;
-        prep.tot = tot as u16;
-        prep.fast = plain && ttl > 1;
-        match p.ingress {
-            Ingress::Inside(i) => {
-                let Some(realm) = r.realm_for(i, vlan) else {
-                    return prep;
-                };
-                let k = InKey {
-                    realm: realm.id,
-                    proto,
-                    in_port: sport,
-                    rem_port: if rem_port { dport } else { 0 },
-                    in_addr: src,
-                    rem_addr: dst,
-                };
-                prep.hash = k.hash();
-                prep.lane = Lane::In(k);
-            }
-            Ingress::Outside => {
-                let k = OutKey {
-                    proto,
-                    ext_port: dport,
-                    rem_port: if rem_port { sport } else { 0 },
-                    ext_addr: dst,
-                    rem_addr: src,
-                };
-                prep.hash = k.hash();
-                prep.lane = Lane::Out(k);
-                // Tagged frames from outside are rare; the full path handles them.
-                prep.fast &= vlan.is_none();
-            }
-            Ingress::Hairpin => {}
-        }
-        prep
-    }
-
     /// Passes one and two of the pipeline for a round of frames.
-    fn prepare(&mut self, r: &Rules, pkts: &[Pkt<'_>]) {
-        self.prep.clear();
-        for p in pkts {
-            let prep = Self::classify(r, p);
-            match prep.lane {
-                Lane::In(_) => self.in_tab.prefetch(prep.hash),
-                Lane::Out(_) => self.out_tab.prefetch(prep.hash),
+    fn prepare(&mut self, r: &Rules, pkts: &[Pkt<'_>], prep: &mut Vec<Prep>) {
+        prep.clear();
+        prep.extend(pkts.iter().map(|p| {
+            let x = fast::classify(r, p);
+            match x.lane {
+                Lane::In(_) => self.in_tab.prefetch(x.hash),
+                Lane::Out(_) => self.out_tab.prefetch(x.hash),
                 Lane::Slow => {}
             }
-            self.prep.push(prep);
-        }
+            x
+        }));
         let now = self.now;
-        for p in self.prep.iter_mut() {
+        for p in prep.iter_mut() {
             match p.lane {
                 Lane::In(k) => match self.in_tab.find(&k, p.hash) {
                     Some(pos) => {
@@ -636,11 +524,13 @@ impl Engine {
         if !slot::fast_live(v.sess, v.expires, now) {
             return None;
         }
+        let l3 = p.l3 as usize;
+        let ip = f.buf.get_mut(f.off + l3..f.off + f.len)?;
+        if !fast::rewrite::<true>(ip, k.proto, v.ext_addr, v.ext_port) {
+            return None;
+        }
         v.expires = now.saturating_add(class_timeout(realm, k.proto, v.sess & slot::EST != 0));
-        let (addr, port) = (v.ext_addr, v.ext_port);
-        let m = fast_meta(p, k.proto);
-        super::in2out::rewrite(f.data_mut(), &m, true, addr, port, true);
-        if m.l3 != 14 {
+        if l3 != 14 {
             set_vlan(f.buf, &mut f.off, &mut f.len, None);
         }
         Some(Verdict::Forward {
@@ -667,13 +557,15 @@ impl Engine {
             return None;
         }
         let realm = r.realms.get(v.realm as usize)?;
+        let ip = f.buf.get_mut(f.off + p.l3 as usize..f.off + f.len)?;
+        if !fast::rewrite::<false>(ip, k.proto, v.in_addr, v.in_port) {
+            return None;
+        }
         // RFC 4787 REQ-6: inbound refresh is the operator's choice; TCP follows its state.
         if k.proto == PROTO_TCP || realm.inbound_refresh {
             let t = class_timeout(realm, k.proto, v.sess & slot::EST != 0);
             self.out_tab.val_at_mut(p.pos).expires = now.saturating_add(t);
         }
-        let m = fast_meta(p, k.proto);
-        super::in2out::rewrite(f.data_mut(), &m, false, v.in_addr, v.in_port, true);
         if realm.vlan.is_some() && !set_vlan(f.buf, &mut f.off, &mut f.len, realm.vlan) {
             return Some(self.discard(DropReason::NoHeadroom));
         }
@@ -1349,60 +1241,5 @@ fn class_timeout(realm: &RealmRules, proto: u8, established: bool) -> u32 {
         PROTO_ICMP => t.icmp,
         _ if established => t.tcp_established,
         _ => t.tcp_transitory,
-    }
-}
-
-/// The `Meta` of a frame the fast path handles (IPv4 without options, not a fragment), for
-/// `rewrite`.
-#[inline(always)]
-fn fast_meta(p: &Prep, proto: u8) -> Meta {
-    let l3 = p.l3 as usize;
-    Meta {
-        l3,
-        ihl: 20,
-        tot: p.tot as usize,
-        l4: l3 + 20,
-        proto,
-        ..Meta::default()
-    }
-}
-
-/// Is an IPv4 header's checksum right? The common 20-byte header is summed as five 32-bit
-/// words (the one's-complement sum folds the same way), which is a fraction of the work of
-/// the generic 16-bit loop.
-#[inline(always)]
-pub(crate) fn header_checksum_ok(h: &[u8]) -> bool {
-    if let Ok(h) = <&[u8; 20]>::try_from(h) {
-        let mut s: u64 = 0;
-        for w in h.chunks_exact(4) {
-            s += u32::from_be_bytes([w[0], w[1], w[2], w[3]]) as u64;
-        }
-        s = (s & 0xffff_ffff) + (s >> 32);
-        s = (s & 0xffff) + (s >> 16);
-        s = (s & 0xffff) + (s >> 16);
-        s = (s & 0xffff) + (s >> 16);
-        s == 0xffff
-    } else {
-        checksum::checksum(h) == 0
-    }
-}
-
-#[cfg(test)]
-mod checksum_tests {
-    use super::header_checksum_ok;
-    use proptest::prelude::*;
-
-    proptest! {
-        /// The word-wise check agrees with the reference Internet checksum on any header.
-        #[test]
-        fn fast_header_check_matches_reference(mut h in proptest::array::uniform20(any::<u8>()), fix in any::<bool>()) {
-            if fix {
-                h[10] = 0;
-                h[11] = 0;
-                let c = crate::packet::checksum::checksum(&h);
-                h[10..12].copy_from_slice(&c.to_be_bytes());
-            }
-            prop_assert_eq!(header_checksum_ok(&h), crate::packet::checksum::checksum(&h) == 0);
-        }
     }
 }

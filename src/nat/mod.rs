@@ -2,6 +2,7 @@
 
 pub mod counters;
 mod engine;
+mod fast;
 mod frag;
 mod icmp;
 mod in2out;
