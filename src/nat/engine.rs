@@ -105,12 +105,12 @@ pub struct Engine {
     icmp_tokens: u32,
     icmp_second: u32,
     pub(crate) ip_ident: u16,
-    /// Per-batch scratch of the lookup pipeline (capacity MAX_BATCH, never reallocated).
+    /// Per-batch scratch of the pipeline; grows to the largest batch once, then is reused.
     prep: Vec<Prep>,
 }
 
-/// Frames processed per pipeline round; larger batches are cut into rounds.
-const MAX_BATCH: usize = 256;
+/// Frames per pipeline round (see `process`).
+const ROUND: usize = 32;
 
 impl Engine {
     /// An engine for worker `core`; allocates every table up front.
@@ -145,7 +145,7 @@ impl Engine {
             icmp_tokens: ICMP_RATE,
             icmp_second: 0,
             ip_ident: (core as u16).wrapping_mul(0x1000),
-            prep: Vec::with_capacity(MAX_BATCH),
+            prep: Vec::with_capacity(256),
             rules,
         }
     }
@@ -197,41 +197,38 @@ impl Engine {
     pub fn process(&mut self, now_ns: u64, pkts: &mut [Pkt<'_>], verdicts: &mut [Verdict]) {
         self.set_time(now_ns);
         let rules = Arc::clone(&self.rules);
-        // Three passes per round so the cache misses of a round overlap instead of queueing:
-        // classify each frame and prefetch its session slot; look the slots up; translate.
+        let n = pkts.len().min(verdicts.len());
+        // A software pipeline over rounds of ROUND frames, three stages apart, so that each
+        // round's cache misses are in flight while earlier rounds are worked on:
+        // - classify round r+2: parse, hash, prefetch the session slot;
+        // - look up round r+1 (slots arrived meanwhile); a miss prefetches what set-up needs;
+        // - translate round r.
         // An established packet's whole state is in its slot, so it costs one cache miss.
-        let (mut fast_in, mut fast_out) = (0u64, 0u64);
-        // Taken out of self for the round, so the passes can hold it while they call &mut self.
+        // Taken out of self for the batch, so the stages can hold it while they call &mut self.
         let mut prep = std::mem::take(&mut self.prep);
-        for (pk, vs) in pkts
-            .chunks_mut(MAX_BATCH)
-            .zip(verdicts.chunks_mut(MAX_BATCH))
-        {
-            self.prepare(&rules, pk, &mut prep);
-            for ((p, v), pr) in pk.iter_mut().zip(vs.iter_mut()).zip(prep.iter()) {
-                let fast = if pr.fast {
-                    match pr.lane {
-                        Lane::In(k) => self.fast_in2out(&rules, &mut p.frame, &k, pr),
-                        Lane::Out(k) => self.fast_out2in(&rules, &mut p.frame, &k, pr),
-                        Lane::Slow => None,
-                    }
-                } else {
-                    None
-                };
-                *v = match fast {
-                    Some(verdict) => {
-                        if matches!(pr.lane, Lane::In(_)) {
-                            fast_in += 1;
-                        } else {
-                            fast_out += 1;
-                        }
-                        verdict
-                    }
-                    None => {
-                        let meta = Self::parse(p.frame.data());
-                        self.process_one(&rules, &mut p.frame, p.ingress, meta)
-                    }
-                };
+        prep.clear();
+        prep.resize(n, Prep::SLOW);
+        let rounds = n.div_ceil(ROUND);
+        let range = |r: usize| r * ROUND..((r + 1) * ROUND).min(n);
+        let (mut fast_in, mut fast_out) = (0u64, 0u64);
+        for step in 0..rounds + 2 {
+            if step < rounds && !rules.forward_only {
+                let r = range(step);
+                self.classify(&rules, &pkts[r.clone()], &mut prep[r]);
+            }
+            if step >= 1 && step <= rounds {
+                self.lookup(&rules, &mut prep[range(step - 1)]);
+            }
+            if step >= 2 {
+                let r = range(step - 2);
+                let (i, o) = self.translate(
+                    &rules,
+                    &mut pkts[r.clone()],
+                    &mut verdicts[r.clone()],
+                    &prep[r],
+                );
+                fast_in += i;
+                fast_out += o;
             }
         }
         self.prep = prep;
@@ -240,6 +237,58 @@ impl Engine {
         c.in2out.add(fast_in);
         c.out2in.add(fast_out);
         self.housekeeping(SWEEP_PER_BATCH);
+    }
+
+    /// Pipeline stage one: classify frames and prefetch their session slots.
+    #[inline(always)]
+    fn classify(&self, r: &Rules, pkts: &[Pkt<'_>], prep: &mut [Prep]) {
+        for (p, x) in pkts.iter().zip(prep.iter_mut()) {
+            *x = fast::classify(r, p);
+            match x.lane {
+                Lane::In(_) => self.in_tab.prefetch(x.hash),
+                Lane::Out(_) => self.out_tab.prefetch(x.hash),
+                Lane::Slow => {}
+            }
+        }
+    }
+
+    /// Pipeline stage three: the fast path where the slot allows it, else the full path.
+    /// Returns the frames the fast path took, inbound and outbound.
+    #[inline(always)]
+    fn translate(
+        &mut self,
+        rules: &Rules,
+        pkts: &mut [Pkt<'_>],
+        verdicts: &mut [Verdict],
+        prep: &[Prep],
+    ) -> (u64, u64) {
+        let (mut fast_in, mut fast_out) = (0u64, 0u64);
+        for ((p, v), pr) in pkts.iter_mut().zip(verdicts.iter_mut()).zip(prep) {
+            let fast = if pr.fast {
+                match pr.lane {
+                    Lane::In(k) => self.fast_in2out(rules, &mut p.frame, &k, pr),
+                    Lane::Out(k) => self.fast_out2in(rules, &mut p.frame, &k, pr),
+                    Lane::Slow => None,
+                }
+            } else {
+                None
+            };
+            *v = match fast {
+                Some(verdict) => {
+                    if matches!(pr.lane, Lane::In(_)) {
+                        fast_in += 1;
+                    } else {
+                        fast_out += 1;
+                    }
+                    verdict
+                }
+                None => {
+                    let meta = Self::parse(p.frame.data());
+                    self.process_one(rules, &mut p.frame, p.ingress, meta)
+                }
+            };
+        }
+        (fast_in, fast_out)
     }
 
     /// Bounded housekeeping when there is no traffic: expiry, port holds, fragment timeouts.
@@ -453,26 +502,17 @@ impl Engine {
         Ok(m)
     }
 
-    /// Passes one and two of the pipeline for a round of frames.
-    fn prepare(&mut self, r: &Rules, pkts: &[Pkt<'_>], prep: &mut Vec<Prep>) {
-        prep.clear();
-        prep.extend(pkts.iter().map(|p| {
-            let x = fast::classify(r, p);
-            match x.lane {
-                Lane::In(_) => self.in_tab.prefetch(x.hash),
-                Lane::Out(_) => self.out_tab.prefetch(x.hash),
-                Lane::Slow => {}
-            }
-            x
-        }));
-        let now = self.now;
+    /// Pipeline stage two: find each classified frame's session slot.
+    #[inline(always)]
+    fn lookup(&mut self, r: &Rules, prep: &mut [Prep]) {
+        // Whether the slot lets the fast path take the packet is decided when it is
+        // translated: an earlier frame of the batch may still change the slot.
         for p in prep.iter_mut() {
             match p.lane {
                 Lane::In(k) => match self.in_tab.find(&k, p.hash) {
                     Some(pos) => {
-                        let v = self.in_tab.val_at(pos);
-                        p.pos = pos;
-                        p.fast &= slot::fast_live(v.sess, v.expires, now);
+                        p.pos = pos as u32;
+                        p.epoch = self.in_tab.epoch();
                     }
                     None => {
                         p.fast = false;
@@ -494,9 +534,8 @@ impl Engine {
                 },
                 Lane::Out(k) => match self.out_tab.find(&k, p.hash) {
                     Some(pos) => {
-                        let v = self.out_tab.val_at(pos);
-                        p.pos = pos;
-                        p.fast &= slot::fast_live(v.sess, v.expires, now);
+                        p.pos = pos as u32;
+                        p.epoch = self.out_tab.epoch();
                     }
                     None => p.fast = false,
                 },
@@ -516,11 +555,12 @@ impl Engine {
         p: &Prep,
     ) -> Option<Verdict> {
         let now = self.now;
-        if self.in_tab.key_at(p.pos) != k {
+        let pos = p.pos as usize;
+        if self.in_tab.epoch() != p.epoch && self.in_tab.key_at(pos) != k {
             return None;
         }
         let realm = r.realms.get(k.realm as usize)?;
-        let v = self.in_tab.val_at_mut(p.pos);
+        let v = self.in_tab.val_at_mut(pos);
         if !slot::fast_live(v.sess, v.expires, now) {
             return None;
         }
@@ -549,10 +589,11 @@ impl Engine {
         p: &Prep,
     ) -> Option<Verdict> {
         let now = self.now;
-        if self.out_tab.key_at(p.pos) != k {
+        let pos = p.pos as usize;
+        if self.out_tab.epoch() != p.epoch && self.out_tab.key_at(pos) != k {
             return None;
         }
-        let v = *self.out_tab.val_at(p.pos);
+        let v = *self.out_tab.val_at(pos);
         if !slot::fast_live(v.sess, v.expires, now) {
             return None;
         }
@@ -564,7 +605,7 @@ impl Engine {
         // RFC 4787 REQ-6: inbound refresh is the operator's choice; TCP follows its state.
         if k.proto == PROTO_TCP || realm.inbound_refresh {
             let t = class_timeout(realm, k.proto, v.sess & slot::EST != 0);
-            self.out_tab.val_at_mut(p.pos).expires = now.saturating_add(t);
+            self.out_tab.val_at_mut(pos).expires = now.saturating_add(t);
         }
         if realm.vlan.is_some() && !set_vlan(f.buf, &mut f.off, &mut f.len, realm.vlan) {
             return Some(self.discard(DropReason::NoHeadroom));

@@ -32,8 +32,10 @@ pub(super) enum Lane {
 pub(super) struct Prep {
     pub lane: Lane,
     pub hash: u64,
-    /// Slot position of the session in `in_tab` / `out_tab` (re-checked before use).
-    pub pos: usize,
+    /// Slot position of the session in `in_tab` / `out_tab`, valid while that table's
+    /// epoch is still `epoch` (else re-checked before use).
+    pub pos: u32,
+    pub epoch: u32,
     /// Offset of the IPv4 header: 14, or 18 behind an 802.1Q tag.
     pub l3: u8,
     /// Plain enough for the fast path (see the module comment); pass two also requires a
@@ -46,6 +48,7 @@ impl Prep {
         lane: Lane::Slow,
         hash: 0,
         pos: 0,
+        epoch: 0,
         l3: 0,
         fast: false,
     };
@@ -74,26 +77,21 @@ pub(crate) fn header_checksum_ok(h: &[u8; 20]) -> bool {
     for w in h.chunks_exact(4) {
         s += u32::from_ne_bytes([w[0], w[1], w[2], w[3]]) as u64;
     }
-    fold(s) == 0xffff
-}
-
-/// Folds a one's-complement sum to 16 bits.
-#[inline(always)]
-fn fold(s: u64) -> u16 {
-    let s = (s & 0xffff_ffff) + (s >> 32);
-    let s = (s & 0xffff) + (s >> 16);
-    let s = (s & 0xffff) + (s >> 16);
-    ((s & 0xffff) + (s >> 16)) as u16
+    // s < 5 * 2^32: one end-around carry brings it to 32 bits, one add with carry to 16.
+    let (s, c) = (s as u32).overflowing_add((s >> 32) as u32);
+    let s = s + c as u32;
+    let (lo, c) = (s as u16).overflowing_add((s >> 16) as u16);
+    lo + c as u16 == 0xffff
 }
 
 /// Pass one for a frame: is it plain, and which session would it belong to?
-#[inline(never)]
+#[inline(always)]
 pub(super) fn classify(r: &Rules, p: &Pkt<'_>) -> Prep {
     let f = &p.frame;
     let Some(d) = f.buf.get(f.off..f.off + f.len) else {
         return Prep::SLOW;
     };
-    if d.len() < 14 + IP_UDP || r.forward_only {
+    if d.len() < 14 + IP_UDP {
         return Prep::SLOW;
     }
     let (l3, vlan) = match be16(d, 12) {
@@ -147,16 +145,17 @@ pub(super) fn classify(r: &Rules, p: &Pkt<'_>) -> Prep {
         lane: Lane::Slow,
         hash: 0,
         pos: 0,
+        epoch: 0,
         l3: l3 as u8,
         fast: plain && ttl > 1,
     };
     match p.ingress {
         Ingress::Inside(i) => {
-            let Some(realm) = r.realm_for(i, vlan) else {
+            let Some(realm) = r.realm_id_for(i, vlan) else {
                 return Prep::SLOW;
             };
             let k = InKey {
-                realm: realm.id,
+                realm,
                 proto,
                 in_port: sport,
                 rem_port: if rem_port { dport } else { 0 },
@@ -190,10 +189,18 @@ fn ne16(b: &[u8], o: usize) -> u32 {
     u16::from_ne_bytes([b[o], b[o + 1]]) as u32
 }
 
-/// `HC' = ~(~HC + sum)` (RFC 1624 eqn. 3) over native-order words.
+/// Folds a sum of fewer than 2^16 16-bit terms.
+#[inline(always)]
+fn fold32(s: u32) -> u16 {
+    let s = (s & 0xffff) + (s >> 16);
+    ((s & 0xffff) + (s >> 16)) as u16
+}
+
+/// `HC' = ~(~HC + sum)` (RFC 1624 eqn. 3) over native-order words; `sum` is a handful of
+/// 16-bit terms.
 #[inline(always)]
 fn patch(b: &mut [u8], at: usize, sum: u32) -> u16 {
-    let c = !fold(u64::from(!(ne16(b, at) as u16)) + u64::from(sum));
+    let c = !fold32((!ne16(b, at) & 0xffff) + sum);
     b[at..at + 2].copy_from_slice(&c.to_ne_bytes());
     c
 }
@@ -203,7 +210,7 @@ fn patch(b: &mut [u8], at: usize, sum: u32) -> u16 {
 /// `ip` starts at the IPv4 header. Returns false, having changed nothing, for the one case
 /// the incremental update cannot settle (an ICMP message whose new checksum sums to zero,
 /// which only an all-zero message legitimately has): the full path recomputes it.
-#[inline(never)]
+#[inline(always)]
 pub(super) fn rewrite<const SRC: bool>(ip: &mut [u8], proto: u8, addr: u32, port: u16) -> bool {
     let ao = if SRC { 12 } else { 16 };
     // An ICMP query's identifier is its "port", in either direction.
@@ -237,7 +244,7 @@ pub(super) fn rewrite<const SRC: bool>(ip: &mut [u8], proto: u8, addr: u32, port
     } else {
         addr_sum + port_sum
     };
-    if proto == PROTO_ICMP && !fold(u64::from(!(ne16(h, l4_at) as u16)) + u64::from(l4_sum)) == 0 {
+    if proto == PROTO_ICMP && !fold32((!ne16(h, l4_at) & 0xffff) + l4_sum) == 0 {
         return false;
     }
     // TTL: the word [ttl, protocol] loses 1 in its first byte.

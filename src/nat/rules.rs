@@ -394,6 +394,14 @@ impl Rules {
         }
     }
 
+    /// The id of `realm_for`'s realm, without touching the realm itself.
+    #[inline]
+    pub fn realm_id_for(&self, iface: u8, vlan: Option<u16>) -> Option<u16> {
+        let t = self.ingress.get(iface as usize)?;
+        let id = t[vlan.map_or(UNTAGGED, |v| (v & 0xfff) as usize)];
+        (id != NO_REALM).then_some(id)
+    }
+
     #[inline]
     pub fn realm_for(&self, iface: u8, vlan: Option<u16>) -> Option<&RealmRules> {
         let t = self.ingress.get(iface as usize)?;

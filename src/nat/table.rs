@@ -111,6 +111,8 @@ pub struct FlowTable<K: Key, V: Copy + Default = u32> {
     mask: usize,
     len: usize,
     max_len: usize,
+    /// Bumped by every insert, remove and clear (see [`epoch`](Self::epoch)).
+    epoch: u32,
 }
 
 impl<K: Key, V: Copy + Default> FlowTable<K, V> {
@@ -133,6 +135,7 @@ impl<K: Key, V: Copy + Default> FlowTable<K, V> {
             mask: n - 1,
             len: 0,
             max_len: max_entries,
+            epoch: 0,
         }
     }
 
@@ -191,6 +194,14 @@ impl<K: Key, V: Copy + Default> FlowTable<K, V> {
         }
     }
 
+    /// Changes whenever entries may have moved. A position from [`find`](Self::find) is
+    /// still the key's position while the epoch is unchanged (fewer than 2^32 changes
+    /// apart, which a batch never comes near), so a holder can skip the re-check.
+    #[inline(always)]
+    pub fn epoch(&self) -> u32 {
+        self.epoch
+    }
+
     /// The key at a position from [`find`](Self::find) (`Key::EMPTY` if that slot is free).
     #[inline(always)]
     pub fn key_at(&self, pos: usize) -> &K {
@@ -241,6 +252,7 @@ impl<K: Key, V: Copy + Default> FlowTable<K, V> {
         }
         self.slots[i] = Slot { key: k, val: v };
         self.len += 1;
+        self.epoch = self.epoch.wrapping_add(1);
         Ok(())
     }
 
@@ -266,6 +278,7 @@ impl<K: Key, V: Copy + Default> FlowTable<K, V> {
         }
         self.slots[hole].key = K::EMPTY;
         self.len -= 1;
+        self.epoch = self.epoch.wrapping_add(1);
         Some(val)
     }
 
@@ -286,6 +299,7 @@ impl<K: Key, V: Copy + Default> FlowTable<K, V> {
             s.key = K::EMPTY;
         }
         self.len = 0;
+        self.epoch = self.epoch.wrapping_add(1);
     }
 
     /// All entries in slot order (control plane / diagnostics; O(slots)).
@@ -530,6 +544,42 @@ mod tests {
         assert_eq!(t.get(&Weak::EMPTY), None);
         assert_eq!(t.remove(&Weak::EMPTY), None);
         assert_eq!(t.len(), 1);
+    }
+
+    /// A position found before an unchanged epoch still holds the key; any change that can
+    /// move entries (a remove shifts its cluster back) changes the epoch.
+    #[test]
+    fn epoch_tracks_every_change_that_can_move_entries() {
+        let mut t = FlowTable::with_capacity(8);
+        // Weak keys 1, 6 and 11 share a home slot: one cluster.
+        for k in [1, 6, 11] {
+            t.insert(Weak(k), k.into()).unwrap();
+        }
+        let e = t.epoch();
+        let pos = t.find(&Weak(11), Weak(11).hash()).unwrap();
+        *t.val_at_mut(pos) += 1;
+        assert_eq!(t.get(&Weak(6)), Some(6));
+        assert_eq!(t.insert(Weak(6), 0), Err(InsertError::Exists));
+        assert_eq!(t.remove(&Weak(2)), None);
+        assert_eq!(
+            t.epoch(),
+            e,
+            "reads, value updates and refused changes move nothing"
+        );
+        assert_eq!(*t.key_at(pos), Weak(11));
+        t.remove(&Weak(1)).unwrap();
+        assert_ne!(t.epoch(), e);
+        assert_ne!(
+            *t.key_at(pos),
+            Weak(11),
+            "the remove shifted the cluster back"
+        );
+        let e = t.epoch();
+        t.insert(Weak(2), 2).unwrap();
+        assert_ne!(t.epoch(), e);
+        let e = t.epoch();
+        t.clear();
+        assert_ne!(t.epoch(), e);
     }
 
     #[test]
