@@ -206,15 +206,20 @@ impl Engine {
         // An established packet's whole state is in its slot, so it costs one cache miss.
         // Taken out of self for the batch, so the stages can hold it while they call &mut self.
         let mut prep = std::mem::take(&mut self.prep);
-        prep.clear();
-        prep.resize(n, Prep::SLOW);
+        if prep.len() < n {
+            prep.resize(n, Prep::SLOW);
+        }
         let rounds = n.div_ceil(ROUND);
         let range = |r: usize| r * ROUND..((r + 1) * ROUND).min(n);
         let (mut fast_in, mut fast_out) = (0u64, 0u64);
         for step in 0..rounds + 2 {
-            if step < rounds && !rules.forward_only {
+            if step < rounds {
                 let r = range(step);
-                self.classify(&rules, &pkts[r.clone()], &mut prep[r]);
+                if rules.forward_only {
+                    prep[r].fill(Prep::SLOW);
+                } else {
+                    self.classify(&rules, &pkts[r.clone()], &mut prep[r]);
+                }
             }
             if step >= 1 && step <= rounds {
                 self.lookup(&rules, &mut prep[range(step - 1)]);
