@@ -198,7 +198,7 @@ impl Engine {
         self.set_time(now_ns);
         let rules = Arc::clone(&self.rules);
         let n = pkts.len().min(verdicts.len());
-        // A software pipeline over rounds of ROUND frames, three stages apart, so that each
+        // A software pipeline of three stages over rounds of ROUND frames, so that each
         // round's cache misses are in flight while earlier rounds are worked on:
         // - classify round r+2: parse, hash, prefetch the session slot;
         // - look up round r+1 (slots arrived meanwhile); a miss prefetches what set-up needs;
