@@ -404,9 +404,7 @@ impl Rules {
 
     #[inline]
     pub fn realm_for(&self, iface: u8, vlan: Option<u16>) -> Option<&RealmRules> {
-        let t = self.ingress.get(iface as usize)?;
-        let id = t[vlan.map_or(UNTAGGED, |v| (v & 0xfff) as usize)];
-        self.realms.get(id as usize)
+        self.realms.get(self.realm_id_for(iface, vlan)? as usize)
     }
 
     #[inline]
