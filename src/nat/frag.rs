@@ -6,11 +6,10 @@
 //! held buffers and the work per call.
 
 use super::counters::Counters;
-use super::engine::{Engine, Frag, Meta};
-use super::rules::Rules;
+use super::parse::{self, Frag, Meta};
+use super::rewrite::{self, Rewrite, Side};
 use super::table::{FlowTable, Key, hash_words};
 use super::types::*;
-use super::wire::set_vlan;
 use std::collections::VecDeque;
 
 /// Scope of fragments arriving from outside; inside scopes are realm ids.
@@ -157,7 +156,7 @@ impl FragTable {
         self.index.get(k).map(|i| self.entries[i as usize].action)
     }
 
-    fn record(&mut self, k: FragKey, action: FragAction, now: u32) -> Result<(), DropReason> {
+    fn insert_entry(&mut self, k: FragKey, action: FragAction, now: u32) -> Result<(), DropReason> {
         if let Some(i) = self.index.get(&k) {
             self.entries[i as usize].action = action;
             return Ok(());
@@ -249,69 +248,73 @@ impl FragTable {
     }
 }
 
-impl Engine {
+impl FragTable {
     /// Remembers what the first fragment's translation was, and releases held fragments of the
     /// same datagram.
-    pub(crate) fn record_frag(&mut self, k: FragKey, action: FragAction) {
-        if self.frags.record(k, action, self.now).is_err() {
+    pub(crate) fn record(&mut self, k: FragKey, action: FragAction, now: u32, counters: &Counters) {
+        if self.insert_entry(k, action, now).is_err() {
             // Later fragments will be held and time out; the first one still goes through.
-            self.counters.dropped(DropReason::FragmentTableFull);
+            counters.dropped(DropReason::FragmentTableFull);
             return;
         }
-        if self.frags.held_count == 0 {
+        if self.held_count == 0 {
             return;
         }
-        for i in 0..self.frags.held.len() {
-            let h = self.frags.held[i];
+        for i in 0..self.held.len() {
+            let h = self.held[i];
             if h.ingress.is_none() || h.key != k {
                 continue;
             }
             let base = i * (HOLD_SLOT + HEADROOM);
-            let buf = &mut self.frags.held_bufs[base..base + HOLD_SLOT + HEADROOM];
+            let buf = &mut self.held_bufs[base..base + HOLD_SLOT + HEADROOM];
             let mut fr = Frame::new(buf, h.off, h.len);
-            let v = match Self::parse(fr.data()) {
+            let v = match parse::parse(fr.data()) {
                 Ok(m) => apply(&mut fr, &m, action),
                 Err(_) => Verdict::Drop(DropReason::BadIpHeader),
             };
             let (off, len) = (fr.off, fr.len);
-            self.frags.held_count -= 1;
+            self.held_count -= 1;
             // No longer waiting: neither released twice nor timed out (which would free the
             // slot while it is still queued in `ready`).
-            self.frags.held[i].ingress = None;
+            self.held[i].ingress = None;
             match v {
                 Verdict::Drop(r) => {
-                    self.counters.dropped(r);
-                    self.frags.held_free.push(i as u32);
+                    counters.dropped(r);
+                    self.held_free.push(i as u32);
                 }
                 v => {
-                    self.counters.fragments_translated.inc();
-                    self.frags.held[i].off = off;
-                    self.frags.held[i].len = len;
-                    self.frags.ready.push_back((i as u32, v));
+                    counters.fragments_translated.inc();
+                    self.held[i].off = off;
+                    self.held[i].len = len;
+                    self.ready.push_back((i as u32, v));
                 }
             }
         }
     }
 
     /// A non-first fragment: follow its datagram's entry, or hold it until the first arrives.
-    pub(crate) fn frag_later(
+    pub(crate) fn later(
         &mut self,
-        _r: &Rules,
         f: &mut Frame<'_>,
         m: &Meta,
         k: FragKey,
+        now: u32,
+        counters: &Counters,
     ) -> Verdict {
-        match self.frags.lookup(&k) {
+        match self.lookup(&k) {
             Some(FragAction::Handoff { core, ingress }) => {
-                self.counters.handoffs.inc();
+                counters.handoffs.inc();
                 Verdict::Handoff { core, ingress }
             }
             Some(a) => {
                 let v = apply(f, m, a);
                 match v {
-                    Verdict::Drop(r) => self.discard(r),
+                    Verdict::Drop(r) => {
+                        counters.dropped(r);
+                        Verdict::Drop(r)
+                    }
                     v => {
-                        self.counters.fragments_translated.inc();
+                        counters.fragments_translated.inc();
                         v
                     }
                 }
@@ -322,12 +325,15 @@ impl Engine {
                     SCOPE_HAIRPIN => Ingress::Hairpin,
                     _ => Ingress::Inside(0),
                 };
-                match self.frags.hold(k, ingress, f.data(), self.now) {
+                match self.hold(k, ingress, f.data(), now) {
                     Ok(()) => {
-                        self.counters.fragments_held.inc();
+                        counters.fragments_held.inc();
                         Verdict::Held
                     }
-                    Err(r) => self.discard(r),
+                    Err(r) => {
+                        counters.dropped(r);
+                        Verdict::Drop(r)
+                    }
                 }
             }
         }
@@ -351,18 +357,23 @@ fn apply(f: &mut Frame<'_>, m: &Meta, a: FragAction) -> Verdict {
             }
             let d = f.data_mut();
             let mut dec = dec_ttl;
-            if let Some(a) = src {
-                super::in2out::rewrite(d, m, true, a, 0, dec);
-                dec = false;
-            }
-            if let Some(a) = dst {
-                super::in2out::rewrite(d, m, false, a, 0, dec);
-                dec = false;
+            for (side, addr) in [(Side::Src, src), (Side::Dst, dst)] {
+                if let Some(addr) = addr {
+                    // A later fragment has no ports: the address (and the TTL, once).
+                    Rewrite {
+                        side,
+                        addr,
+                        port: 0,
+                        dec_ttl: dec,
+                    }
+                    .apply(d, m);
+                    dec = false;
+                }
             }
             if dec {
-                super::engine::dec_ttl(d, m);
+                rewrite::dec_ttl(d, m);
             }
-            if !set_vlan(f.buf, &mut f.off, &mut f.len, vlan) {
+            if !f.set_vlan(vlan) {
                 return Verdict::Drop(DropReason::NoHeadroom);
             }
             next

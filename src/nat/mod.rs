@@ -1,6 +1,14 @@
 //! The NAT engine: per-core session tables and the in2out / out2in translation paths.
+//!
+//! Layers, each importing only those below it (no cycles):
+//! - `engine`: the pipeline and the public API;
+//! - `fast`, `in2out` -> `out2in` -> `icmp`: the translation paths, functions over `ctx`;
+//! - `ctx`: what the paths work on: `store` (sessions, mappings, ports), `frag`, counters;
+//! - `parse` (frames -> `Meta`, through packet/'s views), `rewrite` (every header patch);
+//! - `rules` (the configuration compiled), `ports`, `rss`, `table`, `session`, `mem`, `types`.
 
 pub mod counters;
+mod ctx;
 mod engine;
 mod fast;
 mod frag;
@@ -8,16 +16,18 @@ mod icmp;
 mod in2out;
 mod mem;
 mod out2in;
+mod parse;
 pub mod ports;
+mod rewrite;
 pub mod rng;
 pub mod rules;
 pub mod session;
+mod store;
 pub mod table;
 pub mod types;
-mod wire;
 
 pub use counters::Counters;
-pub use engine::{Engine, PORT_HOLD_SECS, Pkt};
+pub use engine::{Engine, PORT_HOLD_SECS};
 pub use rules::Rules;
 pub use types::*;
 

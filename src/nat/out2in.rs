@@ -1,208 +1,194 @@
 //! Outside to inside: destination translation, filtering, inbound-initiated sessions (static
 //! and 1:1 mappings, endpoint-independent filtering).
 
-use super::engine::{Engine, Frag, Meta};
+use super::ctx::Ctx;
 use super::frag::{FragAction, FragKey};
-use super::rules::{ExtAddr, PROTO_ICMP, PROTO_TCP, PROTO_UDP, Rules};
+use super::icmp;
+use super::parse::{self, Frag, Meta};
+use super::rewrite::{Rewrite, Side};
+use super::rules::{ExtAddr, Rules};
 use super::session::*;
+use super::store::{Seen, Store};
 use super::types::*;
-use super::wire::*;
-use crate::packet::{icmp, tcp::flags as tf};
+use crate::packet::icmp::{ECHO_REPLY, ECHO_REQUEST};
+use crate::packet::ipv4::proto;
+use crate::packet::tcp::flags as tf;
 use std::net::Ipv4Addr;
 
-impl Engine {
-    pub(crate) fn out2in(
-        &mut self,
-        r: &Rules,
-        f: &mut Frame<'_>,
-        m: Meta,
-        hairpin: bool,
-    ) -> Verdict {
-        let ingress = if hairpin {
-            Ingress::Hairpin
-        } else {
-            Ingress::Outside
-        };
-        let fkey = FragKey::outside(hairpin, &m);
-        let key = OutKey {
-            proto: m.proto,
-            ext_port: m.dport,
-            rem_port: rem_port_out(&m),
-            ext_addr: m.dst,
-            rem_addr: m.src,
-        };
-        // The full path: every check, then the session (found or created). Established
-        // packets of plain flows rarely get here: `Engine::fast_out2in` takes them.
-        let Some(ext) = r.ext_addr(m.dst) else {
-            return self.discard(DropReason::NotForUs);
-        };
-        let echo_request =
-            m.proto == PROTO_ICMP && m.icmp_type == icmp::ECHO_REQUEST && m.frag != Frag::Later;
-        match ext {
-            // natgw answers pings to its own and its pool addresses; 1:1 addresses belong to
-            // their inside host, which answers itself.
-            ExtAddr::Own | ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. } if echo_request => {
-                if m.frag != Frag::None {
-                    return self.discard(DropReason::IcmpUnsupported);
-                }
-                if hairpin {
-                    // A hairpinned ping to a pool address: answer towards the sender's mapping.
-                    return self.discard(DropReason::IcmpUnsupported);
-                }
-                return self.echo_reply(f, &m, Egress::Outside, r.outside_next_hop(m.src));
+/// The full outside-to-inside path (`hairpin`: the frame is the second half of a hairpin).
+/// Established packets of plain flows rarely get here: `fast::out2in` takes them.
+pub(super) fn out2in(
+    cx: &mut Ctx,
+    r: &Rules,
+    f: &mut Frame<'_>,
+    m: Meta,
+    hairpin: bool,
+) -> Verdict {
+    let ingress = if hairpin {
+        Ingress::Hairpin
+    } else {
+        Ingress::Outside
+    };
+    let fkey = FragKey::outside(hairpin, &m);
+    let key = OutKey {
+        proto: m.proto,
+        ext_port: m.dport,
+        rem_port: m.rem_port_out(),
+        ext_addr: m.dst,
+        rem_addr: m.src,
+    };
+    let Some(ext) = r.ext_addr(m.dst) else {
+        return cx.discard(DropReason::NotForUs);
+    };
+    let echo_request =
+        m.proto == proto::ICMP && m.icmp_type == ECHO_REQUEST && m.frag != Frag::Later;
+    match ext {
+        // natgw answers pings to its own and its pool addresses; 1:1 addresses belong to
+        // their inside host, which answers itself.
+        ExtAddr::Own | ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. } if echo_request => {
+            if m.frag != Frag::None {
+                return cx.discard(DropReason::IcmpUnsupported);
             }
-            ExtAddr::Own => {
-                self.counters.to_kernel.inc();
-                return Verdict::ToKernel;
+            if hairpin {
+                // A hairpinned ping to a pool address: answer towards the sender's mapping.
+                return cx.discard(DropReason::IcmpUnsupported);
             }
-            _ => {}
+            let nh = r.outside_next_hop(m.src);
+            return icmp::echo_reply(cx, f, &m, Egress::Outside, nh);
         }
-        if r.cores > 1
-            && m.frag != Frag::Later
-            && let Some((p, a, port)) = Self::outside_endpoint(f.data(), &m)
-            && let Some(o) = r.outside_owner(p, a, port)
-            && o != self.core
-        {
-            return self.handoff(o, ingress, &m, fkey);
+        ExtAddr::Own => {
+            cx.counters.to_kernel.inc();
+            return Verdict::ToKernel;
         }
-        if !hairpin && m.ttl <= 1 {
-            return self.time_exceeded(
-                f,
-                &m,
-                r.outside_addr,
-                Egress::Outside,
-                r.outside_next_hop(m.src),
-            );
-        }
-        if m.frag == Frag::Later {
-            return self.frag_later(r, f, &m, fkey);
-        }
-        match m.proto {
-            PROTO_TCP | PROTO_UDP => {}
-            PROTO_ICMP if m.is_icmp_error() => {
-                return self.icmp_error_out2in(r, f, m, hairpin);
-            }
-            PROTO_ICMP if m.icmp_type == icmp::ECHO_REPLY || m.icmp_type == icmp::ECHO_REQUEST => {}
-            PROTO_ICMP => return self.discard(DropReason::IcmpUnsupported),
-            _ => return self.discard(DropReason::UnsupportedProtocol),
-        }
-        let si = match self.find_out(&key) {
-            Some(i) => i,
-            None => match self.new_inbound_session(r, ext, &m) {
-                Ok(i) => i,
-                Err(e) => return self.discard(e),
-            },
-        };
-        if hairpin {
-            // Its remote is one of our external addresses: the inside end's replies
-            // must hairpin too.
-            self.sessions[si as usize].flags |= flags::HAIRPIN;
-        }
-        let now = self.now;
-        let s = &mut self.sessions[si as usize];
-        if m.proto == PROTO_TCP {
-            s.tcp = tcp::update(s.tcp, m.tcp_flags, false);
-        }
-        let s = *s;
-        let realm = &r.realms[s.realm as usize];
+        _ => {}
+    }
+    if r.cores > 1
+        && m.frag != Frag::Later
+        && let Some((p, a, port)) = parse::outside_endpoint(f.data(), &m)
+        && let Some(o) = r.outside_owner(p, a, port)
+        && o != cx.core
+    {
+        return cx.handoff(o, ingress, &m, fkey);
+    }
+    if !hairpin && m.ttl <= 1 {
+        let nh = r.outside_next_hop(m.src);
+        return icmp::time_exceeded(cx, f, &m, r.outside_addr, Egress::Outside, nh);
+    }
+    if m.frag == Frag::Later {
+        let now = cx.now();
+        return cx.frags.later(f, &m, fkey, now, &cx.counters);
+    }
+    match m.proto {
+        proto::TCP | proto::UDP => {}
+        proto::ICMP if m.is_icmp_error() => return icmp::error_out2in(cx, r, f, m, hairpin),
+        proto::ICMP if m.icmp_type == ECHO_REPLY || m.icmp_type == ECHO_REQUEST => {}
+        proto::ICMP => return cx.discard(DropReason::IcmpUnsupported),
+        _ => return cx.discard(DropReason::UnsupportedProtocol),
+    }
+    let si = match cx.store.find_out(&key) {
+        Some(i) => i,
+        None => match new_session(&mut cx.store, r, ext, &m) {
+            Ok(i) => i,
+            Err(e) => return cx.discard(e),
+        },
+    };
+    // A hairpin's remote is one of our external addresses: the inside end's replies must
+    // hairpin too.
+    cx.store.mark_hairpin(si, hairpin);
+    let realm = &r.realms[cx.store.session(si).realm as usize];
+    let seen = Seen {
+        outbound: false,
+        tcp_flags: (m.proto == proto::TCP).then_some(m.tcp_flags),
         // RFC 4787 REQ-6: inbound refresh is the operator's choice; TCP follows its state.
-        let refresh = m.proto == PROTO_TCP || realm.inbound_refresh;
-        if refresh {
-            self.sessions[si as usize].expires = now.saturating_add(self.timeout(realm, &s));
-        }
-        self.publish(si, refresh);
-        super::in2out::rewrite(f.data_mut(), &m, false, s.in_addr, s.in_port, !hairpin);
-        if hairpin {
-            self.counters.hairpinned.inc();
-        } else {
-            self.counters.out2in.inc();
-        }
-        let nh = realm.next_hop(s.in_addr);
-        let v = Verdict::Forward {
-            egress: Egress::Inside(realm.iface),
-            next_hop: Ipv4Addr::from(nh),
-        };
-        if m.frag == Frag::First {
-            let a = FragAction::Translate {
-                src: None,
-                dst: Some(s.in_addr),
-                dec_ttl: !hairpin,
-                vlan: realm.vlan,
-                next: v,
-            };
-            self.record_frag(fkey, a);
-        }
-        if !set_vlan(f.buf, &mut f.off, &mut f.len, realm.vlan) {
-            return self.discard(DropReason::NoHeadroom);
-        }
-        v
+        refresh: m.proto == proto::TCP || realm.inbound_refresh,
+    };
+    let s = cx.store.track(si, realm, seen);
+    let rw = Rewrite {
+        side: Side::Dst,
+        addr: s.in_addr,
+        port: s.in_port,
+        dec_ttl: !hairpin,
+    };
+    rw.apply(f.data_mut(), &m);
+    if hairpin {
+        cx.counters.hairpinned.inc();
+    } else {
+        cx.counters.out2in.inc();
     }
-
-    /// A session for an inbound frame with none: static mappings and 1:1 addresses accept new
-    /// flows; dynamic mappings only as the realm's filtering allows. Nothing else creates state.
-    fn new_inbound_session(
-        &mut self,
-        r: &Rules,
-        ext: ExtAddr,
-        m: &Meta,
-    ) -> Result<u32, DropReason> {
-        let opens = match m.proto {
-            PROTO_TCP => m.tcp_flags & (tf::SYN | tf::ACK | tf::RST) == tf::SYN,
-            PROTO_ICMP => m.icmp_type == icmp::ECHO_REQUEST,
-            _ => true,
+    let nh = realm.next_hop(s.in_addr);
+    let v = Verdict::Forward {
+        egress: Egress::Inside(realm.iface),
+        next_hop: Ipv4Addr::from(nh),
+    };
+    if m.frag == Frag::First {
+        let a = FragAction::Translate {
+            src: None,
+            dst: Some(s.in_addr),
+            dec_ttl: !hairpin,
+            vlan: realm.vlan,
+            next: v,
         };
-        self.make_session_room();
-        let (realm_id, in_addr, in_port, map) = match ext {
-            ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. } => {
-                if let Some(st) = r.static_by_ext(m.proto, m.dst, m.dport) {
-                    (st.realm, st.in_addr, st.in_port, NONE)
-                } else if let ExtAddr::Pool { .. } = ext {
-                    let Some(mi) = self.mapping_by_ext(m.proto, m.dst, m.dport) else {
-                        return Err(DropReason::Unsolicited);
-                    };
-                    let mp = *self.mapping(mi);
-                    let realm = &r.realms[mp.key.realm as usize];
-                    if !self.filter_allows(realm, mi, m.src) {
-                        return Err(DropReason::Filtered);
-                    }
-                    (mp.key.realm, mp.key.in_addr, mp.key.in_port, mi)
-                } else {
-                    return Err(DropReason::Unsolicited);
-                }
-            }
-            ExtAddr::OneToOne { index } => {
-                let o = &r.one_to_one[index as usize];
-                (o.realm, o.in_addr, m.dport, NONE)
-            }
-            ExtAddr::Own => return Err(DropReason::NotForUs),
-        };
-        if !opens {
-            return Err(if m.proto == PROTO_TCP {
-                DropReason::TcpInvalid
-            } else {
-                DropReason::Unsolicited
-            });
-        }
-        let realm = &r.realms[realm_id as usize];
-        let s = Session {
-            in_addr,
-            ext_addr: m.dst,
-            rem_addr: m.src,
-            in_port,
-            ext_port: m.dport,
-            rem_port: rem_port_out(m),
-            realm: realm_id,
-            proto: m.proto,
-            flags: flags::INBOUND,
-            map,
-            ..Session::default()
-        };
-        self.create_session_or_unwind(realm, s)
+        cx.record_frag(fkey, a);
     }
+    if !f.set_vlan(realm.vlan) {
+        return cx.discard(DropReason::NoHeadroom);
+    }
+    v
 }
 
-/// The remote port of an outside frame's session key (its source port); none for ICMP.
-#[inline(always)]
-pub(crate) fn rem_port_out(m: &Meta) -> u16 {
-    if m.proto == PROTO_ICMP { 0 } else { m.sport }
+/// A session for an inbound frame with none: static mappings and 1:1 addresses accept new
+/// flows; dynamic mappings only as the realm's filtering allows. Nothing else creates state.
+fn new_session(store: &mut Store, r: &Rules, ext: ExtAddr, m: &Meta) -> Result<u32, DropReason> {
+    let opens = match m.proto {
+        proto::TCP => m.tcp_flags & (tf::SYN | tf::ACK | tf::RST) == tf::SYN,
+        proto::ICMP => m.icmp_type == ECHO_REQUEST,
+        _ => true,
+    };
+    store.make_session_room();
+    let (realm_id, in_addr, in_port, map) = match ext {
+        ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. } => {
+            if let Some(st) = r.static_by_ext(m.proto, m.dst, m.dport) {
+                (st.realm, st.in_addr, st.in_port, NONE)
+            } else if let ExtAddr::Pool { .. } = ext {
+                let Some(mi) = store.mapping_by_ext(m.proto, m.dst, m.dport) else {
+                    return Err(DropReason::Unsolicited);
+                };
+                let mp = *store.mapping(mi);
+                let realm = &r.realms[mp.key.realm as usize];
+                if !store.filter_allows(realm, mi, m.src) {
+                    return Err(DropReason::Filtered);
+                }
+                (mp.key.realm, mp.key.in_addr, mp.key.in_port, mi)
+            } else {
+                return Err(DropReason::Unsolicited);
+            }
+        }
+        ExtAddr::OneToOne { index } => {
+            let o = &r.one_to_one[index as usize];
+            (o.realm, o.in_addr, m.dport, NONE)
+        }
+        ExtAddr::Own => return Err(DropReason::NotForUs),
+    };
+    if !opens {
+        return Err(if m.proto == proto::TCP {
+            DropReason::TcpInvalid
+        } else {
+            DropReason::Unsolicited
+        });
+    }
+    let realm = &r.realms[realm_id as usize];
+    let s = Session {
+        in_addr,
+        ext_addr: m.dst,
+        rem_addr: m.src,
+        in_port,
+        ext_port: m.dport,
+        rem_port: m.rem_port_out(),
+        realm: realm_id,
+        proto: m.proto,
+        flags: flags::INBOUND,
+        map,
+        ..Session::default()
+    };
+    store.create_or_unwind(realm, s)
 }

@@ -154,6 +154,17 @@ impl RealmRules {
     pub fn contains(&self, a: u32) -> bool {
         self.prefixes.iter().any(|p| p.contains(Ipv4Addr::from(a)))
     }
+    /// The timeout of a session of `proto` (for TCP: established or not).
+    #[inline(always)]
+    pub fn timeout(&self, proto: u8, established: bool) -> u32 {
+        let t = &self.timeouts;
+        match proto {
+            PROTO_UDP => t.udp,
+            PROTO_ICMP => t.icmp,
+            _ if established => t.tcp_established,
+            _ => t.tcp_transitory,
+        }
+    }
     /// Next hop towards an inside address: the longest matching inside route, else on-link.
     pub fn next_hop(&self, dst: u32) -> u32 {
         let mut best: Option<(u8, u32)> = None;

@@ -1,5 +1,7 @@
 //! What goes into the engine and what comes out of it.
 
+use crate::packet::ethernet::ETHERTYPE_VLAN;
+use crate::packet::{read_u16, write_u16};
 use std::net::Ipv4Addr;
 
 /// A frame in a buffer the dataplane owns (an AF_XDP UMEM chunk, a test vector). The frame is
@@ -27,6 +29,49 @@ impl<'a> Frame<'a> {
     pub fn data_mut(&mut self) -> &mut [u8] {
         &mut self.buf[self.off..self.off + self.len]
     }
+
+    /// Sets the frame's 802.1Q encapsulation to `want` (None = untagged), moving only the MAC
+    /// addresses when the buffer has headroom. Returns false if a tag cannot be added for lack of room.
+    pub fn set_vlan(&mut self, want: Option<u16>) -> bool {
+        let (buf, off, len) = (&mut *self.buf, &mut self.off, &mut self.len);
+        let o = *off;
+        let tagged = *len >= 18 && read_u16(buf, o + 12) == ETHERTYPE_VLAN;
+        match (tagged, want) {
+            (false, None) => true,
+            (true, Some(vid)) => {
+                let tci = (read_u16(buf, o + 14) & 0xf000) | (vid & 0x0fff);
+                write_u16(buf, o + 14, tci);
+                true
+            }
+            (true, None) => {
+                buf.copy_within(o..o + 12, o + 4);
+                *off += 4;
+                *len -= 4;
+                true
+            }
+            (false, Some(vid)) => {
+                if o >= 4 {
+                    buf.copy_within(o..o + 12, o - 4);
+                    *off -= 4;
+                } else if o + *len + 4 <= buf.len() {
+                    buf.copy_within(o + 12..o + *len, o + 16);
+                } else {
+                    return false;
+                }
+                let n = *off;
+                write_u16(buf, n + 12, ETHERTYPE_VLAN);
+                write_u16(buf, n + 14, vid & 0x0fff);
+                *len += 4;
+                true
+            }
+        }
+    }
+}
+
+/// A frame and where it came in.
+pub struct Pkt<'a> {
+    pub frame: Frame<'a>,
+    pub ingress: Ingress,
 }
 
 /// Where a frame entered. Inside interfaces are numbered in config order.
@@ -117,4 +162,50 @@ drop_reasons! {
     HandoffFull => "handoff_full", "owner core's handoff queue full";
     NoNeighbour => "no_neighbour", "next hop link-layer address not resolved yet";
     TxFull => "tx_full", "transmit ring full";
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: Option<u16>) -> Vec<u8> {
+        let mut f = vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        if let Some(v) = tag {
+            f.extend_from_slice(&[0x81, 0x00]);
+            f.extend_from_slice(&(0x2000 | v).to_be_bytes());
+        }
+        f.extend_from_slice(&[0x08, 0x00, 0x45, 0xaa]);
+        f
+    }
+
+    #[test]
+    fn push_with_and_without_headroom_then_pop() {
+        for head in [0usize, 4, 8] {
+            let mut buf = vec![0u8; head + 40];
+            let f = frame(None);
+            buf[head..head + f.len()].copy_from_slice(&f);
+            let mut fr = Frame::new(&mut buf, head, f.len());
+            assert!(fr.set_vlan(Some(100)));
+            let want = {
+                let mut w = frame(Some(100));
+                w[14] &= 0x0f; // pushed tags have PCP 0
+                w
+            };
+            assert_eq!(fr.data(), &want[..]);
+            assert!(fr.set_vlan(Some(200)));
+            assert_eq!(read_u16(fr.data(), 14) & 0xfff, 200);
+            assert!(fr.set_vlan(None));
+            assert_eq!(fr.data(), &frame(None)[..]);
+        }
+    }
+
+    #[test]
+    fn push_without_room_fails_cleanly() {
+        let f = frame(None);
+        let mut buf = f.clone();
+        let mut fr = Frame::whole(&mut buf);
+        assert!(!fr.set_vlan(Some(5)));
+        assert_eq!((fr.off, fr.len), (0, f.len()));
+        assert_eq!(buf, f);
+    }
 }

@@ -42,23 +42,26 @@ impl std::error::Error for Error {}
 
 pub type Result<T> = core::result::Result<T, Error>;
 
-#[inline]
-pub(crate) fn read_u16(b: &[u8], at: usize) -> u16 {
+/// Big-endian field access at an offset the caller has bounds-checked (a view's checked
+/// constructor or the engine's parse): the one copy in the crate. The views use them, and so
+/// do the engine's rewrites, which patch fields at offsets `nat::parse` validated.
+#[inline(always)]
+pub fn read_u16(b: &[u8], at: usize) -> u16 {
     u16::from_be_bytes([b[at], b[at + 1]])
 }
 
-#[inline]
-pub(crate) fn read_u32(b: &[u8], at: usize) -> u32 {
+#[inline(always)]
+pub fn read_u32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-#[inline]
-pub(crate) fn write_u16(b: &mut [u8], at: usize, v: u16) {
+#[inline(always)]
+pub fn write_u16(b: &mut [u8], at: usize, v: u16) {
     b[at..at + 2].copy_from_slice(&v.to_be_bytes());
 }
 
-#[inline]
-pub(crate) fn write_u32(b: &mut [u8], at: usize, v: u32) {
+#[inline(always)]
+pub fn write_u32(b: &mut [u8], at: usize, v: u32) {
     b[at..at + 4].copy_from_slice(&v.to_be_bytes());
 }
 

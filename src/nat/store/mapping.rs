@@ -1,0 +1,238 @@
+//! Dynamic mappings: finding or creating the mapping of an inside endpoint (paired pooling,
+//! the per-host limit, port preservation or a bounded random search, RSS-aware port choice),
+//! the address-dependent filter, and removing a mapping with its host and port.
+
+use super::super::ports::Policy;
+use super::super::rules::{HostKey, RealmRules, Rules, proto_index};
+use super::super::session::*;
+use super::super::table::Key;
+use super::super::types::DropReason;
+use super::Store;
+use crate::config::{Filtering, Mapping, PortPolicy};
+
+impl Store {
+    pub fn delete_mapping(&mut self, mi: u32) {
+        let mp = self.maps[mi as usize];
+        self.map_in.remove(&mp.key);
+        self.map_out.remove(&MapOutKey {
+            proto: mp.proto,
+            port: mp.ext_port,
+            addr: mp.ext_addr,
+        });
+        self.maps[mi as usize].proto = 0;
+        self.free_maps.push(mi);
+        if let Some(p) = self.ports.get_mut(mp.key.realm as usize) {
+            p.release(
+                mp.ext_index as usize,
+                proto_index(mp.proto),
+                mp.ext_port,
+                self.now,
+            );
+        }
+        let h = &mut self.hosts[mp.host as usize];
+        h.mappings -= 1;
+        if h.mappings == 0 {
+            let k = HostKey {
+                realm: h.realm,
+                addr: h.addr,
+            };
+            self.host_tab.remove(&k);
+            self.free_hosts.push(mp.host);
+        }
+    }
+
+    /// The mapping key of an inside endpoint under the realm's mapping behaviour.
+    pub fn map_key(
+        realm: &RealmRules,
+        proto: u8,
+        in_addr: u32,
+        in_port: u16,
+        rem_addr: u32,
+        rem_port: u16,
+    ) -> MapInKey {
+        let (ra, rp) = match realm.mapping {
+            Mapping::EndpointIndependent => (0, 0),
+            Mapping::AddressDependent => (rem_addr, 0),
+            Mapping::AddressAndPortDependent => (rem_addr, rem_port),
+        };
+        MapInKey {
+            realm: realm.id,
+            proto,
+            in_port,
+            rem_port: rp,
+            in_addr,
+            rem_addr: ra,
+        }
+    }
+
+    /// Finds or creates the dynamic mapping for an inside endpoint (paired pooling, per-host
+    /// limit, port preservation / bounded random search).
+    /// `remote` is the first destination, for RSS-aware port choice.
+    pub fn mapping_for(
+        &mut self,
+        r: &Rules,
+        realm: &RealmRules,
+        key: MapInKey,
+        remote: (u32, u16),
+    ) -> Result<u32, DropReason> {
+        if let Some(mi) = self.map_in.get(&key) {
+            return Ok(mi);
+        }
+        if realm.pool.is_empty() {
+            return Err(DropReason::PortsExhausted);
+        }
+        if self.free_maps.is_empty() {
+            // Every mapping slot is taken: expired sessions may be all that holds some.
+            self.reclaim(|e| !e.free_maps.is_empty());
+        }
+        let hk = HostKey {
+            realm: realm.id,
+            addr: key.in_addr,
+        };
+        let host = self.host_tab.get(&hk);
+        if let Some(h) = host
+            && self.hosts[h as usize].mappings >= realm.per_host_limit
+        {
+            return Err(DropReason::PerHostLimit);
+        }
+        let Some(mi) = self.free_maps.pop() else {
+            return Err(DropReason::SessionTableFull);
+        };
+        let policy = match realm.policy {
+            PortPolicy::PreserveThenRandom => Policy::PreserveThenRandom,
+            PortPolicy::Random => Policy::Random,
+        };
+        let pidx = proto_index(key.proto);
+        let alloc = &mut self.ports[realm.id as usize];
+        // Paired pooling (RFC 4787 REQ-2): a host with mappings keeps its address; a new host
+        // starts at an address derived from its own, trying the others only if that one is full.
+        let n = realm.pool.len();
+        let (start, tries) = match host {
+            Some(h) => (self.hosts[h as usize].ext_index as usize, 1),
+            None => ((key.in_addr as usize).wrapping_mul(0x9e37_79b1) % n, n),
+        };
+        let mut got = None;
+        for t in 0..tries {
+            let ai = (start + t) % n;
+            // With a predictable outside RSS, prefer ports whose replies land on our queue.
+            let ext = realm.pool[ai];
+            let core = self.core;
+            let steer = r
+                .rss
+                .as_ref()
+                .filter(|s| r.cores > 1 && s.steers(key.proto));
+            let pref =
+                |p: u16| steer.is_some_and(|s| s.lands_on(core, key.proto, remote, (ext, p)));
+            let prefer: Option<&dyn Fn(u16) -> bool> =
+                if steer.is_some() { Some(&pref) } else { None };
+            if let Some(p) = alloc.alloc(ai, pidx, key.in_port, policy, &mut self.rng, prefer) {
+                got = Some((ai, p));
+                break;
+            }
+        }
+        let Some((ai, port)) = got else {
+            self.free_maps.push(mi);
+            return Err(DropReason::PortsExhausted);
+        };
+        // The external endpoint is known only now. The new mapping and the session about to be
+        // created insert into two more tables at random places: start both loads at once so
+        // their cache misses overlap instead of queueing one after the other.
+        let ext_addr = realm.pool[ai];
+        self.map_out.prefetch(
+            MapOutKey {
+                proto: key.proto,
+                port,
+                addr: ext_addr,
+            }
+            .hash(),
+        );
+        self.out_tab.prefetch(
+            OutKey {
+                proto: key.proto,
+                ext_port: port,
+                rem_port: remote.1,
+                ext_addr,
+                rem_addr: remote.0,
+            }
+            .hash(),
+        );
+        let h = match host {
+            Some(h) => h,
+            None => {
+                let Some(h) = self.free_hosts.pop() else {
+                    alloc.release(ai, pidx, port, self.now);
+                    self.free_maps.push(mi);
+                    return Err(DropReason::SessionTableFull);
+                };
+                self.hosts[h as usize] = HostSlot {
+                    realm: realm.id,
+                    ext_index: ai as u16,
+                    addr: key.in_addr,
+                    mappings: 0,
+                };
+                let _ = self.host_tab.insert(hk, h);
+                h
+            }
+        };
+        let ok = self.map_in.insert(key, mi).is_ok();
+        if !ok
+            || self
+                .map_out
+                .insert(
+                    MapOutKey {
+                        proto: key.proto,
+                        port,
+                        addr: ext_addr,
+                    },
+                    mi,
+                )
+                .is_err()
+        {
+            if ok {
+                self.map_in.remove(&key);
+            }
+            self.ports[realm.id as usize].release(ai, pidx, port, self.now);
+            self.free_maps.push(mi);
+            if self.hosts[h as usize].mappings == 0 {
+                self.host_tab.remove(&hk);
+                self.free_hosts.push(h);
+            }
+            return Err(DropReason::SessionTableFull);
+        }
+        self.hosts[h as usize].mappings += 1;
+        self.maps[mi as usize] = MappingSlot {
+            key,
+            ext_addr,
+            ext_port: port,
+            ext_index: ai as u16,
+            proto: key.proto,
+            sessions: 0,
+            host: h,
+            rem0: 0,
+            rem0_sessions: 0,
+        };
+        self.counters.mappings_created.inc();
+        Ok(mi)
+    }
+
+    /// A session's mapping, for out2in filtering.
+    pub fn mapping_by_ext(&self, proto: u8, addr: u32, port: u16) -> Option<u32> {
+        self.map_out.get(&MapOutKey { proto, port, addr })
+    }
+
+    pub fn mapping(&self, mi: u32) -> &MappingSlot {
+        &self.maps[mi as usize]
+    }
+
+    pub fn filter_allows(&self, realm: &RealmRules, mi: u32, rem_addr: u32) -> bool {
+        match realm.filtering {
+            Filtering::EndpointIndependent => true,
+            Filtering::AddressDependent => {
+                let mp = &self.maps[mi as usize];
+                (mp.rem0 == rem_addr && mp.rem0_sessions > 0)
+                    || self.filt.get(&FilterKey { map: mi, rem_addr }).is_some()
+            }
+            Filtering::AddressAndPortDependent => false,
+        }
+    }
+}

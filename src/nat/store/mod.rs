@@ -1,0 +1,627 @@
+//! The session store: every piece of per-core NAT state and its one owner. Sessions with
+//! their two index slots (`in_tab`, `out_tab`: the fast path's whole state), dynamic mappings
+//! (`map_in`, `map_out`), inside hosts with their paired address, address-dependent filter
+//! counts, and the per-realm port allocators. The translation paths and the pipeline change
+//! state only through this API: look up, create, track (refresh and TCP state), publish,
+//! delete, expire, reclaim, sweep, and, in tests, check the invariants.
+//!
+//! Identities: a session is named by its two keys (inside and outside 5-tuple plus realm id),
+//! a mapping by its inside key; both carry the realm's stable id (see `Rules`), never the
+//! position of a realm, a pool address or a static mapping in the configuration file.
+
+mod mapping;
+
+use super::counters::Counters;
+use super::ports::PortAllocator;
+use super::rng::Rng;
+use super::rules::{HostKey, RealmRules, Rules, proto_index};
+use super::session::*;
+use super::table::{FlowTable, Key};
+use super::types::DropReason;
+use crate::config::Filtering;
+use crate::packet::ipv4::proto::TCP as PROTO_TCP;
+use std::sync::Arc;
+
+/// Expired sessions looked at when the table is full before giving up on a new flow.
+const RECLAIM_TRIES: usize = 64;
+/// RFC 6888 REQ-8 / RFC 4787: a freed external port is not reused for this long.
+pub const PORT_HOLD_SECS: u32 = 120;
+/// Held ports cap per realm and core (beyond it ports are freed early, counted).
+const HOLD_CAP: usize = 1 << 22;
+
+pub(crate) struct Store {
+    core: usize,
+    counters: Arc<Counters>,
+    now: u32,
+    sessions: super::mem::Table<Session>,
+    free_sessions: Vec<u32>,
+    in_tab: FlowTable<InKey, InVal>,
+    out_tab: FlowTable<OutKey, OutVal>,
+    maps: super::mem::Table<MappingSlot>,
+    free_maps: Vec<u32>,
+    map_in: FlowTable<MapInKey>,
+    map_out: FlowTable<MapOutKey>,
+    hosts: super::mem::Table<HostSlot>,
+    free_hosts: Vec<u32>,
+    host_tab: FlowTable<HostKey>,
+    filt: FlowTable<FilterKey>,
+    ports: Vec<PortAllocator>,
+    rng: Rng,
+    sweep_cursor: usize,
+}
+
+/// What a packet of an existing session tells its state (`Store::track`).
+#[derive(Clone, Copy)]
+pub(crate) struct Seen {
+    /// Inside to outside.
+    pub outbound: bool,
+    /// The segment's flags, for a TCP session.
+    pub tcp_flags: Option<u8>,
+    /// Restart the session's timer (RFC 4787 REQ-6 makes inbound refresh a choice).
+    pub refresh: bool,
+}
+
+impl Store {
+    /// Allocates every table up front, for `rules.session_capacity` sessions.
+    pub fn new(core: usize, rules: &Rules, counters: Arc<Counters>) -> Store {
+        let cap = rules.session_capacity.max(16) as usize;
+        Store {
+            core,
+            counters,
+            now: 0,
+            sessions: super::mem::table(cap, Session::default()),
+            free_sessions: (0..cap as u32).rev().collect(),
+            in_tab: FlowTable::with_capacity(cap),
+            out_tab: FlowTable::with_capacity(cap),
+            maps: super::mem::table(cap, MappingSlot::default()),
+            free_maps: (0..cap as u32).rev().collect(),
+            map_in: FlowTable::with_capacity(cap),
+            map_out: FlowTable::with_capacity(cap),
+            hosts: super::mem::table(cap, HostSlot::default()),
+            free_hosts: (0..cap as u32).rev().collect(),
+            host_tab: FlowTable::with_capacity(cap),
+            filt: FlowTable::with_capacity(cap),
+            ports: Self::port_allocators(rules, core),
+            rng: Rng::from_entropy(),
+            sweep_cursor: 0,
+        }
+    }
+
+    /// One port allocator per realm, with the static mappings' ports reserved.
+    fn port_allocators(rules: &Rules, core: usize) -> Vec<PortAllocator> {
+        rules
+            .realms
+            .iter()
+            .map(|r| {
+                let hold = (r.pool.len() * 3 * 65536 / rules.cores).clamp(1024, HOLD_CAP);
+                let mut pa = PortAllocator::new(
+                    r.pool.len().max(1),
+                    r.port_first,
+                    r.port_last,
+                    rules.partition.as_ref(),
+                    core,
+                    PORT_HOLD_SECS,
+                    hold,
+                );
+                for s in rules.statics.iter().filter(|s| s.realm == r.id) {
+                    if let Some(i) = r.pool.iter().position(|a| *a == s.ext_addr) {
+                        pa.reserve(i, proto_index(s.proto), s.ext_port);
+                    }
+                }
+                pa
+            })
+            .collect()
+    }
+
+    /// New rules with another translation layout: every session goes and the port
+    /// allocators are rebuilt (this allocates; reloads are rare and not per packet).
+    pub fn relayout(&mut self, rules: &Rules) {
+        self.clear();
+        self.ports = Self::port_allocators(rules, self.core);
+    }
+
+    /// The store's clock, seconds.
+    #[inline(always)]
+    pub fn now(&self) -> u32 {
+        self.now
+    }
+
+    pub fn set_now(&mut self, now: u32) {
+        self.now = now;
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.in_tab.len()
+    }
+
+    pub fn mapping_count(&self) -> usize {
+        self.map_in.len()
+    }
+
+    /// Bytes of memory held by the tables (fixed at construction).
+    pub fn memory_bytes(&self) -> usize {
+        use std::mem::size_of;
+        self.sessions.len() * size_of::<Session>()
+            + self.maps.len() * size_of::<MappingSlot>()
+            + self.hosts.len() * size_of::<HostSlot>()
+            + (self.free_sessions.capacity()
+                + self.free_maps.capacity()
+                + self.free_hosts.capacity())
+                * 4
+            + self.in_tab.memory_bytes()
+            + self.out_tab.memory_bytes()
+            + self.map_in.memory_bytes()
+            + self.map_out.memory_bytes()
+            + self.host_tab.memory_bytes()
+            + self.filt.memory_bytes()
+            + self
+                .ports
+                .iter()
+                .map(PortAllocator::memory_bytes)
+                .sum::<usize>()
+    }
+
+    /// Bounded housekeeping: examines `budget` sessions for expiry, releases held ports,
+    /// updates the gauges.
+    pub fn housekeeping(&mut self, budget: usize) {
+        let n = self.sessions.len();
+        for _ in 0..budget.min(n) {
+            self.examine_next();
+        }
+        let now = self.now;
+        for p in &mut self.ports {
+            p.tick(now, budget);
+        }
+        self.counters.sessions_active.set(self.in_tab.len() as u64);
+        self.counters.mappings_active.set(self.map_in.len() as u64);
+    }
+
+    /// Advances the sweep cursor by one session, expiring it if it is due.
+    fn examine_next(&mut self) {
+        let n = self.sessions.len();
+        let i = self.sweep_cursor;
+        self.sweep_cursor = if i + 1 == n { 0 } else { i + 1 };
+        let s = &self.sessions[i];
+        if s.proto != 0 && s.expires <= self.now {
+            self.expire_if_due(i as u32);
+        }
+    }
+
+    /// A session (by the index a lookup returned).
+    #[inline(always)]
+    pub fn session(&self, si: u32) -> &Session {
+        &self.sessions[si as usize]
+    }
+
+    /// Marks a session as an inside-to-inside flow through an external address; true if it
+    /// is one (now or already).
+    pub fn mark_hairpin(&mut self, si: u32, hairpin: bool) -> bool {
+        let s = &mut self.sessions[si as usize];
+        if hairpin {
+            s.flags |= flags::HAIRPIN;
+        }
+        s.flags & flags::HAIRPIN != 0
+    }
+
+    /// Applies what a packet of session `si` says: its TCP flags, a refreshed timer. The
+    /// change is published to both index slots (the deadline only when refreshed). Returns
+    /// the session as it is now.
+    pub fn track(&mut self, si: u32, realm: &RealmRules, seen: Seen) -> Session {
+        let now = self.now;
+        let s = &mut self.sessions[si as usize];
+        if let Some(f) = seen.tcp_flags {
+            s.tcp = tcp::update(s.tcp, f, seen.outbound);
+        }
+        if seen.refresh {
+            s.expires = now.saturating_add(Self::timeout(realm, s));
+        }
+        let s = *s;
+        self.publish(si, seen.refresh);
+        s
+    }
+
+    #[inline]
+    fn timeout(realm: &RealmRules, s: &Session) -> u32 {
+        realm.timeout(s.proto, tcp::is_established(s.tcp))
+    }
+
+    // ---- the fast path's view: index slots by position -------------------------------
+
+    #[inline(always)]
+    pub fn prefetch_in(&self, hash: u64) {
+        self.in_tab.prefetch(hash)
+    }
+
+    #[inline(always)]
+    pub fn prefetch_out(&self, hash: u64) {
+        self.out_tab.prefetch(hash)
+    }
+
+    /// Where an inside key's slot is, and the table epoch that position is valid in.
+    #[inline(always)]
+    pub fn position_in(&self, k: &InKey, hash: u64) -> Option<(u32, u32)> {
+        let pos = self.in_tab.find(k, hash)?;
+        Some((pos as u32, self.in_tab.epoch()))
+    }
+
+    #[inline(always)]
+    pub fn position_out(&self, k: &OutKey, hash: u64) -> Option<(u32, u32)> {
+        let pos = self.out_tab.find(k, hash)?;
+        Some((pos as u32, self.out_tab.epoch()))
+    }
+
+    /// The slot at `pos` if it still holds `k`: trusted without a key compare while the
+    /// table's epoch is the one the position was found in (no insert, remove or clear since).
+    #[inline(always)]
+    pub fn slot_in(&mut self, pos: u32, epoch: u32, k: &InKey) -> Option<&mut InVal> {
+        let pos = pos as usize;
+        if self.in_tab.epoch() != epoch && self.in_tab.key_at(pos) != k {
+            return None;
+        }
+        Some(self.in_tab.val_at_mut(pos))
+    }
+
+    #[inline(always)]
+    pub fn slot_out(&mut self, pos: u32, epoch: u32, k: &OutKey) -> Option<&mut OutVal> {
+        let pos = pos as usize;
+        if self.out_tab.epoch() != epoch && self.out_tab.key_at(pos) != k {
+            return None;
+        }
+        Some(self.out_tab.val_at_mut(pos))
+    }
+
+    /// A new flow's set-up looks up its mapping and its host next: start both loads.
+    #[inline(always)]
+    pub fn prefetch_setup(&self, realm: &RealmRules, k: &InKey) {
+        let mk = Self::map_key(realm, k.proto, k.in_addr, k.in_port, k.rem_addr, k.rem_port);
+        self.map_in.prefetch(mk.hash());
+        self.host_tab.prefetch(
+            HostKey {
+                realm: k.realm,
+                addr: k.in_addr,
+            }
+            .hash(),
+        );
+    }
+
+    /// Looks a session up from inside; an expired one is removed and not returned.
+    #[inline]
+    pub fn find_in(&mut self, k: &InKey) -> Option<u32> {
+        let v = self.in_tab.get(k)?;
+        let si = v.sess & slot::INDEX;
+        if v.expires > self.now {
+            return Some(si);
+        }
+        self.expire_if_due(si).then_some(si)
+    }
+
+    #[inline]
+    pub fn find_out(&mut self, k: &OutKey) -> Option<u32> {
+        let v = self.out_tab.get(k)?;
+        let si = v.sess & slot::INDEX;
+        if v.expires > self.now {
+            return Some(si);
+        }
+        self.expire_if_due(si).then_some(si)
+    }
+
+    /// The session an inside key names, live or not (no side effects).
+    pub fn session_in(&self, k: &InKey) -> Option<u32> {
+        self.in_tab.get(k).map(|v| v.sess & slot::INDEX)
+    }
+
+    pub fn session_out(&self, k: &OutKey) -> Option<u32> {
+        self.out_tab.get(k).map(|v| v.sess & slot::INDEX)
+    }
+
+    /// A session's real deadline: the latest of its own and its two slots' (the fast path
+    /// refreshes only the slot of the packet's direction).
+    pub fn deadline(&self, si: u32) -> u32 {
+        let s = &self.sessions[si as usize];
+        let a = self.in_tab.get(&s.in_key()).map_or(0, |v| v.expires);
+        let b = self.out_tab.get(&s.out_key()).map_or(0, |v| v.expires);
+        s.expires.max(a).max(b)
+    }
+
+    /// Brings the session and both slots to the real deadline; deletes the session if that
+    /// has passed. True if it lives.
+    fn expire_if_due(&mut self, si: u32) -> bool {
+        let d = self.deadline(si);
+        if d > self.now {
+            self.sessions[si as usize].expires = d;
+            self.publish(si, true);
+            return true;
+        }
+        self.delete_session(si);
+        self.counters.sessions_expired.inc();
+        false
+    }
+
+    /// Copies a session's fast-path flags (from its TCP state and hairpin flag) and, with
+    /// `deadline`, its `expires` into both index slots. The slow path calls this after every
+    /// change it makes, so the fast path never acts on stale state.
+    pub fn publish(&mut self, si: u32, deadline: bool) {
+        let s = self.sessions[si as usize];
+        let tcp = s.proto == PROTO_TCP;
+        let est = if tcp && tcp::is_established(s.tcp) {
+            slot::EST
+        } else {
+            0
+        };
+        let fast_if = |seen: u8| {
+            if !tcp || s.tcp & seen != 0 {
+                slot::FAST
+            } else {
+                0
+            }
+        };
+        let hairpin = s.flags & flags::HAIRPIN != 0;
+        let in_flags = if hairpin { 0 } else { fast_if(tcp::SEEN_OUT) } | est;
+        let out_flags = fast_if(tcp::SEEN_IN) | est;
+        if let Some(v) = self.in_tab.get_mut(&s.in_key()) {
+            v.sess = si | in_flags;
+            if deadline {
+                v.expires = s.expires;
+            }
+        }
+        if let Some(v) = self.out_tab.get_mut(&s.out_key()) {
+            v.sess = si | out_flags;
+            if deadline {
+                v.expires = s.expires;
+            }
+        }
+    }
+
+    /// Deletes expired sessions (looking at no more than `RECLAIM_TRIES` slots) until `enough`.
+    /// Deleting a session may delete its mapping, so callers reclaim before they look up the
+    /// mapping a new session will use, never between that lookup and the session's creation.
+    fn reclaim(&mut self, enough: fn(&Store) -> bool) {
+        for _ in 0..RECLAIM_TRIES.min(self.sessions.len()) {
+            if enough(self) {
+                return;
+            }
+            self.examine_next();
+        }
+    }
+
+    /// When the table is full, reclaims expired sessions so a new one fits. Called before a
+    /// new session's mapping is looked up (see `reclaim`); creation fails later if no slot
+    /// came free.
+    pub fn make_session_room(&mut self) {
+        if self.free_sessions.is_empty() {
+            self.reclaim(|e| !e.free_sessions.is_empty());
+        }
+    }
+
+    fn session_slot(&mut self) -> Option<u32> {
+        self.free_sessions.pop()
+    }
+
+    /// Creates a session; `map` is the mapping it belongs to (NONE for static / 1:1).
+    pub fn create_session(
+        &mut self,
+        realm: &RealmRules,
+        mut s: Session,
+    ) -> Result<u32, DropReason> {
+        let Some(i) = self.session_slot() else {
+            return Err(DropReason::SessionTableFull);
+        };
+        s.created = self.now;
+        s.expires = self.now.saturating_add(Self::timeout(realm, &s));
+        let iv = InVal {
+            sess: i,
+            ext_addr: s.ext_addr,
+            ext_port: s.ext_port,
+            _pad: 0,
+            expires: s.expires,
+        };
+        if self.in_tab.insert(s.in_key(), iv).is_err() {
+            self.free_sessions.push(i);
+            return Err(DropReason::SessionTableFull);
+        }
+        let ov = OutVal {
+            sess: i,
+            in_addr: s.in_addr,
+            in_port: s.in_port,
+            realm: s.realm,
+            expires: s.expires,
+        };
+        if self.out_tab.insert(s.out_key(), ov).is_err() {
+            self.in_tab.remove(&s.in_key());
+            self.free_sessions.push(i);
+            return Err(DropReason::SessionTableFull);
+        }
+        if s.map != NONE {
+            self.maps[s.map as usize].sessions += 1;
+            if realm.filtering == Filtering::AddressDependent {
+                let mp = &mut self.maps[s.map as usize];
+                if mp.rem0_sessions == 0 || mp.rem0 == s.rem_addr {
+                    mp.rem0 = s.rem_addr;
+                    mp.rem0_sessions += 1;
+                } else {
+                    let k = FilterKey {
+                        map: s.map,
+                        rem_addr: s.rem_addr,
+                    };
+                    match self.filt.get_mut(&k) {
+                        Some(c) => *c += 1,
+                        None => {
+                            let _ = self.filt.insert(k, 1);
+                        }
+                    }
+                }
+                s.flags |= flags::FILTER_COUNTED;
+            }
+        }
+        // The slots start with no fast-path flags (safe: the full path handles everything);
+        // the caller publishes them once the first packet has been applied.
+        self.sessions[i as usize] = s;
+        self.counters.sessions_created.inc();
+        Ok(i)
+    }
+
+    /// A session found for an ICMP error, unless it has expired: an expired session the
+    /// sweep has not reached yet is gone all the same, and is left for the sweep (an error
+    /// never deletes a session itself).
+    pub fn live(&self, found: Option<u32>) -> Option<u32> {
+        found.filter(|&i| self.deadline(i) > self.now)
+    }
+
+    /// Creates a session; a mapping created for it alone is removed again if that fails.
+    pub fn create_or_unwind(&mut self, realm: &RealmRules, s: Session) -> Result<u32, DropReason> {
+        let map = s.map;
+        let r = self.create_session(realm, s);
+        if r.is_err() && map != NONE && self.mapping(map).sessions == 0 {
+            self.delete_mapping(map);
+        }
+        r
+    }
+
+    pub fn delete_session(&mut self, i: u32) {
+        let s = self.sessions[i as usize];
+        if s.proto == 0 {
+            return;
+        }
+        self.in_tab.remove(&s.in_key());
+        self.out_tab.remove(&s.out_key());
+        self.sessions[i as usize].proto = 0;
+        self.free_sessions.push(i);
+        if s.map == NONE {
+            return;
+        }
+        if s.flags & flags::FILTER_COUNTED != 0 {
+            // The remote's sessions are counted inline and/or in the table; any place with a
+            // positive count for it may give one back, the sum stays right.
+            let mp = &mut self.maps[s.map as usize];
+            if mp.rem0 == s.rem_addr && mp.rem0_sessions > 0 {
+                mp.rem0_sessions -= 1;
+            } else {
+                let k = FilterKey {
+                    map: s.map,
+                    rem_addr: s.rem_addr,
+                };
+                match self.filt.get_mut(&k) {
+                    Some(c) if *c > 1 => *c -= 1,
+                    _ => {
+                        self.filt.remove(&k);
+                    }
+                }
+            }
+        }
+        let mp = &mut self.maps[s.map as usize];
+        mp.sessions -= 1;
+        if mp.sessions == 0 {
+            self.delete_mapping(s.map);
+        }
+    }
+
+    /// Iterates over live sessions (management plane listing; not for the hot path), each
+    /// with its real deadline in `expires`.
+    pub fn for_each_session(&self, mut f: impl FnMut(&Session)) {
+        for (i, s) in self.sessions.iter().enumerate() {
+            if s.proto == 0 {
+                continue;
+            }
+            let expires = self.deadline(i as u32);
+            if expires > self.now {
+                f(&Session { expires, ..*s })
+            }
+        }
+    }
+
+    /// Removes every session (management command).
+    pub fn clear(&mut self) {
+        for i in 0..self.sessions.len() {
+            if self.sessions[i].proto != 0 {
+                self.delete_session(i as u32);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// Cross-checks every table against the slots (tests only; O(capacity)).
+    pub fn check_invariants(&self) {
+        let live: Vec<u32> = (0..self.sessions.len() as u32)
+            .filter(|&i| self.sessions[i as usize].proto != 0)
+            .collect();
+        assert_eq!(live.len(), self.in_tab.len(), "live sessions vs in_tab");
+        assert_eq!(live.len(), self.out_tab.len(), "live sessions vs out_tab");
+        assert_eq!(
+            live.len() + self.free_sessions.len(),
+            self.sessions.len(),
+            "session slots leaked"
+        );
+        let mut per_map = std::collections::HashMap::<u32, u32>::new();
+        let mut filt = std::collections::HashMap::<(u32, u32), u32>::new();
+        for &i in &live {
+            let s = &self.sessions[i as usize];
+            let iv = self.in_tab.get(&s.in_key()).expect("in_tab entry");
+            let ov = self.out_tab.get(&s.out_key()).expect("out_tab entry");
+            assert_eq!(iv.sess & slot::INDEX, i, "in_tab of {s:?}");
+            assert_eq!(ov.sess & slot::INDEX, i, "out_tab of {s:?}");
+            assert_eq!((iv.ext_addr, iv.ext_port), (s.ext_addr, s.ext_port));
+            assert_eq!(
+                (ov.in_addr, ov.in_port, ov.realm),
+                (s.in_addr, s.in_port, s.realm)
+            );
+            assert!(iv.expires >= s.expires && ov.expires >= s.expires, "{s:?}");
+            if s.map != NONE {
+                let mp = &self.maps[s.map as usize];
+                assert_ne!(mp.proto, 0, "session on a free mapping");
+                assert_eq!((mp.ext_addr, mp.ext_port), (s.ext_addr, s.ext_port));
+                *per_map.entry(s.map).or_default() += 1;
+                if s.flags & flags::FILTER_COUNTED != 0 {
+                    *filt.entry((s.map, s.rem_addr)).or_default() += 1;
+                }
+            }
+        }
+        let live_maps: Vec<u32> = (0..self.maps.len() as u32)
+            .filter(|&i| self.maps[i as usize].proto != 0)
+            .collect();
+        assert_eq!(live_maps.len(), self.map_in.len(), "mappings vs map_in");
+        assert_eq!(live_maps.len(), self.map_out.len(), "mappings vs map_out");
+        assert_eq!(live_maps.len() + self.free_maps.len(), self.maps.len());
+        let mut per_host = std::collections::HashMap::<u32, u32>::new();
+        for &mi in &live_maps {
+            let mp = &self.maps[mi as usize];
+            assert_eq!(self.map_in.get(&mp.key), Some(mi));
+            assert_eq!(
+                mp.sessions,
+                per_map.get(&mi).copied().unwrap_or(0),
+                "mapping session count"
+            );
+            assert!(mp.sessions > 0, "mapping without sessions kept");
+            if mp.rem0_sessions > 0 {
+                let n = filt.get(&(mi, mp.rem0)).copied().unwrap_or(0);
+                assert!(
+                    mp.rem0_sessions <= n,
+                    "inline filter count without sessions"
+                );
+            }
+            *per_host.entry(mp.host).or_default() += 1;
+        }
+        assert_eq!(per_host.len(), self.host_tab.len(), "hosts vs host_tab");
+        assert_eq!(per_host.len() + self.free_hosts.len(), self.hosts.len());
+        for (h, n) in &per_host {
+            assert_eq!(self.hosts[*h as usize].mappings, *n, "host mapping count");
+        }
+        // Per (mapping, remote): the inline count plus the table's is the number of sessions.
+        let mut in_table = 0;
+        for (&(map, rem_addr), &n) in &filt {
+            let mp = &self.maps[map as usize];
+            let inline = if mp.rem0 == rem_addr {
+                mp.rem0_sessions
+            } else {
+                0
+            };
+            assert!(inline <= n, "inline filter count");
+            let k = FilterKey { map, rem_addr };
+            let want = (n > inline).then_some(n - inline);
+            assert_eq!(self.filt.get(&k), want, "filter count");
+            in_table += usize::from(want.is_some());
+        }
+        assert_eq!(in_table, self.filt.len(), "filter entries");
+    }
+}
