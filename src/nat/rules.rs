@@ -129,7 +129,12 @@ pub struct OneToOneRule {
 
 #[derive(Clone, Debug)]
 pub struct RealmRules {
+    /// The realm's stable id and its index in `Rules::realms`: sessions, mappings, hosts and
+    /// fragment scopes name their realm by it.
     pub id: u16,
+    /// A hole: the id of a realm the previous configuration had and this one removed, kept
+    /// for one reload so that no new realm is mistaken for it. Matches no traffic.
+    pub retired: bool,
     pub name: String,
     pub iface: u8,
     pub vlan: Option<u16>,
@@ -150,6 +155,35 @@ pub struct RealmRules {
 }
 
 impl RealmRules {
+    /// The placeholder at a retired id: no prefixes, no pool, on no interface's ingress.
+    fn retired(id: u16) -> RealmRules {
+        RealmRules {
+            id,
+            retired: true,
+            name: String::new(),
+            iface: 0,
+            vlan: None,
+            prefixes: Vec::new(),
+            gateway: None,
+            pool: Vec::new(),
+            routes: Vec::new(),
+            policy: PortPolicy::PreserveThenRandom,
+            port_first: 1024,
+            port_last: 65535,
+            per_host_limit: 0,
+            mapping: Mapping::EndpointIndependent,
+            filtering: Filtering::EndpointIndependent,
+            inbound_refresh: false,
+            hairpinning: false,
+            timeouts: Timeouts {
+                udp: 0,
+                tcp_established: 0,
+                tcp_transitory: 0,
+                icmp: 0,
+            },
+        }
+    }
+
     #[inline]
     pub fn contains(&self, a: u32) -> bool {
         self.prefixes.iter().any(|p| p.contains(Ipv4Addr::from(a)))
@@ -175,6 +209,44 @@ impl RealmRules {
         }
         best.map_or(dst, |(_, via)| via)
     }
+}
+
+/// Realm ids stay below the ids the fragment table uses as scopes and `NO_REALM`.
+pub const MAX_REALM_ID: u16 = u16::MAX - 16;
+
+/// The id of each of `cfg`'s realms, in file order. Without `prev`, a realm's position.
+/// Reloading, a realm `prev` had (matched by name, which the config keeps unique) keeps its
+/// id; a new realm takes the lowest id that no realm of `prev` and no kept realm holds, so a
+/// removed realm's id is not given to a new realm in the same reload (its sessions may
+/// still be about). Bounded: realms are few and ids stay below `MAX_REALM_ID`.
+pub fn realm_ids(cfg: &Config, prev: Option<&Rules>) -> Vec<u16> {
+    let Some(prev) = prev else {
+        return (0..cfg.realms.len() as u16).collect();
+    };
+    let old = |name: &str| {
+        prev.realms
+            .iter()
+            .find(|r| !r.retired && r.name == name)
+            .map(|r| r.id)
+    };
+    let mut taken: Vec<u16> = prev
+        .realms
+        .iter()
+        .filter(|r| !r.retired)
+        .map(|r| r.id)
+        .collect();
+    cfg.realms
+        .iter()
+        .map(|r| {
+            old(&r.name).unwrap_or_else(|| {
+                let id = (0..MAX_REALM_ID)
+                    .find(|i| !taken.contains(i))
+                    .expect("fewer realms than ids");
+                taken.push(id);
+                id
+            })
+        })
+        .collect()
 }
 
 /// Untagged frames use slot 4096 of the per-interface VLAN table.
@@ -253,12 +325,28 @@ pub struct Rules {
 
 impl Rules {
     /// Compiles a validated config. `partition` decides which core owns each external port.
+    /// Realm ids are the realms' positions in the file.
     pub fn new(cfg: &Config, partition: Arc<dyn Partition>) -> Rules {
+        Self::compile(cfg, partition, None)
+    }
+
+    /// Compiles a reloaded config: every realm that `prev` had (by name) keeps its id, so
+    /// sessions and mappings, which name their realm by id, still mean the same realm
+    /// wherever it now stands in the file (see [`realm_ids`]).
+    pub fn reload(cfg: &Config, partition: Arc<dyn Partition>, prev: &Rules) -> Rules {
+        Self::compile(cfg, partition, Some(prev))
+    }
+
+    fn compile(cfg: &Config, partition: Arc<dyn Partition>, prev: Option<&Rules>) -> Rules {
         let cores = partition.cores().max(1);
-        let mut realms = Vec::new();
+        let ids = realm_ids(cfg, prev);
+        let slots = ids.iter().map(|&i| i as usize + 1).max().unwrap_or(0);
+        let mut realms: Vec<RealmRules> =
+            (0..slots).map(|i| RealmRules::retired(i as u16)).collect();
         let mut statics = Vec::new();
         let mut ones = Vec::new();
-        for (ri, r) in cfg.realms.iter().enumerate() {
+        for (r, &id) in cfg.realms.iter().zip(&ids) {
+            let ri = id;
             let iface = cfg
                 .inside
                 .iter()
@@ -266,7 +354,7 @@ impl Rules {
                 .unwrap_or(0) as u8;
             for s in &r.static_mappings {
                 statics.push(StaticRule {
-                    realm: ri as u16,
+                    realm: ri,
                     proto: match s.protocol {
                         config::Protocol::Tcp => PROTO_TCP,
                         config::Protocol::Udp => PROTO_UDP,
@@ -279,13 +367,14 @@ impl Rules {
             }
             for o in &r.one_to_one {
                 ones.push(OneToOneRule {
-                    realm: ri as u16,
+                    realm: ri,
                     ext_addr: u32::from(o.external),
                     in_addr: u32::from(o.internal),
                 });
             }
-            realms.push(RealmRules {
-                id: ri as u16,
+            realms[id as usize] = RealmRules {
+                id: ri,
+                retired: false,
                 name: r.name.clone(),
                 iface,
                 vlan: r.vlan,
@@ -311,7 +400,7 @@ impl Rules {
                 inbound_refresh: r.inbound_refresh,
                 hairpinning: r.hairpinning,
                 timeouts: r.timeouts,
-            });
+            };
         }
         let n_ext: usize =
             realms.iter().map(|r| r.pool.len()).sum::<usize>() + ones.len() + statics.len() + 1;
@@ -379,7 +468,7 @@ impl Rules {
         let mut ingress: Vec<Box<[u16]>> = (0..cfg.inside.len().max(1))
             .map(|_| vec![NO_REALM; UNTAGGED + 1].into_boxed_slice())
             .collect();
-        for r in &realms {
+        for r in realms.iter().filter(|r| !r.retired) {
             ingress[r.iface as usize][r.vlan.map_or(UNTAGGED, |v| v as usize)] = r.id;
         }
         Rules {
