@@ -98,69 +98,18 @@ impl Store {
         let Some(mi) = self.free_maps.pop() else {
             return Err(DropReason::SessionTableFull);
         };
-        let policy = match realm.policy {
-            PortPolicy::PreserveThenRandom => Policy::PreserveThenRandom,
-            PortPolicy::Random => Policy::Random,
-        };
         let pidx = proto_index(key.proto);
-        let alloc = &mut self.ports[realm.id as usize];
-        // Paired pooling (RFC 4787 REQ-2): a host with mappings keeps its address; a new host
-        // starts at an address derived from its own, trying the others only if that one is full.
-        let n = realm.pool.len();
-        let (start, tries) = match host {
-            Some(h) => (self.hosts[h as usize].ext_index as usize, 1),
-            None => ((key.in_addr as usize).wrapping_mul(0x9e37_79b1) % n, n),
-        };
-        let mut got = None;
-        for t in 0..tries {
-            let ai = (start + t) % n;
-            // With a predictable outside RSS, prefer ports whose replies land on our queue.
-            let ext = realm.pool[ai];
-            let core = self.core;
-            let steer = r
-                .rss
-                .as_ref()
-                .filter(|s| r.cores > 1 && s.steers(key.proto));
-            let pref =
-                |p: u16| steer.is_some_and(|s| s.lands_on(core, key.proto, remote, (ext, p)));
-            let prefer: Option<&dyn Fn(u16) -> bool> =
-                if steer.is_some() { Some(&pref) } else { None };
-            if let Some(p) = alloc.alloc(ai, pidx, key.in_port, policy, &mut self.rng, prefer) {
-                got = Some((ai, p));
-                break;
-            }
-        }
-        let Some((ai, port)) = got else {
+        let Some((ai, port)) = self.choose_port(r, realm, &key, host, remote) else {
             self.free_maps.push(mi);
             return Err(DropReason::PortsExhausted);
         };
-        // The external endpoint is known only now. The new mapping and the session about to be
-        // created insert into two more tables at random places: start both loads at once so
-        // their cache misses overlap instead of queueing one after the other.
         let ext_addr = realm.pool[ai];
-        self.map_out.prefetch(
-            MapOutKey {
-                proto: key.proto,
-                port,
-                addr: ext_addr,
-            }
-            .hash(),
-        );
-        self.out_tab.prefetch(
-            OutKey {
-                proto: key.proto,
-                ext_port: port,
-                rem_port: remote.1,
-                ext_addr,
-                rem_addr: remote.0,
-            }
-            .hash(),
-        );
+        self.prefetch_new(&key, (ext_addr, port), remote);
         let h = match host {
             Some(h) => h,
             None => {
                 let Some(h) = self.free_hosts.pop() else {
-                    alloc.release(ai, pidx, port, self.now);
+                    self.ports[realm.id as usize].release(ai, pidx, port, self.now);
                     self.free_maps.push(mi);
                     return Err(DropReason::SessionTableFull);
                 };
@@ -174,20 +123,14 @@ impl Store {
                 h
             }
         };
+        let out = MapOutKey {
+            proto: key.proto,
+            port,
+            addr: ext_addr,
+        };
         let ok = self.map_in.insert(key, mi).is_ok();
-        if !ok
-            || self
-                .map_out
-                .insert(
-                    MapOutKey {
-                        proto: key.proto,
-                        port,
-                        addr: ext_addr,
-                    },
-                    mi,
-                )
-                .is_err()
-        {
+        if !ok || self.map_out.insert(out, mi).is_err() {
+            // Undo in reverse: the inside index, the port, the slot, a host made for it.
             if ok {
                 self.map_in.remove(&key);
             }
@@ -213,6 +156,75 @@ impl Store {
         };
         self.counters.mappings_created.inc();
         Ok(mi)
+    }
+
+    /// The pool address (index) and port of a new mapping. Paired pooling (RFC 4787 REQ-2):
+    /// a host with mappings keeps its address; a new host starts at an address derived from
+    /// its own, trying the others only if that one is full. Within an address the realm's
+    /// port policy decides, preferring, with a predictable outside RSS, ports whose replies
+    /// land on this core's queue.
+    fn choose_port(
+        &mut self,
+        r: &Rules,
+        realm: &RealmRules,
+        key: &MapInKey,
+        host: Option<u32>,
+        remote: (u32, u16),
+    ) -> Option<(usize, u16)> {
+        let policy = match realm.policy {
+            PortPolicy::PreserveThenRandom => Policy::PreserveThenRandom,
+            PortPolicy::Random => Policy::Random,
+        };
+        let pidx = proto_index(key.proto);
+        let alloc = &mut self.ports[realm.id as usize];
+        let n = realm.pool.len();
+        let (start, tries) = match host {
+            Some(h) => (self.hosts[h as usize].ext_index as usize, 1),
+            None => ((key.in_addr as usize).wrapping_mul(0x9e37_79b1) % n, n),
+        };
+        let core = self.core;
+        let steer = r
+            .rss
+            .as_ref()
+            .filter(|s| r.cores > 1 && s.steers(key.proto));
+        for t in 0..tries {
+            let ai = (start + t) % n;
+            let ext = realm.pool[ai];
+            let pref =
+                |p: u16| steer.is_some_and(|s| s.lands_on(core, key.proto, remote, (ext, p)));
+            let prefer: Option<&dyn Fn(u16) -> bool> =
+                if steer.is_some() { Some(&pref) } else { None };
+            if let Some(p) = alloc.alloc(ai, pidx, key.in_port, policy, &mut self.rng, prefer) {
+                return Some((ai, p));
+            }
+        }
+        None
+    }
+
+    /// The external endpoint is known only once the port is chosen. The new mapping and the
+    /// session about to be created insert into two more tables at random places: start both
+    /// loads at once so their cache misses overlap instead of queueing one after the other.
+    #[inline(always)]
+    fn prefetch_new(&self, key: &MapInKey, ext: (u32, u16), remote: (u32, u16)) {
+        let (ext_addr, port) = ext;
+        self.map_out.prefetch(
+            MapOutKey {
+                proto: key.proto,
+                port,
+                addr: ext_addr,
+            }
+            .hash(),
+        );
+        self.out_tab.prefetch(
+            OutKey {
+                proto: key.proto,
+                ext_port: port,
+                rem_port: remote.1,
+                ext_addr,
+                rem_addr: remote.0,
+            }
+            .hash(),
+        );
     }
 
     /// A session's mapping, for out2in filtering.
