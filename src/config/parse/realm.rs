@@ -118,8 +118,16 @@ struct InsideNet<'a> {
 }
 
 impl InsideNet<'_> {
-    fn reachable(&self, a: Ipv4Addr) -> bool {
-        on_link(self.prefixes, a) || self.routes.iter().any(|rt| rt.prefix.contains(a))
+    /// An internal address of a 1:1 or static mapping must be reachable.
+    fn check_reachable(&self, a: Ipv4Addr, field: &str) -> Result<(), ConfigError> {
+        if on_link(self.prefixes, a) || self.routes.iter().any(|rt| rt.prefix.contains(a)) {
+            Ok(())
+        } else {
+            Err(err(
+                field,
+                format!("internal address {a} is not inside the realm's prefixes or routes"),
+            ))
+        }
     }
 }
 
@@ -261,12 +269,7 @@ fn one_to_one(
         }
         let f = format!("{mp}.internal");
         let internal = unicast(required(m.internal.as_deref(), &f)?, &f)?;
-        if !inside_net.reachable(internal) {
-            return Err(err(
-                f,
-                format!("internal address {internal} is not inside the realm's prefixes or routes"),
-            ));
-        }
+        inside_net.check_reachable(internal, &f)?;
         if let Some(k) = one_to_one.iter().position(|o| o.internal == internal) {
             return Err(err(
                 f,
@@ -301,15 +304,7 @@ fn static_mappings(
         }
         let f = format!("{sp}.internal");
         let internal = socket(required(s.internal.as_deref(), &f)?, &f)?;
-        if !inside_net.reachable(*internal.ip()) {
-            return Err(err(
-                f,
-                format!(
-                    "internal address {} is not inside the realm's prefixes or routes",
-                    internal.ip()
-                ),
-            ));
-        }
+        inside_net.check_reachable(*internal.ip(), &f)?;
         // Outbound packets from a statically mapped endpoint use its mapping; two mappings for
         // one internal endpoint would make that choice ambiguous.
         if let Some(k) = static_mappings

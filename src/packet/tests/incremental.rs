@@ -1,20 +1,10 @@
 //! RFC 1624 incremental updates versus full recomputation, bit for bit.
 
+use super::word16;
 use crate::packet::checksum::{self as ck, Delta};
 use crate::packet::*;
 use proptest::prelude::*;
 use std::net::Ipv4Addr;
-
-/// 16-bit values biased toward the one's complement edge cases.
-fn word16() -> impl Strategy<Value = u16> {
-    prop_oneof![
-        Just(0u16),
-        Just(0xFFFF),
-        Just(1),
-        Just(0xFFFE),
-        any::<u16>()
-    ]
-}
 
 fn addr() -> impl Strategy<Value = Ipv4Addr> {
     prop_oneof![

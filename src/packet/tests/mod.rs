@@ -7,3 +7,16 @@ mod fuzz;
 mod golden;
 mod incremental;
 mod ipv4;
+
+use proptest::prelude::*;
+
+/// 16-bit values biased toward the one's complement edge cases (shared with `checksum`'s tests).
+pub(super) fn word16() -> impl Strategy<Value = u16> {
+    prop_oneof![
+        Just(0u16),
+        Just(0xFFFF),
+        Just(1),
+        Just(0xFFFE),
+        any::<u16>()
+    ]
+}
