@@ -1,6 +1,6 @@
 //! Text forms of configuration values and the effective configuration as TOML.
 //!
-//! The keyword tables here are the single source of truth for both directions: `parse.rs` reads
+//! The keyword tables here are the single source of truth for both directions: `parse` reads
 //! them to accept values, this file writes them, so the two cannot drift apart.
 
 use std::fmt::{self, Display, Formatter, Write as _};

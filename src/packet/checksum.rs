@@ -149,6 +149,7 @@ pub fn update32(cksum: u16, old: u32, new: u32) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::packet::tests::word16;
     use proptest::prelude::*;
 
     /// Reference: RFC 1071 word-by-word sum, no tricks.
@@ -235,16 +236,6 @@ mod tests {
         // ~(~HC + ~1 + 2) == 0 when ~HC == 0xFFFE, i.e. HC == 1.
         assert_eq!(d.apply(1), 0);
         assert_eq!(d.apply_udp(1), 0xFFFF);
-    }
-
-    fn word16() -> impl Strategy<Value = u16> {
-        prop_oneof![
-            Just(0u16),
-            Just(0xFFFF),
-            Just(1),
-            Just(0xFFFE),
-            any::<u16>()
-        ]
     }
 
     proptest! {

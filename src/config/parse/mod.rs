@@ -1,0 +1,72 @@
+//! TOML text to a validated [`Config`].
+//!
+//! Two stages: serde reads the text into private `Raw*` structs that mirror the file (every key
+//! optional, every value in its loosest TOML type, unknown keys rejected), then `build` converts
+//! and validates them, so every semantic error carries the exact key path of the offending value
+//! (`realm[1].static[0].external`), and required-key errors use the same paths as the others.
+//!
+//! - `raw`: the file as serde reads it;
+//! - `toml_error`: serde's errors, with the key path found from their spans;
+//! - `values`: scalar values (addresses, prefixes, ranges, ports, names, bounded integers);
+//! - `interfaces`, `dataplane`, `limits`, `control`, `realm`: one builder per section;
+//! - `checks`: what needs more than one section or realm.
+
+mod checks;
+mod control;
+mod dataplane;
+mod interfaces;
+mod limits;
+mod raw;
+mod realm;
+mod toml_error;
+mod values;
+
+use super::ConfigError;
+use super::model::Config;
+use raw::RawConfig;
+use values::required;
+
+pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
+    let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error::serde_error(text, &e))?;
+    build(raw)
+}
+
+fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+/// Section by section (outside, inside, dataplane, sessions, fragments, control, realms), then
+/// the checks across them; the first error wins.
+fn build(raw: RawConfig) -> Result<Config, ConfigError> {
+    let outside = interfaces::build_outside(required(raw.outside, "outside")?)?;
+    let inside = interfaces::build_inside(&raw.inside, &outside)?;
+    let dataplane = dataplane::build_dataplane(raw.dataplane.unwrap_or_default())?;
+    let sessions = limits::build_sessions(raw.sessions.unwrap_or_default())?;
+    let fragments = limits::build_fragments(raw.fragments.unwrap_or_default())?;
+    let control = control::build_control(raw.control.unwrap_or_default())?;
+
+    if raw.realm.is_empty() {
+        return Err(err("realm", "at least one [[realm]] is required"));
+    }
+    let mut realms = Vec::with_capacity(raw.realm.len());
+    for (i, r) in raw.realm.into_iter().enumerate() {
+        let realm = realm::build_realm(i, r, &inside)?;
+        checks::check_against_earlier(i, &realm, &realms)?;
+        realms.push(realm);
+    }
+    checks::check_externals(&outside, &realms)?;
+    checks::check_statics(&realms)?;
+
+    Ok(Config {
+        outside,
+        inside,
+        dataplane,
+        sessions,
+        fragments,
+        control,
+        realms,
+    })
+}
