@@ -21,7 +21,8 @@ use natgw::nat::ports::BlockPartition;
 use natgw::nat::session::{InKey, InVal, tcp};
 use natgw::nat::table::{FlowTable, Key};
 use natgw::nat::{Counters, Egress, Engine, Frame, Ingress, Pkt, Rules, Verdict};
-use natgw::packet::checksum;
+use natgw::packet::ipv4::Protocol;
+use natgw::packet::{checksum, read_u16, read_u32, write_u16, write_u32};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
@@ -37,9 +38,6 @@ const HOSTS: u32 = 1024;
 /// A fixed clock (1000 s): nothing expires during a run, the timeout check still runs.
 const NOW_NS: u64 = 1_000_000_000_000;
 
-const PROTO_ICMP: u8 = 1;
-const PROTO_TCP: u8 = 6;
-const PROTO_UDP: u8 = 17;
 const TCP_ACK: u8 = 0x10;
 const ICMP_ECHO_REPLY: u8 = 0;
 const ICMP_ECHO_REQUEST: u8 = 8;
@@ -148,7 +146,7 @@ struct Chunk([u8; 128]);
 
 #[derive(Clone, Copy, Debug)]
 struct Flow {
-    proto: u8,
+    proto: Protocol,
     src: u32,
     sport: u16,
     dst: u32,
@@ -158,11 +156,11 @@ struct Flow {
 }
 
 /// The `i`-th outbound flow of protocol `proto` (for ICMP, `sport` is the echo identifier).
-fn inside_flow(i: usize, proto: u8) -> Flow {
+fn inside_flow(i: usize, proto: Protocol) -> Flow {
     let i = i as u32;
     let (dport, kind) = match proto {
-        PROTO_TCP => (443, TCP_ACK),
-        PROTO_ICMP => (0, ICMP_ECHO_REQUEST),
+        Protocol::TCP => (443, TCP_ACK),
+        Protocol::ICMP => (0, ICMP_ECHO_REQUEST),
         _ => (443, 0),
     };
     Flow {
@@ -192,19 +190,6 @@ fn shuffled<T: Copy>(v: &[T]) -> Vec<T> {
     v
 }
 
-fn rd16(b: &[u8], o: usize) -> u16 {
-    u16::from_be_bytes([b[o], b[o + 1]])
-}
-fn rd32(b: &[u8], o: usize) -> u32 {
-    u32::from_be_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
-}
-fn wr16(b: &mut [u8], o: usize, v: u16) {
-    b[o..o + 2].copy_from_slice(&v.to_be_bytes());
-}
-fn wr32(b: &mut [u8], o: usize, v: u32) {
-    b[o..o + 4].copy_from_slice(&v.to_be_bytes());
-}
-
 const L3: usize = 14;
 const L4: usize = L3 + 20;
 const L4_LEN: usize = FRAME_LEN - L4;
@@ -214,17 +199,17 @@ fn build(f: &Flow) -> Line {
     let mut b = [0u8; FRAME_LEN];
     b[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x01]);
     b[6..12].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x02]);
-    wr16(&mut b, 12, 0x0800);
+    write_u16(&mut b, 12, 0x0800);
     b[L3] = 0x45;
-    wr16(&mut b, L3 + 2, (FRAME_LEN - L3) as u16);
-    wr16(&mut b, L3 + 4, f.sport ^ 0x5a5a);
-    wr16(&mut b, L3 + 6, 0x4000);
+    write_u16(&mut b, L3 + 2, (FRAME_LEN - L3) as u16);
+    write_u16(&mut b, L3 + 4, f.sport ^ 0x5a5a);
+    write_u16(&mut b, L3 + 6, 0x4000);
     b[L3 + 8] = 64;
-    b[L3 + 9] = f.proto;
-    wr32(&mut b, L3 + 12, f.src);
-    wr32(&mut b, L3 + 16, f.dst);
+    b[L3 + 9] = f.proto.0;
+    write_u32(&mut b, L3 + 12, f.src);
+    write_u32(&mut b, L3 + 16, f.dst);
     let c = checksum::checksum(&b[L3..L4]);
-    wr16(&mut b, L3 + 10, c);
+    write_u16(&mut b, L3 + 10, c);
     for (k, x) in b[L4..].iter_mut().enumerate() {
         *x = k as u8;
     }
@@ -235,35 +220,35 @@ fn build(f: &Flow) -> Line {
         L4_LEN as u16,
     );
     match f.proto {
-        PROTO_UDP => {
-            wr16(&mut b, L4, f.sport);
-            wr16(&mut b, L4 + 2, f.dport);
-            wr16(&mut b, L4 + 4, L4_LEN as u16);
-            wr16(&mut b, L4 + 6, 0);
+        Protocol::UDP => {
+            write_u16(&mut b, L4, f.sport);
+            write_u16(&mut b, L4 + 2, f.dport);
+            write_u16(&mut b, L4 + 4, L4_LEN as u16);
+            write_u16(&mut b, L4 + 6, 0);
             let c = !checksum::fold(pseudo + checksum::sum(&b[L4..]));
-            wr16(&mut b, L4 + 6, if c == 0 { 0xffff } else { c });
+            write_u16(&mut b, L4 + 6, if c == 0 { 0xffff } else { c });
         }
-        PROTO_TCP => {
-            wr16(&mut b, L4, f.sport);
-            wr16(&mut b, L4 + 2, f.dport);
-            wr32(&mut b, L4 + 4, 1000);
-            wr32(&mut b, L4 + 8, 2000);
+        Protocol::TCP => {
+            write_u16(&mut b, L4, f.sport);
+            write_u16(&mut b, L4 + 2, f.dport);
+            write_u32(&mut b, L4 + 4, 1000);
+            write_u32(&mut b, L4 + 8, 2000);
             b[L4 + 12] = 0x50;
             b[L4 + 13] = f.kind;
-            wr16(&mut b, L4 + 14, 65535);
-            wr16(&mut b, L4 + 16, 0);
-            wr16(&mut b, L4 + 18, 0);
+            write_u16(&mut b, L4 + 14, 65535);
+            write_u16(&mut b, L4 + 16, 0);
+            write_u16(&mut b, L4 + 18, 0);
             let c = !checksum::fold(pseudo + checksum::sum(&b[L4..]));
-            wr16(&mut b, L4 + 16, c);
+            write_u16(&mut b, L4 + 16, c);
         }
         _ => {
             b[L4] = f.kind;
             b[L4 + 1] = 0;
-            wr16(&mut b, L4 + 2, 0);
-            wr16(&mut b, L4 + 4, f.sport);
-            wr16(&mut b, L4 + 6, 1);
+            write_u16(&mut b, L4 + 2, 0);
+            write_u16(&mut b, L4 + 4, f.sport);
+            write_u16(&mut b, L4 + 6, 1);
             let c = checksum::checksum(&b[L4..]);
-            wr16(&mut b, L4 + 2, c);
+            write_u16(&mut b, L4 + 2, c);
         }
     }
     Line(b)
@@ -271,14 +256,14 @@ fn build(f: &Flow) -> Line {
 
 /// Reads a frame back; panics (this is a benchmark's self-check) if a checksum is wrong.
 fn parse_checked(b: &[u8]) -> Flow {
-    assert_eq!(rd16(b, 12), 0x0800, "untagged IPv4 expected");
+    assert_eq!(read_u16(b, 12), 0x0800, "untagged IPv4 expected");
     assert_eq!(checksum::checksum(&b[L3..L4]), 0, "IPv4 checksum");
-    let proto = b[L3 + 9];
-    let (src, dst) = (rd32(b, L3 + 12), rd32(b, L3 + 16));
-    let l4 = &b[L4..L3 + rd16(b, L3 + 2) as usize];
+    let proto = Protocol(b[L3 + 9]);
+    let (src, dst) = (read_u32(b, L3 + 12), read_u32(b, L3 + 16));
+    let l4 = &b[L4..L3 + read_u16(b, L3 + 2) as usize];
     let ok = match proto {
-        PROTO_ICMP => checksum::checksum(l4) == 0,
-        _ if proto == PROTO_UDP && rd16(l4, 6) == 0 => true,
+        Protocol::ICMP => checksum::checksum(l4) == 0,
+        _ if proto == Protocol::UDP && read_u16(l4, 6) == 0 => true,
         _ => {
             let p = checksum::pseudo_header_sum(
                 Ipv4Addr::from(src),
@@ -291,9 +276,9 @@ fn parse_checked(b: &[u8]) -> Flow {
     };
     assert!(ok, "transport checksum of a translated frame");
     let (sport, dport, kind) = match proto {
-        PROTO_ICMP => (rd16(l4, 4), 0, l4[0]),
-        PROTO_TCP => (rd16(l4, 0), rd16(l4, 2), l4[13]),
-        _ => (rd16(l4, 0), rd16(l4, 2), 0),
+        Protocol::ICMP => (read_u16(l4, 4), 0, l4[0]),
+        Protocol::TCP => (read_u16(l4, 0), read_u16(l4, 2), l4[13]),
+        _ => (read_u16(l4, 0), read_u16(l4, 2), 0),
     };
     Flow {
         proto,
@@ -307,7 +292,7 @@ fn parse_checked(b: &[u8]) -> Flow {
 
 /// The answer a remote server sends to a translated outbound frame.
 fn reply_to(out: &Flow) -> Flow {
-    if out.proto == PROTO_ICMP {
+    if out.proto == Protocol::ICMP {
         // An echo reply carries the request's identifier, which is `sport` in a `Flow`.
         return Flow {
             src: out.dst,
@@ -475,7 +460,7 @@ fn prime(e: &mut Engine, t: &Templates, ingress: Ingress) -> Vec<Flow> {
                         "dest not translated: {f:?}"
                     );
                     assert_eq!(f.src, orig.src);
-                    if f.proto != PROTO_ICMP {
+                    if f.proto != Protocol::ICMP {
                         // An ICMP identifier is translated back; ports on this side are not.
                         assert_eq!(f.sport, orig.sport);
                     }
@@ -616,7 +601,7 @@ impl Setup {
 
 /// New-session rate: every frame opens a new UDP session in a fresh engine, until `n` exist.
 fn setup_rate(p: &Plan, n: usize, capacity: usize) -> Setup {
-    let flows: Vec<Flow> = (0..n).map(|i| inside_flow(i, PROTO_UDP)).collect();
+    let flows: Vec<Flow> = (0..n).map(|i| inside_flow(i, Protocol::UDP)).collect();
     let t = Templates::new(&flows);
     assert_eq!(
         t.lines.len(),
@@ -674,7 +659,7 @@ fn setup_rate(p: &Plan, n: usize, capacity: usize) -> Setup {
 /// per batch of 64 in two passes (hash + prefetch slot; look up + update).
 fn lookup_reference(p: &Plan, n: usize, capacity: usize) -> (Stat, Stat) {
     let key = |i: usize| {
-        let f = inside_flow(i, PROTO_UDP);
+        let f = inside_flow(i, Protocol::UDP);
         InKey {
             realm: 0,
             proto: f.proto,
@@ -814,7 +799,7 @@ fn main() {
             continue;
         }
         let mut e = new_engine(capacity);
-        let flows: Vec<Flow> = (0..n).map(|i| inside_flow(i, PROTO_UDP)).collect();
+        let flows: Vec<Flow> = (0..n).map(|i| inside_flow(i, Protocol::UDP)).collect();
         let t = Templates::new(&flows);
         let translated = prime(&mut e, &t, Ingress::Inside(0));
         assert_eq!(e.session_count(), n);
@@ -859,9 +844,9 @@ fn main() {
         let flows: Vec<Flow> = (0..n)
             .map(|i| {
                 let proto = match i % 20 {
-                    0..14 => PROTO_UDP,
-                    14..19 => PROTO_TCP,
-                    _ => PROTO_ICMP,
+                    0..14 => Protocol::UDP,
+                    14..19 => Protocol::TCP,
+                    _ => Protocol::ICMP,
                 };
                 inside_flow(i, proto)
             })
@@ -873,7 +858,7 @@ fn main() {
         prime(&mut e, &Templates::new(&replies), Ingress::Outside);
         let mut tcp_sessions = 0;
         e.for_each_session(|s| {
-            if s.proto == PROTO_TCP {
+            if s.proto == Protocol::TCP {
                 assert!(tcp::is_established(s.tcp), "TCP session not established");
                 tcp_sessions += 1;
             }

@@ -600,11 +600,12 @@ pub fn snapshot(engine: &Engine) -> Vec<SessionInfo> {
                 .get(s.realm as usize)
                 .map(|r| r.name.clone())
                 .unwrap_or_default(),
-            proto: s.proto,
+            proto: s.proto.0,
             inside: (Ipv4Addr::from(s.in_addr), s.in_port),
             external: (Ipv4Addr::from(s.ext_addr), s.ext_port),
             remote: (Ipv4Addr::from(s.rem_addr), s.rem_port),
-            tcp_established: s.proto == 6 && crate::nat::session::tcp::is_established(s.tcp),
+            tcp_established: s.proto == crate::packet::ipv4::Protocol::TCP
+                && crate::nat::session::tcp::is_established(s.tcp),
             age_secs: now.saturating_sub(s.created),
             expires_in_secs: s.expires.saturating_sub(now),
             inbound: s.flags & crate::nat::session::flags::INBOUND != 0,

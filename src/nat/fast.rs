@@ -20,7 +20,7 @@ use super::rules::Rules;
 use super::session::{InKey, OutKey, slot};
 use super::table::Key;
 use super::types::{DropReason, Egress, Frame, Ingress, Pkt, Verdict};
-use crate::packet::ipv4::proto::{ICMP as PROTO_ICMP, TCP as PROTO_TCP, UDP as PROTO_UDP};
+use crate::packet::ipv4::Protocol;
 use crate::packet::{ethernet, icmp, read_u16, read_u32, tcp};
 use std::net::Ipv4Addr;
 
@@ -92,15 +92,15 @@ pub(super) fn classify(r: &Rules, p: &Pkt<'_>) -> Prep {
     {
         return Prep::SLOW;
     }
-    let (proto, ttl) = (h[9], h[8]);
+    let (proto, ttl) = (Protocol(h[9]), h[8]);
     let outbound = matches!(p.ingress, Ingress::Inside(_));
     // (source port, destination port, whether the remote port is part of the key, plain)
     let (sport, dport, rem_port, plain) = match proto {
-        PROTO_UDP => {
+        Protocol::UDP => {
             let ok = read_u16(h, 24) >= 8;
             (read_u16(h, 20), read_u16(h, 22), ok, ok)
         }
-        PROTO_TCP => {
+        Protocol::TCP => {
             let Some(t) = ip[..tot].first_chunk::<IP_TCP>() else {
                 return Prep::SLOW;
             };
@@ -110,7 +110,9 @@ pub(super) fn classify(r: &Rules, p: &Pkt<'_>) -> Prep {
             let plain = t[33] & (tcp::flags::SYN | tcp::flags::FIN | tcp::flags::RST) == 0;
             (read_u16(h, 20), read_u16(h, 22), true, plain)
         }
-        PROTO_ICMP if h[20] == icmp::ECHO_REPLY || (outbound && h[20] == icmp::ECHO_REQUEST) => {
+        Protocol::ICMP
+            if h[20] == icmp::ECHO_REPLY || (outbound && h[20] == icmp::ECHO_REQUEST) =>
+        {
             let id = read_u16(h, 24);
             (id, id, false, true)
         }
@@ -210,7 +212,7 @@ pub(super) fn out2in(
         return None;
     }
     // RFC 4787 REQ-6: inbound refresh is the operator's choice; TCP follows its state.
-    if k.proto == PROTO_TCP || realm.inbound_refresh {
+    if k.proto == Protocol::TCP || realm.inbound_refresh {
         v.expires = now.saturating_add(realm.timeout(k.proto, v.sess & slot::EST != 0));
     }
     let in_addr = v.in_addr;

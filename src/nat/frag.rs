@@ -10,6 +10,7 @@ use super::parse::{self, Frag, Meta};
 use super::rewrite::{self, Rewrite, Side};
 use super::table::{FlowTable, Key, hash_words};
 use super::types::*;
+use crate::packet::ipv4::Protocol;
 use std::collections::VecDeque;
 
 /// Scope of fragments arriving from outside; inside scopes are realm ids.
@@ -22,7 +23,7 @@ const HEADROOM: usize = 4;
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct FragKey {
     pub scope: u16,
-    pub proto: u8,
+    pub proto: Protocol,
     pub id: u16,
     pub src: u32,
     pub dst: u32,
@@ -32,14 +33,14 @@ impl Key for FragKey {
     /// A scope no realm and no outside scope uses.
     const EMPTY: FragKey = FragKey {
         scope: u16::MAX - 2,
-        proto: 0,
+        proto: Protocol(0),
         id: 0,
         src: 0,
         dst: 0,
     };
     fn hash(&self) -> u64 {
         hash_words(&[
-            (self.scope as u64) << 32 | (self.proto as u64) << 16 | self.id as u64,
+            (self.scope as u64) << 32 | (self.proto.0 as u64) << 16 | self.id as u64,
             (self.src as u64) << 32 | self.dst as u64,
         ])
     }

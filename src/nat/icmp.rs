@@ -9,7 +9,7 @@ use super::rewrite::{self, Rewrite, Side};
 use super::rules::{RealmRules, Rules};
 use super::session::*;
 use super::types::*;
-use crate::packet::ipv4::proto;
+use crate::packet::ipv4::Protocol;
 use crate::packet::{checksum, icmp, write_u16, write_u32};
 use std::net::Ipv4Addr;
 
@@ -28,7 +28,11 @@ pub(super) fn error_in2out(
         realm: realm.id,
         proto: e.proto,
         in_port: e.dport,
-        rem_port: if e.proto == proto::ICMP { 0 } else { e.sport },
+        rem_port: if e.proto == Protocol::ICMP {
+            0
+        } else {
+            e.sport
+        },
         in_addr: e.dst,
         rem_addr: e.src,
     };
@@ -73,7 +77,11 @@ pub(super) fn error_out2in(
     let key = OutKey {
         proto: e.proto,
         ext_port: e.sport,
-        rem_port: if e.proto == proto::ICMP { 0 } else { e.dport },
+        rem_port: if e.proto == Protocol::ICMP {
+            0
+        } else {
+            e.dport
+        },
         ext_addr: e.src,
         rem_addr: e.dst,
     };
@@ -159,7 +167,7 @@ pub(super) fn time_exceeded(
     write_u16(d, ip + 4, ident);
     write_u16(d, ip + 6, 0);
     d[ip + 8] = 64;
-    d[ip + 9] = proto::ICMP;
+    d[ip + 9] = Protocol::ICMP.0;
     write_u16(d, ip + 10, 0);
     write_u32(d, ip + 12, src);
     write_u32(d, ip + 16, m.src);

@@ -11,7 +11,7 @@ use super::session::*;
 use super::store::{Seen, Store};
 use super::types::*;
 use crate::packet::icmp::{ECHO_REPLY, ECHO_REQUEST};
-use crate::packet::ipv4::proto;
+use crate::packet::ipv4::Protocol;
 use std::net::Ipv4Addr;
 
 /// The full inside-to-outside path: every check, then the session (found or created).
@@ -59,17 +59,17 @@ pub(super) fn in2out(
             .later(f, &m, FragKey::inside(realm.id, &m), now, &cx.counters);
     }
     match m.proto {
-        proto::TCP | proto::UDP => {}
-        proto::ICMP if m.is_icmp_error() => return icmp_error(cx, r, realm, f, m),
-        proto::ICMP if m.icmp_type == ECHO_REQUEST || m.icmp_type == ECHO_REPLY => {}
-        proto::ICMP => return cx.discard(DropReason::IcmpUnsupported),
+        Protocol::TCP | Protocol::UDP => {}
+        Protocol::ICMP if m.is_icmp_error() => return icmp_error(cx, r, realm, f, m),
+        Protocol::ICMP if m.icmp_type == ECHO_REQUEST || m.icmp_type == ECHO_REPLY => {}
+        Protocol::ICMP => return cx.discard(DropReason::IcmpUnsupported),
         _ => return cx.discard(DropReason::UnsupportedProtocol),
     }
     let ext = r.ext_addr(m.dst);
     if let Some(e) = ext
         && e != ExtAddr::Own
         && !matches!(e, ExtAddr::OneToOne { .. })
-        && m.proto == proto::ICMP
+        && m.proto == Protocol::ICMP
         && m.icmp_type == ECHO_REQUEST
     {
         // Pings from inside to natgw's pool addresses are answered directly.
@@ -97,7 +97,7 @@ pub(super) fn in2out(
     }
     let seen = Seen {
         outbound: true,
-        tcp_flags: (m.proto == proto::TCP).then_some(m.tcp_flags),
+        tcp_flags: (m.proto == Protocol::TCP).then_some(m.tcp_flags),
         refresh: true,
     };
     let s = cx.store.track(si, realm, seen);
@@ -208,7 +208,7 @@ fn new_session(
     realm: &RealmRules,
     m: &Meta,
 ) -> Result<u32, DropReason> {
-    if m.proto == proto::ICMP && m.icmp_type != ECHO_REQUEST {
+    if m.proto == Protocol::ICMP && m.icmp_type != ECHO_REQUEST {
         // An echo reply from inside answers an inbound request: it needs its session.
         return Err(DropReason::Unsolicited);
     }
@@ -242,7 +242,7 @@ fn new_session(
 
 /// Answers pings to natgw's inside address; anything else for it belongs to the kernel.
 fn for_own_inside(cx: &mut Ctx, realm: &RealmRules, f: &mut Frame<'_>, m: &Meta) -> Verdict {
-    if m.proto == proto::ICMP && m.icmp_type == ECHO_REQUEST && m.frag == Frag::None {
+    if m.proto == Protocol::ICMP && m.icmp_type == ECHO_REQUEST && m.frag == Frag::None {
         let nh = realm.next_hop(m.src);
         return icmp::echo_reply(cx, f, m, Egress::Inside(realm.iface), nh);
     }

@@ -11,7 +11,7 @@ use super::session::*;
 use super::store::{Seen, Store};
 use super::types::*;
 use crate::packet::icmp::{ECHO_REPLY, ECHO_REQUEST};
-use crate::packet::ipv4::proto;
+use crate::packet::ipv4::Protocol;
 use crate::packet::tcp::flags as tf;
 use std::net::Ipv4Addr;
 
@@ -41,7 +41,7 @@ pub(super) fn out2in(
         return cx.discard(DropReason::NotForUs);
     };
     let echo_request =
-        m.proto == proto::ICMP && m.icmp_type == ECHO_REQUEST && m.frag != Frag::Later;
+        m.proto == Protocol::ICMP && m.icmp_type == ECHO_REQUEST && m.frag != Frag::Later;
     match ext {
         // natgw answers pings to its own and its pool addresses; 1:1 addresses belong to
         // their inside host, which answers itself.
@@ -79,10 +79,10 @@ pub(super) fn out2in(
         return cx.frags.later(f, &m, fkey, now, &cx.counters);
     }
     match m.proto {
-        proto::TCP | proto::UDP => {}
-        proto::ICMP if m.is_icmp_error() => return icmp::error_out2in(cx, r, f, m, hairpin),
-        proto::ICMP if m.icmp_type == ECHO_REPLY || m.icmp_type == ECHO_REQUEST => {}
-        proto::ICMP => return cx.discard(DropReason::IcmpUnsupported),
+        Protocol::TCP | Protocol::UDP => {}
+        Protocol::ICMP if m.is_icmp_error() => return icmp::error_out2in(cx, r, f, m, hairpin),
+        Protocol::ICMP if m.icmp_type == ECHO_REPLY || m.icmp_type == ECHO_REQUEST => {}
+        Protocol::ICMP => return cx.discard(DropReason::IcmpUnsupported),
         _ => return cx.discard(DropReason::UnsupportedProtocol),
     }
     let si = match cx.store.find_out(&key) {
@@ -98,9 +98,9 @@ pub(super) fn out2in(
     let realm = &r.realms[cx.store.session(si).realm as usize];
     let seen = Seen {
         outbound: false,
-        tcp_flags: (m.proto == proto::TCP).then_some(m.tcp_flags),
+        tcp_flags: (m.proto == Protocol::TCP).then_some(m.tcp_flags),
         // RFC 4787 REQ-6: inbound refresh is the operator's choice; TCP follows its state.
-        refresh: m.proto == proto::TCP || realm.inbound_refresh,
+        refresh: m.proto == Protocol::TCP || realm.inbound_refresh,
     };
     let s = cx.store.track(si, realm, seen);
     let rw = Rewrite {
@@ -140,8 +140,8 @@ pub(super) fn out2in(
 /// flows; dynamic mappings only as the realm's filtering allows. Nothing else creates state.
 fn new_session(store: &mut Store, r: &Rules, ext: ExtAddr, m: &Meta) -> Result<u32, DropReason> {
     let opens = match m.proto {
-        proto::TCP => m.tcp_flags & (tf::SYN | tf::ACK | tf::RST) == tf::SYN,
-        proto::ICMP => m.icmp_type == ECHO_REQUEST,
+        Protocol::TCP => m.tcp_flags & (tf::SYN | tf::ACK | tf::RST) == tf::SYN,
+        Protocol::ICMP => m.icmp_type == ECHO_REQUEST,
         _ => true,
     };
     store.make_session_room();
@@ -170,7 +170,7 @@ fn new_session(store: &mut Store, r: &Rules, ext: ExtAddr, m: &Meta) -> Result<u
         ExtAddr::Own => return Err(DropReason::NotForUs),
     };
     if !opens {
-        return Err(if m.proto == proto::TCP {
+        return Err(if m.proto == Protocol::TCP {
             DropReason::TcpInvalid
         } else {
             DropReason::Unsolicited

@@ -7,7 +7,7 @@
 
 use super::types::DropReason;
 use crate::packet::ethernet::ETHERTYPE_IPV4;
-use crate::packet::ipv4::proto;
+use crate::packet::ipv4::Protocol;
 use crate::packet::{
     self, EthernetFrame, IcmpPacket, Ipv4Packet, TcpPacket, UdpPacket, checksum, icmp, tcp,
 };
@@ -27,7 +27,7 @@ pub(crate) struct Meta {
     pub ihl: usize,
     pub tot: usize,
     pub l4: usize,
-    pub proto: u8,
+    pub proto: Protocol,
     pub ttl: u8,
     pub src: u32,
     pub dst: u32,
@@ -43,7 +43,7 @@ pub(crate) struct Meta {
 
 impl Meta {
     pub fn is_icmp_error(&self) -> bool {
-        self.proto == proto::ICMP
+        self.proto == Protocol::ICMP
             && self.frag != Frag::Later
             && matches!(
                 self.icmp_type,
@@ -55,7 +55,7 @@ impl Meta {
     /// queries have none.
     #[inline(always)]
     pub fn rem_port_in(&self) -> u16 {
-        if self.proto == proto::ICMP {
+        if self.proto == Protocol::ICMP {
             0
         } else {
             self.dport
@@ -65,7 +65,7 @@ impl Meta {
     /// The remote port of an outside frame's session key (its source port).
     #[inline(always)]
     pub fn rem_port_out(&self) -> u16 {
-        if self.proto == proto::ICMP {
+        if self.proto == Protocol::ICMP {
             0
         } else {
             self.sport
@@ -126,7 +126,7 @@ pub(crate) fn parse(d: &[u8]) -> Result<Meta, Option<DropReason>> {
     let l4 = ip.payload();
     let bad_l4 = |e| Some(reason(e, DropReason::BadL4Header));
     match m.proto {
-        proto::TCP => {
+        Protocol::TCP => {
             // Only the fixed header is required: options past the datagram are the
             // receiver's problem, and the fast path (which sees 20 bytes) agrees.
             if l4.len() < tcp::MIN_HEADER_LEN {
@@ -138,11 +138,11 @@ pub(crate) fn parse(d: &[u8]) -> Result<Meta, Option<DropReason>> {
             }
             (m.sport, m.dport, m.tcp_flags) = (t.src_port(), t.dst_port(), t.flags());
         }
-        proto::UDP => {
+        Protocol::UDP => {
             let u = UdpPacket::new_checked(l4).map_err(bad_l4)?;
             (m.sport, m.dport) = (u.src_port(), u.dst_port());
         }
-        proto::ICMP => {
+        Protocol::ICMP => {
             let i = IcmpPacket::new_checked(l4).map_err(bad_l4)?;
             m.icmp_type = i.msg_type();
             // The query identifier (meaningless for errors, which are keyed by their quote).
@@ -161,7 +161,7 @@ pub(crate) struct Quote {
     pub ip: usize,
     pub l4: usize,
     pub end: usize,
-    pub proto: u8,
+    pub proto: Protocol,
     pub src: u32,
     pub dst: u32,
     pub sport: u16,
@@ -184,11 +184,11 @@ impl Quote {
         let proto = p.protocol();
         let (sport, dport) = match proto {
             // The quote has 8 bytes of transport: both ports, whatever the header's length.
-            proto::TCP | proto::UDP => {
+            Protocol::TCP | Protocol::UDP => {
                 let u = UdpPacket::new_unchecked(t);
                 (u.src_port(), u.dst_port())
             }
-            proto::ICMP => {
+            Protocol::ICMP => {
                 let i = IcmpPacket::new_unchecked(t);
                 if !i.is_echo() {
                     return Err(DropReason::IcmpUnsupported);
@@ -237,7 +237,7 @@ pub(crate) fn inside_addr_of(d: &[u8], m: &Meta) -> Option<u32> {
 }
 
 /// (protocol, external address, external port) an outside frame is addressed to.
-pub(crate) fn outside_endpoint(d: &[u8], m: &Meta) -> Option<(u8, u32, u16)> {
+pub(crate) fn outside_endpoint(d: &[u8], m: &Meta) -> Option<(Protocol, u32, u16)> {
     if m.frag == Frag::Later {
         return None;
     }

@@ -44,11 +44,24 @@
 //! [`PortAllocator::memory_bytes`] reports the exact figure.
 
 use crate::nat::rng::Rng;
+use crate::packet::ipv4::Protocol;
 use core::mem::size_of;
 
-pub const TCP: usize = 0;
-pub const UDP: usize = 1;
-pub const ICMP: usize = 2;
+/// Index of a protocol in the allocator's per-protocol state: TCP and UDP have port
+/// classes, ICMP query ids one list; other protocols have no ports to allocate.
+const TCP: usize = 0;
+const UDP: usize = 1;
+const ICMP: usize = 2;
+
+#[inline(always)]
+fn index(p: Protocol) -> Option<usize> {
+    match p {
+        Protocol::TCP => Some(TCP),
+        Protocol::UDP => Some(UDP),
+        Protocol::ICMP => Some(ICMP),
+        _ => None,
+    }
+}
 
 /// Which core owns which port. Must be the same function on every core so that the
 /// per-core slices are disjoint and cover the whole space.
@@ -235,15 +248,13 @@ impl PortAllocator {
     pub fn alloc(
         &mut self,
         addr: usize,
-        proto: usize,
+        proto: Protocol,
         inside_port: u16,
         policy: Policy,
         rng: &mut Rng,
         prefer: Option<&dyn Fn(u16) -> bool>,
     ) -> Option<u16> {
-        if addr >= self.n_addrs || proto > ICMP {
-            return None;
-        }
+        let proto = index(proto).filter(|_| addr < self.n_addrs)?;
         let list = class_of(proto, inside_port);
         let b = bucket(proto, list);
         let preserve = match policy {
@@ -281,10 +292,10 @@ impl PortAllocator {
     /// that do not own the port only remember the reservation, so `release` ignores
     /// it. False if the port is already in use, held or reserved, or the arguments are
     /// out of range. Control plane only (may allocate).
-    pub fn reserve(&mut self, addr: usize, proto: usize, port: u16) -> bool {
-        if addr >= self.n_addrs || proto > ICMP {
+    pub fn reserve(&mut self, addr: usize, proto: Protocol, port: u16) -> bool {
+        let Some(proto) = index(proto).filter(|_| addr < self.n_addrs) else {
             return false;
-        }
+        };
         let key = reserved_key(addr, proto, port);
         let Err(at) = self.reserved.binary_search(&key) else {
             return false;
@@ -303,10 +314,10 @@ impl PortAllocator {
 
     /// Removes a static reservation and frees the port immediately. False if it was
     /// not reserved.
-    pub fn unreserve(&mut self, addr: usize, proto: usize, port: u16) -> bool {
-        if addr >= self.n_addrs || proto > ICMP {
+    pub fn unreserve(&mut self, addr: usize, proto: Protocol, port: u16) -> bool {
+        let Some(proto) = index(proto).filter(|_| addr < self.n_addrs) else {
             return false;
-        }
+        };
         let Ok(at) = self
             .reserved
             .binary_search(&reserved_key(addr, proto, port))
@@ -325,11 +336,11 @@ impl PortAllocator {
     /// time. `now_secs` is a monotonic seconds clock (wrapping is handled). Reserved
     /// ports are ignored; releasing a port that is not allocated here (not owned, free,
     /// or already on hold) is ignored and counted in [`bad_release`](Self::bad_release).
-    pub fn release(&mut self, addr: usize, proto: usize, port: u16, now_secs: u32) {
-        if addr >= self.n_addrs || proto > ICMP {
+    pub fn release(&mut self, addr: usize, proto: Protocol, port: u16, now_secs: u32) {
+        let Some(proto) = index(proto).filter(|_| addr < self.n_addrs) else {
             self.bad_release += 1;
             return;
-        }
+        };
         if !self.reserved.is_empty()
             && self
                 .reserved
@@ -392,10 +403,10 @@ impl PortAllocator {
 
     /// Ports of `proto` on `addr` that are in use, on hold or reserved (owned by this
     /// core; all classes).
-    pub fn in_use(&self, addr: usize, proto: usize) -> usize {
-        if addr >= self.n_addrs || proto > ICMP {
+    pub fn in_use(&self, addr: usize, proto: Protocol) -> usize {
+        let Some(proto) = index(proto).filter(|_| addr < self.n_addrs) else {
             return 0;
-        }
+        };
         let bs: &[usize] = if proto == ICMP {
             &[4]
         } else {
@@ -407,10 +418,10 @@ impl PortAllocator {
     }
 
     /// Free ports of one class (`class_low`: the `1..=1023` class; ignored for ICMP).
-    pub fn available(&self, addr: usize, proto: usize, class_low: bool) -> usize {
-        if addr >= self.n_addrs || proto > ICMP {
+    pub fn available(&self, addr: usize, proto: Protocol, class_low: bool) -> usize {
+        let Some(proto) = index(proto).filter(|_| addr < self.n_addrs) else {
             return 0;
-        }
+        };
         let list = if proto == ICMP {
             LIST_ICMP
         } else if class_low {
@@ -438,8 +449,8 @@ impl PortAllocator {
     }
 
     /// Whether this core owns `port` for `proto` (i.e. may ever allocate it).
-    pub fn owns(&self, proto: usize, port: u16) -> bool {
-        proto <= ICMP && self.position(class_of(proto, port), port).is_some()
+    pub fn owns(&self, proto: Protocol, port: u16) -> bool {
+        index(proto).is_some_and(|proto| self.position(class_of(proto, port), port).is_some())
     }
 
     pub fn memory_bytes(&self) -> usize {
@@ -570,24 +581,35 @@ mod tests {
         let mut a = one_core(1024, 65535);
         let mut r = Rng::new(1);
         let pol = Policy::PreserveThenRandom;
-        assert_eq!(a.alloc(0, TCP, 5000, pol, &mut r, None), Some(5000));
-        assert_eq!(a.alloc(0, TCP, 80, pol, &mut r, None), Some(80));
-        assert_eq!(a.alloc(0, ICMP, 77, pol, &mut r, None), Some(77));
+        assert_eq!(
+            a.alloc(0, Protocol::TCP, 5000, pol, &mut r, None),
+            Some(5000)
+        );
+        assert_eq!(a.alloc(0, Protocol::TCP, 80, pol, &mut r, None), Some(80));
+        assert_eq!(a.alloc(0, Protocol::ICMP, 77, pol, &mut r, None), Some(77));
         // Same port again: taken, so a different one in the same class.
-        let p = a.alloc(0, TCP, 5000, pol, &mut r, None).unwrap();
+        let p = a.alloc(0, Protocol::TCP, 5000, pol, &mut r, None).unwrap();
         assert_ne!(p, 5000);
         assert!(p >= 1024);
         // Other protocol and other address are independent spaces.
-        assert_eq!(a.alloc(0, UDP, 5000, pol, &mut r, None), Some(5000));
-        assert_eq!(a.alloc(1, TCP, 5000, pol, &mut r, None), Some(5000));
+        assert_eq!(
+            a.alloc(0, Protocol::UDP, 5000, pol, &mut r, None),
+            Some(5000)
+        );
+        assert_eq!(
+            a.alloc(1, Protocol::TCP, 5000, pol, &mut r, None),
+            Some(5000)
+        );
         // Random policy does not preserve (overwhelmingly likely over 20 tries).
         let hits = (0..20)
-            .filter(|&i| a.alloc(1, UDP, 6000 + i, Policy::Random, &mut r, None) == Some(6000 + i))
+            .filter(|&i| {
+                a.alloc(1, Protocol::UDP, 6000 + i, Policy::Random, &mut r, None) == Some(6000 + i)
+            })
             .count();
         assert!(hits < 2);
         // Inside port outside the configured range is not preserved.
         let mut b = one_core(20000, 30000);
-        let p = b.alloc(0, UDP, 5000, pol, &mut r, None).unwrap();
+        let p = b.alloc(0, Protocol::UDP, 5000, pol, &mut r, None).unwrap();
         assert!((20000..=30000).contains(&p));
     }
 
@@ -597,14 +619,16 @@ mod tests {
         let mut r = Rng::new(2);
         for pol in [Policy::Random, Policy::PreserveThenRandom] {
             for i in 0..500u16 {
-                let lo = a.alloc(0, TCP, 80, pol, &mut r, None).unwrap();
+                let lo = a.alloc(0, Protocol::TCP, 80, pol, &mut r, None).unwrap();
                 assert!((1..=1023).contains(&lo), "{lo}");
-                let hi = a.alloc(0, UDP, 5000 + i, pol, &mut r, None).unwrap();
+                let hi = a
+                    .alloc(0, Protocol::UDP, 5000 + i, pol, &mut r, None)
+                    .unwrap();
                 assert!((20000..=30000).contains(&hi), "{hi}");
             }
         }
-        assert_eq!(a.available(0, TCP, true), 1023 - 1000);
-        assert_eq!(a.available(0, UDP, false), 10001 - 1000);
+        assert_eq!(a.available(0, Protocol::TCP, true), 1023 - 1000);
+        assert_eq!(a.available(0, Protocol::UDP, false), 10001 - 1000);
     }
 
     #[test]
@@ -612,21 +636,31 @@ mod tests {
         let mut a = one_core(20000, 20009);
         let mut r = Rng::new(3);
         for _ in 0..1023 {
-            a.alloc(0, TCP, 22, Policy::Random, &mut r, None).unwrap();
+            a.alloc(0, Protocol::TCP, 22, Policy::Random, &mut r, None)
+                .unwrap();
         }
-        assert_eq!(a.available(0, TCP, true), 0);
-        let p = a.alloc(0, TCP, 22, Policy::Random, &mut r, None).unwrap();
+        assert_eq!(a.available(0, Protocol::TCP, true), 0);
+        let p = a
+            .alloc(0, Protocol::TCP, 22, Policy::Random, &mut r, None)
+            .unwrap();
         assert!((20000..=20009).contains(&p));
         a.set_low_fallback(false);
-        assert_eq!(a.alloc(0, TCP, 22, Policy::Random, &mut r, None), None);
+        assert_eq!(
+            a.alloc(0, Protocol::TCP, 22, Policy::Random, &mut r, None),
+            None
+        );
         // High never falls back to low.
         for _ in 0..9 {
-            a.alloc(0, TCP, 5000, Policy::Random, &mut r, None).unwrap();
+            a.alloc(0, Protocol::TCP, 5000, Policy::Random, &mut r, None)
+                .unwrap();
         }
-        a.release(0, TCP, 80, 0);
+        a.release(0, Protocol::TCP, 80, 0);
         a.tick(1000, usize::MAX);
-        assert_eq!(a.available(0, TCP, true), 1);
-        assert_eq!(a.alloc(0, TCP, 5000, Policy::Random, &mut r, None), None);
+        assert_eq!(a.available(0, Protocol::TCP, true), 1);
+        assert_eq!(
+            a.alloc(0, Protocol::TCP, 5000, Policy::Random, &mut r, None),
+            None
+        );
     }
 
     #[test]
@@ -647,9 +681,9 @@ mod tests {
                         assert!(set.insert(p), "port {p} handed out twice");
                     }
                 };
-                take(UDP, 30001, &mut seen_hi);
-                take(UDP, 53, &mut seen_lo);
-                take(ICMP, 1, &mut seen_icmp);
+                take(Protocol::UDP, 30001, &mut seen_hi);
+                take(Protocol::UDP, 53, &mut seen_lo);
+                take(Protocol::ICMP, 1, &mut seen_icmp);
             }
             // Together the cores hand out exactly the class ranges, each port once.
             assert_eq!(seen_hi, (30000..=31999).collect::<HashSet<u16>>());
@@ -664,34 +698,61 @@ mod tests {
         let mut r = Rng::new(4);
         let mut got = HashSet::new();
         for _ in 0..100 {
-            assert!(got.insert(a.alloc(0, TCP, 5000, Policy::Random, &mut r, None).unwrap()));
+            assert!(
+                got.insert(
+                    a.alloc(0, Protocol::TCP, 5000, Policy::Random, &mut r, None)
+                        .unwrap()
+                )
+            );
         }
-        assert_eq!(a.alloc(0, TCP, 5000, Policy::Random, &mut r, None), None);
         assert_eq!(
-            a.alloc(0, TCP, 40000, Policy::PreserveThenRandom, &mut r, None),
+            a.alloc(0, Protocol::TCP, 5000, Policy::Random, &mut r, None),
             None
         );
-        assert_eq!(a.in_use(0, TCP), 100);
-        assert_eq!(a.available(0, TCP, false), 0);
+        assert_eq!(
+            a.alloc(
+                0,
+                Protocol::TCP,
+                40000,
+                Policy::PreserveThenRandom,
+                &mut r,
+                None
+            ),
+            None
+        );
+        assert_eq!(a.in_use(0, Protocol::TCP), 100);
+        assert_eq!(a.available(0, Protocol::TCP, false), 0);
         // Other spaces unaffected.
         assert!(
-            a.alloc(0, UDP, 5000, Policy::Random, &mut r, None)
+            a.alloc(0, Protocol::UDP, 5000, Policy::Random, &mut r, None)
                 .is_some()
         );
         assert!(
-            a.alloc(1, TCP, 5000, Policy::Random, &mut r, None)
+            a.alloc(1, Protocol::TCP, 5000, Policy::Random, &mut r, None)
                 .is_some()
         );
-        assert!(a.alloc(0, TCP, 80, Policy::Random, &mut r, None).is_some());
+        assert!(
+            a.alloc(0, Protocol::TCP, 80, Policy::Random, &mut r, None)
+                .is_some()
+        );
         // Out-of-range arguments are refused, not panics.
-        assert_eq!(a.alloc(2, TCP, 5000, Policy::Random, &mut r, None), None);
-        assert_eq!(a.alloc(0, 3, 5000, Policy::Random, &mut r, None), None);
+        assert_eq!(
+            a.alloc(2, Protocol::TCP, 5000, Policy::Random, &mut r, None),
+            None
+        );
+        assert_eq!(
+            a.alloc(0, Protocol(3), 5000, Policy::Random, &mut r, None),
+            None
+        );
         // Freeing one makes exactly that one available again.
-        a.release(0, TCP, 40050, 10);
-        assert_eq!(a.alloc(0, TCP, 5000, Policy::Random, &mut r, None), None);
+        a.release(0, Protocol::TCP, 40050, 10);
+        assert_eq!(
+            a.alloc(0, Protocol::TCP, 5000, Policy::Random, &mut r, None),
+            None
+        );
         assert_eq!(a.tick(130, 10), 1);
         assert_eq!(
-            a.alloc(0, TCP, 5000, Policy::Random, &mut r, None),
+            a.alloc(0, Protocol::TCP, 5000, Policy::Random, &mut r, None),
             Some(40050)
         );
     }
@@ -701,25 +762,31 @@ mod tests {
         let mut a = one_core(50000, 50000);
         let mut r = Rng::new(5);
         let pol = Policy::PreserveThenRandom;
-        assert_eq!(a.alloc(0, UDP, 50000, pol, &mut r, None), Some(50000));
-        a.release(0, UDP, 50000, 1000);
+        assert_eq!(
+            a.alloc(0, Protocol::UDP, 50000, pol, &mut r, None),
+            Some(50000)
+        );
+        a.release(0, Protocol::UDP, 50000, 1000);
         assert_eq!(a.held(), 1);
-        assert_eq!(a.in_use(0, UDP), 1);
-        assert_eq!(a.alloc(0, UDP, 50000, pol, &mut r, None), None);
+        assert_eq!(a.in_use(0, Protocol::UDP), 1);
+        assert_eq!(a.alloc(0, Protocol::UDP, 50000, pol, &mut r, None), None);
         assert_eq!(a.tick(1000, 10), 0);
         assert_eq!(a.tick(1119, 10), 0);
-        assert_eq!(a.alloc(0, UDP, 50000, pol, &mut r, None), None);
+        assert_eq!(a.alloc(0, Protocol::UDP, 50000, pol, &mut r, None), None);
         // Double release while held must not queue it twice.
-        a.release(0, UDP, 50000, 1050);
+        a.release(0, Protocol::UDP, 50000, 1050);
         assert_eq!(a.bad_release(), 1);
         assert_eq!(a.tick(1120, 10), 1);
-        assert_eq!(a.in_use(0, UDP), 0);
-        assert_eq!(a.alloc(0, UDP, 50000, pol, &mut r, None), Some(50000));
+        assert_eq!(a.in_use(0, Protocol::UDP), 0);
+        assert_eq!(
+            a.alloc(0, Protocol::UDP, 50000, pol, &mut r, None),
+            Some(50000)
+        );
         // Releasing a free / foreign port is ignored and counted.
-        a.release(0, UDP, 50001, 0);
-        a.release(0, TCP, 50000, 0);
+        a.release(0, Protocol::UDP, 50001, 0);
+        a.release(0, Protocol::TCP, 50000, 0);
         assert_eq!(a.bad_release(), 3);
-        assert_eq!(a.in_use(0, UDP), 1);
+        assert_eq!(a.in_use(0, Protocol::UDP), 1);
     }
 
     #[test]
@@ -728,15 +795,18 @@ mod tests {
         let mut r = Rng::new(6);
         let start = u32::MAX - 50;
         let ports: Vec<u16> = (0..10)
-            .map(|_| a.alloc(0, TCP, 9999, Policy::Random, &mut r, None).unwrap())
+            .map(|_| {
+                a.alloc(0, Protocol::TCP, 9999, Policy::Random, &mut r, None)
+                    .unwrap()
+            })
             .collect();
         for &p in &ports {
-            a.release(0, TCP, p, start);
+            a.release(0, Protocol::TCP, p, start);
         }
         assert_eq!(a.tick(start.wrapping_add(119), 100), 0);
         assert_eq!(a.tick(start.wrapping_add(120), 3), 3);
         assert_eq!(a.tick(start.wrapping_add(200), 100), 7);
-        assert_eq!(a.in_use(0, TCP), 0);
+        assert_eq!(a.in_use(0, Protocol::TCP), 0);
     }
 
     #[test]
@@ -745,15 +815,19 @@ mod tests {
         let mut r = Rng::new(7);
         let pol = Policy::PreserveThenRandom;
         for p in [2000, 2001, 2002] {
-            assert_eq!(a.alloc(0, TCP, p, pol, &mut r, None), Some(p));
-            a.release(0, TCP, p, 0);
+            assert_eq!(a.alloc(0, Protocol::TCP, p, pol, &mut r, None), Some(p));
+            a.release(0, Protocol::TCP, p, 0);
         }
         assert_eq!(a.hold_overflow(), 1);
         assert_eq!(a.held(), 2);
-        assert_eq!(a.in_use(0, TCP), 2);
-        assert_eq!(a.alloc(0, TCP, 2002, pol, &mut r, None), Some(2002));
+        assert_eq!(a.in_use(0, Protocol::TCP), 2);
         assert_eq!(
-            a.alloc(0, TCP, 2000, pol, &mut r, None).map(|p| p != 2000),
+            a.alloc(0, Protocol::TCP, 2002, pol, &mut r, None),
+            Some(2002)
+        );
+        assert_eq!(
+            a.alloc(0, Protocol::TCP, 2000, pol, &mut r, None)
+                .map(|p| p != 2000),
             Some(true)
         );
     }
@@ -762,28 +836,42 @@ mod tests {
     fn reserved_never_handed_out() {
         let mut a = one_core(60000, 60009);
         let mut r = Rng::new(8);
-        assert!(a.reserve(0, UDP, 60003));
-        assert!(!a.reserve(0, UDP, 60003));
-        assert!(a.reserve(0, UDP, 60007));
+        assert!(a.reserve(0, Protocol::UDP, 60003));
+        assert!(!a.reserve(0, Protocol::UDP, 60003));
+        assert!(a.reserve(0, Protocol::UDP, 60007));
         // Ports outside this core's space: remembered, nothing else.
-        assert!(a.reserve(0, UDP, 5000));
-        assert_eq!(a.in_use(0, UDP), 2);
+        assert!(a.reserve(0, Protocol::UDP, 5000));
+        assert_eq!(a.in_use(0, Protocol::UDP), 2);
         let mut got = HashSet::new();
-        while let Some(p) = a.alloc(0, UDP, 60003, Policy::PreserveThenRandom, &mut r, None) {
+        while let Some(p) = a.alloc(
+            0,
+            Protocol::UDP,
+            60003,
+            Policy::PreserveThenRandom,
+            &mut r,
+            None,
+        ) {
             got.insert(p);
         }
         assert_eq!(got.len(), 8);
         assert!(!got.contains(&60003) && !got.contains(&60007));
         // An allocated port cannot be reserved; releasing a reserved one is a no-op.
-        assert!(!a.reserve(0, UDP, 60001));
-        a.release(0, UDP, 60003, 0);
+        assert!(!a.reserve(0, Protocol::UDP, 60001));
+        a.release(0, Protocol::UDP, 60003, 0);
         a.tick(10_000, 100);
-        assert_eq!(a.in_use(0, UDP), 10);
+        assert_eq!(a.in_use(0, Protocol::UDP), 10);
         assert_eq!(a.bad_release(), 0);
-        assert!(a.unreserve(0, UDP, 60003));
-        assert!(!a.unreserve(0, UDP, 60003));
+        assert!(a.unreserve(0, Protocol::UDP, 60003));
+        assert!(!a.unreserve(0, Protocol::UDP, 60003));
         assert_eq!(
-            a.alloc(0, UDP, 60003, Policy::PreserveThenRandom, &mut r, None),
+            a.alloc(
+                0,
+                Protocol::UDP,
+                60003,
+                Policy::PreserveThenRandom,
+                &mut r,
+                None
+            ),
             Some(60003)
         );
     }
@@ -793,11 +881,11 @@ mod tests {
         let part = BlockPartition::new(2);
         // Port 64..127 belong to core 1.
         let mut a = PortAllocator::new(1, 1024, 65535, &part, 0, 120, 16);
-        assert!(!a.owns(TCP, 100));
-        assert!(a.reserve(0, TCP, 100));
-        assert!(!a.reserve(0, TCP, 100));
-        assert_eq!(a.in_use(0, TCP), 0);
-        a.release(0, TCP, 100, 0);
+        assert!(!a.owns(Protocol::TCP, 100));
+        assert!(a.reserve(0, Protocol::TCP, 100));
+        assert!(!a.reserve(0, Protocol::TCP, 100));
+        assert_eq!(a.in_use(0, Protocol::TCP), 0);
+        a.release(0, Protocol::TCP, 100, 0);
         assert_eq!(a.bad_release(), 0);
     }
 
@@ -806,7 +894,10 @@ mod tests {
         let mut a = PortAllocator::new(1, 1024, 65535, &BlockPartition::new(1), 0, 120, 16);
         let mut r = Rng::new(9);
         let v: Vec<u16> = (0..1000)
-            .map(|_| a.alloc(0, UDP, 5000, Policy::Random, &mut r, None).unwrap())
+            .map(|_| {
+                a.alloc(0, Protocol::UDP, 5000, Policy::Random, &mut r, None)
+                    .unwrap()
+            })
             .collect();
         let ups = v.windows(2).filter(|w| w[1] > w[0]).count();
         // A sequential allocator gives 999; random gives about half.
@@ -819,7 +910,7 @@ mod tests {
         let mut r2 = Rng::new(10);
         let w: Vec<u16> = (0..10)
             .map(|_| {
-                b.alloc(0, UDP, 5000, Policy::Random, &mut r2, None)
+                b.alloc(0, Protocol::UDP, 5000, Policy::Random, &mut r2, None)
                     .unwrap()
             })
             .collect();
@@ -834,18 +925,32 @@ mod tests {
         let pred: &dyn Fn(u16) -> bool = &even;
         for _ in 0..500 {
             let p = a
-                .alloc(0, TCP, 7777, Policy::Random, &mut r, Some(pred))
+                .alloc(0, Protocol::TCP, 7777, Policy::Random, &mut r, Some(pred))
                 .unwrap();
             assert!(even(p));
             assert_eq!(BlockPartition::new(2).owner(p), 1);
         }
         // Preservation yields to the preference, but wins when it satisfies it.
         let p = a
-            .alloc(0, UDP, 1089, Policy::PreserveThenRandom, &mut r, Some(pred))
+            .alloc(
+                0,
+                Protocol::UDP,
+                1089,
+                Policy::PreserveThenRandom,
+                &mut r,
+                Some(pred),
+            )
             .unwrap();
         assert!(even(p));
         assert_eq!(
-            a.alloc(0, UDP, 1090, Policy::PreserveThenRandom, &mut r, Some(pred)),
+            a.alloc(
+                0,
+                Protocol::UDP,
+                1090,
+                Policy::PreserveThenRandom,
+                &mut r,
+                Some(pred)
+            ),
             Some(1090)
         );
         // Unsatisfiable predicate: falls back to the preserved port, then any.
@@ -853,7 +958,7 @@ mod tests {
         assert_eq!(
             a.alloc(
                 0,
-                UDP,
+                Protocol::UDP,
                 1091,
                 Policy::PreserveThenRandom,
                 &mut r,
@@ -864,7 +969,7 @@ mod tests {
         assert!(
             a.alloc(
                 0,
-                UDP,
+                Protocol::UDP,
                 1091,
                 Policy::PreserveThenRandom,
                 &mut r,
@@ -877,12 +982,19 @@ mod tests {
         let mut b = PortAllocator::new(1, 1024, 1100, &BlockPartition::new(1), 0, 120, 16);
         let only: &dyn Fn(u16) -> bool = &|p| p == 1050;
         assert_eq!(
-            b.alloc(0, TCP, 5000, Policy::Random, &mut r, Some(only)),
+            b.alloc(0, Protocol::TCP, 5000, Policy::Random, &mut r, Some(only)),
             Some(1050)
         );
         assert_eq!(
-            b.alloc(0, TCP, 1050, Policy::PreserveThenRandom, &mut r, Some(only))
-                .map(|p| p != 1050),
+            b.alloc(
+                0,
+                Protocol::TCP,
+                1050,
+                Policy::PreserveThenRandom,
+                &mut r,
+                Some(only)
+            )
+            .map(|p| p != 1050),
             Some(true)
         );
     }
@@ -906,19 +1018,35 @@ mod tests {
     fn empty_and_degenerate_configs() {
         let mut r = Rng::new(12);
         let mut a = PortAllocator::new(0, 1024, 65535, &BlockPartition::new(1), 0, 120, 0);
-        assert_eq!(a.alloc(0, TCP, 5000, Policy::Random, &mut r, None), None);
+        assert_eq!(
+            a.alloc(0, Protocol::TCP, 5000, Policy::Random, &mut r, None),
+            None
+        );
         let mut b = PortAllocator::new(1, 2000, 1500, &BlockPartition::new(1), 0, 0, 0);
-        assert_eq!(b.available(0, TCP, false), 0);
-        assert_eq!(b.alloc(0, TCP, 5000, Policy::Random, &mut r, None), None);
+        assert_eq!(b.available(0, Protocol::TCP, false), 0);
+        assert_eq!(
+            b.alloc(0, Protocol::TCP, 5000, Policy::Random, &mut r, None),
+            None
+        );
         b.set_low_fallback(false);
-        assert!(b.alloc(0, TCP, 80, Policy::Random, &mut r, None).is_some());
+        assert!(
+            b.alloc(0, Protocol::TCP, 80, Policy::Random, &mut r, None)
+                .is_some()
+        );
         // hold_secs 0: freed at once.
         assert_eq!(
-            b.alloc(0, ICMP, 9, Policy::PreserveThenRandom, &mut r, None),
+            b.alloc(
+                0,
+                Protocol::ICMP,
+                9,
+                Policy::PreserveThenRandom,
+                &mut r,
+                None
+            ),
             Some(9)
         );
-        b.release(0, ICMP, 9, 0);
-        assert_eq!(b.in_use(0, ICMP), 0);
+        b.release(0, Protocol::ICMP, 9, 0);
+        assert_eq!(b.in_use(0, Protocol::ICMP), 0);
         let mut c = PortAllocator::new(
             1,
             1024,
@@ -928,10 +1056,13 @@ mod tests {
             120,
             0,
         );
-        assert_eq!(c.alloc(0, UDP, 5000, Policy::Random, &mut r, None), None);
+        assert_eq!(
+            c.alloc(0, Protocol::UDP, 5000, Policy::Random, &mut r, None),
+            None
+        );
         // First < 1024 is clamped to the high class start.
         let d = PortAllocator::new(1, 10, 2000, &BlockPartition::new(1), 0, 120, 0);
-        assert_eq!(d.available(0, UDP, false), 2000 - 1024 + 1);
+        assert_eq!(d.available(0, Protocol::UDP, false), 2000 - 1024 + 1);
         assert!(d.memory_bytes() > 0);
     }
 

@@ -12,7 +12,7 @@
 use super::parse::{Frag, Meta, Quote};
 use crate::packet::checksum::{self, Delta};
 use crate::packet::icmp;
-use crate::packet::ipv4::proto::{ICMP as PROTO_ICMP, TCP as PROTO_TCP, UDP as PROTO_UDP};
+use crate::packet::ipv4::Protocol;
 use crate::packet::{read_u16, read_u32, write_u16, write_u32};
 
 /// Which endpoint of a packet a rewrite replaces.
@@ -62,14 +62,14 @@ impl Rewrite {
             return;
         }
         match m.proto {
-            PROTO_TCP | PROTO_UDP => {
+            Protocol::TCP | Protocol::UDP => {
                 let po = m.l4 + self.side.port_at();
                 let old_port = read_u16(d, po);
                 write_u16(d, po, self.port);
                 let mut l4 = Delta::new();
                 l4.add32(old_addr, self.addr);
                 l4.add16(old_port, self.port);
-                if m.proto == PROTO_TCP {
+                if m.proto == Protocol::TCP {
                     let c = m.l4 + 16;
                     write_u16(d, c, l4.apply(read_u16(d, c)));
                 } else {
@@ -77,7 +77,7 @@ impl Rewrite {
                     write_u16(d, c, l4.apply_udp(read_u16(d, c)));
                 }
             }
-            PROTO_ICMP => {
+            Protocol::ICMP => {
                 // Query identifier; the ICMP checksum has no pseudo-header.
                 let io = m.l4 + 4;
                 let old_id = read_u16(d, io);
@@ -133,7 +133,7 @@ impl Rewrite {
         write_u16(d, c, new_c);
         icmpd.add16(old_c, new_c);
         match e.proto {
-            PROTO_TCP | PROTO_UDP => {
+            Protocol::TCP | Protocol::UDP => {
                 let po = e.l4 + self.side.port_at();
                 let old_port = read_u16(d, po);
                 write_u16(d, po, port);
@@ -141,10 +141,10 @@ impl Rewrite {
                 let mut l4 = Delta::new();
                 l4.add32(old_addr, addr);
                 l4.add16(old_port, port);
-                let co = e.l4 + if e.proto == PROTO_UDP { 6 } else { 16 };
+                let co = e.l4 + if e.proto == Protocol::UDP { 6 } else { 16 };
                 if co + 2 <= e.end {
                     let old = read_u16(d, co);
-                    let new = if e.proto == PROTO_UDP {
+                    let new = if e.proto == Protocol::UDP {
                         l4.apply_udp(old)
                     } else {
                         l4.apply(old)
@@ -247,15 +247,21 @@ fn patch(b: &mut [u8], at: usize, sum: u32) -> u16 {
 /// the incremental update cannot settle (an ICMP message whose new checksum sums to zero,
 /// which only an all-zero message legitimately has): the full path recomputes it.
 #[inline(always)]
-pub(super) fn plain<const SRC: bool>(ip: &mut [u8], proto: u8, addr: u32, port: u16) -> bool {
+pub(super) fn plain<const SRC: bool>(ip: &mut [u8], proto: Protocol, addr: u32, port: u16) -> bool {
     let ao = if SRC { 12 } else { 16 };
     // An ICMP query's identifier is its "port", in either direction.
     let po = match proto {
-        PROTO_ICMP => 24,
+        Protocol::ICMP => 24,
         _ if SRC => 20,
         _ => 22,
     };
-    if ip.len() < if proto == PROTO_TCP { IP_TCP } else { IP_UDP } {
+    if ip.len()
+        < if proto == Protocol::TCP {
+            IP_TCP
+        } else {
+            IP_UDP
+        }
+    {
         return false;
     }
     let Some(h) = ip.first_chunk_mut::<IP_UDP>() else {
@@ -270,17 +276,17 @@ pub(super) fn plain<const SRC: bool>(ip: &mut [u8], proto: u8, addr: u32, port: 
         (!ne16(h, ao) & 0xffff) + (!ne16(h, ao + 2) & 0xffff) + ne16(&new_a, 0) + ne16(&new_a, 2);
     let port_sum = (!ne16(h, po) & 0xffff) + ne16(&new_p, 0);
     let l4_at = match proto {
-        PROTO_UDP => 26,
-        PROTO_TCP => 36,
+        Protocol::UDP => 26,
+        Protocol::TCP => 36,
         _ => 22,
     };
     // ICMP has no pseudo-header: only the identifier is in its checksum.
-    let l4_sum = if proto == PROTO_ICMP {
+    let l4_sum = if proto == Protocol::ICMP {
         port_sum
     } else {
         addr_sum + port_sum
     };
-    if proto == PROTO_ICMP && !fold32((!ne16(h, l4_at) & 0xffff) + l4_sum) == 0 {
+    if proto == Protocol::ICMP && !fold32((!ne16(h, l4_at) & 0xffff) + l4_sum) == 0 {
         return false;
     }
     // TTL: the word [ttl, protocol] loses 1 in its first byte.
@@ -291,13 +297,13 @@ pub(super) fn plain<const SRC: bool>(ip: &mut [u8], proto: u8, addr: u32, port: 
     h[ao..ao + 4].copy_from_slice(&new_a);
     h[po..po + 2].copy_from_slice(&new_p);
     match proto {
-        PROTO_UDP => {
+        Protocol::UDP => {
             // Zero means "no checksum" and stays zero; a computed zero is sent as 0xFFFF.
             if ne16(h, 26) != 0 && patch(h, 26, l4_sum) == 0 {
                 h[26..28].copy_from_slice(&[0xff, 0xff]);
             }
         }
-        PROTO_TCP => {
+        Protocol::TCP => {
             if let Some(t) = ip.first_chunk_mut::<IP_TCP>() {
                 patch(t, l4_at, l4_sum);
             }
@@ -322,9 +328,9 @@ mod tests {
 
     /// An IPv4 packet (no Ethernet header) of `proto` with all checksums right, from random
     /// field values; `udp_zero` leaves the UDP checksum 0 ("none").
-    fn packet(proto: u8, f: &Fields) -> Vec<u8> {
+    fn packet(proto: Protocol, f: &Fields) -> Vec<u8> {
         let l4 = match proto {
-            PROTO_TCP => 20,
+            Protocol::TCP => 20,
             _ => 8,
         };
         let tot = 20 + l4 + f.payload.len();
@@ -333,14 +339,14 @@ mod tests {
         w16(&mut b, 2, tot as u16);
         w16(&mut b, 4, f.ident);
         b[8] = f.ttl;
-        b[9] = proto;
+        b[9] = proto.0;
         b[12..16].copy_from_slice(&f.src.to_be_bytes());
         b[16..20].copy_from_slice(&f.dst.to_be_bytes());
         let c = checksum::checksum(&b[..20]);
         w16(&mut b, 10, c);
         b[20 + l4..].copy_from_slice(&f.payload);
         match proto {
-            PROTO_ICMP => {
+            Protocol::ICMP => {
                 b[20] = icmp::ECHO_REQUEST;
                 w16(&mut b, 24, f.sport);
                 w16(&mut b, 26, f.seq);
@@ -350,15 +356,15 @@ mod tests {
             _ => {
                 w16(&mut b, 20, f.sport);
                 w16(&mut b, 22, f.dport);
-                if proto == PROTO_TCP {
+                if proto == Protocol::TCP {
                     b[32] = 5 << 4;
                     b[33] = 0x10;
                     w16(&mut b, 24, f.seq);
                 } else {
                     w16(&mut b, 24, (tot - 20) as u16);
                 }
-                let at = if proto == PROTO_TCP { 36 } else { 26 };
-                if !(proto == PROTO_UDP && f.udp_zero) {
+                let at = if proto == Protocol::TCP { 36 } else { 26 };
+                if !(proto == Protocol::UDP && f.udp_zero) {
                     let pseudo = checksum::pseudo_header_sum(
                         f.src.into(),
                         f.dst.into(),
@@ -366,7 +372,7 @@ mod tests {
                         (tot - 20) as u16,
                     );
                     let mut c = !checksum::fold(pseudo + checksum::sum(&b[20..]));
-                    if proto == PROTO_UDP && c == 0 {
+                    if proto == Protocol::UDP && c == 0 {
                         c = 0xffff;
                     }
                     w16(&mut b, at, c);
@@ -435,18 +441,22 @@ mod tests {
             )
     }
 
-    fn proto() -> impl Strategy<Value = u8> {
-        prop_oneof![Just(PROTO_UDP), Just(PROTO_TCP), Just(PROTO_ICMP)]
+    fn proto() -> impl Strategy<Value = Protocol> {
+        prop_oneof![
+            Just(Protocol::UDP),
+            Just(Protocol::TCP),
+            Just(Protocol::ICMP)
+        ]
     }
 
-    fn ok(b: &[u8], proto: u8) -> bool {
+    fn ok(b: &[u8], proto: Protocol) -> bool {
         if checksum::checksum(&b[..20]) != 0 {
             return false;
         }
         let (src, dst) = (read_u32(b, 12), read_u32(b, 16));
         match proto {
-            PROTO_ICMP => checksum::checksum(&b[20..]) == 0,
-            PROTO_UDP if read_u16(b, 26) == 0 => true,
+            Protocol::ICMP => checksum::checksum(&b[20..]) == 0,
+            Protocol::UDP if read_u16(b, 26) == 0 => true,
             _ => {
                 let pseudo = checksum::pseudo_header_sum(
                     src.into(),
@@ -494,7 +504,7 @@ mod tests {
                 prop_assert_eq!(&fast, &generic);
             } else {
                 // Only the ICMP corner is left to the full path, and untouched.
-                prop_assert_eq!(p, PROTO_ICMP);
+                prop_assert_eq!(p, Protocol::ICMP);
                 prop_assert_eq!(&fast, &orig);
             }
             prop_assert!(ok(&generic, p));
@@ -527,12 +537,12 @@ mod tests {
             payload: vec![],
             udp_zero: false,
         };
-        let mut b = packet(PROTO_ICMP, &f);
+        let mut b = packet(Protocol::ICMP, &f);
         b[20] = icmp::ECHO_REPLY;
         b[22..24].copy_from_slice(&[0xff, 0xff]);
-        assert!(ok(&b, PROTO_ICMP));
+        assert!(ok(&b, Protocol::ICMP));
         let orig = b.clone();
-        assert!(!plain::<true>(&mut b, PROTO_ICMP, 0xc000_0201, 0));
+        assert!(!plain::<true>(&mut b, Protocol::ICMP, 0xc000_0201, 0));
         assert_eq!(b, orig);
     }
 }

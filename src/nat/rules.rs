@@ -4,22 +4,9 @@
 use super::ports::Partition;
 use super::table::{FlowTable, Key, hash_words};
 use crate::config::{self, Config, Filtering, Ipv4Net, Mapping, PortPolicy, Timeouts};
+use crate::packet::ipv4::Protocol;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
-
-pub const PROTO_TCP: u8 = 6;
-pub const PROTO_UDP: u8 = 17;
-pub const PROTO_ICMP: u8 = 1;
-
-/// Index of a protocol in per-protocol arrays (port allocator).
-#[inline(always)]
-pub fn proto_index(proto: u8) -> usize {
-    match proto {
-        PROTO_TCP => super::ports::TCP,
-        PROTO_UDP => super::ports::UDP,
-        _ => super::ports::ICMP,
-    }
-}
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct AddrKey(pub u32);
@@ -36,7 +23,7 @@ impl Key for AddrKey {
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub struct EndpointKey {
     pub realm: u16,
-    pub proto: u8,
+    pub proto: Protocol,
     pub port: u16,
     pub addr: u32,
 }
@@ -44,13 +31,13 @@ impl Key for EndpointKey {
     /// Static mappings are TCP or UDP.
     const EMPTY: EndpointKey = EndpointKey {
         realm: 0,
-        proto: 0,
+        proto: Protocol(0),
         port: 0,
         addr: 0,
     };
     fn hash(&self) -> u64 {
         hash_words(&[
-            (self.realm as u64) << 32 | (self.proto as u64) << 16 | self.port as u64,
+            (self.realm as u64) << 32 | (self.proto.0 as u64) << 16 | self.port as u64,
             self.addr as u64,
         ])
     }
@@ -113,7 +100,7 @@ impl ExtAddr {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StaticRule {
     pub realm: u16,
-    pub proto: u8,
+    pub proto: Protocol,
     pub ext_addr: u32,
     pub ext_port: u16,
     pub in_addr: u32,
@@ -190,11 +177,11 @@ impl RealmRules {
     }
     /// The timeout of a session of `proto` (for TCP: established or not).
     #[inline(always)]
-    pub fn timeout(&self, proto: u8, established: bool) -> u32 {
+    pub fn timeout(&self, proto: Protocol, established: bool) -> u32 {
         let t = &self.timeouts;
         match proto {
-            PROTO_UDP => t.udp,
-            PROTO_ICMP => t.icmp,
+            Protocol::UDP => t.udp,
+            Protocol::ICMP => t.icmp,
             _ if established => t.tcp_established,
             _ => t.tcp_transitory,
         }
@@ -270,20 +257,20 @@ pub struct RssSteering {
 impl RssSteering {
     /// Port choice can steer only protocols whose ports the NIC hashes.
     #[inline]
-    pub fn steers(&self, proto: u8) -> bool {
+    pub fn steers(&self, proto: Protocol) -> bool {
         match proto {
-            PROTO_TCP => self.tcp_ports,
-            PROTO_UDP => self.udp_ports,
+            Protocol::TCP => self.tcp_ports,
+            Protocol::UDP => self.udp_ports,
             _ => false,
         }
     }
 
     /// Does the NIC deliver return traffic from `rem` to `ext` on `core`'s queue?
     #[inline]
-    pub fn lands_on(&self, core: usize, proto: u8, rem: (u32, u16), ext: (u32, u16)) -> bool {
+    pub fn lands_on(&self, core: usize, proto: Protocol, rem: (u32, u16), ext: (u32, u16)) -> bool {
         let ports = match proto {
-            PROTO_TCP => self.tcp_ports,
-            PROTO_UDP => self.udp_ports,
+            Protocol::TCP => self.tcp_ports,
+            Protocol::UDP => self.udp_ports,
             _ => false,
         };
         let (sp, dp) = if ports {
@@ -356,8 +343,8 @@ impl Rules {
                 statics.push(StaticRule {
                     realm: ri,
                     proto: match s.protocol {
-                        config::Protocol::Tcp => PROTO_TCP,
-                        config::Protocol::Udp => PROTO_UDP,
+                        config::Protocol::Tcp => Protocol::TCP,
+                        config::Protocol::Udp => Protocol::UDP,
                     },
                     ext_addr: u32::from(*s.external.ip()),
                     ext_port: s.external.port(),
@@ -513,7 +500,7 @@ impl Rules {
     }
 
     #[inline]
-    pub fn static_by_ext(&self, proto: u8, addr: u32, port: u16) -> Option<&StaticRule> {
+    pub fn static_by_ext(&self, proto: Protocol, addr: u32, port: u16) -> Option<&StaticRule> {
         let i = self.static_out.get(&EndpointKey {
             realm: NO_REALM,
             proto,
@@ -524,7 +511,13 @@ impl Rules {
     }
 
     #[inline]
-    pub fn static_by_in(&self, realm: u16, proto: u8, addr: u32, port: u16) -> Option<&StaticRule> {
+    pub fn static_by_in(
+        &self,
+        realm: u16,
+        proto: Protocol,
+        addr: u32,
+        port: u16,
+    ) -> Option<&StaticRule> {
         if self.statics.is_empty() {
             return None;
         }
@@ -559,7 +552,7 @@ impl Rules {
     /// Which core owns traffic arriving for external `addr:port` (port = ICMP id for queries).
     /// None: any core can handle it (natgw's own address).
     #[inline]
-    pub fn outside_owner(&self, proto: u8, addr: u32, port: u16) -> Option<usize> {
+    pub fn outside_owner(&self, proto: Protocol, addr: u32, port: u16) -> Option<usize> {
         if self.cores == 1 {
             return Some(0);
         }

@@ -9,6 +9,7 @@
 //! per slot at the default capacity (`Engine::memory_bytes`; the test `memory_per_session` prints it).
 
 use super::table::{Key, hash_words};
+use crate::packet::ipv4::Protocol;
 
 pub const NONE: u32 = u32::MAX;
 
@@ -25,7 +26,7 @@ pub struct InKey {
     pub in_port: u16,
     pub rem_port: u16,
     pub realm: u16,
-    pub proto: u8,
+    pub proto: Protocol,
 }
 
 impl InKey {
@@ -36,7 +37,7 @@ impl InKey {
             self.in_port as u64
                 | (self.rem_port as u64) << 16
                 | (self.realm as u64) << 32
-                | (self.proto as u64) << 48,
+                | (self.proto.0 as u64) << 48,
         ]
     }
 }
@@ -57,7 +58,7 @@ impl Key for InKey {
     /// Protocol 0: sessions are TCP, UDP or ICMP.
     const EMPTY: InKey = InKey {
         realm: 0,
-        proto: 0,
+        proto: Protocol(0),
         in_port: 0,
         rem_port: 0,
         in_addr: 0,
@@ -78,7 +79,7 @@ pub struct OutKey {
     pub rem_addr: u32,
     pub ext_port: u16,
     pub rem_port: u16,
-    pub proto: u8,
+    pub proto: Protocol,
 }
 
 impl OutKey {
@@ -86,7 +87,7 @@ impl OutKey {
     fn words(&self) -> [u64; 2] {
         [
             self.ext_addr as u64 | (self.rem_addr as u64) << 32,
-            self.ext_port as u64 | (self.rem_port as u64) << 16 | (self.proto as u64) << 32,
+            self.ext_port as u64 | (self.rem_port as u64) << 16 | (self.proto.0 as u64) << 32,
         ]
     }
 }
@@ -104,7 +105,7 @@ impl Eq for OutKey {}
 
 impl Key for OutKey {
     const EMPTY: OutKey = OutKey {
-        proto: 0,
+        proto: Protocol(0),
         ext_port: 0,
         rem_port: 0,
         ext_addr: 0,
@@ -123,20 +124,20 @@ pub type MapInKey = InKey;
 /// A mapping's outside key: (protocol, external address, external port).
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct MapOutKey {
-    pub proto: u8,
+    pub proto: Protocol,
     pub port: u16,
     pub addr: u32,
 }
 
 impl Key for MapOutKey {
     const EMPTY: MapOutKey = MapOutKey {
-        proto: 0,
+        proto: Protocol(0),
         port: 0,
         addr: 0,
     };
     #[inline(always)]
     fn hash(&self) -> u64 {
-        hash_words(&[(self.proto as u64) << 48 | (self.port as u64) << 32 | self.addr as u64])
+        hash_words(&[(self.proto.0 as u64) << 48 | (self.port as u64) << 32 | self.addr as u64])
     }
 }
 
@@ -250,7 +251,11 @@ pub mod slot {
     }
 }
 
-/// A session slot. `proto == 0` marks a free slot.
+/// The protocol of a free session or mapping slot (0, IPv6 hop-by-hop options, is never
+/// translated).
+pub const FREE: Protocol = Protocol(0);
+
+/// A session slot. `proto == FREE` marks a free slot.
 #[derive(Clone, Copy, Debug, Default)]
 #[repr(C)]
 pub struct Session {
@@ -261,7 +266,7 @@ pub struct Session {
     pub ext_port: u16,
     pub rem_port: u16,
     pub realm: u16,
-    pub proto: u8,
+    pub proto: Protocol,
     pub tcp: u8,
     pub flags: u8,
     pub _pad: u8,
@@ -297,14 +302,14 @@ impl Session {
     }
 }
 
-/// A dynamic mapping slot. `proto == 0` marks a free slot.
+/// A dynamic mapping slot. `proto == FREE` marks a free slot.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct MappingSlot {
     pub key: MapInKey,
     pub ext_addr: u32,
     pub ext_port: u16,
     pub ext_index: u16,
-    pub proto: u8,
+    pub proto: Protocol,
     pub sessions: u32,
     pub host: u32,
     /// Address-dependent filtering: sessions to one remote address are counted here, in the

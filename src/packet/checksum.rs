@@ -18,6 +18,7 @@
 //! and TCP/UDP (protocol in the pseudo-header) it cannot; for ICMP it can, and
 //! [`crate::packet::IcmpPacket::update_checksum`] handles it.
 
+use super::ipv4::Protocol;
 use std::net::Ipv4Addr;
 
 /// One's complement sum of `data` as big-endian 16-bit words, a trailing odd
@@ -62,10 +63,10 @@ pub fn checksum(data: &[u8]) -> u16 {
 }
 
 /// Sum of the IPv4 pseudo-header used by TCP and UDP.
-pub fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: u8, l4_len: u16) -> u32 {
+pub fn pseudo_header_sum(src: Ipv4Addr, dst: Ipv4Addr, proto: Protocol, l4_len: u16) -> u32 {
     let s = u32::from(src);
     let d = u32::from(dst);
-    (s >> 16) + (s & 0xFFFF) + (d >> 16) + (d & 0xFFFF) + u32::from(proto) + u32::from(l4_len)
+    (s >> 16) + (s & 0xFFFF) + (d >> 16) + (d & 0xFFFF) + u32::from(proto.0) + u32::from(l4_len)
 }
 
 /// Accumulated difference between old and new 16-bit words of a checksummed
@@ -211,7 +212,7 @@ mod tests {
         let s = pseudo_header_sum(
             Ipv4Addr::new(10, 0, 0, 1),
             Ipv4Addr::new(192, 168, 1, 2),
-            17,
+            Protocol::UDP,
             0x1234,
         );
         assert_eq!(s, 0x0A00 + 0x0001 + 0xC0A8 + 0x0102 + 17 + 0x1234);

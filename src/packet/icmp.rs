@@ -162,7 +162,7 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for IcmpPacket<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::packet::ipv4::proto;
+    use crate::packet::ipv4::Protocol;
 
     fn echo() -> Vec<u8> {
         let mut b = vec![
@@ -230,7 +230,7 @@ mod tests {
         assert!(p.is_error() && !p.is_echo());
         assert!(p.verify_checksum());
         let ip = p.embedded().unwrap();
-        assert_eq!(ip.protocol(), proto::UDP);
+        assert_eq!(ip.protocol(), Protocol::UDP);
         assert_eq!(ip.total_len(), 100);
         assert_eq!(
             ip.payload(),

@@ -5,10 +5,36 @@ use std::net::Ipv4Addr;
 use super::checksum;
 use super::{Error, Result, read_u16, read_u32, write_u16, write_u32};
 
-pub mod proto {
-    pub const ICMP: u8 = 1;
-    pub const TCP: u8 = 6;
-    pub const UDP: u8 = 17;
+/// An IP protocol number (the IPv4 header's protocol field, IANA's registry): the one word
+/// for "protocol" in natgw, from the wire through session keys, port allocation, rules and
+/// the management API. A transparent byte, so keys stay as small as before.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default)]
+#[repr(transparent)]
+pub struct Protocol(pub u8);
+
+impl Protocol {
+    pub const ICMP: Protocol = Protocol(1);
+    pub const TCP: Protocol = Protocol(6);
+    pub const UDP: Protocol = Protocol(17);
+
+    /// Lower-case name as the management API and logs print it; "other" for the rest.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::TCP => "tcp",
+            Protocol::UDP => "udp",
+            Protocol::ICMP => "icmp",
+            _ => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for Protocol {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.name() {
+            "other" => write!(f, "{}", self.0),
+            n => f.write_str(n),
+        }
+    }
 }
 
 pub const MIN_HEADER_LEN: usize = 20;
@@ -128,8 +154,8 @@ impl<T: AsRef<[u8]>> Ipv4Packet<T> {
         self.buffer.as_ref()[field::TTL]
     }
 
-    pub fn protocol(&self) -> u8 {
-        self.buffer.as_ref()[field::PROTOCOL]
+    pub fn protocol(&self) -> Protocol {
+        Protocol(self.buffer.as_ref()[field::PROTOCOL])
     }
 
     pub fn checksum(&self) -> u16 {
@@ -214,8 +240,8 @@ impl<T: AsRef<[u8]> + AsMut<[u8]>> Ipv4Packet<T> {
         write_u16(self.buffer.as_mut(), field::IDENT, v);
     }
 
-    pub fn set_protocol(&mut self, v: u8) {
-        self.buffer.as_mut()[field::PROTOCOL] = v;
+    pub fn set_protocol(&mut self, v: Protocol) {
+        self.buffer.as_mut()[field::PROTOCOL] = v.0;
     }
 
     /// Sets DF, MF and the fragment offset (given in bytes, truncated to a
@@ -255,7 +281,7 @@ impl<T: AsRef<[u8]>> AsRef<[u8]> for Ipv4Packet<T> {
 pub struct Ipv4Repr {
     pub src: Ipv4Addr,
     pub dst: Ipv4Addr,
-    pub protocol: u8,
+    pub protocol: Protocol,
     pub payload_len: u16,
     pub ttl: u8,
     pub ident: u16,

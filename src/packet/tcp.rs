@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use super::checksum;
-use super::ipv4::proto;
+use super::ipv4::Protocol;
 use super::{Error, Result, read_u16, read_u32, write_u16, write_u32};
 
 pub const MIN_HEADER_LEN: usize = 20;
@@ -135,7 +135,7 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         let b = self.buffer.as_ref();
         // A segment cannot exceed 65535 bytes inside IPv4; truncating the
         // length of an oversized buffer just yields a wrong checksum.
-        checksum::pseudo_header_sum(src, dst, proto::TCP, b.len() as u16) + checksum::sum(b)
+        checksum::pseudo_header_sum(src, dst, Protocol::TCP, b.len() as u16) + checksum::sum(b)
     }
 
     pub fn verify_checksum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> bool {

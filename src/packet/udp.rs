@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use super::checksum;
-use super::ipv4::proto;
+use super::ipv4::Protocol;
 use super::{Error, Result, read_u16, write_u16};
 
 pub const HEADER_LEN: usize = 8;
@@ -77,7 +77,7 @@ impl<T: AsRef<[u8]>> UdpPacket<T> {
     /// for a fragment, whose remaining bytes are elsewhere.
     fn full_sum(&self, src: Ipv4Addr, dst: Ipv4Addr) -> u32 {
         let data = &self.buffer.as_ref()[..self.datagram_end()];
-        checksum::pseudo_header_sum(src, dst, proto::UDP, self.len()) + checksum::sum(data)
+        checksum::pseudo_header_sum(src, dst, Protocol::UDP, self.len()) + checksum::sum(data)
     }
 
     /// True if the checksum is correct or absent (zero).
@@ -168,7 +168,7 @@ mod tests {
         // Pick a payload word that makes the one's complement sum 0xFFFF.
         let mut b = vec![0x12, 0x34, 0x56, 0x78, 0x00, 10, 0, 0, 0, 0];
         let rest = checksum::fold(
-            checksum::pseudo_header_sum(SRC, DST, proto::UDP, 10) + checksum::sum(&b),
+            checksum::pseudo_header_sum(SRC, DST, Protocol::UDP, 10) + checksum::sum(&b),
         );
         let w = 0xFFFF - rest; // rest + w == 0xFFFF without carry
         b[8..10].copy_from_slice(&w.to_be_bytes());

@@ -3,12 +3,13 @@
 //! the address-dependent filter, and removing a mapping with its host and port.
 
 use super::super::ports::Policy;
-use super::super::rules::{HostKey, RealmRules, Rules, proto_index};
+use super::super::rules::{HostKey, RealmRules, Rules};
 use super::super::session::*;
 use super::super::table::Key;
 use super::super::types::DropReason;
 use super::Store;
 use crate::config::{Filtering, Mapping, PortPolicy};
+use crate::packet::ipv4::Protocol;
 
 impl Store {
     pub fn delete_mapping(&mut self, mi: u32) {
@@ -19,15 +20,10 @@ impl Store {
             port: mp.ext_port,
             addr: mp.ext_addr,
         });
-        self.maps[mi as usize].proto = 0;
+        self.maps[mi as usize].proto = FREE;
         self.free_maps.push(mi);
         if let Some(p) = self.ports.get_mut(mp.key.realm as usize) {
-            p.release(
-                mp.ext_index as usize,
-                proto_index(mp.proto),
-                mp.ext_port,
-                self.now,
-            );
+            p.release(mp.ext_index as usize, mp.proto, mp.ext_port, self.now);
         }
         let h = &mut self.hosts[mp.host as usize];
         h.mappings -= 1;
@@ -44,7 +40,7 @@ impl Store {
     /// The mapping key of an inside endpoint under the realm's mapping behaviour.
     pub fn map_key(
         realm: &RealmRules,
-        proto: u8,
+        proto: Protocol,
         in_addr: u32,
         in_port: u16,
         rem_addr: u32,
@@ -98,7 +94,7 @@ impl Store {
         let Some(mi) = self.free_maps.pop() else {
             return Err(DropReason::SessionTableFull);
         };
-        let pidx = proto_index(key.proto);
+        let pidx = key.proto;
         let Some((ai, port)) = self.choose_port(r, realm, &key, host, remote) else {
             self.free_maps.push(mi);
             return Err(DropReason::PortsExhausted);
@@ -175,7 +171,7 @@ impl Store {
             PortPolicy::PreserveThenRandom => Policy::PreserveThenRandom,
             PortPolicy::Random => Policy::Random,
         };
-        let pidx = proto_index(key.proto);
+        let pidx = key.proto;
         let alloc = &mut self.ports[realm.id as usize];
         let n = realm.pool.len();
         let (start, tries) = match host {
@@ -228,7 +224,7 @@ impl Store {
     }
 
     /// A session's mapping, for out2in filtering.
-    pub fn mapping_by_ext(&self, proto: u8, addr: u32, port: u16) -> Option<u32> {
+    pub fn mapping_by_ext(&self, proto: Protocol, addr: u32, port: u16) -> Option<u32> {
         self.map_out.get(&MapOutKey { proto, port, addr })
     }
 

@@ -14,12 +14,12 @@ mod mapping;
 use super::counters::Counters;
 use super::ports::PortAllocator;
 use super::rng::Rng;
-use super::rules::{HostKey, RealmRules, Rules, proto_index};
+use super::rules::{HostKey, RealmRules, Rules};
 use super::session::*;
 use super::table::{FlowTable, Key};
 use super::types::DropReason;
 use crate::config::Filtering;
-use crate::packet::ipv4::proto::TCP as PROTO_TCP;
+use crate::packet::ipv4::Protocol;
 use std::sync::Arc;
 
 /// Expired sessions looked at when the table is full before giving up on a new flow.
@@ -105,7 +105,7 @@ impl Store {
                 );
                 for s in rules.statics.iter().filter(|s| s.realm == r.id) {
                     if let Some(i) = r.pool.iter().position(|a| *a == s.ext_addr) {
-                        pa.reserve(i, proto_index(s.proto), s.ext_port);
+                        pa.reserve(i, s.proto, s.ext_port);
                     }
                 }
                 pa
@@ -182,7 +182,7 @@ impl Store {
         let i = self.sweep_cursor;
         self.sweep_cursor = if i + 1 == n { 0 } else { i + 1 };
         let s = &self.sessions[i];
-        if s.proto != 0 && s.expires <= self.now {
+        if s.proto != FREE && s.expires <= self.now {
             self.expire_if_due(i as u32);
         }
     }
@@ -342,7 +342,7 @@ impl Store {
     /// change it makes, so the fast path never acts on stale state.
     pub fn publish(&mut self, si: u32, deadline: bool) {
         let s = self.sessions[si as usize];
-        let tcp = s.proto == PROTO_TCP;
+        let tcp = s.proto == Protocol::TCP;
         let est = if tcp && tcp::is_established(s.tcp) {
             slot::EST
         } else {
@@ -479,12 +479,12 @@ impl Store {
 
     pub fn delete_session(&mut self, i: u32) {
         let s = self.sessions[i as usize];
-        if s.proto == 0 {
+        if s.proto == FREE {
             return;
         }
         self.in_tab.remove(&s.in_key());
         self.out_tab.remove(&s.out_key());
-        self.sessions[i as usize].proto = 0;
+        self.sessions[i as usize].proto = FREE;
         self.free_sessions.push(i);
         if s.map == NONE {
             return;
@@ -519,7 +519,7 @@ impl Store {
     /// with its real deadline in `expires`.
     pub fn for_each_session(&self, mut f: impl FnMut(&Session)) {
         for (i, s) in self.sessions.iter().enumerate() {
-            if s.proto == 0 {
+            if s.proto == FREE {
                 continue;
             }
             let expires = self.deadline(i as u32);
@@ -532,7 +532,7 @@ impl Store {
     /// Removes every session (management command).
     pub fn clear(&mut self) {
         for i in 0..self.sessions.len() {
-            if self.sessions[i].proto != 0 {
+            if self.sessions[i].proto != FREE {
                 self.delete_session(i as u32);
             }
         }
@@ -544,7 +544,7 @@ impl Store {
     /// Cross-checks every table against the slots (tests only; O(capacity)).
     pub fn check_invariants(&self) {
         let live: Vec<u32> = (0..self.sessions.len() as u32)
-            .filter(|&i| self.sessions[i as usize].proto != 0)
+            .filter(|&i| self.sessions[i as usize].proto != FREE)
             .collect();
         assert_eq!(live.len(), self.in_tab.len(), "live sessions vs in_tab");
         assert_eq!(live.len(), self.out_tab.len(), "live sessions vs out_tab");
@@ -569,7 +569,7 @@ impl Store {
             assert!(iv.expires >= s.expires && ov.expires >= s.expires, "{s:?}");
             if s.map != NONE {
                 let mp = &self.maps[s.map as usize];
-                assert_ne!(mp.proto, 0, "session on a free mapping");
+                assert_ne!(mp.proto, FREE, "session on a free mapping");
                 assert_eq!((mp.ext_addr, mp.ext_port), (s.ext_addr, s.ext_port));
                 *per_map.entry(s.map).or_default() += 1;
                 if s.flags & flags::FILTER_COUNTED != 0 {
@@ -578,7 +578,7 @@ impl Store {
             }
         }
         let live_maps: Vec<u32> = (0..self.maps.len() as u32)
-            .filter(|&i| self.maps[i as usize].proto != 0)
+            .filter(|&i| self.maps[i as usize].proto != FREE)
             .collect();
         assert_eq!(live_maps.len(), self.map_in.len(), "mappings vs map_in");
         assert_eq!(live_maps.len(), self.map_out.len(), "mappings vs map_out");

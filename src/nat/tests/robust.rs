@@ -288,7 +288,7 @@ proptest! {
                 let n = (f.len() - 14) as u16;
                 f[16..18].copy_from_slice(&n.to_be_bytes());
                 fix_ip_checksum(&mut f, 14);
-                let s = crate::packet::checksum::pseudo_header_sum(ip(src), ip(dst), 6, n - 20);
+                let s = crate::packet::checksum::pseudo_header_sum(ip(src), ip(dst), crate::packet::ipv4::Protocol::TCP, n - 20);
                 f[14 + 36] = 0; f[14 + 37] = 0;
                 let c = !crate::packet::checksum::fold(s + crate::packet::checksum::sum(&f[34..]));
                 f[14 + 36..14 + 38].copy_from_slice(&c.to_be_bytes());

@@ -389,7 +389,12 @@ pub fn check(d: &[u8]) -> P {
     if iph.fragment_offset.value() != 0 {
         return p;
     }
-    let pseudo = checksum::pseudo_header_sum(p.src, p.dst, p.proto, seg.len() as u16);
+    let pseudo = checksum::pseudo_header_sum(
+        p.src,
+        p.dst,
+        crate::packet::ipv4::Protocol(p.proto),
+        seg.len() as u16,
+    );
     match p.proto {
         17 => {
             p.sport = u16::from_be_bytes([seg[0], seg[1]]);
@@ -487,11 +492,21 @@ fn quoted(q: &[u8]) -> Quoted {
         let dst = ip(h.destination);
         match proto {
             6 => {
-                let s = checksum::pseudo_header_sum(src, dst, 6, t.len() as u16);
+                let s = checksum::pseudo_header_sum(
+                    src,
+                    dst,
+                    crate::packet::ipv4::Protocol::TCP,
+                    t.len() as u16,
+                );
                 assert!(fold_ok(s + checksum::sum(t)), "quoted TCP checksum");
             }
             17 if u16::from_be_bytes([t[6], t[7]]) != 0 => {
-                let s = checksum::pseudo_header_sum(src, dst, 17, t.len() as u16);
+                let s = checksum::pseudo_header_sum(
+                    src,
+                    dst,
+                    crate::packet::ipv4::Protocol::UDP,
+                    t.len() as u16,
+                );
                 assert!(fold_ok(s + checksum::sum(t)), "quoted UDP checksum");
             }
             1 => assert_eq!(checksum::checksum(t), 0, "quoted ICMP checksum"),
@@ -529,7 +544,12 @@ pub fn reassemble_check(frags: &[Vec<u8>]) -> Vec<u8> {
         }
     }
     let p = first.unwrap();
-    let s = checksum::pseudo_header_sum(p.src, p.dst, p.proto, data.len() as u16);
+    let s = checksum::pseudo_header_sum(
+        p.src,
+        p.dst,
+        crate::packet::ipv4::Protocol(p.proto),
+        data.len() as u16,
+    );
     assert!(
         fold_ok(s + checksum::sum(&data)),
         "reassembled transport checksum"

@@ -41,7 +41,7 @@ fn vlan_ipv4_udp() {
     assert_eq!(ip.src_addr().octets(), eh.source);
     assert_eq!(ip.dst_addr().octets(), eh.destination);
     assert_eq!(ip.ttl(), eh.time_to_live);
-    assert_eq!(ip.protocol(), eh.protocol.0);
+    assert_eq!(ip.protocol().0, eh.protocol.0);
     assert_eq!(ip.total_len(), eh.total_len);
     assert_eq!(ip.ident(), eh.identification);
     assert_eq!(ip.dont_frag(), eh.dont_fragment);
@@ -91,7 +91,7 @@ fn ipv4_tcp_with_options() {
     assert_eq!(eth.vlan_id(), None);
     assert_eq!(eth.header_len(), 14);
     let ip = Ipv4Packet::new_checked(eth.payload()).unwrap();
-    assert_eq!(ip.protocol(), ipv4::proto::TCP);
+    assert_eq!(ip.protocol(), ipv4::Protocol::TCP);
     let tcp = TcpPacket::new_checked(ip.payload()).unwrap();
     let (th, rest) = TcpHeader::from_slice(ip.payload()).unwrap();
     assert_eq!(tcp.src_port(), th.source_port);
@@ -259,7 +259,7 @@ proptest! {
         prop_assert_eq!(p.more_frags(), h.more_fragments);
         prop_assert_eq!(p.frag_offset(), h.fragment_offset.value() * 8);
         prop_assert_eq!(p.ttl(), h.time_to_live);
-        prop_assert_eq!(p.protocol(), h.protocol.0);
+        prop_assert_eq!(p.protocol().0, h.protocol.0);
         prop_assert_eq!(p.src_addr().octets(), h.source);
         prop_assert_eq!(p.dst_addr().octets(), h.destination);
         prop_assert_eq!(p.options(), h.options.as_slice());

@@ -202,7 +202,7 @@ proptest! {
             p.set_dst_addr(a);
         }
         if let Some(t) = c.new_ttl {
-            let proto = u16::from(p.protocol());
+            let proto = u16::from(p.protocol().0);
             let (o, n) = ((u16::from(p.ttl()) << 8) | proto, (u16::from(t) << 8) | proto);
             d.add16(o, n);
             chained = ck::update16(chained, o, n);
@@ -228,7 +228,7 @@ proptest! {
         write_u16(&mut b, 2, c.dport);
         write_u16(&mut b, 4, 8 + c.payload.len() as u16);
         b.extend_from_slice(&c.payload);
-        let ph = ck::pseudo_header_sum(c.src, c.dst, ipv4::proto::UDP, b.len() as u16);
+        let ph = ck::pseudo_header_sum(c.src, c.dst, ipv4::Protocol::UDP, b.len() as u16);
         if c.no_cksum {
             write_u16(&mut b, 6, 0);
         } else if let Some(t) = c.start {
@@ -274,7 +274,7 @@ proptest! {
         b.extend_from_slice(&c.rest);
         b[12] = ((b.len() / 4) as u8) << 4 | (b[12] & 0x0F);
         b.extend_from_slice(&c.payload);
-        let ph = ck::pseudo_header_sum(c.src, c.dst, ipv4::proto::TCP, b.len() as u16);
+        let ph = ck::pseudo_header_sum(c.src, c.dst, ipv4::Protocol::TCP, b.len() as u16);
         match c.start {
             Some(t) => force(&mut b, ph, 16, 18, t),
             None => TcpPacket::new_unchecked(&mut b[..]).fill_checksum(c.src, c.dst),
@@ -363,7 +363,7 @@ proptest! {
         let mut q = vec![0u8; ihl + 8];
         q[0] = 0x40 | (ihl / 4) as u8;
         q[8] = 1;
-        q[9] = if udp { ipv4::proto::UDP } else { ipv4::proto::TCP };
+        q[9] = if udp { ipv4::Protocol::UDP.0 } else { ipv4::Protocol::TCP.0 };
         write_u16(&mut q, 2, if udp { ihl as u16 + 8 } else { 1500 });
         write_u32(&mut q, 12, u32::from(isrc));
         write_u32(&mut q, 16, u32::from(idst));
@@ -372,7 +372,7 @@ proptest! {
         write_u16(&mut q, ihl + 2, dport);
         if udp {
             write_u16(&mut q, ihl + 4, 8);
-            let ph = ck::pseudo_header_sum(isrc, idst, ipv4::proto::UDP, 8);
+            let ph = ck::pseudo_header_sum(isrc, idst, ipv4::Protocol::UDP, 8);
             match udp_start {
                 _ if udp_no_cksum => {}
                 // The destination port is the free word here.

@@ -31,7 +31,7 @@ fn fields() {
     assert_eq!(p.frag_offset(), 0);
     assert!(!p.is_fragment());
     assert_eq!(p.ttl(), 64);
-    assert_eq!(p.protocol(), proto::UDP);
+    assert_eq!(p.protocol(), Protocol::UDP);
     assert_eq!(p.src_addr(), Ipv4Addr::new(10, 0, 0, 1));
     assert_eq!(p.dst_addr(), Ipv4Addr::new(192, 168, 1, 2));
     assert_eq!(p.src_u32(), 0x0A00_0001);
@@ -50,7 +50,7 @@ fn setters_round_trip() {
     p.set_src_addr(Ipv4Addr::new(255, 255, 255, 255));
     p.set_dst_addr(Ipv4Addr::new(0, 0, 0, 0));
     p.set_ident(0xFFFF);
-    p.set_protocol(proto::TCP);
+    p.set_protocol(Protocol::TCP);
     p.set_tos(3);
     p.set_frag_fields(false, true, 1480);
     assert!(!p.verify_checksum());
@@ -62,7 +62,7 @@ fn setters_round_trip() {
     assert_eq!(p.src_u32(), 0xFFFF_FFFF);
     assert_eq!(p.dst_u32(), 0);
     assert_eq!(p.ident(), 0xFFFF);
-    assert_eq!(p.protocol(), proto::TCP);
+    assert_eq!(p.protocol(), Protocol::TCP);
     assert_eq!(p.tos(), 3);
     assert!(!p.dont_frag());
     assert!(p.more_frags());
@@ -177,7 +177,7 @@ fn repr_round_trip() {
     let repr = Ipv4Repr {
         src: Ipv4Addr::new(100, 64, 0, 1),
         dst: Ipv4Addr::new(8, 8, 8, 8),
-        protocol: proto::ICMP,
+        protocol: Protocol::ICMP,
         payload_len: 36,
         ttl: 63,
         ident: 0xBEEF,
