@@ -53,8 +53,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::dataplane::bpf::{self, AttachMode};
-use crate::dataplane::{ethtool, sys};
+use natgw_kernel::bpf::{self, AttachMode};
+use natgw_kernel::{ethtool, sys};
 
 /// The gateway's inside interface (natgw's `[[inside]]`).
 pub const GW_INSIDE_IF: &str = "eth-in";

@@ -7,10 +7,10 @@
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use natgw::dataplane::ethtool;
-use natgw::dataplane::netlink::{
+use natgw::dataplane::neigh::NeighTable;
+use natgw_kernel::ethtool;
+use natgw_kernel::netlink::{
     self, NUD_FAILED, NUD_INCOMPLETE, NUD_PERMANENT, NUD_REACHABLE, NeighEvent, NeighSocket,
-    NeighTable,
 };
 
 /// Namespace plumbing private to these tests.

@@ -13,11 +13,11 @@ use std::time::{Duration, Instant};
 
 use std::os::fd::AsFd;
 
-use natgw::dataplane::{bpf, ethtool};
 use natgw::testbed::{
     GW_INSIDE_IF, GW_OUTSIDE_IF, HOST_IF, ROUTER_GW_IF, RawIcmp, SWITCH_UPLINK_IF, Topology,
     TopologySpec, ipv4_payload, run_in_netns,
 };
+use natgw_kernel::{bpf, ethtool};
 
 const TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -269,7 +269,7 @@ fn kernel_nat_two_vlan_tenants_with_the_same_addresses() {
     // field is not 802.1Q, both tenants still reach their gateway.
     let link = run_in_netns(t.gw_ns(), || -> io::Result<_> {
         let prog = bpf::load_xdp_program(&tagged_only_program(), "tagged_only")?;
-        let idx = natgw::dataplane::sys::if_nametoindex(GW_INSIDE_IF)?;
+        let idx = natgw_kernel::sys::if_nametoindex(GW_INSIDE_IF)?;
         bpf::attach_xdp(prog.as_fd(), idx, bpf::AttachMode::Native)
     })
     .unwrap();

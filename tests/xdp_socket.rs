@@ -8,9 +8,10 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use common::{Netns, PacketSocket, inet_checksum, run_in, udp_frame, unique_name, veth_pair};
-use natgw::dataplane::bpf::{AttachMode, Insn, R0, R2, Size, XdpProgram, load_xdp_program};
-use natgw::dataplane::sys;
-use natgw::dataplane::xsk::{Desc, Umem, XskConfig, XskSocket};
+use natgw::dataplane::xdp::XdpProgram;
+use natgw_kernel::bpf::{AttachMode, Insn, R0, R2, Size, load_xdp_program};
+use natgw_kernel::sys;
+use natgw_kernel::xsk::{Desc, Umem, XskConfig, XskSocket};
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -263,14 +264,11 @@ fn program_passes_verifier_and_detaches_on_drop() {
     drop(prog);
     // The trivial pass program loads and attaches too.
     run_in(&p.b, || {
-        let pass = natgw::dataplane::bpf::load_pass_program().unwrap();
+        let pass = natgw_kernel::bpf::load_pass_program().unwrap();
         let idx = sys::if_nametoindex("vb").unwrap();
-        let link = natgw::dataplane::bpf::attach_xdp(
-            std::os::fd::AsFd::as_fd(&pass),
-            idx,
-            AttachMode::Native,
-        )
-        .unwrap();
+        let link =
+            natgw_kernel::bpf::attach_xdp(std::os::fd::AsFd::as_fd(&pass), idx, AttachMode::Native)
+                .unwrap();
         assert!(xdp_state(&p.b, "vb").contains("natgw_pass"));
         drop(link);
     });

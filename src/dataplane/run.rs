@@ -2,16 +2,20 @@
 //! binds one AF_XDP socket per (worker, interface), starts the pinned workers and keeps the
 //! neighbour table current until SIGTERM/SIGINT, then drains and detaches.
 
-use super::bpf::{AttachMode, XdpProgram};
-use super::netlink::{self, LinkInfo, NeighSocket, NeighTable};
+use super::neigh::NeighTable;
+use super::rss::rss_steering;
 use super::worker::{
     Control, DpCounters, HANDOFF_MTU, HandoffFrame, Pool, Port, Worker, WorkerShared,
 };
-use super::xsk::{Umem, XskConfig, XskSocket};
+use super::xdp::XdpProgram;
 use crate::config::{Config, Ipv4Net, PollMode, XdpMode};
 use crate::nat::ports::BlockPartition;
 use crate::nat::{Counters, Engine, Ingress, Rules};
 use crossbeam::queue::ArrayQueue;
+use natgw_kernel::bpf::AttachMode;
+use natgw_kernel::netlink::{self, LinkInfo, NeighSocket};
+use natgw_kernel::xsk::{Umem, XskConfig, XskSocket};
+use natgw_kernel::{ethtool, sys};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,28 +25,7 @@ use std::time::{Duration, Instant};
 /// UMEM chunk size: one Ethernet frame up to 1792 bytes after the kernel's 256-byte headroom.
 pub const FRAME_SIZE: u32 = 2048;
 
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-}
-
-/// Makes SIGTERM and SIGINT request a clean shutdown.
-pub fn install_signal_handlers() {
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: installing an async-signal-safe handler (a single atomic store).
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
-pub fn signalled() -> bool {
-    SIGNALLED.load(Ordering::SeqCst)
-}
+pub use natgw_kernel::signal::{install_signal_handlers, signalled};
 
 /// Overrides from the command line.
 #[derive(Clone, Debug, Default)]
@@ -100,7 +83,7 @@ fn err(msg: String) -> String {
 
 fn link(name: &str, role: &str) -> Result<LinkInfo, String> {
     netlink::link_by_name(name).map_err(|e| {
-        if e.raw_os_error() == Some(libc::ENODEV) || super::sys::errno(&e) == Some(libc::ENODEV) {
+        if sys::errno(&e) == Some(sys::ENODEV) {
             format!("{role} interface '{name}' does not exist")
         } else {
             format!("{role} interface '{name}': {e}")
@@ -131,27 +114,6 @@ pub fn rules_for(cfg: &Config) -> Result<Rules, String> {
     Ok(rules)
 }
 
-/// Reads the outside NIC's RSS key, indirection table and hashed fields (ethtool). None when
-/// the NIC has no RSS (veth) or it is not Toeplitz: handoff then keeps everything correct.
-pub fn rss_steering(ifname: &str, queue_of_core: &[u32]) -> Option<crate::nat::rules::RssSteering> {
-    use super::ethtool::{
-        RXH_L4_B_0_1, RXH_L4_B_2_3, TCP_V4_FLOW, UDP_V4_FLOW, rss_config, rx_flow_hash_fields,
-    };
-    let rss = rss_config(ifname).ok()??.to_rss()?.ok()?;
-    let ports = |flow| {
-        rx_flow_hash_fields(ifname, flow)
-            .ok()
-            .flatten()
-            .is_some_and(|f| f & (RXH_L4_B_0_1 | RXH_L4_B_2_3) == (RXH_L4_B_0_1 | RXH_L4_B_2_3))
-    };
-    Some(crate::nat::rules::RssSteering {
-        rss,
-        tcp_ports: ports(TCP_V4_FLOW),
-        udp_ports: ports(UDP_V4_FLOW),
-        queue_of_core: queue_of_core.to_vec(),
-    })
-}
-
 /// The kernel's VLAN devices `<interface>.<vid>` for the tagged realms on `interface`. The
 /// hosts of a VLAN are the kernel's neighbours on that device (it answers their ARP for the
 /// realm gateway there and can resolve them), never on the untagged parent, and two VLANs
@@ -170,8 +132,7 @@ fn vlan_devices(cfg: &Config, interface: &str) -> Vec<(u16, u32)> {
 
 impl Gateway {
     pub fn start(cfg: &Config, opts: &RunOptions) -> Result<Gateway, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
+        if !sys::is_root() {
             return Err(err(
                 "natgw run needs root (CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW) to attach XDP \
                             programs and open AF_XDP sockets"
@@ -195,7 +156,7 @@ impl Gateway {
                 ));
             }
             for l in std::iter::once(&outside).chain(inside.iter()) {
-                let queues = match super::ethtool::channels(&l.name) {
+                let queues = match ethtool::channels(&l.name) {
                     Ok(Some((rx, _))) if rx > 0 => rx.min(l.num_rx_queues),
                     _ => l.num_rx_queues,
                 };
