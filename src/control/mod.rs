@@ -162,7 +162,7 @@ pub fn stats_json(h: &Handle) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::toeplitz::{DEFAULT_KEY, Rss};
+    use crate::nat::rss::{DEFAULT_KEY, Rss};
     use crate::nat::rules::{RssSteering, Rules};
 
     const CONF: &str = "[outside]\ninterface = \"eth1\"\naddress = \"192.168.1.2\"\n\

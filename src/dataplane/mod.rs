@@ -6,6 +6,5 @@
 pub mod neigh;
 pub mod rss;
 pub mod run;
-pub mod toeplitz;
 pub mod worker;
 pub mod xdp;

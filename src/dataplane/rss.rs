@@ -3,7 +3,7 @@
 //! Toeplitz model that port allocation uses to pick ports whose replies land on the
 //! allocating worker's queue.
 
-use super::toeplitz::{Rss, RssError};
+use crate::nat::rss::{Rss, RssError};
 use crate::nat::rules::RssSteering;
 use natgw_kernel::ethtool::{
     ETH_RSS_HASH_TOP, RXH_L4_B_0_1, RXH_L4_B_2_3, RssConfig, TCP_V4_FLOW, UDP_V4_FLOW, rss_config,
@@ -36,7 +36,7 @@ pub fn rss_steering(ifname: &str, queue_of_core: &[u32]) -> Option<RssSteering> 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::toeplitz::DEFAULT_KEY;
+    use crate::nat::rss::DEFAULT_KEY;
 
     #[test]
     fn to_rss_only_for_toeplitz() {

@@ -10,6 +10,7 @@ mod mem;
 mod out2in;
 pub mod ports;
 pub mod rng;
+pub mod rss;
 pub mod rules;
 pub mod session;
 pub mod table;
