@@ -511,7 +511,6 @@ impl XskSocket {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let fdb = fd.as_fd();
 
-        let same_queue = first.is_some_and(|f| f.ifindex == ifindex && f.queue == queue);
         if first.is_none() {
             setsockopt(
                 fdb,
@@ -521,38 +520,10 @@ impl XskSocket {
             )?;
         }
         // The kernel forbids own fill/completion rings when sharing a queue's pool.
+        let same_queue = first.is_some_and(|f| f.ifindex == ifindex && f.queue == queue);
         let own_umem_rings = !same_queue;
-        if own_umem_rings {
-            setsockopt(
-                fdb,
-                libc::XDP_UMEM_FILL_RING,
-                &size,
-                "setsockopt(XDP_UMEM_FILL_RING)",
-            )?;
-            setsockopt(
-                fdb,
-                libc::XDP_UMEM_COMPLETION_RING,
-                &size,
-                "setsockopt(XDP_UMEM_COMPLETION_RING)",
-            )?;
-        }
-        setsockopt(fdb, libc::XDP_RX_RING, &size, "setsockopt(XDP_RX_RING)")?;
-        setsockopt(fdb, libc::XDP_TX_RING, &size, "setsockopt(XDP_TX_RING)")?;
-
-        // SAFETY: plain C struct, all-zero is valid.
-        let mut off: libc::xdp_mmap_offsets = unsafe { zeroed() };
-        let got = getsockopt(
-            fdb,
-            libc::XDP_MMAP_OFFSETS,
-            &mut off,
-            "getsockopt(XDP_MMAP_OFFSETS)",
-        )?;
-        if got != size_of::<libc::xdp_mmap_offsets>() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "kernel without ring flags (need Linux >= 5.4)",
-            ));
-        }
+        set_ring_sizes(fdb, size, own_umem_rings)?;
+        let off = mmap_offsets(fdb)?;
 
         // The rings must be mapped before bind: afterwards the kernel refuses.
         let rx = Ring::map(fdb, &off.rx, size, libc::XDP_PGOFF_RX_RING as u64, false)?;
@@ -578,31 +549,7 @@ impl XskSocket {
             (None, None)
         };
 
-        // SAFETY: plain C struct, all-zero is valid.
-        let mut sa: libc::sockaddr_xdp = unsafe { zeroed() };
-        sa.sxdp_family = libc::AF_XDP as u16;
-        sa.sxdp_ifindex = ifindex;
-        sa.sxdp_queue_id = queue;
-        let need_wakeup = match first {
-            Some(f) => {
-                // Flags other than XDP_SHARED_UMEM are rejected here: mode and wakeup
-                // behaviour come from the socket that registered the UMEM.
-                sa.sxdp_flags = libc::XDP_SHARED_UMEM;
-                sa.sxdp_shared_umem_fd = f.fd.as_raw_fd() as u32;
-                f.need_wakeup
-            }
-            None => {
-                sa.sxdp_flags = match cfg.copy {
-                    None => 0,
-                    Some(true) => libc::XDP_COPY,
-                    Some(false) => libc::XDP_ZEROCOPY,
-                };
-                if cfg.need_wakeup {
-                    sa.sxdp_flags |= libc::XDP_USE_NEED_WAKEUP;
-                }
-                cfg.need_wakeup
-            }
-        };
+        let (sa, need_wakeup) = bind_address(first, ifindex, queue, cfg);
         bind_retrying(fdb, &sa)?;
 
         Ok(XskSocket {
@@ -825,6 +772,82 @@ impl AsFd for XskSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// Sizes the rx and tx rings and, with `umem_rings`, the fill and completion rings.
+fn set_ring_sizes(fd: BorrowedFd<'_>, size: u32, umem_rings: bool) -> io::Result<()> {
+    if umem_rings {
+        setsockopt(
+            fd,
+            libc::XDP_UMEM_FILL_RING,
+            &size,
+            "setsockopt(XDP_UMEM_FILL_RING)",
+        )?;
+        setsockopt(
+            fd,
+            libc::XDP_UMEM_COMPLETION_RING,
+            &size,
+            "setsockopt(XDP_UMEM_COMPLETION_RING)",
+        )?;
+    }
+    setsockopt(fd, libc::XDP_RX_RING, &size, "setsockopt(XDP_RX_RING)")?;
+    setsockopt(fd, libc::XDP_TX_RING, &size, "setsockopt(XDP_TX_RING)")
+}
+
+/// Where the kernel placed the rings' producer, consumer, flags and descriptors
+/// (`XDP_MMAP_OFFSETS`); refuses kernels whose offsets lack the ring flags.
+fn mmap_offsets(fd: BorrowedFd<'_>) -> io::Result<libc::xdp_mmap_offsets> {
+    // SAFETY: plain C struct, all-zero is valid.
+    let mut off: libc::xdp_mmap_offsets = unsafe { zeroed() };
+    let got = getsockopt(
+        fd,
+        libc::XDP_MMAP_OFFSETS,
+        &mut off,
+        "getsockopt(XDP_MMAP_OFFSETS)",
+    )?;
+    if got != size_of::<libc::xdp_mmap_offsets>() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "kernel without ring flags (need Linux >= 5.4)",
+        ));
+    }
+    Ok(off)
+}
+
+/// The address to bind a socket to `queue` of `ifindex`, and whether it uses need-wakeup.
+/// A socket sharing `first`'s UMEM inherits copy mode and need-wakeup from it.
+fn bind_address(
+    first: Option<&XskSocket>,
+    ifindex: u32,
+    queue: u32,
+    cfg: &XskConfig,
+) -> (libc::sockaddr_xdp, bool) {
+    // SAFETY: plain C struct, all-zero is valid.
+    let mut sa: libc::sockaddr_xdp = unsafe { zeroed() };
+    sa.sxdp_family = libc::AF_XDP as u16;
+    sa.sxdp_ifindex = ifindex;
+    sa.sxdp_queue_id = queue;
+    let need_wakeup = match first {
+        Some(f) => {
+            // Flags other than XDP_SHARED_UMEM are rejected here: mode and wakeup
+            // behaviour come from the socket that registered the UMEM.
+            sa.sxdp_flags = libc::XDP_SHARED_UMEM;
+            sa.sxdp_shared_umem_fd = f.fd.as_raw_fd() as u32;
+            f.need_wakeup
+        }
+        None => {
+            sa.sxdp_flags = match cfg.copy {
+                None => 0,
+                Some(true) => libc::XDP_COPY,
+                Some(false) => libc::XDP_ZEROCOPY,
+            };
+            if cfg.need_wakeup {
+                sa.sxdp_flags |= libc::XDP_USE_NEED_WAKEUP;
+            }
+            cfg.need_wakeup
+        }
+    };
+    (sa, need_wakeup)
 }
 
 /// bind(2), retrying EBUSY for up to [`BIND_BUSY_RETRY`]: the kernel releases a queue
