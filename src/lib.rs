@@ -6,7 +6,5 @@
 pub mod config;
 pub mod control;
 pub mod dataplane;
-pub mod lab;
 pub mod nat;
 pub mod packet;
-pub mod testbed;

@@ -66,18 +66,19 @@ fn main() -> ExitCode {
             workers,
             keep_config,
         } => {
-            let opts = natgw::lab::LabOptions {
+            use natgw_testbed::lab::{self, LabError, LabOptions};
+            let opts = LabOptions {
                 hosts,
                 workers,
                 tcp_bytes: 20 << 20,
                 keep_config,
             };
-            match natgw::lab::run(&opts) {
+            match lab::run(&opts, |c| natgw::config::parse(c).map(drop)) {
                 Ok(()) => {
                     println!("\nlab: all traffic went through natgw as expected");
                     ExitCode::SUCCESS
                 }
-                Err(e) if e == "interrupted" => {
+                Err(LabError::Interrupted) => {
                     eprintln!("\nlab: interrupted; everything it created was removed");
                     ExitCode::from(130)
                 }

@@ -1,5 +1,5 @@
 //! End-to-end tests of issue 3: the real `natgw` binary runs in the gateway namespace of a
-//! testbed topology (src/testbed.rs) and every packet comes from the kernels' own stacks:
+//! testbed topology (crates/testbed) and every packet comes from the kernels' own stacks:
 //! sockets opened inside the host and server namespaces, never frames the tests craft.
 //!
 //! Each test has its own topology tag, so tests run in parallel. natgw is stopped with
@@ -8,8 +8,6 @@
 //!
 //! Needs root and the `ip` command. Without them each test prints a skip notice and passes,
 //! except under `CI=true` where a missing prerequisite is a failure.
-
-mod common;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -24,8 +22,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use natgw::lab::api_get;
-use natgw::testbed::{RawIcmp, Topology, TopologySpec, ipv4_payload, run_in_netns};
+use natgw_testbed::lab::api_get;
+use natgw_testbed::{RawIcmp, Topology, TopologySpec, ipv4_payload, run_in_netns};
 
 const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
 /// natgw's HTTP API inside the gateway namespace (the configuration default).
@@ -36,7 +34,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(5);
 // Prerequisites, natgw process and topology guard
 // ---------------------------------------------------------------------------------------
 
-use common::prerequisites;
+use natgw_testbed::netns::prerequisites;
 
 /// One natgw process, started with `ip netns exec <gw> natgw run --config <file>`; its stderr
 /// goes to a file so that it can be read at any time without blocking the process.
@@ -278,7 +276,7 @@ impl Drop for Lab {
 }
 
 // ---------------------------------------------------------------------------------------
-// natgw's API (natgw::lab::api_get) and just enough JSON
+// natgw's API (natgw_testbed::lab::api_get) and just enough JSON
 // ---------------------------------------------------------------------------------------
 
 /// The number after `"key":` in `json`.

@@ -7,66 +7,22 @@
 use std::net::{Ipv4Addr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use natgw::dataplane::ethtool;
-use natgw::dataplane::netlink::{
+use natgw::dataplane::neigh::NeighTable;
+use natgw_kernel::ethtool;
+use natgw_kernel::netlink::{
     self, NUD_FAILED, NUD_INCOMPLETE, NUD_PERMANENT, NUD_REACHABLE, NeighEvent, NeighSocket,
-    NeighTable,
 };
 
-/// Namespace plumbing private to these tests.
-mod netns {
-    use std::fs::File;
-    use std::os::fd::AsRawFd;
-    use std::process::Command;
+/// The veth pair these tests run on, built with the test bench's namespace helpers.
+mod pair {
+    use natgw_testbed::netns::{ip, mac_str, run_in_netns};
+    use std::io;
     use std::sync::atomic::{AtomicU32, Ordering};
-
-    /// Whether the test can run; panics under CI=true when it cannot.
-    pub fn available(test: &str) -> bool {
-        let reason = if unsafe { libc::geteuid() } != 0 {
-            Some("not root".to_string())
-        } else {
-            match Command::new("ip").arg("-V").output() {
-                Ok(o) if o.status.success() => None,
-                Ok(o) => Some(format!("`ip -V` failed: {}", o.status)),
-                Err(e) => Some(format!("iproute2 `ip` not runnable: {e}")),
-            }
-        };
-        match reason {
-            None => true,
-            Some(r) if std::env::var("CI").as_deref() == Ok("true") => {
-                panic!("{test}: prerequisite missing under CI: {r}")
-            }
-            Some(r) => {
-                eprintln!("skipping {test}: {r}");
-                false
-            }
-        }
-    }
-
-    pub fn ip(args: &[&str]) -> Result<(), String> {
-        let out = Command::new("ip")
-            .args(args)
-            .output()
-            .map_err(|e| format!("ip {args:?}: {e}"))?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(format!(
-                "ip {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            ))
-        }
-    }
 
     pub const MAC_A: [u8; 6] = [0x02, 0x4e, 0x4c, 0, 0, 0x01];
     pub const MAC_B: [u8; 6] = [0x02, 0x4e, 0x4c, 0, 0, 0x02];
     pub const IP_A: [u8; 4] = [10, 211, 0, 1];
     pub const IP_B: [u8; 4] = [10, 211, 0, 2];
-
-    pub fn mac_str(m: [u8; 6]) -> String {
-        m.map(|b| format!("{b:02x}")).join(":")
-    }
 
     /// Two namespaces joined by a veth: `if_a` (IP_A/24, MAC_A) in `ns_a`, `if_b`
     /// (IP_B/24, MAC_B) in `ns_b`. Dropping it deletes both namespaces, and with them
@@ -80,7 +36,7 @@ mod netns {
     }
 
     impl Pair {
-        pub fn new(rx_queues: u32, tx_queues: u32, mtu: u32) -> Result<Pair, String> {
+        pub fn new(rx_queues: u32, tx_queues: u32, mtu: u32) -> io::Result<Pair> {
             static NEXT: AtomicU32 = AtomicU32::new(0);
             let id = format!(
                 "{:x}{}",
@@ -119,24 +75,10 @@ mod netns {
             Ok(p)
         }
 
-        /// Runs `f` on a fresh thread that joined `ns`: the test runner's threads never
+        /// Runs `f` on a fresh thread that joined `ns_a`: the test runner's threads never
         /// change namespace. A panic in `f` is re-raised here.
-        pub fn in_ns<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-            let path = format!("/run/netns/{ns}");
-            let handle = std::thread::spawn(move || {
-                let file = File::open(&path).unwrap_or_else(|e| panic!("open {path}: {e}"));
-                // SAFETY: setns on a namespace fd we hold; affects this thread only.
-                let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-                assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
-                f()
-            });
-            handle
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p))
-        }
-
-        pub fn in_a<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-            Self::in_ns(&self.ns_a, f)
+        pub fn in_a<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+            run_in_netns(&self.ns_a, f)
         }
     }
 
@@ -151,11 +93,12 @@ mod netns {
     }
 }
 
-use netns::{IP_A, IP_B, MAC_A, MAC_B, Pair};
+use natgw_testbed::netns::{self, prerequisites};
+use pair::{IP_A, IP_B, MAC_A, MAC_B, Pair};
 
 /// Sets up a pair or skips (returns None) when the machine cannot.
 fn pair(test: &str, rxq: u32, txq: u32, mtu: u32) -> Option<Pair> {
-    if !netns::available(test) {
+    if !prerequisites(test) {
         return None;
     }
     match Pair::new(rxq, txq, mtu) {
@@ -230,7 +173,7 @@ fn neighbour_dump_events_and_table() {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel::<u32>();
     let ns_a = p.ns_a.clone();
     let worker = std::thread::spawn(move || {
-        Pair::in_ns(&ns_a, move || {
+        netns::run_in_netns(&ns_a, move || {
             let ifindex = netlink::link_by_name(&if_a).expect("link").ifindex;
             let mut sock = NeighSocket::open().expect("NeighSocket::open");
             assert!(sock.fd() >= 0);

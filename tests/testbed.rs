@@ -1,10 +1,8 @@
-//! The namespace test bench (src/testbed.rs) checked with the gateway's KERNEL doing the NAT:
+//! The namespace test bench (crates/testbed) checked with the gateway's KERNEL doing the NAT:
 //! if these pass, a natgw test failing on the same topology points at natgw, not the bench.
 //!
 //! Needs root, the `ip` command and `nft`. Without them each test prints a skip notice and
 //! passes, except under `CI=true` where a missing prerequisite is a failure.
-
-mod common;
 
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
@@ -13,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use std::os::fd::AsFd;
 
-use natgw::dataplane::{bpf, ethtool};
-use natgw::testbed::{
+use natgw_kernel::{bpf, ethtool};
+use natgw_testbed::{
     GW_INSIDE_IF, GW_OUTSIDE_IF, HOST_IF, ROUTER_GW_IF, RawIcmp, SWITCH_UPLINK_IF, Topology,
     TopologySpec, ipv4_payload, run_in_netns,
 };
@@ -22,7 +20,7 @@ use natgw::testbed::{
 const TIMEOUT: Duration = Duration::from_secs(3);
 
 fn prerequisites(test: &str) -> bool {
-    common::prerequisites_with(
+    natgw_testbed::netns::prerequisites_with(
         test,
         &[("nft", "--version", "the `nft` command (nftables)")],
     )
@@ -269,7 +267,7 @@ fn kernel_nat_two_vlan_tenants_with_the_same_addresses() {
     // field is not 802.1Q, both tenants still reach their gateway.
     let link = run_in_netns(t.gw_ns(), || -> io::Result<_> {
         let prog = bpf::load_xdp_program(&tagged_only_program(), "tagged_only")?;
-        let idx = natgw::dataplane::sys::if_nametoindex(GW_INSIDE_IF)?;
+        let idx = natgw_kernel::sys::if_nametoindex(GW_INSIDE_IF)?;
         bpf::attach_xdp(prog.as_fd(), idx, bpf::AttachMode::Native)
     })
     .unwrap();
@@ -413,4 +411,20 @@ fn cleanup_on_drop_panic_and_after_a_killed_run() {
         io::ErrorKind::InvalidInput
     );
     assert_eq!(namespaces_of("tbc"), Vec::<String>::new());
+}
+
+/// The configuration the bench generates is one natgw accepts (no system access needed).
+#[test]
+fn natgw_config_is_valid() {
+    let mut s = TopologySpec::new("t");
+    let c = natgw::config::parse(&s.natgw_config()).unwrap();
+    assert_eq!(c.realms.len(), 1);
+    s.vlans = true;
+    s.queues = 2;
+    let text = s.natgw_config();
+    let c = natgw::config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(c.realms.len(), 2);
+    assert_eq!(c.dataplane.workers.len(), 2);
+    assert!(text.contains("vlan = 100") && text.contains("vlan = 200"));
+    assert!(text.contains("192.168.1.20-192.168.1.23"));
 }

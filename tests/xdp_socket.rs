@@ -1,16 +1,16 @@
 //! AF_XDP integration tests on veth pairs in private network namespaces (run as root).
 
-mod common;
-
 use std::mem::{size_of, zeroed};
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
-use common::{Netns, PacketSocket, inet_checksum, run_in, udp_frame, unique_name, veth_pair};
-use natgw::dataplane::bpf::{AttachMode, Insn, R0, R2, Size, XdpProgram, load_xdp_program};
-use natgw::dataplane::sys;
-use natgw::dataplane::xsk::{Desc, Umem, XskConfig, XskSocket};
+use natgw::dataplane::xdp::XdpProgram;
+use natgw_kernel::bpf::{AttachMode, Insn, R0, R2, Size, load_xdp_program};
+use natgw_kernel::sys;
+use natgw_kernel::xsk::{Desc, Umem, XskConfig, XskSocket};
+use natgw_testbed::netns::{Netns, run_in_netns, unique_name, veth_pair};
+use natgw_testbed::sockets::{PacketSocket, internet_checksum, udp_frame};
 
 const MAC_A: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 const MAC_B: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
@@ -163,7 +163,7 @@ fn ping(dst: [u8; 4], timeout: Duration) -> bool {
             icmp.extend_from_slice(&id.to_be_bytes());
             icmp.extend_from_slice(&seq.to_be_bytes());
             icmp.extend_from_slice(b"natgw-xdp-test!!");
-            let c = inet_checksum(&icmp);
+            let c = internet_checksum(&icmp);
             icmp[2..4].copy_from_slice(&c.to_be_bytes());
             // SAFETY: valid buffer and address.
             unsafe {
@@ -208,7 +208,7 @@ fn xdp_state(ns: &Netns, ifname: &str) -> String {
 
 #[test]
 fn program_passes_verifier_and_detaches_on_drop() {
-    if !common::prerequisites("program_passes_verifier_and_detaches_on_drop") {
+    if !natgw_testbed::netns::prerequisites("program_passes_verifier_and_detaches_on_drop") {
         return;
     }
     let p = pair("v");
@@ -216,7 +216,7 @@ fn program_passes_verifier_and_detaches_on_drop() {
         (AttachMode::Native, " xdp "),
         (AttachMode::Generic, " xdpgeneric "),
     ] {
-        let prog = run_in(&p.a, || {
+        let prog = run_in_netns(p.a.name(), || {
             let idx = sys::if_nametoindex("va").unwrap();
             let mut prog = XdpProgram::load(4).unwrap_or_else(|e| panic!("load: {e}"));
             prog.attach(idx, mode)
@@ -252,7 +252,7 @@ fn program_passes_verifier_and_detaches_on_drop() {
     assert!(err.to_string().contains("verifier log:\n"), "{err}");
     assert!(err.to_string().contains("R2"), "{err}");
 
-    let (mode, prog) = run_in(&p.a, || {
+    let (mode, prog) = run_in_netns(p.a.name(), || {
         let mut prog = XdpProgram::load(1).unwrap();
         let mode = prog
             .attach_auto(sys::if_nametoindex("va").unwrap())
@@ -262,15 +262,12 @@ fn program_passes_verifier_and_detaches_on_drop() {
     assert_eq!(mode, AttachMode::Native, "veth supports native XDP");
     drop(prog);
     // The trivial pass program loads and attaches too.
-    run_in(&p.b, || {
-        let pass = natgw::dataplane::bpf::load_pass_program().unwrap();
+    run_in_netns(p.b.name(), || {
+        let pass = natgw_kernel::bpf::load_pass_program().unwrap();
         let idx = sys::if_nametoindex("vb").unwrap();
-        let link = natgw::dataplane::bpf::attach_xdp(
-            std::os::fd::AsFd::as_fd(&pass),
-            idx,
-            AttachMode::Native,
-        )
-        .unwrap();
+        let link =
+            natgw_kernel::bpf::attach_xdp(std::os::fd::AsFd::as_fd(&pass), idx, AttachMode::Native)
+                .unwrap();
         assert!(xdp_state(&p.b, "vb").contains("natgw_pass"));
         drop(link);
     });
@@ -278,12 +275,12 @@ fn program_passes_verifier_and_detaches_on_drop() {
 
 #[test]
 fn frame_arrives_intact_in_rx_ring() {
-    if !common::prerequisites("frame_arrives_intact_in_rx_ring") {
+    if !natgw_testbed::netns::prerequisites("frame_arrives_intact_in_rx_ring") {
         return;
     }
     for mode in [AttachMode::Native, AttachMode::Generic] {
         let p = pair("r");
-        let mut s = run_in(&p.a, || xsk_on("va", mode));
+        let mut s = run_in_netns(p.a.name(), || xsk_on("va", mode));
         let plain = udp_frame(
             MAC_A,
             MAC_B,
@@ -293,7 +290,7 @@ fn frame_arrives_intact_in_rx_ring() {
             b"plain frame to a NAT address",
         );
         let tagged = udp_frame(MAC_A, MAC_B, Some(42), IP_B, IP_NAT, b"one 802.1Q tag");
-        run_in(&p.b, || {
+        run_in_netns(p.b.name(), || {
             let ps = PacketSocket::bind("vb").unwrap();
             ps.send(&plain).unwrap();
             ps.send(&tagged).unwrap();
@@ -314,18 +311,18 @@ fn frame_arrives_intact_in_rx_ring() {
 
 #[test]
 fn arp_and_pass_addresses_reach_the_kernel() {
-    if !common::prerequisites("arp_and_pass_addresses_reach_the_kernel") {
+    if !natgw_testbed::netns::prerequisites("arp_and_pass_addresses_reach_the_kernel") {
         return;
     }
     let p = pair("p");
     p.a.add_addr("va", "10.77.0.1/24");
     p.b.add_addr("vb", "10.77.0.2/24");
-    let mut s = run_in(&p.a, || xsk_on("va", AttachMode::Native));
+    let mut s = run_in_netns(p.a.name(), || xsk_on("va", AttachMode::Native));
     s.prog.add_pass_addr(Ipv4Addr::from(IP_A)).unwrap();
 
     // ARP resolution and the echo both need the kernel of namespace a.
     assert!(
-        run_in(&p.b, || ping(IP_A, WAIT)),
+        run_in_netns(p.b.name(), || ping(IP_A, WAIT)),
         "kernel did not answer through XDP_PASS"
     );
     // A tagged frame to the pass address must also be passed; a frame to a NAT address
@@ -339,7 +336,7 @@ fn arp_and_pass_addresses_reach_the_kernel() {
         b"tagged to a pass address",
     );
     let marker = udp_frame(MAC_A, MAC_B, None, IP_B, IP_NAT, b"marker");
-    run_in(&p.b, || {
+    run_in_netns(p.b.name(), || {
         let ps = PacketSocket::bind("vb").unwrap();
         ps.send(&tagged_pass).unwrap();
         ps.send(&marker).unwrap();
@@ -362,7 +359,7 @@ fn arp_and_pass_addresses_reach_the_kernel() {
     // Without the pass entry, the echo request goes to the socket instead of the kernel.
     s.prog.remove_pass_addr(Ipv4Addr::from(IP_A)).unwrap();
     assert!(
-        !run_in(&p.b, || ping(IP_A, Duration::from_millis(700))),
+        !run_in_netns(p.b.name(), || ping(IP_A, Duration::from_millis(700))),
         "kernel still answers"
     );
     let seen = recv_during(&mut s.sock, &s.umem, Duration::from_millis(200));
@@ -374,12 +371,12 @@ fn arp_and_pass_addresses_reach_the_kernel() {
 
 #[test]
 fn frame_sent_through_tx_ring_arrives_at_peer() {
-    if !common::prerequisites("frame_sent_through_tx_ring_arrives_at_peer") {
+    if !natgw_testbed::netns::prerequisites("frame_sent_through_tx_ring_arrives_at_peer") {
         return;
     }
     let p = pair("t");
-    let mut s = run_in(&p.a, || xsk_on("va", AttachMode::Native));
-    let cap = run_in(&p.b, || PacketSocket::bind("vb").unwrap());
+    let mut s = run_in_netns(p.a.name(), || xsk_on("va", AttachMode::Native));
+    let cap = run_in_netns(p.b.name(), || PacketSocket::bind("vb").unwrap());
     let frames: Vec<Vec<u8>> = (0..3u8)
         .map(|i| udp_frame(MAC_B, MAC_A, None, IP_NAT, IP_B, &[i; 40]))
         .collect();
@@ -414,7 +411,7 @@ fn frame_sent_through_tx_ring_arrives_at_peer() {
     let Side { prog, umem, sock } = s;
     drop(sock);
     drop(umem);
-    run_in(&p.a, || {
+    run_in_netns(p.a.name(), || {
         let umem = Umem::new(FRAMES, 2048).unwrap();
         let idx = sys::if_nametoindex("va").unwrap();
         let sock = XskSocket::new(&umem, idx, 0, &copy_cfg()).unwrap();
@@ -424,7 +421,8 @@ fn frame_sent_through_tx_ring_arrives_at_peer() {
 
 #[test]
 fn shared_umem_forwards_between_interfaces_by_descriptor() {
-    if !common::prerequisites("shared_umem_forwards_between_interfaces_by_descriptor") {
+    if !natgw_testbed::netns::prerequisites("shared_umem_forwards_between_interfaces_by_descriptor")
+    {
         return;
     }
     let a = Netns::new(&unique_name("sa"));
@@ -432,7 +430,7 @@ fn shared_umem_forwards_between_interfaces_by_descriptor() {
     veth_pair(&a, "va1", MAC_A, &b, "vb1", MAC_B);
     veth_pair(&a, "va2", MAC_A2, &b, "vb2", MAC_B2);
 
-    let (progs, umem, mut s1, mut s2) = run_in(&a, || {
+    let (progs, umem, mut s1, mut s2) = run_in_netns(a.name(), || {
         let i1 = sys::if_nametoindex("va1").unwrap();
         let i2 = sys::if_nametoindex("va2").unwrap();
         let mut p1 = XdpProgram::load(1).unwrap();
@@ -458,7 +456,7 @@ fn shared_umem_forwards_between_interfaces_by_descriptor() {
         s2.wakeup_rx();
         ((p1, p2), umem, s1, s2)
     });
-    let (cap2, ps1) = run_in(&b, || {
+    let (cap2, ps1) = run_in_netns(b.name(), || {
         (
             PacketSocket::bind("vb2").unwrap(),
             PacketSocket::bind("vb1").unwrap(),
@@ -509,7 +507,7 @@ fn shared_umem_forwards_between_interfaces_by_descriptor() {
 
     // The shared socket receives too, through its own fill ring.
     let back = udp_frame(MAC_A2, MAC_B2, None, IP_B, IP_NAT, b"in on 2");
-    run_in(&b, || {
+    run_in_netns(b.name(), || {
         PacketSocket::bind("vb2").unwrap().send(&back).unwrap()
     });
     let (addr, got) = recv_one(&mut s2, &umem, WAIT).expect("nothing received on interface 2");

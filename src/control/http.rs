@@ -104,7 +104,10 @@ fn handle(stream: TcpStream, st: &State) -> std::io::Result<()> {
                 &stream,
                 "400 Bad Request",
                 JSON,
-                &format!("{{\"ok\":false,\"error\":{}}}", super::json_str(&e)),
+                &format!(
+                    "{{\"ok\":false,\"error\":{}}}",
+                    super::json_str(&e.to_string())
+                ),
             ),
         },
         ("POST", "/sessions/clear") => {

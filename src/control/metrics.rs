@@ -115,7 +115,7 @@ mod tests {
             dp: (0..2).map(|_| Arc::default()).collect(),
             control: Vec::new(),
             rules,
-            neigh: Arc::new(crate::dataplane::netlink::NeighTable::new(16)),
+            neigh: Arc::new(crate::dataplane::neigh::NeighTable::new(16)),
             started: std::time::Instant::now(),
             xdp_modes: Vec::new(),
             copy_fallbacks: 0,

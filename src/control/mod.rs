@@ -5,8 +5,10 @@
 mod http;
 pub mod metrics;
 
-use crate::dataplane::run::Handle;
+use crate::config::ConfigError;
+use crate::dataplane::run::{self, Handle};
 use crate::dataplane::worker::{Control, SessionInfo};
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -46,40 +48,35 @@ pub fn sessions(h: &Handle) -> Vec<SessionInfo> {
     all
 }
 
+/// Why a reload did not happen. The running configuration stays in force.
+#[derive(Debug)]
+pub enum ReloadError {
+    /// The file could not be read or is not a valid configuration.
+    Config(ConfigError),
+    /// The management state's lock was poisoned by a panic.
+    Poisoned,
+    /// The running gateway refused the configuration.
+    Gateway(run::ReloadError),
+}
+
+impl fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReloadError::Config(e) => write!(f, "{e}"),
+            ReloadError::Poisoned => f.write_str("internal: poisoned lock"),
+            ReloadError::Gateway(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
 /// Loads, validates and applies the configuration file. The running configuration stays in
 /// force on any error. Changes that need new sockets (interfaces, workers) need a restart.
-pub fn reload(state: &State) -> Result<String, String> {
-    let cfg = crate::config::load(&state.config_path).map_err(|e| e.to_string())?;
-    let mut h = state
-        .handle
-        .lock()
-        .map_err(|_| "internal: poisoned lock".to_string())?;
-    if cfg.dataplane.workers.len() != h.control.len() {
-        return Err("dataplane.workers: changing the worker count needs a restart".into());
-    }
-    // The workers' sockets and their Inside(i) numbering are fixed at start: a realm on an
-    // interface added or moved would send frames to a port the workers do not have.
-    let names: Vec<&str> = std::iter::once(cfg.outside.name.as_str())
-        .chain(cfg.inside.iter().map(|i| i.name.as_str()))
-        .collect();
-    if names != h.interfaces {
-        return Err(format!(
-            "outside/inside interfaces: changing them ({} -> {}) needs a restart",
-            h.interfaces.join(","),
-            names.join(",")
-        ));
-    }
-    let mut rules = crate::dataplane::run::rules_for(&cfg)?;
-    rules.cores = h.rules.cores;
-    // Read from the NIC at start; without it port choice would stop steering replies to
-    // the allocating worker's queue and most traffic would need a handoff.
-    rules.rss = h.rules.rss.clone();
-    let rules = Arc::new(rules);
-    for tx in &h.control {
-        tx.send(Control::SetRules(Arc::clone(&rules)))
-            .map_err(|_| "a worker is gone".to_string())?;
-    }
-    h.rules = rules;
+pub fn reload(state: &State) -> Result<String, ReloadError> {
+    let cfg = crate::config::load(&state.config_path).map_err(ReloadError::Config)?;
+    let mut h = state.handle.lock().map_err(|_| ReloadError::Poisoned)?;
+    h.reload(&cfg).map_err(ReloadError::Gateway)?;
     Ok(format!("reloaded {} realm(s)", cfg.realms.len()))
 }
 
@@ -162,7 +159,7 @@ pub fn stats_json(h: &Handle) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::toeplitz::{DEFAULT_KEY, Rss};
+    use crate::nat::rss::{DEFAULT_KEY, Rss};
     use crate::nat::rules::{RssSteering, Rules};
 
     const CONF: &str = "[outside]\ninterface = \"eth1\"\naddress = \"192.168.1.2\"\n\
@@ -187,7 +184,7 @@ mod tests {
             dp: (0..2).map(|_| Arc::default()).collect(),
             control: txs,
             rules: Arc::new(rules),
-            neigh: Arc::new(crate::dataplane::netlink::NeighTable::new(16)),
+            neigh: Arc::new(crate::dataplane::neigh::NeighTable::new(16)),
             started: std::time::Instant::now(),
             xdp_modes: Vec::new(),
             copy_fallbacks: 0,
@@ -213,7 +210,7 @@ mod tests {
             "[[inside]]\ninterface = \"eth2\"\n[dataplane]",
         );
         std::fs::write(&path, &added).unwrap();
-        let e = reload(&st).unwrap_err();
+        let e = reload(&st).unwrap_err().to_string();
         assert!(e.contains("needs a restart"), "{e}");
         assert!(Arc::ptr_eq(&st.handle.lock().unwrap().rules, &before));
         assert!(

@@ -1,10 +1,10 @@
-//! The AF_XDP dataplane: XDP program, sockets and rings, kernel neighbour/link state, RSS.
+//! The AF_XDP dataplane: natgw's XDP redirect program, the neighbour table the workers
+//! read, RSS steering, the worker loop and `natgw run`. The kernel interfaces (bpf(2),
+//! AF_XDP rings, rtnetlink, ethtool) are the `natgw_kernel` crate; the dataplane reaches
+//! the kernel only through it.
 
-pub mod bpf;
-pub mod ethtool;
-pub mod netlink;
+pub mod neigh;
+pub mod rss;
 pub mod run;
-pub mod sys;
-pub mod toeplitz;
 pub mod worker;
-pub mod xsk;
+pub mod xdp;

@@ -2,16 +2,22 @@
 //! binds one AF_XDP socket per (worker, interface), starts the pinned workers and keeps the
 //! neighbour table current until SIGTERM/SIGINT, then drains and detaches.
 
-use super::bpf::{AttachMode, XdpProgram};
-use super::netlink::{self, LinkInfo, NeighSocket, NeighTable};
+use super::neigh::NeighTable;
+use super::rss::rss_steering;
 use super::worker::{
     Control, DpCounters, HANDOFF_MTU, HandoffFrame, Pool, Port, Worker, WorkerShared,
 };
-use super::xsk::{Umem, XskConfig, XskSocket};
+use super::xdp::XdpProgram;
 use crate::config::{Config, Ipv4Net, PollMode, XdpMode};
 use crate::nat::ports::BlockPartition;
 use crate::nat::{Counters, Engine, Ingress, Rules};
 use crossbeam::queue::ArrayQueue;
+use natgw_kernel::bpf::AttachMode;
+use natgw_kernel::netlink::{self, LinkInfo, NeighSocket};
+use natgw_kernel::xsk::{Umem, XskConfig, XskSocket};
+use natgw_kernel::{ethtool, sys};
+use std::fmt;
+use std::io;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -21,28 +27,7 @@ use std::time::{Duration, Instant};
 /// UMEM chunk size: one Ethernet frame up to 1792 bytes after the kernel's 256-byte headroom.
 pub const FRAME_SIZE: u32 = 2048;
 
-static SIGNALLED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    SIGNALLED.store(true, Ordering::SeqCst);
-}
-
-/// Makes SIGTERM and SIGINT request a clean shutdown.
-pub fn install_signal_handlers() {
-    for sig in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: installing an async-signal-safe handler (a single atomic store).
-        unsafe {
-            let mut sa: libc::sigaction = std::mem::zeroed();
-            sa.sa_sigaction = on_signal as *const () as usize;
-            libc::sigemptyset(&mut sa.sa_mask);
-            libc::sigaction(sig, &sa, std::ptr::null_mut());
-        }
-    }
-}
-
-pub fn signalled() -> bool {
-    SIGNALLED.load(Ordering::SeqCst)
-}
+pub use natgw_kernel::signal::{install_signal_handlers, signalled};
 
 /// Overrides from the command line.
 #[derive(Clone, Debug, Default)]
@@ -94,23 +79,185 @@ impl Drop for Started {
     }
 }
 
-fn err(msg: String) -> String {
-    msg
+/// Why the gateway did not start. Whatever it had set up is undone: started workers stop,
+/// sockets close and the XDP programs detach.
+#[derive(Debug)]
+pub enum StartError {
+    /// Not running as root.
+    NotRoot,
+    /// A configured interface does not exist; `role` is "outside" or "inside".
+    NoInterface { role: &'static str, name: String },
+    /// A configured interface could not be queried.
+    Interface {
+        role: &'static str,
+        name: String,
+        err: io::Error,
+    },
+    /// A worker's core does not exist or natgw may not run on it.
+    NoCore { core: usize, usable: Vec<usize> },
+    /// A worker's queue does not exist on an interface that has `queues` receive queues.
+    NoQueue {
+        queue: u32,
+        ifname: String,
+        queues: u32,
+    },
+    /// The XDP program or its maps could not be loaded.
+    XdpLoad { ifname: String, err: io::Error },
+    /// A management address could not be put into the program's pass map.
+    PassAddr {
+        addr: Ipv4Addr,
+        ifname: String,
+        err: io::Error,
+    },
+    /// The kernel refused to attach the program in `mode`.
+    XdpAttach {
+        mode: XdpMode,
+        ifname: String,
+        err: io::Error,
+    },
+    /// The rtnetlink neighbour socket could not be opened.
+    NeighSocket(io::Error),
+    /// A worker's packet buffer area could not be mapped.
+    Umem { worker: usize, err: io::Error },
+    /// An AF_XDP socket could not be created or bound.
+    Socket {
+        ifname: String,
+        queue: u32,
+        err: io::Error,
+    },
+    /// A socket could not be put into its interface's redirect map.
+    Register {
+        ifname: String,
+        queue: u32,
+        err: io::Error,
+    },
+    /// A worker thread could not be started.
+    Thread { worker: usize, err: io::Error },
 }
 
-fn link(name: &str, role: &str) -> Result<LinkInfo, String> {
-    netlink::link_by_name(name).map_err(|e| {
-        if e.raw_os_error() == Some(libc::ENODEV) || super::sys::errno(&e) == Some(libc::ENODEV) {
-            format!("{role} interface '{name}' does not exist")
-        } else {
-            format!("{role} interface '{name}': {e}")
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::NotRoot => f.write_str(
+                "natgw run needs root (CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW) to attach XDP \
+                 programs and open AF_XDP sockets",
+            ),
+            StartError::NoInterface { role, name } => {
+                write!(f, "{role} interface '{name}' does not exist")
+            }
+            StartError::Interface { role, name, err } => {
+                write!(f, "{role} interface '{name}': {err}")
+            }
+            StartError::NoCore { core, usable } => write!(
+                f,
+                "dataplane.workers: core {core} does not exist or is not usable by natgw (usable: {usable:?})"
+            ),
+            StartError::NoQueue {
+                queue,
+                ifname,
+                queues,
+            } => write!(
+                f,
+                "dataplane.workers: queue {queue} does not exist on {ifname} ({queues} rx queue{}); \
+                 queues and workers must match",
+                if *queues == 1 { "" } else { "s" }
+            ),
+            StartError::XdpLoad { ifname, err } => {
+                write!(f, "loading the XDP program for {ifname}: {err}")
+            }
+            StartError::PassAddr { addr, ifname, err } => {
+                write!(f, "XDP pass address {addr} on {ifname}: {err}")
+            }
+            StartError::XdpAttach { mode, ifname, err } => write!(
+                f,
+                "the kernel refused to attach XDP ({mode:?} mode) to {ifname}: {err}"
+            ),
+            StartError::NeighSocket(err) => write!(f, "netlink neighbour socket: {err}"),
+            StartError::Umem { worker, err } => write!(f, "UMEM for worker {worker}: {err}"),
+            StartError::Socket { ifname, queue, err } => {
+                write!(f, "AF_XDP socket on {ifname} queue {queue}: {err}")
+            }
+            StartError::Register { ifname, queue, err } => {
+                write!(f, "registering the socket of {ifname} queue {queue}: {err}")
+            }
+            StartError::Thread { worker, err } => write!(f, "starting worker {worker}: {err}"),
         }
-    })
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Why a reload was refused. The running configuration stays in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The new configuration has another number of workers.
+    WorkerCount,
+    /// The new configuration binds other interfaces (or orders them differently).
+    Interfaces {
+        running: Vec<String>,
+        new: Vec<String>,
+    },
+    /// A worker no longer takes control messages.
+    WorkerGone,
+}
+
+impl fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReloadError::WorkerCount => {
+                f.write_str("dataplane.workers: changing the worker count needs a restart")
+            }
+            ReloadError::Interfaces { running, new } => write!(
+                f,
+                "outside/inside interfaces: changing them ({} -> {}) needs a restart",
+                running.join(","),
+                new.join(",")
+            ),
+            ReloadError::WorkerGone => f.write_str("a worker is gone"),
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}
+
+impl Handle {
+    /// Applies `cfg` to the running gateway: its rules are built as at start (on-link
+    /// prefixes of the outside link read again) and handed to every worker; the core count
+    /// and the NIC's RSS steering read at start are kept. Changes that need new sockets
+    /// (interfaces, workers) are refused.
+    pub fn reload(&mut self, cfg: &Config) -> Result<(), ReloadError> {
+        if cfg.dataplane.workers.len() != self.control.len() {
+            return Err(ReloadError::WorkerCount);
+        }
+        // The workers' sockets and their Inside(i) numbering are fixed at start: a realm on an
+        // interface added or moved would send frames to a port the workers do not have.
+        let names: Vec<&str> = std::iter::once(cfg.outside.name.as_str())
+            .chain(cfg.inside.iter().map(|i| i.name.as_str()))
+            .collect();
+        if names != self.interfaces {
+            return Err(ReloadError::Interfaces {
+                running: self.interfaces.clone(),
+                new: names.iter().map(|n| n.to_string()).collect(),
+            });
+        }
+        let mut rules = rules_for(cfg);
+        rules.cores = self.rules.cores;
+        // Read from the NIC at start; without it port choice would stop steering replies to
+        // the allocating worker's queue and most traffic would need a handoff.
+        rules.rss = self.rules.rss.clone();
+        let rules = Arc::new(rules);
+        for tx in &self.control {
+            tx.send(Control::SetRules(Arc::clone(&rules)))
+                .map_err(|_| ReloadError::WorkerGone)?;
+        }
+        self.rules = rules;
+        Ok(())
+    }
 }
 
 /// Builds the rules for `cfg` on this machine: the partition matches the worker count and
 /// the outside link's own prefixes are on-link.
-pub fn rules_for(cfg: &Config) -> Result<Rules, String> {
+fn rules_for(cfg: &Config) -> Rules {
     let partition = Arc::new(BlockPartition::new(cfg.dataplane.workers.len().max(1)));
     let mut rules = Rules::new(cfg, partition);
     if let Ok(l) = netlink::link_by_name(&cfg.outside.name)
@@ -128,28 +275,7 @@ pub fn rules_for(cfg: &Config) -> Result<Rules, String> {
             });
         }
     }
-    Ok(rules)
-}
-
-/// Reads the outside NIC's RSS key, indirection table and hashed fields (ethtool). None when
-/// the NIC has no RSS (veth) or it is not Toeplitz: handoff then keeps everything correct.
-pub fn rss_steering(ifname: &str, queue_of_core: &[u32]) -> Option<crate::nat::rules::RssSteering> {
-    use super::ethtool::{
-        RXH_L4_B_0_1, RXH_L4_B_2_3, TCP_V4_FLOW, UDP_V4_FLOW, rss_config, rx_flow_hash_fields,
-    };
-    let rss = rss_config(ifname).ok()??.to_rss()?.ok()?;
-    let ports = |flow| {
-        rx_flow_hash_fields(ifname, flow)
-            .ok()
-            .flatten()
-            .is_some_and(|f| f & (RXH_L4_B_0_1 | RXH_L4_B_2_3) == (RXH_L4_B_0_1 | RXH_L4_B_2_3))
-    };
-    Some(crate::nat::rules::RssSteering {
-        rss,
-        tcp_ports: ports(TCP_V4_FLOW),
-        udp_ports: ports(UDP_V4_FLOW),
-        queue_of_core: queue_of_core.to_vec(),
-    })
+    rules
 }
 
 /// The kernel's VLAN devices `<interface>.<vid>` for the tagged realms on `interface`. The
@@ -168,107 +294,163 @@ fn vlan_devices(cfg: &Config, interface: &str) -> Vec<(u16, u32)> {
         .collect()
 }
 
-impl Gateway {
-    pub fn start(cfg: &Config, opts: &RunOptions) -> Result<Gateway, String> {
-        // SAFETY: geteuid has no preconditions.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(err(
-                "natgw run needs root (CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW) to attach XDP \
-                            programs and open AF_XDP sockets"
-                    .into(),
-            ));
+fn check_privileges() -> Result<(), StartError> {
+    if sys::is_root() {
+        Ok(())
+    } else {
+        Err(StartError::NotRoot)
+    }
+}
+
+/// The configured interfaces: outside first, then inside in config order.
+struct Links {
+    outside: LinkInfo,
+    inside: Vec<LinkInfo>,
+}
+
+impl Links {
+    fn all(&self) -> impl Iterator<Item = &LinkInfo> {
+        std::iter::once(&self.outside).chain(self.inside.iter())
+    }
+}
+
+fn link(name: &str, role: &'static str) -> Result<LinkInfo, StartError> {
+    netlink::link_by_name(name).map_err(|err| {
+        if sys::errno(&err) == Some(sys::ENODEV) {
+            StartError::NoInterface {
+                role,
+                name: name.to_string(),
+            }
+        } else {
+            StartError::Interface {
+                role,
+                name: name.to_string(),
+                err,
+            }
         }
-        let dp = &cfg.dataplane;
-        let outside = link(&cfg.outside.name, "outside")?;
-        let inside: Vec<LinkInfo> = cfg
+    })
+}
+
+fn resolve_links(cfg: &Config) -> Result<Links, StartError> {
+    Ok(Links {
+        outside: link(&cfg.outside.name, "outside")?,
+        inside: cfg
             .inside
             .iter()
             .map(|i| link(&i.name, "inside"))
-            .collect::<Result<_, _>>()?;
-        let cores = core_affinity::get_core_ids().unwrap_or_default();
-        for w in &dp.workers {
-            if !cores.iter().any(|c| c.id == w.core) {
-                return Err(format!(
-                    "dataplane.workers: core {} does not exist or is not usable by natgw (usable: {:?})",
-                    w.core,
-                    cores.iter().map(|c| c.id).collect::<Vec<_>>()
-                ));
-            }
-            for l in std::iter::once(&outside).chain(inside.iter()) {
-                let queues = match super::ethtool::channels(&l.name) {
-                    Ok(Some((rx, _))) if rx > 0 => rx.min(l.num_rx_queues),
-                    _ => l.num_rx_queues,
-                };
-                if w.queue >= queues {
-                    return Err(format!(
-                        "dataplane.workers: queue {} does not exist on {} ({} rx queue{}); \
-                         queues and workers must match",
-                        w.queue,
-                        l.name,
-                        queues,
-                        if queues == 1 { "" } else { "s" }
-                    ));
-                }
-            }
-        }
-        let mode = opts.xdp_mode.unwrap_or(dp.xdp_mode);
-        let mut progs = Vec::new();
-        let mut xdp_modes = Vec::new();
-        let mut all_links = vec![(outside.clone(), cfg.outside.management.clone())];
-        for (l, i) in inside.iter().zip(&cfg.inside) {
-            all_links.push((l.clone(), i.management.clone()));
-        }
-        for (l, mgmt) in &all_links {
-            let mut p = XdpProgram::load(l.num_rx_queues.max(1))
-                .map_err(|e| format!("loading the XDP program for {}: {e}", l.name))?;
-            for a in mgmt {
-                p.add_pass_addr(*a)
-                    .map_err(|e| format!("XDP pass address {a} on {}: {e}", l.name))?;
-            }
-            let got = match mode {
-                XdpMode::Auto => p.attach_auto(l.ifindex),
-                XdpMode::Native => p
-                    .attach(l.ifindex, AttachMode::Native)
-                    .map(|_| AttachMode::Native),
-                XdpMode::Generic => p
-                    .attach(l.ifindex, AttachMode::Generic)
-                    .map(|_| AttachMode::Generic),
-            }
-            .map_err(|e| {
-                format!(
-                    "the kernel refused to attach XDP ({mode:?} mode) to {}: {e}",
-                    l.name
-                )
-            })?;
-            xdp_modes.push((l.name.clone(), got));
-            progs.push(p);
-        }
+            .collect::<Result<_, _>>()?,
+    })
+}
 
-        let mut rules = rules_for(cfg)?;
-        rules.cores = dp.workers.len().max(1);
-        rules.rss = rss_steering(
-            &outside.name,
-            &dp.workers.iter().map(|w| w.queue).collect::<Vec<_>>(),
-        );
-        let rules = Arc::new(rules);
-        let n = dp.workers.len().max(1);
-        let stop = Arc::new(AtomicBool::new(false));
-        let neigh = Arc::new(NeighTable::new(8192));
-        let mut neigh_sock =
-            NeighSocket::open().map_err(|e| format!("netlink neighbour socket: {e}"))?;
-        if let Ok(d) = neigh_sock.dump() {
-            let _ = neigh.sync(&d);
+/// Every worker's core is usable and its queue exists on every interface.
+fn check_workers(cfg: &Config, links: &Links) -> Result<(), StartError> {
+    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    for w in &cfg.dataplane.workers {
+        if !cores.iter().any(|c| c.id == w.core) {
+            return Err(StartError::NoCore {
+                core: w.core,
+                usable: cores.iter().map(|c| c.id).collect(),
+            });
         }
-        // Ask for the next hops natgw will certainly need, so the first packets find them.
-        if neigh.lookup(outside.ifindex, cfg.outside.gateway).is_none() {
-            let _ = netlink::resolve(outside.ifindex, cfg.outside.gateway);
+        for l in links.all() {
+            let queues = match ethtool::channels(&l.name) {
+                Ok(Some((rx, _))) if rx > 0 => rx.min(l.num_rx_queues),
+                _ => l.num_rx_queues,
+            };
+            if w.queue >= queues {
+                return Err(StartError::NoQueue {
+                    queue: w.queue,
+                    ifname: l.name.clone(),
+                    queues,
+                });
+            }
         }
-        let resolve = Arc::new(ArrayQueue::new(1024));
-        let handoff: Vec<_> = (0..n)
-            .map(|_| Arc::new(ArrayQueue::new(dp.handoff_queue)))
+    }
+    Ok(())
+}
+
+/// The mode XDP got on each interface (for the log and the metrics).
+type XdpModes = Vec<(String, AttachMode)>;
+
+/// Loads one redirect program per interface (outside first), fills its pass map with the
+/// interface's management addresses and attaches it in `mode`.
+fn load_and_attach_xdp(
+    cfg: &Config,
+    links: &Links,
+    mode: XdpMode,
+) -> Result<(Vec<XdpProgram>, XdpModes), StartError> {
+    let management =
+        std::iter::once(&cfg.outside.management).chain(cfg.inside.iter().map(|i| &i.management));
+    let mut progs = Vec::new();
+    let mut xdp_modes = Vec::new();
+    for (l, mgmt) in links.all().zip(management) {
+        let mut p =
+            XdpProgram::load(l.num_rx_queues.max(1)).map_err(|err| StartError::XdpLoad {
+                ifname: l.name.clone(),
+                err,
+            })?;
+        for a in mgmt {
+            p.add_pass_addr(*a).map_err(|err| StartError::PassAddr {
+                addr: *a,
+                ifname: l.name.clone(),
+                err,
+            })?;
+        }
+        let got = match mode {
+            XdpMode::Auto => p.attach_auto(l.ifindex),
+            XdpMode::Native => p
+                .attach(l.ifindex, AttachMode::Native)
+                .map(|_| AttachMode::Native),
+            XdpMode::Generic => p
+                .attach(l.ifindex, AttachMode::Generic)
+                .map(|_| AttachMode::Generic),
+        }
+        .map_err(|err| StartError::XdpAttach {
+            mode,
+            ifname: l.name.clone(),
+            err,
+        })?;
+        xdp_modes.push((l.name.clone(), got));
+        progs.push(p);
+    }
+    Ok((progs, xdp_modes))
+}
+
+/// The neighbour table filled from a first dump, and the socket that keeps it current.
+/// Resolution of the outside gateway starts at once, so the first packets find it.
+fn open_neighbours(
+    cfg: &Config,
+    outside: &LinkInfo,
+) -> Result<(Arc<NeighTable>, NeighSocket), StartError> {
+    let neigh = Arc::new(NeighTable::new(8192));
+    let mut neigh_sock = NeighSocket::open().map_err(StartError::NeighSocket)?;
+    if let Ok(d) = neigh_sock.dump() {
+        let _ = neigh.sync(&d);
+    }
+    if neigh.lookup(outside.ifindex, cfg.outside.gateway).is_none() {
+        let _ = netlink::resolve(outside.ifindex, cfg.outside.gateway);
+    }
+    Ok((neigh, neigh_sock))
+}
+
+/// What every worker shares with the others and with the management thread.
+struct Shared {
+    neigh: Arc<NeighTable>,
+    resolve: Arc<ArrayQueue<(u32, Ipv4Addr)>>,
+    handoff: Vec<Arc<ArrayQueue<Box<HandoffFrame>>>>,
+    handoff_free: Arc<ArrayQueue<Box<HandoffFrame>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Shared {
+    /// Handoff queues for `workers` workers and their preallocated frames (none for one
+    /// worker, which never hands off).
+    fn new(neigh: Arc<NeighTable>, workers: usize, handoff_queue: usize) -> Shared {
+        let handoff = (0..workers)
+            .map(|_| Arc::new(ArrayQueue::new(handoff_queue)))
             .collect();
-        let boxes = if n > 1 {
-            dp.handoff_queue * n + 64 * n
+        let boxes = if workers > 1 {
+            handoff_queue * workers + 64 * workers
         } else {
             0
         };
@@ -280,128 +462,214 @@ impl Gateway {
                 data: [0; HANDOFF_MTU],
             }));
         }
-        let xcfg = XskConfig {
-            ring_size: dp.ring_size,
-            copy: None,
-            need_wakeup: true,
+        Shared {
+            neigh,
+            resolve: Arc::new(ArrayQueue::new(1024)),
+            handoff,
+            handoff_free,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn for_worker(&self) -> WorkerShared {
+        WorkerShared {
+            neigh: Arc::clone(&self.neigh),
+            resolve: Arc::clone(&self.resolve),
+            handoff: self.handoff.clone(),
+            handoff_free: Arc::clone(&self.handoff_free),
+            stop: Arc::clone(&self.stop),
+        }
+    }
+}
+
+/// One worker's ports (outside first, then inside in config order) and buffer pools.
+struct WorkerSockets {
+    ports: Vec<Port>,
+    pools: Vec<Pool>,
+    /// Inside sockets that could not share the outside socket's UMEM.
+    copy_fallbacks: usize,
+}
+
+fn umem(worker: usize, frames: u32) -> Result<Umem, StartError> {
+    Umem::new(frames, FRAME_SIZE).map_err(|err| StartError::Umem { worker, err })
+}
+
+fn socket_error(l: &LinkInfo, queue: u32) -> impl FnOnce(io::Error) -> StartError + '_ {
+    move |err| StartError::Socket {
+        ifname: l.name.clone(),
+        queue,
+        err,
+    }
+}
+
+fn register(prog: &XdpProgram, l: &LinkInfo, sock: &XskSocket) -> Result<(), StartError> {
+    let queue = sock.queue();
+    prog.register_socket(queue, sock.fd())
+        .map_err(|err| StartError::Register {
+            ifname: l.name.clone(),
+            queue,
+            err,
+        })
+}
+
+/// Creates worker `wi`'s sockets on its queue of every interface and registers them with
+/// the interfaces' programs. Inside sockets share the outside socket's UMEM where the
+/// driver allows it; otherwise they get a UMEM of their own and frames are copied between
+/// them (counted in `copy_fallbacks`).
+fn create_sockets(
+    cfg: &Config,
+    links: &Links,
+    progs: &[XdpProgram],
+    wi: usize,
+    queue: u32,
+) -> Result<WorkerSockets, StartError> {
+    let dp = &cfg.dataplane;
+    let xcfg = XskConfig {
+        ring_size: dp.ring_size,
+        copy: None,
+        need_wakeup: true,
+    };
+    let outside = &links.outside;
+    let umem0 = umem(wi, dp.umem_frames)?;
+    let first = XskSocket::new(&umem0, outside.ifindex, queue, &xcfg)
+        .map_err(socket_error(outside, queue))?;
+    register(&progs[0], outside, &first)?;
+    let mut ports = vec![Port {
+        sock: first,
+        ingress: Ingress::Outside,
+        mac: outside.mac,
+        ifindex: outside.ifindex,
+        pool: 0,
+        vlan_ifindex: Vec::new(),
+    }];
+    let mut extra_pools = Vec::new();
+    let mut copy_fallbacks = 0;
+    for (ii, l) in links.inside.iter().enumerate() {
+        let shared = XskSocket::new_shared(&umem0, &ports[0].sock, l.ifindex, queue, &xcfg);
+        let (sock, pool) = match shared {
+            Ok(s) => (s, 0),
+            Err(_) => {
+                let u = umem(wi, dp.umem_frames)?;
+                let s =
+                    XskSocket::new(&u, l.ifindex, queue, &xcfg).map_err(socket_error(l, queue))?;
+                extra_pools.push(Pool::new(u));
+                copy_fallbacks += 1;
+                (s, extra_pools.len())
+            }
         };
-        let epoch = Instant::now();
+        register(&progs[1 + ii], l, &sock)?;
+        ports.push(Port {
+            sock,
+            ingress: Ingress::Inside(ii as u8),
+            mac: l.mac,
+            ifindex: l.ifindex,
+            pool,
+            vlan_ifindex: vlan_devices(cfg, &l.name),
+        });
+    }
+    let mut pools = vec![Pool::new(umem0)];
+    pools.extend(extra_pools);
+    Ok(WorkerSockets {
+        ports,
+        pools,
+        copy_fallbacks,
+    })
+}
+
+/// Creates every worker's sockets and starts the workers pinned to their cores, recording
+/// their counters and control channels in `handle`. On an error the workers already
+/// started are stopped and joined before it returns.
+fn spawn_workers(
+    cfg: &Config,
+    links: &Links,
+    progs: &[XdpProgram],
+    shared: &Shared,
+    handle: &mut Handle,
+) -> Result<Vec<JoinHandle<()>>, StartError> {
+    let dp = &cfg.dataplane;
+    let mut workers = Started {
+        stop: Arc::clone(&shared.stop),
+        threads: Vec::new(),
+    };
+    for (wi, w) in dp.workers.iter().enumerate() {
+        let socks = create_sockets(cfg, links, progs, wi, w.queue)?;
+        handle.copy_fallbacks += socks.copy_fallbacks;
+        let egress_ports = (0..socks.ports.len()).collect();
+        let counters = Arc::new(Counters::default());
+        let dpc = Arc::new(DpCounters::default());
+        let engine = Engine::new(wi, Arc::clone(&handle.rules), Arc::clone(&counters));
+        let (tx, rx) = crossbeam::channel::bounded(16);
+        let worker = Worker::new(
+            engine,
+            socks.ports,
+            socks.pools,
+            shared.for_worker(),
+            rx,
+            Arc::clone(&dpc),
+            dp.batch_size,
+            dp.poll == PollMode::Busy,
+            egress_ports,
+            handle.started,
+        );
+        let core = w.core;
+        let t = std::thread::Builder::new()
+            .name(format!("natgw-w{wi}"))
+            .spawn(move || {
+                core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                worker.run()
+            })
+            .map_err(|err| StartError::Thread { worker: wi, err })?;
+        workers.threads.push(t);
+        handle.counters.push(counters);
+        handle.dp.push(dpc);
+        handle.control.push(tx);
+    }
+    Ok(std::mem::take(&mut workers.threads))
+}
+
+impl Gateway {
+    /// Checks the machine against `cfg`, attaches XDP, binds the sockets and starts the
+    /// workers.
+    pub fn start(cfg: &Config, opts: &RunOptions) -> Result<Gateway, StartError> {
+        check_privileges()?;
+        let dp = &cfg.dataplane;
+        let links = resolve_links(cfg)?;
+        check_workers(cfg, &links)?;
+        let mode = opts.xdp_mode.unwrap_or(dp.xdp_mode);
+        // Dropped last on an error below: workers already started stop before their XDP
+        // programs detach.
+        let (progs, xdp_modes) = load_and_attach_xdp(cfg, &links, mode)?;
+
+        let mut rules = rules_for(cfg);
+        rules.cores = dp.workers.len().max(1);
+        rules.rss = rss_steering(
+            &links.outside.name,
+            &dp.workers.iter().map(|w| w.queue).collect::<Vec<_>>(),
+        );
+        let rules = Arc::new(rules);
+        let (neigh, neigh_sock) = open_neighbours(cfg, &links.outside)?;
+        let shared = Shared::new(
+            Arc::clone(&neigh),
+            dp.workers.len().max(1),
+            dp.handoff_queue,
+        );
         let mut handle = Handle {
             counters: Vec::new(),
             dp: Vec::new(),
             control: Vec::new(),
-            rules: Arc::clone(&rules),
-            neigh: Arc::clone(&neigh),
-            started: epoch,
+            rules,
+            neigh,
+            started: Instant::now(),
             xdp_modes,
             copy_fallbacks: 0,
-            interfaces: all_links.iter().map(|(l, _)| l.name.clone()).collect(),
+            interfaces: links.all().map(|l| l.name.clone()).collect(),
         };
-        // Declared after `progs`, so dropped first: on an error below, the workers already
-        // started stop before their XDP programs detach.
-        let mut workers = Started {
-            stop: Arc::clone(&stop),
-            threads: Vec::new(),
-        };
-        for (wi, w) in dp.workers.iter().enumerate() {
-            let umem = Umem::new(dp.umem_frames, FRAME_SIZE)
-                .map_err(|e| format!("UMEM for worker {wi}: {e}"))?;
-            let first = XskSocket::new(&umem, outside.ifindex, w.queue, &xcfg)
-                .map_err(|e| format!("AF_XDP socket on {} queue {}: {e}", outside.name, w.queue))?;
-            progs[0].register_socket(w.queue, first.fd()).map_err(|e| {
-                format!(
-                    "registering the socket of {} queue {}: {e}",
-                    outside.name, w.queue
-                )
-            })?;
-            let mut ports = vec![Port {
-                sock: first,
-                ingress: Ingress::Outside,
-                mac: outside.mac,
-                ifindex: outside.ifindex,
-                pool: 0,
-                vlan_ifindex: Vec::new(),
-            }];
-            let mut extra_pools = Vec::new();
-            for (ii, l) in inside.iter().enumerate() {
-                let shared =
-                    XskSocket::new_shared(&umem, &ports[0].sock, l.ifindex, w.queue, &xcfg);
-                let (sock, pool) = match shared {
-                    Ok(s) => (s, 0),
-                    Err(_) => {
-                        // The driver cannot share a UMEM across these devices: give the socket a
-                        // UMEM of its own and copy frames between them (counted).
-                        let u = Umem::new(dp.umem_frames, FRAME_SIZE)
-                            .map_err(|e| format!("UMEM for worker {wi}: {e}"))?;
-                        let s = XskSocket::new(&u, l.ifindex, w.queue, &xcfg).map_err(|e| {
-                            format!("AF_XDP socket on {} queue {}: {e}", l.name, w.queue)
-                        })?;
-                        extra_pools.push(Pool::new(u));
-                        handle.copy_fallbacks += 1;
-                        (s, extra_pools.len())
-                    }
-                };
-                progs[1 + ii]
-                    .register_socket(w.queue, sock.fd())
-                    .map_err(|e| {
-                        format!(
-                            "registering the socket of {} queue {}: {e}",
-                            l.name, w.queue
-                        )
-                    })?;
-                ports.push(Port {
-                    sock,
-                    ingress: Ingress::Inside(ii as u8),
-                    mac: l.mac,
-                    ifindex: l.ifindex,
-                    pool,
-                    vlan_ifindex: vlan_devices(cfg, &l.name),
-                });
-            }
-            let mut pools = vec![Pool::new(umem)];
-            pools.extend(extra_pools);
-            let egress_ports = (0..ports.len()).collect();
-            let counters = Arc::new(Counters::default());
-            let dpc = Arc::new(DpCounters::default());
-            let engine = Engine::new(wi, Arc::clone(&rules), Arc::clone(&counters));
-            let (tx, rx) = crossbeam::channel::bounded(16);
-            let shared = WorkerShared {
-                neigh: Arc::clone(&neigh),
-                resolve: Arc::clone(&resolve),
-                handoff: handoff.clone(),
-                handoff_free: Arc::clone(&handoff_free),
-                stop: Arc::clone(&stop),
-            };
-            let worker = Worker::new(
-                engine,
-                ports,
-                pools,
-                shared,
-                rx,
-                Arc::clone(&dpc),
-                dp.batch_size,
-                dp.poll == PollMode::Busy,
-                egress_ports,
-                epoch,
-            );
-            let core = w.core;
-            let t = std::thread::Builder::new()
-                .name(format!("natgw-w{wi}"))
-                .spawn(move || {
-                    core_affinity::set_for_current(core_affinity::CoreId { id: core });
-                    worker.run()
-                })
-                .map_err(|e| format!("starting worker {wi}: {e}"))?;
-            workers.threads.push(t);
-            handle.counters.push(counters);
-            handle.dp.push(dpc);
-            handle.control.push(tx);
-        }
+        let workers = spawn_workers(cfg, &links, &progs, &shared, &mut handle)?;
         Ok(Gateway {
             handle,
-            workers: std::mem::take(&mut workers.threads),
-            stop,
-            resolve,
+            workers,
+            stop: shared.stop,
+            resolve: shared.resolve,
             neigh_sock,
             _progs: progs,
         })

@@ -2,11 +2,11 @@
 //! engine, fill in link-layer addresses, transmit, recycle frames. The hot path takes no lock,
 //! makes no allocation and makes syscalls only per batch (tx kick, rx wakeup, idle poll).
 
-use super::netlink::NeighTable;
-use super::xsk::{Desc, Umem, XskSocket};
+use super::neigh::NeighTable;
 use crate::nat::counters::Counter;
 use crate::nat::{Counters, DropReason, Egress, Engine, Frame, Ingress, Pkt, Rules, Verdict};
 use crossbeam::queue::ArrayQueue;
+use natgw_kernel::xsk::{Desc, Umem, XskSocket};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -555,23 +555,8 @@ impl Worker {
     /// file descriptor) and housekeeping are never late by more than a few milliseconds.
     fn sleep_until_traffic(&mut self) {
         self.dp.idle_sleeps.inc();
-        let mut fds = [libc::pollfd {
-            fd: -1,
-            events: libc::POLLIN,
-            revents: 0,
-        }; 8];
-        for (i, p) in self.ports.iter().take(8).enumerate() {
-            fds[i].fd = p.sock.fd();
-        }
         let timeout = if self.shared.handoff.len() > 1 { 1 } else { 10 };
-        // SAFETY: valid array of pollfd, length bounded by its size.
-        unsafe {
-            libc::poll(
-                fds.as_mut_ptr(),
-                self.ports.len().min(8) as libc::nfds_t,
-                timeout,
-            )
-        };
+        natgw_kernel::xsk::wait_rx_any(self.ports.iter().map(|p| &p.sock), timeout);
     }
 
     fn control_messages(&mut self) {

@@ -20,6 +20,7 @@ mod parse;
 pub mod ports;
 mod rewrite;
 pub mod rng;
+pub mod rss;
 pub mod rules;
 pub mod session;
 mod store;

@@ -245,7 +245,7 @@ const NO_REALM: u16 = u16::MAX;
 /// worker's own queue, so steady-state traffic needs no handoff.
 #[derive(Clone, Debug)]
 pub struct RssSteering {
-    pub rss: crate::dataplane::toeplitz::Rss,
+    pub rss: crate::nat::rss::Rss,
     /// Whether TCP / UDP return traffic is hashed over ports too (else only addresses count
     /// and port choice cannot steer).
     pub tcp_ports: bool,

@@ -2,8 +2,8 @@
 //! picks make the replies land on that worker's own queue.
 
 use super::util::*;
-use crate::dataplane::toeplitz::{DEFAULT_KEY, Rss};
 use crate::nat::Ingress;
+use crate::nat::rss::{DEFAULT_KEY, Rss};
 use crate::nat::rules::{RssSteering, Rules};
 use std::sync::Arc;
 

@@ -3,7 +3,9 @@
 //! kernel traffic through it (ping, UDP, a TCP transfer, a port forward), prints what
 //! happened, and removes everything it created, also on Ctrl-C.
 
-use crate::testbed::{Topology, TopologySpec, run_in_netns};
+use crate::{Topology, TopologySpec, run_in_netns};
+use natgw_kernel::signal;
+use std::fmt;
 use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::process::{Child, Command, Stdio};
@@ -16,10 +18,52 @@ pub struct LabOptions {
     pub keep_config: bool,
 }
 
+/// Why `natgw lab` did not finish.
+#[derive(Debug)]
+pub enum LabError {
+    /// SIGINT or SIGTERM: everything the lab created has been removed.
+    Interrupted,
+    /// The topology could not be built.
+    Topology(std::io::Error),
+    /// natgw rejected the configuration the lab generated (a bug of the lab).
+    ConfigRejected(String),
+    /// natgw's API did not answer in time.
+    NotUp,
+    /// A system call, command or socket operation failed; the text says which.
+    Io(String),
+    /// Traffic did not go through natgw as expected.
+    Traffic(String),
+}
+
+impl fmt::Display for LabError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            LabError::Interrupted => f.write_str("interrupted"),
+            LabError::Topology(e) => write!(f, "building the lab topology: {e}"),
+            LabError::ConfigRejected(e) => write!(f, "internal: lab configuration rejected: {e}"),
+            LabError::NotUp => f.write_str("natgw did not come up within 15 s"),
+            LabError::Io(e) | LabError::Traffic(e) => f.write_str(e),
+        }
+    }
+}
+
+impl std::error::Error for LabError {}
+
+impl From<std::io::Error> for LabError {
+    fn from(e: std::io::Error) -> Self {
+        LabError::Io(e.to_string())
+    }
+}
+
+/// An I/O error as a [`LabError`] whose message starts with `what`.
+fn io_context(what: &str) -> impl FnOnce(std::io::Error) -> LabError + '_ {
+    move |e| LabError::Io(format!("{what}: {e}"))
+}
+
 const API: &str = "127.0.0.1:9180";
 
 fn stop_requested() -> bool {
-    crate::dataplane::run::signalled()
+    signal::signalled()
 }
 
 /// GET `path` from natgw's API (127.0.0.1:9180) inside namespace `ns`: the body of a 200
@@ -84,9 +128,9 @@ fn step(name: &str) {
     println!("\n== {name}");
 }
 
-fn check_stop() -> Result<(), String> {
+fn check_stop() -> Result<(), LabError> {
     if stop_requested() {
-        Err("interrupted".into())
+        Err(LabError::Interrupted)
     } else {
         Ok(())
     }
@@ -100,14 +144,20 @@ fn fnv(data: &[u8], mut h: u64) -> u64 {
     h
 }
 
-pub fn run(opts: &LabOptions) -> Result<(), String> {
-    crate::dataplane::run::install_signal_handlers();
+/// Runs the lab: builds the topology, starts this executable as `natgw run` in the gateway
+/// namespace, drives the traffic and removes everything again. `check_config` is natgw's
+/// configuration parser, run on the generated configuration before natgw starts.
+pub fn run<E: fmt::Display>(
+    opts: &LabOptions,
+    check_config: impl Fn(&str) -> Result<(), E>,
+) -> Result<(), LabError> {
+    signal::install_signal_handlers();
     let mut spec = TopologySpec::new("lab");
     spec.inside_hosts = opts.hosts.clamp(1, 8);
     spec.queues = opts.workers.clamp(1, 4);
     let _ = Topology::cleanup_stale("lab");
     step("building the topology");
-    let topo = Topology::build(&spec).map_err(|e| format!("building the lab topology: {e}"))?;
+    let topo = Topology::build(&spec).map_err(LabError::Topology)?;
     let a = &spec.addressing;
     let (pool0, _) = topo.pool(0);
     println!(
@@ -123,10 +173,10 @@ pub fn run(opts: &LabOptions) -> Result<(), String> {
     cfg.push_str(&format!(
         "static = [{{ protocol = \"tcp\", external = \"{pool0}:8080\", internal = \"{h1}:80\" }}]\n"
     ));
-    crate::config::parse(&cfg).map_err(|e| format!("internal: lab configuration rejected: {e}"))?;
+    check_config(&cfg).map_err(|e| LabError::ConfigRejected(e.to_string()))?;
     let path = std::env::temp_dir().join(format!("natgw-lab-{}.toml", std::process::id()));
-    std::fs::write(&path, &cfg).map_err(|e| format!("writing {}: {e}", path.display()))?;
-    let exe = std::env::current_exe().map_err(|e| e.to_string())?;
+    std::fs::write(&path, &cfg).map_err(io_context(&format!("writing {}", path.display())))?;
+    let exe = std::env::current_exe()?;
     step("starting natgw");
     let child = Command::new("ip")
         .args(["netns", "exec", topo.gw_ns()])
@@ -135,7 +185,7 @@ pub fn run(opts: &LabOptions) -> Result<(), String> {
         .arg(&path)
         .stdin(Stdio::null())
         .spawn()
-        .map_err(|e| format!("starting natgw: {e}"))?;
+        .map_err(io_context("starting natgw"))?;
     let natgw = Natgw(child);
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
@@ -143,7 +193,7 @@ pub fn run(opts: &LabOptions) -> Result<(), String> {
             break;
         }
         if Instant::now() > deadline {
-            return Err("natgw did not come up within 15 s".into());
+            return Err(LabError::NotUp);
         }
         check_stop()?;
         std::thread::sleep(Duration::from_millis(100));
@@ -220,7 +270,7 @@ pub fn run(opts: &LabOptions) -> Result<(), String> {
     result
 }
 
-fn drive(topo: &Topology, opts_bytes: usize) -> Result<(), String> {
+fn drive(topo: &Topology, opts_bytes: usize) -> Result<(), LabError> {
     let srv = topo.server_addr();
     let srv_ns = topo.server_ns().to_string();
     step("ping from each inside host to the server");
@@ -235,16 +285,17 @@ fn drive(topo: &Topology, opts_bytes: usize) -> Result<(), String> {
             }
         }
         if ok == 0 {
-            return Err(format!("ping from {} to {srv} failed", h.addr));
+            return Err(LabError::Traffic(format!(
+                "ping from {} to {srv} failed",
+                h.addr
+            )));
         }
         println!("  {} -> {srv}: {ok}/4 replies, avg {:?}", h.addr, rtt / ok);
     }
 
     step("UDP request/response (1000 datagrams per host)");
-    let echo =
-        run_in_netns(&srv_ns, || UdpSocket::bind("0.0.0.0:7000")).map_err(|e| e.to_string())?;
-    echo.set_read_timeout(Some(Duration::from_millis(200)))
-        .map_err(|e| e.to_string())?;
+    let echo = run_in_netns(&srv_ns, || UdpSocket::bind("0.0.0.0:7000"))?;
+    echo.set_read_timeout(Some(Duration::from_millis(200)))?;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let stop2 = stop.clone();
     let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
@@ -260,10 +311,8 @@ fn drive(topo: &Topology, opts_bytes: usize) -> Result<(), String> {
     });
     for h in topo.hosts() {
         check_stop()?;
-        let sock =
-            run_in_netns(&h.ns, || UdpSocket::bind("0.0.0.0:0")).map_err(|e| e.to_string())?;
-        sock.set_read_timeout(Some(Duration::from_millis(500)))
-            .map_err(|e| e.to_string())?;
+        let sock = run_in_netns(&h.ns, || UdpSocket::bind("0.0.0.0:0"))?;
+        sock.set_read_timeout(Some(Duration::from_millis(500)))?;
         let t = Instant::now();
         let mut got = 0;
         for i in 0..1000u32 {
@@ -293,8 +342,7 @@ fn drive(topo: &Topology, opts_bytes: usize) -> Result<(), String> {
 
     step("TCP transfer inside -> server");
     let h = &topo.hosts()[0];
-    let listener =
-        run_in_netns(&srv_ns, || TcpListener::bind("0.0.0.0:5001")).map_err(|e| e.to_string())?;
+    let listener = run_in_netns(&srv_ns, || TcpListener::bind("0.0.0.0:5001"))?;
     let recv_t = std::thread::spawn(move || -> std::io::Result<(u64, usize)> {
         let (mut c, _) = listener.accept()?;
         c.set_read_timeout(Some(Duration::from_secs(10)))?;
@@ -326,14 +374,12 @@ fn drive(topo: &Topology, opts_bytes: usize) -> Result<(), String> {
     let mut c = run_in_netns(&h.ns, move || {
         TcpStream::connect_timeout(&SocketAddrV4::new(srv, 5001).into(), Duration::from_secs(3))
     })
-    .map_err(|e| format!("TCP connect: {e}"))?;
-    c.write_all(&data).map_err(|e| e.to_string())?;
-    c.shutdown(std::net::Shutdown::Write)
-        .map_err(|e| e.to_string())?;
+    .map_err(io_context("TCP connect"))?;
+    c.write_all(&data)?;
+    c.shutdown(std::net::Shutdown::Write)?;
     let mut back = [0u8; 8];
-    c.set_read_timeout(Some(Duration::from_secs(10)))
-        .map_err(|e| e.to_string())?;
-    c.read_exact(&mut back).map_err(|e| e.to_string())?;
+    c.set_read_timeout(Some(Duration::from_secs(10)))?;
+    c.read_exact(&mut back)?;
     let dt = t.elapsed();
     let _ = recv_t.join();
     let ok = u64::from_be_bytes(back) == want;
@@ -345,15 +391,14 @@ fn drive(topo: &Topology, opts_bytes: usize) -> Result<(), String> {
         if ok { "matches" } else { "DIFFERS" }
     );
     if !ok {
-        return Err("TCP content hash differs".into());
+        return Err(LabError::Traffic("TCP content hash differs".into()));
     }
 
     {
         check_stop()?;
         let (pool0, _) = topo.pool(0);
         step(&format!("port forward {pool0}:8080 -> {}:80", h.addr));
-        let l =
-            run_in_netns(&h.ns, || TcpListener::bind("0.0.0.0:80")).map_err(|e| e.to_string())?;
+        let l = run_in_netns(&h.ns, || TcpListener::bind("0.0.0.0:80"))?;
         let srv_t = std::thread::spawn(move || -> std::io::Result<String> {
             let (mut c, from) = l.accept()?;
             c.write_all(b"hello through natgw\n")?;
@@ -365,15 +410,13 @@ fn drive(topo: &Topology, opts_bytes: usize) -> Result<(), String> {
                 Duration::from_secs(3),
             )
         })
-        .map_err(|e| format!("connecting to the forwarded port: {e}"))?;
+        .map_err(io_context("connecting to the forwarded port"))?;
         let mut s = String::new();
-        c.set_read_timeout(Some(Duration::from_secs(5)))
-            .map_err(|e| e.to_string())?;
-        c.read_to_string(&mut s).map_err(|e| e.to_string())?;
+        c.set_read_timeout(Some(Duration::from_secs(5)))?;
+        c.read_to_string(&mut s)?;
         let from = srv_t
             .join()
-            .map_err(|_| "forward server panicked".to_string())?
-            .map_err(|e| e.to_string())?;
+            .map_err(|_| LabError::Traffic("forward server panicked".into()))??;
         println!(
             "  server {srv} got {:?} from the inside server; the inside server saw {from}",
             s.trim()

@@ -12,7 +12,7 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use super::sys;
+use crate::sys;
 
 const HUGE_PAGE: usize = 2 << 20;
 /// How long `bind` keeps retrying EBUSY: a queue released by another process stays busy
@@ -85,15 +85,18 @@ impl Umem {
         })
     }
 
+    #[inline]
     pub fn frame_size(&self) -> u32 {
         self.frame_size
     }
 
+    #[inline]
     pub fn frames(&self) -> u32 {
         self.frames
     }
 
     /// Start address of frame number `i`.
+    #[inline]
     pub fn frame_addr(&self, i: u32) -> u64 {
         i as u64 * self.frame_size as u64
     }
@@ -110,6 +113,7 @@ impl Umem {
 
     /// `[addr, addr + len)` clipped to the end of the frame that contains `addr`, so that a
     /// slice never reaches into a neighbouring frame. Empty when `addr` is outside the area.
+    #[inline]
     fn clip(&self, addr: u64, len: usize) -> (usize, usize) {
         if addr >= self.len as u64 {
             return (0, 0);
@@ -123,6 +127,7 @@ impl Umem {
     ///
     /// Only meaningful for frames userspace owns (received and not yet handed back):
     /// the kernel may be writing into frames on the fill ring.
+    #[inline]
     pub fn frame(&self, addr: u64, len: usize) -> &[u8] {
         let (off, n) = self.clip(addr, len);
         // SAFETY: `off + n` lies inside the mapping, which lives as long as `self`.
@@ -136,6 +141,7 @@ impl Umem {
     /// it is not in the fill or tx ring (the kernel's), and no other slice of the same
     /// frame (from `frame` or `frame_mut`, on any thread) is alive.
     #[allow(clippy::mut_from_ref)]
+    #[inline]
     pub unsafe fn frame_mut(&self, addr: u64, len: usize) -> &mut [u8] {
         let (off, n) = self.clip(addr, len);
         // SAFETY: in bounds as in `frame`; exclusivity is the caller's promise.
@@ -278,28 +284,33 @@ impl<T: Copy> Ring<T> {
         Ok(r)
     }
 
+    #[inline]
     fn producer(&self) -> &AtomicU32 {
         // SAFETY: points into the live mapping; the kernel only accesses it atomically.
         unsafe { self.producer.as_ref() }
     }
 
+    #[inline]
     fn consumer(&self) -> &AtomicU32 {
         // SAFETY: as for `producer`.
         unsafe { self.consumer.as_ref() }
     }
 
+    #[inline]
     fn needs_wakeup(&self) -> bool {
         // SAFETY: as for `producer`.
         let flags = unsafe { self.flags.as_ref() };
         flags.load(Ordering::Relaxed) & libc::XDP_RING_NEED_WAKEUP != 0
     }
 
+    #[inline]
     fn slot(&self, idx: u32) -> *mut T {
         // SAFETY: `idx & mask` < size, inside the mapping.
         unsafe { self.descs.as_ptr().add((idx & self.mask) as usize) }
     }
 
     /// Producer side: free slots, up to `want`.
+    #[inline]
     fn free(&mut self, want: u32) -> u32 {
         let free = self.cached_cons.wrapping_sub(self.cached_prod);
         if free >= want {
@@ -314,6 +325,7 @@ impl<T: Copy> Ring<T> {
     }
 
     /// Producer side: writes `items` (as many as fit) and publishes them.
+    #[inline]
     fn produce<S>(&mut self, items: &[S], conv: impl Fn(&S) -> T) -> usize {
         let want = items.len().min(self.size as usize) as u32;
         let n = self.free(want);
@@ -335,6 +347,7 @@ impl<T: Copy> Ring<T> {
     }
 
     /// Consumer side: reads up to `out.len()` entries and releases their slots.
+    #[inline]
     fn consume<S>(&mut self, out: &mut [S], conv: impl Fn(T) -> S) -> usize {
         let want = out.len().min(self.size as usize) as u32;
         let mut avail = self.cached_prod.wrapping_sub(self.cached_cons);
@@ -498,7 +511,6 @@ impl XskSocket {
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
         let fdb = fd.as_fd();
 
-        let same_queue = first.is_some_and(|f| f.ifindex == ifindex && f.queue == queue);
         if first.is_none() {
             setsockopt(
                 fdb,
@@ -508,38 +520,10 @@ impl XskSocket {
             )?;
         }
         // The kernel forbids own fill/completion rings when sharing a queue's pool.
+        let same_queue = first.is_some_and(|f| f.ifindex == ifindex && f.queue == queue);
         let own_umem_rings = !same_queue;
-        if own_umem_rings {
-            setsockopt(
-                fdb,
-                libc::XDP_UMEM_FILL_RING,
-                &size,
-                "setsockopt(XDP_UMEM_FILL_RING)",
-            )?;
-            setsockopt(
-                fdb,
-                libc::XDP_UMEM_COMPLETION_RING,
-                &size,
-                "setsockopt(XDP_UMEM_COMPLETION_RING)",
-            )?;
-        }
-        setsockopt(fdb, libc::XDP_RX_RING, &size, "setsockopt(XDP_RX_RING)")?;
-        setsockopt(fdb, libc::XDP_TX_RING, &size, "setsockopt(XDP_TX_RING)")?;
-
-        // SAFETY: plain C struct, all-zero is valid.
-        let mut off: libc::xdp_mmap_offsets = unsafe { zeroed() };
-        let got = getsockopt(
-            fdb,
-            libc::XDP_MMAP_OFFSETS,
-            &mut off,
-            "getsockopt(XDP_MMAP_OFFSETS)",
-        )?;
-        if got != size_of::<libc::xdp_mmap_offsets>() {
-            return Err(io::Error::new(
-                io::ErrorKind::Unsupported,
-                "kernel without ring flags (need Linux >= 5.4)",
-            ));
-        }
+        set_ring_sizes(fdb, size, own_umem_rings)?;
+        let off = mmap_offsets(fdb)?;
 
         // The rings must be mapped before bind: afterwards the kernel refuses.
         let rx = Ring::map(fdb, &off.rx, size, libc::XDP_PGOFF_RX_RING as u64, false)?;
@@ -565,31 +549,7 @@ impl XskSocket {
             (None, None)
         };
 
-        // SAFETY: plain C struct, all-zero is valid.
-        let mut sa: libc::sockaddr_xdp = unsafe { zeroed() };
-        sa.sxdp_family = libc::AF_XDP as u16;
-        sa.sxdp_ifindex = ifindex;
-        sa.sxdp_queue_id = queue;
-        let need_wakeup = match first {
-            Some(f) => {
-                // Flags other than XDP_SHARED_UMEM are rejected here: mode and wakeup
-                // behaviour come from the socket that registered the UMEM.
-                sa.sxdp_flags = libc::XDP_SHARED_UMEM;
-                sa.sxdp_shared_umem_fd = f.fd.as_raw_fd() as u32;
-                f.need_wakeup
-            }
-            None => {
-                sa.sxdp_flags = match cfg.copy {
-                    None => 0,
-                    Some(true) => libc::XDP_COPY,
-                    Some(false) => libc::XDP_ZEROCOPY,
-                };
-                if cfg.need_wakeup {
-                    sa.sxdp_flags |= libc::XDP_USE_NEED_WAKEUP;
-                }
-                cfg.need_wakeup
-            }
-        };
+        let (sa, need_wakeup) = bind_address(first, ifindex, queue, cfg);
         bind_retrying(fdb, &sa)?;
 
         Ok(XskSocket {
@@ -606,6 +566,7 @@ impl XskSocket {
         })
     }
 
+    #[inline]
     pub fn fd(&self) -> RawFd {
         self.fd.as_raw_fd()
     }
@@ -639,6 +600,7 @@ impl XskSocket {
 
     /// Gives frames to the kernel for receiving. Returns how many fit (0 for a socket
     /// that shares its queue's fill ring).
+    #[inline]
     pub fn fill(&mut self, addrs: &[u64]) -> usize {
         match &mut self.fill {
             Some(r) => r.produce(addrs, |&a| a),
@@ -647,6 +609,7 @@ impl XskSocket {
     }
 
     /// Takes received descriptors; the frames now belong to the caller.
+    #[inline]
     pub fn recv(&mut self, out: &mut [Desc]) -> usize {
         self.rx.consume(out, |d| Desc {
             addr: d.addr,
@@ -657,6 +620,7 @@ impl XskSocket {
     /// Queues frames for transmission; they belong to the kernel until they come back
     /// through [`complete`](Self::complete). Returns how many fit. Call
     /// [`kick_tx`](Self::kick_tx) afterwards.
+    #[inline]
     pub fn send(&mut self, descs: &[Desc]) -> usize {
         self.tx.produce(descs, |d| libc::xdp_desc {
             addr: d.addr,
@@ -666,6 +630,7 @@ impl XskSocket {
     }
 
     /// Takes back transmitted frames (0 for a socket sharing its queue's completion ring).
+    #[inline]
     pub fn complete(&mut self, out: &mut [u64]) -> usize {
         match &mut self.comp {
             Some(r) => r.consume(out, |a| a),
@@ -674,6 +639,7 @@ impl XskSocket {
     }
 
     /// Entries waiting in the tx ring not yet taken by the kernel (cheap estimate).
+    #[inline]
     pub fn tx_pending(&self) -> u32 {
         self.tx
             .cached_prod
@@ -681,6 +647,7 @@ impl XskSocket {
     }
 
     /// Whether the kernel wants a syscall before it looks at the fill ring again.
+    #[inline]
     pub fn fill_needs_wakeup(&self) -> bool {
         match &self.fill {
             Some(r) => !self.need_wakeup || r.needs_wakeup(),
@@ -690,6 +657,7 @@ impl XskSocket {
 
     /// Whether the kernel wants a syscall to process the tx ring. Always true without
     /// `need_wakeup` (copy mode transmits only from the syscall).
+    #[inline]
     pub fn tx_needs_wakeup(&self) -> bool {
         !self.need_wakeup || self.tx.needs_wakeup()
     }
@@ -698,6 +666,7 @@ impl XskSocket {
     /// (EAGAIN, EBUSY, ENOBUFS, ENETDOWN) are not errors: call again later. In copy mode
     /// one call transmits a bounded batch (32 frames in current kernels), so keep calling
     /// while [`tx_pending`](Self::tx_pending) is non-zero.
+    #[inline]
     pub fn kick_tx(&self) -> io::Result<()> {
         if !self.tx_needs_wakeup() {
             return Ok(());
@@ -724,6 +693,7 @@ impl XskSocket {
 
     /// Tells the kernel that the fill ring has frames again, if it asked to be told.
     /// Errors are transient by nature here (the next poll loop iteration retries).
+    #[inline]
     pub fn wakeup_rx(&self) {
         if self.fill_needs_wakeup() {
             // SAFETY: zero-length receive without a buffer, as the AF_XDP ABI expects.
@@ -781,10 +751,103 @@ impl XskSocket {
     }
 }
 
+/// Sleeps in poll(2) until one of the first 8 of `socks` has received descriptors or
+/// `timeout_ms` passes (an interrupted or failed poll just returns early).
+pub fn wait_rx_any<'a>(socks: impl IntoIterator<Item = &'a XskSocket>, timeout_ms: i32) {
+    let mut fds = [libc::pollfd {
+        fd: -1,
+        events: libc::POLLIN,
+        revents: 0,
+    }; 8];
+    let mut n = 0;
+    for (f, s) in fds.iter_mut().zip(socks) {
+        f.fd = s.fd();
+        n += 1;
+    }
+    // SAFETY: valid array of pollfd, length bounded by its size.
+    unsafe { libc::poll(fds.as_mut_ptr(), n as libc::nfds_t, timeout_ms) };
+}
+
 impl AsFd for XskSocket {
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.fd.as_fd()
     }
+}
+
+/// Sizes the rx and tx rings and, with `umem_rings`, the fill and completion rings.
+fn set_ring_sizes(fd: BorrowedFd<'_>, size: u32, umem_rings: bool) -> io::Result<()> {
+    if umem_rings {
+        setsockopt(
+            fd,
+            libc::XDP_UMEM_FILL_RING,
+            &size,
+            "setsockopt(XDP_UMEM_FILL_RING)",
+        )?;
+        setsockopt(
+            fd,
+            libc::XDP_UMEM_COMPLETION_RING,
+            &size,
+            "setsockopt(XDP_UMEM_COMPLETION_RING)",
+        )?;
+    }
+    setsockopt(fd, libc::XDP_RX_RING, &size, "setsockopt(XDP_RX_RING)")?;
+    setsockopt(fd, libc::XDP_TX_RING, &size, "setsockopt(XDP_TX_RING)")
+}
+
+/// Where the kernel placed the rings' producer, consumer, flags and descriptors
+/// (`XDP_MMAP_OFFSETS`); refuses kernels whose offsets lack the ring flags.
+fn mmap_offsets(fd: BorrowedFd<'_>) -> io::Result<libc::xdp_mmap_offsets> {
+    // SAFETY: plain C struct, all-zero is valid.
+    let mut off: libc::xdp_mmap_offsets = unsafe { zeroed() };
+    let got = getsockopt(
+        fd,
+        libc::XDP_MMAP_OFFSETS,
+        &mut off,
+        "getsockopt(XDP_MMAP_OFFSETS)",
+    )?;
+    if got != size_of::<libc::xdp_mmap_offsets>() {
+        return Err(io::Error::new(
+            io::ErrorKind::Unsupported,
+            "kernel without ring flags (need Linux >= 5.4)",
+        ));
+    }
+    Ok(off)
+}
+
+/// The address to bind a socket to `queue` of `ifindex`, and whether it uses need-wakeup.
+/// A socket sharing `first`'s UMEM inherits copy mode and need-wakeup from it.
+fn bind_address(
+    first: Option<&XskSocket>,
+    ifindex: u32,
+    queue: u32,
+    cfg: &XskConfig,
+) -> (libc::sockaddr_xdp, bool) {
+    // SAFETY: plain C struct, all-zero is valid.
+    let mut sa: libc::sockaddr_xdp = unsafe { zeroed() };
+    sa.sxdp_family = libc::AF_XDP as u16;
+    sa.sxdp_ifindex = ifindex;
+    sa.sxdp_queue_id = queue;
+    let need_wakeup = match first {
+        Some(f) => {
+            // Flags other than XDP_SHARED_UMEM are rejected here: mode and wakeup
+            // behaviour come from the socket that registered the UMEM.
+            sa.sxdp_flags = libc::XDP_SHARED_UMEM;
+            sa.sxdp_shared_umem_fd = f.fd.as_raw_fd() as u32;
+            f.need_wakeup
+        }
+        None => {
+            sa.sxdp_flags = match cfg.copy {
+                None => 0,
+                Some(true) => libc::XDP_COPY,
+                Some(false) => libc::XDP_ZEROCOPY,
+            };
+            if cfg.need_wakeup {
+                sa.sxdp_flags |= libc::XDP_USE_NEED_WAKEUP;
+            }
+            cfg.need_wakeup
+        }
+    };
+    (sa, need_wakeup)
 }
 
 /// bind(2), retrying EBUSY for up to [`BIND_BUSY_RETRY`]: the kernel releases a queue

@@ -7,8 +7,6 @@
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-use super::toeplitz::{Rss, RssError};
-
 const SIOCETHTOOL: libc::c_ulong = 0x8946;
 const ETHTOOL_GTXCSUM: u32 = 0x16;
 const ETHTOOL_STXCSUM: u32 = 0x17;
@@ -99,13 +97,6 @@ pub struct RssConfig {
     pub hfunc: u8,
 }
 
-impl RssConfig {
-    /// A software model of this configuration, if it is a Toeplitz one.
-    pub fn to_rss(&self) -> Option<Result<Rss, RssError>> {
-        (self.hfunc == ETH_RSS_HASH_TOP).then(|| Rss::new(&self.key, self.indirection.clone()))
-    }
-}
-
 /// Reads the RSS configuration (ETHTOOL_GRSSH). `Ok(None)` when the driver has no RSS
 /// (veth, most virtual devices).
 pub fn rss_config(ifname: &str) -> io::Result<Option<RssConfig>> {
@@ -194,7 +185,6 @@ pub fn tx_checksum(ifname: &str) -> io::Result<bool> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::dataplane::toeplitz::DEFAULT_KEY;
 
     #[test]
     fn ifreq_layout_matches_kernel() {
@@ -208,18 +198,5 @@ mod tests {
             let e = channels(name).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{name:?}");
         }
-    }
-
-    #[test]
-    fn to_rss_only_for_toeplitz() {
-        let mut cfg = RssConfig {
-            key: DEFAULT_KEY.to_vec(),
-            indirection: vec![0, 1],
-            hfunc: ETH_RSS_HASH_TOP,
-        };
-        let rss = cfg.to_rss().unwrap().unwrap();
-        assert_eq!(rss.indirection(), &[0, 1]);
-        cfg.hfunc = 0x2;
-        assert!(cfg.to_rss().is_none());
     }
 }

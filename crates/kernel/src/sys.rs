@@ -81,6 +81,15 @@ pub fn errno(e: &io::Error) -> Option<i32> {
     })
 }
 
+/// "No such device": the errno of a lookup of an interface that does not exist.
+pub const ENODEV: i32 = libc::ENODEV;
+
+/// Whether the process runs with effective user id 0.
+pub fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
 /// Turns a C-style `-1 means errno` return value into a `Result`.
 pub fn cvt(ret: libc::c_int, op: &'static str) -> io::Result<libc::c_int> {
     if ret < 0 {

@@ -43,18 +43,18 @@
 //! same tag removes them with [`Topology::cleanup_stale`] ([`Topology::build`] refuses to
 //! build over leftovers).
 
-use std::ffi::CString;
 use std::fmt::Write as _;
 use std::io::{self, Write as _};
-use std::mem::{size_of, zeroed};
 use std::net::Ipv4Addr;
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::dataplane::bpf::{self, AttachMode};
-use crate::dataplane::{ethtool, sys};
+use crate::netns::{annotate, ip, try_run_in_netns};
+use crate::sockets::{RawIcmp, ipv4_payload};
+use natgw_kernel::bpf::{self, AttachMode};
+use natgw_kernel::{ethtool, sys};
 
 /// The gateway's inside interface (natgw's `[[inside]]`).
 pub const GW_INSIDE_IF: &str = "eth-in";
@@ -162,6 +162,12 @@ impl TopologySpec {
             vlan_ids: [100, 200],
             addressing: Addressing::default(),
         }
+    }
+
+    /// The natgw configuration of a topology built from this spec (see
+    /// [`Topology::natgw_config`]).
+    pub fn natgw_config(&self) -> String {
+        natgw_config(self)
     }
 
     /// Number of tenants: 2 in VLAN mode, else 1.
@@ -662,7 +668,7 @@ impl Topology {
     /// mode: realms `tenant-a` / `tenant-b` on the two VLANs), one worker per queue (worker
     /// `q` on core `q`), generic XDP is not forced (`xdp_mode = "auto"`), adaptive polling.
     pub fn natgw_config(&self) -> String {
-        natgw_config(&self.spec)
+        self.spec.natgw_config()
     }
 
     /// Sends one ICMP echo request from `ns` to `dst` and waits up to `timeout` for the reply;
@@ -708,180 +714,6 @@ impl Drop for Topology {
             }
         }
     }
-}
-
-/// Runs `f` on a new thread inside network namespace `ns` (a name under /run/netns, or an
-/// absolute path) and returns its result; a panic in `f` is propagated. The calling thread
-/// stays where it is. Sockets created by `f` stay in `ns` and can be used from any thread.
-/// Panics if `ns` cannot be entered; [`try_run_in_netns`] returns that as an error.
-pub fn run_in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> T {
-    try_run_in_netns(ns, f).unwrap_or_else(|e| panic!("entering network namespace {ns}: {e}"))
-}
-
-/// [`run_in_netns`], with failure to enter the namespace as an error.
-pub fn try_run_in_netns<T: Send>(ns: &str, f: impl FnOnce() -> T + Send) -> io::Result<T> {
-    let path = if ns.starts_with('/') {
-        ns.to_string()
-    } else {
-        format!("/run/netns/{ns}")
-    };
-    let path = CString::new(path)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "namespace name contains NUL"))?;
-    std::thread::scope(|s| {
-        let h = s.spawn(|| {
-            // SAFETY: valid NUL-terminated path.
-            let fd = unsafe { libc::open(path.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
-            if fd < 0 {
-                return Err(sys::last_os_error("open(netns)"));
-            }
-            // SAFETY: `fd` was just opened and is owned by nothing else.
-            let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-            // SAFETY: setns changes only this (fresh, short-lived) thread's namespace.
-            sys::cvt(
-                unsafe { libc::setns(fd.as_raw_fd(), libc::CLONE_NEWNET) },
-                "setns",
-            )?;
-            Ok(f())
-        });
-        match h.join() {
-            Ok(v) => v,
-            Err(p) => std::panic::resume_unwind(p),
-        }
-    })
-}
-
-/// A raw ICMP socket (root only) in the namespace of the thread that opened it: sends echo
-/// requests and receives every ICMP packet delivered to the namespace, IPv4 header included.
-#[derive(Debug)]
-pub struct RawIcmp {
-    fd: OwnedFd,
-}
-
-impl RawIcmp {
-    pub fn open() -> io::Result<RawIcmp> {
-        // SAFETY: plain socket(2).
-        let fd = unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                libc::IPPROTO_ICMP,
-            )
-        };
-        let fd = sys::cvt(fd, "socket(SOCK_RAW, IPPROTO_ICMP)")?;
-        // SAFETY: fresh fd owned by nothing else.
-        Ok(RawIcmp {
-            fd: unsafe { OwnedFd::from_raw_fd(fd) },
-        })
-    }
-
-    /// Sends an echo request; `ttl` overrides the default TTL.
-    pub fn send_echo(
-        &self,
-        dst: Ipv4Addr,
-        id: u16,
-        seq: u16,
-        ttl: Option<u8>,
-        payload: &[u8],
-    ) -> io::Result<()> {
-        if let Some(ttl) = ttl {
-            let v = libc::c_int::from(ttl);
-            // SAFETY: valid option buffer of the declared size.
-            let r = unsafe {
-                libc::setsockopt(
-                    self.fd.as_raw_fd(),
-                    libc::IPPROTO_IP,
-                    libc::IP_TTL,
-                    (&v as *const libc::c_int).cast(),
-                    size_of::<libc::c_int>() as u32,
-                )
-            };
-            sys::cvt(r, "setsockopt(IP_TTL)")?;
-        }
-        let mut msg = vec![8u8, 0, 0, 0];
-        msg.extend_from_slice(&id.to_be_bytes());
-        msg.extend_from_slice(&seq.to_be_bytes());
-        msg.extend_from_slice(payload);
-        let c = internet_checksum(&msg);
-        msg[2..4].copy_from_slice(&c.to_be_bytes());
-        // SAFETY: all-zero sockaddr_in is valid.
-        let mut sa: libc::sockaddr_in = unsafe { zeroed() };
-        sa.sin_family = libc::AF_INET as libc::sa_family_t;
-        sa.sin_addr.s_addr = u32::from(dst).to_be();
-        // SAFETY: valid buffer and address of the declared sizes.
-        let n = unsafe {
-            libc::sendto(
-                self.fd.as_raw_fd(),
-                msg.as_ptr().cast(),
-                msg.len(),
-                0,
-                (&sa as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as u32,
-            )
-        };
-        if n < 0 {
-            return Err(sys::last_os_error("sendto(icmp)"));
-        }
-        Ok(())
-    }
-
-    /// Waits up to `timeout` for the next ICMP packet; returns its source and the whole IPv4
-    /// packet, or None on timeout.
-    pub fn recv(&self, timeout: Duration) -> io::Result<Option<(Ipv4Addr, Vec<u8>)>> {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
-        // SAFETY: one valid pollfd.
-        if sys::cvt(unsafe { libc::poll(&mut p, 1, ms) }, "poll")? == 0 {
-            return Ok(None);
-        }
-        let mut buf = vec![0u8; 65536];
-        // SAFETY: all-zero sockaddr_in is valid.
-        let mut sa: libc::sockaddr_in = unsafe { zeroed() };
-        let mut len = size_of::<libc::sockaddr_in>() as u32;
-        // SAFETY: valid buffers of the declared sizes.
-        let n = unsafe {
-            libc::recvfrom(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-                (&mut sa as *mut libc::sockaddr_in).cast(),
-                &mut len,
-            )
-        };
-        if n < 0 {
-            return Err(sys::last_os_error("recvfrom(icmp)"));
-        }
-        buf.truncate(n as usize);
-        Ok(Some((
-            Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr)),
-            buf,
-        )))
-    }
-}
-
-/// The payload of IPv4 packet `pkt` if its protocol is `proto` and it is well formed.
-pub fn ipv4_payload(pkt: &[u8], proto: u8) -> Option<&[u8]> {
-    let ihl = usize::from(*pkt.first()? & 0x0f) * 4;
-    if pkt[0] >> 4 != 4 || ihl < 20 || pkt.len() < ihl || pkt[9] != proto {
-        return None;
-    }
-    let total = usize::from(u16::from_be_bytes([pkt[2], pkt[3]]));
-    pkt.get(ihl..total.min(pkt.len()).max(ihl))
-}
-
-fn internet_checksum(data: &[u8]) -> u16 {
-    let mut sum: u32 = data
-        .chunks(2)
-        .map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)])))
-        .sum();
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 fn prefix(tag: &str) -> String {
@@ -1032,28 +864,6 @@ fn natgw_config(spec: &TopologySpec) -> String {
         let _ = writeln!(s, "pool = [\"{}-{}\"]\n", a.pools[t].0, a.pools[t].1);
     }
     s
-}
-
-fn annotate(e: io::Error, what: &str) -> io::Error {
-    io::Error::new(e.kind(), format!("{what}: {e}"))
-}
-
-/// Runs `ip args`; the error carries the command and its stderr.
-fn ip(args: &[&str]) -> io::Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| annotate(e, &format!("ip {}", args.join(" "))))?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    } else {
-        Err(io::Error::other(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
 }
 
 /// Runs `cmd` with `input` on stdin; the error carries stderr.
@@ -1355,21 +1165,6 @@ mod tests {
     }
 
     #[test]
-    fn natgw_config_is_valid() {
-        let mut s = TopologySpec::new("t");
-        let c = crate::config::parse(&natgw_config(&s)).unwrap();
-        assert_eq!(c.realms.len(), 1);
-        s.vlans = true;
-        s.queues = 2;
-        let text = natgw_config(&s);
-        let c = crate::config::parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
-        assert_eq!(c.realms.len(), 2);
-        assert_eq!(c.dataplane.workers.len(), 2);
-        assert!(text.contains("vlan = 100") && text.contains("vlan = 200"));
-        assert!(text.contains("192.168.1.20-192.168.1.23"));
-    }
-
-    #[test]
     fn nft_ruleset_per_mode() {
         let mut s = TopologySpec::new("t");
         let r = nft_ruleset(&s);
@@ -1382,28 +1177,5 @@ mod tests {
         assert!(r.contains("iifname \"eth-in.100\" ct mark set 100"));
         assert!(r.contains("ct mark 200 snat to 192.168.1.20-192.168.1.23"));
         assert_eq!(r.matches('{').count(), r.matches('}').count());
-    }
-
-    #[test]
-    fn ipv4_payload_checks_header() {
-        let mut p = vec![
-            0x45, 0, 0, 24, 0, 0, 0, 0, 64, 1, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2,
-        ];
-        p.extend_from_slice(&[0, 0, 0, 0, 9, 9]);
-        assert_eq!(ipv4_payload(&p, 1), Some(&[0u8, 0, 0, 0][..]));
-        assert_eq!(ipv4_payload(&p, 17), None);
-        assert_eq!(ipv4_payload(&p[..10], 1), None);
-        assert_eq!(ipv4_payload(&[], 1), None);
-        p[0] = 0x65;
-        assert_eq!(ipv4_payload(&p, 1), None);
-    }
-
-    #[test]
-    fn checksum_of_echo_request() {
-        // An echo request with its checksum filled in sums to zero.
-        let mut m = vec![8u8, 0, 0, 0, 0x12, 0x34, 0, 1, b'a', b'b', b'c'];
-        let c = internet_checksum(&m);
-        m[2..4].copy_from_slice(&c.to_be_bytes());
-        assert_eq!(internet_checksum(&m), 0);
     }
 }

@@ -1,6 +1,6 @@
 //! Software Toeplitz hash, the function NICs use for receive-side scaling (RSS).
 //!
-//! The dataplane needs it to predict which receive queue (and so which worker) a NIC
+//! Port allocation uses it to predict which receive queue (and so which worker) a NIC
 //! will deliver a flow to, for example to pick NAT source ports whose return traffic
 //! hashes back to the worker that owns the mapping.
 

@@ -1,0 +1,18 @@
+//! natgw's kernel interfaces, in pure Rust over `libc` (no clang, libbpf or libxdp):
+//!
+//! - [`bpf`]: eBPF instructions and an assembler, the bpf(2) wrapper, maps, program loading
+//!   and links (XDP, tcx);
+//! - [`xsk`]: AF_XDP UMEM, rings and sockets;
+//! - [`netlink`]: rtnetlink links, addresses and the IPv4 neighbour table;
+//! - [`ethtool`]: RSS, channel and offload settings (raw results);
+//! - [`signal`]: SIGTERM/SIGINT as a shutdown request;
+//! - [`sys`]: errno-carrying errors and small syscall helpers.
+//!
+//! Every call works in the calling thread's network namespace.
+
+pub mod bpf;
+pub mod ethtool;
+pub mod netlink;
+pub mod signal;
+pub mod sys;
+pub mod xsk;

@@ -1,0 +1,411 @@
+//! The XDP program that steers NAT traffic to AF_XDP sockets, built and loaded
+//! through bpf(2) directly (no clang, libbpf or libxdp).
+//!
+//! The program, per frame:
+//! 1. shorter than an Ethernet header => `XDP_PASS`;
+//! 2. one 802.1Q tag is skipped (the IPv4 header is then at +18 instead of +14);
+//! 3. anything but IPv4 (ARP, IPv6, ...) => `XDP_PASS`;
+//! 4. truncated IPv4 header, multicast destination (224.0.0.0/4), or destination address in
+//!    the `pass_addrs` hash map
+//!    (management addresses) => `XDP_PASS`;
+//! 5. otherwise `bpf_redirect_map(xsks_map, rx_queue_index, XDP_PASS)`: the frame goes to
+//!    the queue's AF_XDP socket, or to the kernel when no socket is registered there.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+
+use natgw_kernel::bpf::{
+    self, AttachMode, BPF_ALU64, BPF_AND, BPF_JEQ, BPF_JGT, BPF_JNE, BPF_K, BPF_MAP_TYPE_HASH,
+    BPF_MAP_TYPE_XSKMAP, HELPER_MAP_LOOKUP_ELEM, HELPER_REDIRECT_MAP, Insn, ProgramBuilder, R0, R1,
+    R2, R3, R4, R5, R6, R10, Size, XDP_MD_DATA, XDP_MD_DATA_END, XDP_MD_RX_QUEUE_INDEX, XDP_PASS,
+};
+
+/// Maximum number of management addresses in `pass_addrs`.
+pub const PASS_MAP_MAX_ENTRIES: u32 = 256;
+
+/// Network-order 16-bit value as the BPF machine sees it after a `u16` load.
+const fn be16(v: u16) -> i32 {
+    u16::from_ne_bytes(v.to_be_bytes()) as i32
+}
+
+/// The redirect program (see the module documentation), referring to the given map fds.
+pub fn redirect_program(xsks_map_fd: RawFd, pass_map_fd: RawFd) -> io::Result<Vec<Insn>> {
+    const ETH_HLEN: i32 = 14;
+    const VLAN_HLEN: i32 = 4;
+    const IPV4_MIN_HLEN: i32 = 20;
+    const IPV4_DADDR_OFF: i16 = 16;
+
+    let mut b = ProgramBuilder::new();
+    let pass = b.label();
+    let untagged = b.label();
+
+    // r6 = ctx (survives helper calls); r2 = data, r3 = data_end.
+    b.push(Insn::mov64_reg(R6, R1))
+        .push(Insn::ldx(Size::W, R2, R6, XDP_MD_DATA))
+        .push(Insn::ldx(Size::W, R3, R6, XDP_MD_DATA_END))
+        .push(Insn::mov64_reg(R4, R2))
+        .push(Insn::add64_imm(R4, ETH_HLEN))
+        .jmp_reg_to(BPF_JGT, R4, R3, pass)
+        .push(Insn::ldx(Size::H, R5, R2, 12))
+        .jmp_imm_to(BPF_JNE, R5, be16(0x8100), untagged)
+        // One 802.1Q tag: read the inner EtherType, then shift r2 by the tag so that the
+        // code below sees the same layout as for an untagged frame.
+        .push(Insn::mov64_reg(R4, R2))
+        .push(Insn::add64_imm(R4, ETH_HLEN + VLAN_HLEN))
+        .jmp_reg_to(BPF_JGT, R4, R3, pass)
+        .push(Insn::ldx(Size::H, R5, R2, 16))
+        .push(Insn::add64_imm(R2, VLAN_HLEN))
+        .bind(untagged)
+        .jmp_imm_to(BPF_JNE, R5, be16(0x0800), pass)
+        .push(Insn::mov64_reg(R4, R2))
+        .push(Insn::add64_imm(R4, ETH_HLEN + IPV4_MIN_HLEN))
+        .jmp_reg_to(BPF_JGT, R4, R3, pass)
+        // Key = destination address exactly as in the packet (network order).
+        .push(Insn::ldx(Size::W, R5, R2, ETH_HLEN as i16 + IPV4_DADDR_OFF))
+        // Multicast (224.0.0.0/4: IGMP, mDNS, ...) is link-local business of the kernel and is
+        // never translated. The first address byte is the low byte of the loaded word.
+        .push(Insn::mov64_reg(R4, R5))
+        .push(Insn::new(BPF_ALU64 | BPF_AND | BPF_K, R4, 0, 0, 0xf0))
+        .jmp_imm_to(BPF_JEQ, R4, 0xe0, pass)
+        .push(Insn::stx(Size::W, R10, R5, -4))
+        .extend(Insn::ld_map_fd(R1, pass_map_fd))
+        .push(Insn::mov64_reg(R2, R10))
+        .push(Insn::add64_imm(R2, -4))
+        .push(Insn::call(HELPER_MAP_LOOKUP_ELEM))
+        .jmp_imm_to(BPF_JNE, R0, 0, pass)
+        .push(Insn::ldx(Size::W, R2, R6, XDP_MD_RX_QUEUE_INDEX))
+        .extend(Insn::ld_map_fd(R1, xsks_map_fd))
+        .push(Insn::mov64_imm(R3, XDP_PASS))
+        .push(Insn::call(HELPER_REDIRECT_MAP))
+        .push(Insn::exit())
+        .bind(pass)
+        .push(Insn::mov64_imm(R0, XDP_PASS))
+        .push(Insn::exit());
+    b.finish()
+}
+
+/// The redirect program with its maps, optionally attached to one interface.
+///
+/// Dropping it closes every fd, which detaches the program.
+#[derive(Debug)]
+pub struct XdpProgram {
+    // Field order is drop order: the link goes first so the program is detached before
+    // its maps disappear.
+    link: Option<(OwnedFd, u32, AttachMode)>,
+    prog: OwnedFd,
+    xsks_map: OwnedFd,
+    pass_map: OwnedFd,
+    max_queues: u32,
+}
+
+impl XdpProgram {
+    /// Creates the maps (`xsks_map` with `max_queues` entries, `pass_addrs`) and loads the
+    /// program. A verifier rejection carries the verifier log in the error message.
+    pub fn load(max_queues: u32) -> io::Result<Self> {
+        if max_queues == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "max_queues must be at least 1",
+            ));
+        }
+        let xsks_map = bpf::map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, max_queues, "xsks_map")?;
+        let pass_map =
+            bpf::map_create(BPF_MAP_TYPE_HASH, 4, 1, PASS_MAP_MAX_ENTRIES, "pass_addrs")?;
+        let insns = redirect_program(xsks_map.as_raw_fd(), pass_map.as_raw_fd())?;
+        let prog = bpf::load_xdp_program(&insns, "natgw_xsk")?;
+        Ok(XdpProgram {
+            link: None,
+            prog,
+            xsks_map,
+            pass_map,
+            max_queues,
+        })
+    }
+
+    /// Attaches to `ifindex` in the calling thread's network namespace. Fails if this
+    /// program is already attached (one `XdpProgram` per interface).
+    pub fn attach(&mut self, ifindex: u32, mode: AttachMode) -> io::Result<()> {
+        if self.link.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "XDP program already attached",
+            ));
+        }
+        let link = bpf::attach_xdp(self.prog.as_fd(), ifindex, mode)?;
+        self.link = Some((link, ifindex, mode));
+        Ok(())
+    }
+
+    /// Attaches in native mode, falling back to generic mode if the driver refuses.
+    pub fn attach_auto(&mut self, ifindex: u32) -> io::Result<AttachMode> {
+        if self.link.is_some() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "XDP program already attached",
+            ));
+        }
+        match self.attach(ifindex, AttachMode::Native) {
+            Ok(()) => Ok(AttachMode::Native),
+            Err(native) => self
+                .attach(ifindex, AttachMode::Generic)
+                .map(|()| AttachMode::Generic)
+                .map_err(|generic| {
+                    io::Error::new(
+                        generic.kind(),
+                        format!("native: {native}; generic: {generic}"),
+                    )
+                }),
+        }
+    }
+
+    /// Detaches the program (keeps maps and program loaded).
+    pub fn detach(&mut self) {
+        self.link = None;
+    }
+
+    /// The interface and mode this program is attached to, if any.
+    pub fn attached(&self) -> Option<(u32, AttachMode)> {
+        self.link.as_ref().map(|&(_, i, m)| (i, m))
+    }
+
+    /// Frames to `a` go to the kernel instead of the sockets.
+    pub fn add_pass_addr(&self, a: Ipv4Addr) -> io::Result<()> {
+        let key = u32::from_ne_bytes(a.octets());
+        bpf::map_update(self.pass_map.as_fd(), &key, &1u8)
+    }
+
+    /// Undoes [`add_pass_addr`](Self::add_pass_addr).
+    pub fn remove_pass_addr(&self, a: Ipv4Addr) -> io::Result<()> {
+        let key = u32::from_ne_bytes(a.octets());
+        bpf::map_delete(self.pass_map.as_fd(), &key)
+    }
+
+    /// Frames received on `queue` go to the AF_XDP socket `xsk_fd` (which must be bound to
+    /// that queue of this interface, else the kernel drops them).
+    pub fn register_socket(&self, queue: u32, xsk_fd: RawFd) -> io::Result<()> {
+        if queue >= self.max_queues {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("queue {queue} >= max_queues {}", self.max_queues),
+            ));
+        }
+        bpf::map_update(self.xsks_map.as_fd(), &queue, &(xsk_fd as u32))
+    }
+
+    /// The program fd.
+    pub fn prog_fd(&self) -> BorrowedFd<'_> {
+        self.prog.as_fd()
+    }
+}
+
+impl Drop for XdpProgram {
+    fn drop(&mut self) {
+        // Detach first, explicitly; the fds close afterwards in field order.
+        self.link.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use natgw_kernel::bpf::{
+        BPF_ADD, BPF_CALL, BPF_EXIT, BPF_JA, BPF_JMP, BPF_LD, BPF_LDX, BPF_MOV, BPF_STX, BPF_X,
+    };
+
+    /// A tiny interpreter for the subset of eBPF the redirect program uses, so that its
+    /// decisions can be checked without loading it.
+    #[derive(Debug, PartialEq, Eq)]
+    enum Outcome {
+        Pass,
+        Redirect { queue: u32, fallback: i32 },
+    }
+
+    const CTX: u64 = 0x1000_0000;
+    const PKT: u64 = 0x2000_0000;
+    const STACK_TOP: u64 = 0x3000_0000;
+
+    fn run(prog: &[Insn], frame: &[u8], queue: u32, pass: &[[u8; 4]]) -> Outcome {
+        let mut r = [0u64; 11];
+        let mut stack = [0u8; 512];
+        r[1] = CTX;
+        r[10] = STACK_TOP;
+        let mut pc = 0usize;
+        let load = |addr: u64, size: Size, stack: &[u8; 512]| -> u64 {
+            let n = match size {
+                Size::W => 4,
+                Size::H => 2,
+                Size::B => 1,
+                Size::DW => 8,
+            };
+            let bytes: Vec<u8> = if (CTX..CTX + 24).contains(&addr) {
+                let ctx = [
+                    PKT as u32,
+                    (PKT + frame.len() as u64) as u32,
+                    0,
+                    0,
+                    queue,
+                    0,
+                ];
+                let raw: Vec<u8> = ctx.iter().flat_map(|v| v.to_ne_bytes()).collect();
+                let o = (addr - CTX) as usize;
+                raw[o..o + n].to_vec()
+            } else if (PKT..PKT + frame.len() as u64).contains(&addr) {
+                let o = (addr - PKT) as usize;
+                assert!(o + n <= frame.len(), "out-of-bounds packet read at {o}");
+                frame[o..o + n].to_vec()
+            } else {
+                let o = (addr - (STACK_TOP - 512)) as usize;
+                stack[o..o + n].to_vec()
+            };
+            let mut v = [0u8; 8];
+            v[..n].copy_from_slice(&bytes);
+            u64::from_le_bytes(v) // host is little-endian for these tests
+        };
+        for _ in 0..1000 {
+            let i = prog[pc];
+            pc += 1;
+            let class = i.code & 0x07;
+            match class {
+                BPF_ALU64 => {
+                    let src = if i.code & BPF_X != 0 {
+                        r[i.src as usize]
+                    } else {
+                        i.imm as i64 as u64
+                    };
+                    match i.code & 0xf0 {
+                        BPF_MOV => r[i.dst as usize] = src,
+                        BPF_ADD => r[i.dst as usize] = r[i.dst as usize].wrapping_add(src),
+                        BPF_AND => r[i.dst as usize] &= src,
+                        op => panic!("alu op {op:#x}"),
+                    }
+                }
+                BPF_LDX => {
+                    let size = match i.code & 0x18 {
+                        0x00 => Size::W,
+                        0x08 => Size::H,
+                        0x10 => Size::B,
+                        _ => Size::DW,
+                    };
+                    let addr = r[i.src as usize].wrapping_add(i.off as i64 as u64);
+                    r[i.dst as usize] = load(addr, size, &stack);
+                }
+                BPF_STX => {
+                    assert_eq!(i.code, 0x63);
+                    let addr = r[i.dst as usize].wrapping_add(i.off as i64 as u64);
+                    let o = (addr - (STACK_TOP - 512)) as usize;
+                    stack[o..o + 4].copy_from_slice(&(r[i.src as usize] as u32).to_le_bytes());
+                }
+                BPF_LD => {
+                    r[i.dst as usize] = i.imm as u32 as u64;
+                    pc += 1;
+                }
+                BPF_JMP => match i.code & 0xf0 {
+                    BPF_EXIT => {
+                        assert_eq!(r[0], XDP_PASS as u64);
+                        return Outcome::Pass;
+                    }
+                    BPF_CALL => match i.imm {
+                        HELPER_MAP_LOOKUP_ELEM => {
+                            assert_eq!(r[1], 200, "lookup must use pass_addrs");
+                            let key = load(r[2], Size::W, &stack) as u32;
+                            let found = pass.iter().any(|a| u32::from_ne_bytes(*a) == key);
+                            r[0] = if found { 0x4000 } else { 0 };
+                        }
+                        HELPER_REDIRECT_MAP => {
+                            assert_eq!(r[1], 100, "redirect must use xsks_map");
+                            assert_eq!(prog[pc].code, BPF_JMP | BPF_EXIT);
+                            return Outcome::Redirect {
+                                queue: r[2] as u32,
+                                fallback: r[3] as i32,
+                            };
+                        }
+                        h => panic!("helper {h}"),
+                    },
+                    op => {
+                        let a = r[i.dst as usize];
+                        let b = if i.code & BPF_X != 0 {
+                            r[i.src as usize]
+                        } else {
+                            i.imm as i64 as u64
+                        };
+                        let taken = match op {
+                            BPF_JA => true,
+                            BPF_JEQ => a == b,
+                            BPF_JNE => a != b,
+                            BPF_JGT => a > b,
+                            _ => panic!("jmp op {op:#x}"),
+                        };
+                        if taken {
+                            pc = (pc as i64 + i.off as i64) as usize;
+                        }
+                    }
+                },
+                c => panic!("class {c}"),
+            }
+        }
+        panic!("program did not terminate");
+    }
+
+    fn frame(vlan: bool, ethertype: u16, dst: [u8; 4], len_after_l2: usize) -> Vec<u8> {
+        let mut f = vec![0u8; 12];
+        if vlan {
+            f.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        }
+        f.extend_from_slice(&ethertype.to_be_bytes());
+        let mut ip = vec![0u8; 20];
+        ip[0] = 0x45;
+        ip[16..20].copy_from_slice(&dst);
+        ip.resize(len_after_l2.max(20), 0);
+        f.extend_from_slice(&ip[..len_after_l2]);
+        f
+    }
+
+    #[test]
+    fn program_decisions() {
+        if cfg!(target_endian = "big") {
+            return;
+        }
+        let p = redirect_program(100, 200).unwrap();
+        let mgmt = [10, 0, 0, 1];
+        let nat = [10, 9, 8, 7];
+        let redirect = Outcome::Redirect {
+            queue: 3,
+            fallback: XDP_PASS,
+        };
+        for vlan in [false, true] {
+            assert_eq!(run(&p, &frame(vlan, 0x0800, nat, 28), 3, &[mgmt]), redirect);
+            assert_eq!(
+                run(&p, &frame(vlan, 0x0800, mgmt, 28), 3, &[mgmt]),
+                Outcome::Pass
+            );
+            assert_eq!(
+                run(&p, &frame(vlan, 0x0806, nat, 28), 3, &[mgmt]),
+                Outcome::Pass
+            );
+            assert_eq!(
+                run(&p, &frame(vlan, 0x86dd, nat, 40), 3, &[mgmt]),
+                Outcome::Pass
+            );
+            // Truncated IPv4 header.
+            assert_eq!(
+                run(&p, &frame(vlan, 0x0800, nat, 19), 3, &[]),
+                Outcome::Pass
+            );
+            // Exactly the minimum header.
+            assert_eq!(run(&p, &frame(vlan, 0x0800, nat, 20), 3, &[]), redirect);
+            // Multicast goes to the kernel; the addresses around the range do not.
+            for mc in [[224, 0, 0, 22], [239, 255, 255, 250]] {
+                assert_eq!(run(&p, &frame(vlan, 0x0800, mc, 28), 3, &[]), Outcome::Pass);
+            }
+            for uc in [[223, 255, 255, 255], [240, 0, 0, 1], [14, 0, 0, 224]] {
+                assert_eq!(run(&p, &frame(vlan, 0x0800, uc, 28), 3, &[]), redirect);
+            }
+        }
+        // Shorter than Ethernet, and a tag with no room for the inner EtherType.
+        assert_eq!(run(&p, &[0u8; 13], 0, &[]), Outcome::Pass);
+        let mut cut = vec![0u8; 12];
+        cut.extend_from_slice(&[0x81, 0x00, 0x00]);
+        assert_eq!(run(&p, &cut, 0, &[]), Outcome::Pass);
+    }
+}
