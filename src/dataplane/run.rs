@@ -240,7 +240,8 @@ impl Handle {
                 new: names.iter().map(|n| n.to_string()).collect(),
             });
         }
-        let mut rules = rules_for(cfg);
+        // Realms keep their ids (by name), so sessions keep meaning the same realm.
+        let mut rules = rules_for(cfg, Some(&self.rules));
         rules.cores = self.rules.cores;
         // Read from the NIC at start; without it port choice would stop steering replies to
         // the allocating worker's queue and most traffic would need a handoff.
@@ -257,9 +258,12 @@ impl Handle {
 
 /// Builds the rules for `cfg` on this machine: the partition matches the worker count and
 /// the outside link's own prefixes are on-link.
-fn rules_for(cfg: &Config) -> Rules {
+fn rules_for(cfg: &Config, running: Option<&Rules>) -> Rules {
     let partition = Arc::new(BlockPartition::new(cfg.dataplane.workers.len().max(1)));
-    let mut rules = Rules::new(cfg, partition);
+    let mut rules = match running {
+        Some(prev) => Rules::reload(cfg, partition, prev),
+        None => Rules::new(cfg, partition),
+    };
     if let Ok(l) = netlink::link_by_name(&cfg.outside.name)
         && let Ok(addrs) = netlink::addresses(l.ifindex)
     {
@@ -640,7 +644,7 @@ impl Gateway {
         // programs detach.
         let (progs, xdp_modes) = load_and_attach_xdp(cfg, &links, mode)?;
 
-        let mut rules = rules_for(cfg);
+        let mut rules = rules_for(cfg, None);
         rules.cores = dp.workers.len().max(1);
         rules.rss = rss_steering(
             &links.outside.name,
