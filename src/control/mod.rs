@@ -103,18 +103,12 @@ pub fn json_str(s: &str) -> String {
 }
 
 pub fn session_json(s: &SessionInfo) -> String {
-    let proto = match s.proto {
-        6 => "tcp",
-        17 => "udp",
-        1 => "icmp",
-        _ => "other",
-    };
     format!(
         "{{\"core\":{},\"realm\":{},\"protocol\":\"{}\",\"inside\":\"{}:{}\",\"external\":\"{}:{}\",\"remote\":\"{}:{}\",\
          \"tcp_established\":{},\"age_secs\":{},\"expires_in_secs\":{},\"inbound\":{}}}",
         s.core,
         json_str(&s.realm),
-        proto,
+        s.proto.name(),
         s.inside.0,
         s.inside.1,
         s.external.0,

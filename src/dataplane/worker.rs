@@ -38,7 +38,7 @@ pub enum Control {
 pub struct SessionInfo {
     pub core: usize,
     pub realm: String,
-    pub proto: u8,
+    pub proto: crate::packet::ipv4::Protocol,
     pub inside: (Ipv4Addr, u16),
     pub external: (Ipv4Addr, u16),
     pub remote: (Ipv4Addr, u16),
@@ -585,7 +585,7 @@ pub fn snapshot(engine: &Engine) -> Vec<SessionInfo> {
                 .get(s.realm as usize)
                 .map(|r| r.name.clone())
                 .unwrap_or_default(),
-            proto: s.proto.0,
+            proto: s.proto,
             inside: (Ipv4Addr::from(s.in_addr), s.in_port),
             external: (Ipv4Addr::from(s.ext_addr), s.ext_port),
             remote: (Ipv4Addr::from(s.rem_addr), s.rem_port),
