@@ -15,13 +15,13 @@
 //! sums checksum words in native byte order (RFC 1071 section 2(B)), so it swaps no bytes.
 
 use super::ctx::Ctx;
-use super::rewrite::{self, IP_TCP, IP_UDP, header_checksum_ok};
+use super::rewrite::{self, IP_TCP, IP_UDP};
 use super::rules::Rules;
 use super::session::{InKey, OutKey, slot};
 use super::table::Key;
 use super::types::{DropReason, Egress, Frame, Ingress, Pkt, Verdict};
 use crate::packet::ipv4::Protocol;
-use crate::packet::{ethernet, icmp, read_u16, read_u32, tcp};
+use crate::packet::{checksum, ethernet, icmp, read_u16, read_u32, tcp};
 use std::net::Ipv4Addr;
 
 /// The session lookup a frame will make, computed ahead so its table slot can be prefetched.
@@ -88,7 +88,7 @@ pub(super) fn classify(r: &Rules, p: &Pkt<'_>) -> Prep {
         || read_u16(h, 6) & 0x3fff != 0
         || tot < IP_UDP
         || tot > ip.len()
-        || !header_checksum_ok(hdr)
+        || !checksum::ipv4_header_ok(hdr)
     {
         return Prep::SLOW;
     }

@@ -94,7 +94,7 @@ pub(crate) fn parse(d: &[u8]) -> Result<Meta, Option<DropReason>> {
     let ihl = ip.header_len();
     let ok = match ip.header().first_chunk::<20>() {
         // The common header without options: the fast path's word-wise check.
-        Some(h) if ihl == 20 => super::rewrite::header_checksum_ok(h),
+        Some(h) if ihl == 20 => checksum::ipv4_header_ok(h),
         _ => ip.verify_checksum(),
     };
     if !ok {
