@@ -32,52 +32,10 @@ pub(super) fn in2out(
         in_addr: m.src,
         rem_addr: m.dst,
     };
-    if realm.gateway == Some(m.dst) {
-        return for_own_inside(cx, realm, f, &m);
-    }
-    if !realm.contains(m.src) {
-        return cx.discard(DropReason::SourceNotInside);
-    }
-    if r.cores > 1 {
-        let Some(inside) = parse::inside_addr_of(f.data(), &m) else {
-            return cx.discard(DropReason::BadL4Header);
-        };
-        let owner = r.inside_owner(realm.id, inside);
-        if owner != cx.core {
-            return cx.handoff(owner, ingress, &m, FragKey::inside(realm.id, &m));
-        }
-    }
-    if m.ttl <= 1 {
-        let src = realm.gateway.unwrap_or(r.outside_addr);
-        let nh = realm.next_hop(m.src);
-        return icmp::time_exceeded(cx, f, &m, src, Egress::Inside(realm.iface), nh);
-    }
-    if m.frag == Frag::Later {
-        let now = cx.now();
-        return cx
-            .frags
-            .later(f, &m, FragKey::inside(realm.id, &m), now, &cx.counters);
-    }
-    match m.proto {
-        Protocol::TCP | Protocol::UDP => {}
-        Protocol::ICMP if m.is_icmp_error() => return icmp_error(cx, r, realm, f, m),
-        Protocol::ICMP if m.icmp_type == ECHO_REQUEST || m.icmp_type == ECHO_REPLY => {}
-        Protocol::ICMP => return cx.discard(DropReason::IcmpUnsupported),
-        _ => return cx.discard(DropReason::UnsupportedProtocol),
-    }
-    let ext = r.ext_addr(m.dst);
-    if let Some(e) = ext
-        && e != ExtAddr::Own
-        && !matches!(e, ExtAddr::OneToOne { .. })
-        && m.proto == Protocol::ICMP
-        && m.icmp_type == ECHO_REQUEST
-    {
-        // Pings from inside to natgw's pool addresses are answered directly.
-        return for_own_inside(cx, realm, f, &m);
-    }
-    if ext == Some(ExtAddr::Own) {
-        return for_own_inside(cx, realm, f, &m);
-    }
+    let ext = match screen(cx, r, realm, f, &m, ingress) {
+        Ok(ext) => ext,
+        Err(v) => return v,
+    };
     let hairpin = ext.is_some();
     if hairpin && !realm.hairpinning {
         return cx.discard(DropReason::HairpinDisabled);
@@ -132,6 +90,73 @@ pub(super) fn in2out(
         );
     }
     send_outside(f, nh)
+}
+
+/// Everything before the session: frames for natgw itself, sources outside the realm,
+/// flows another core owns, TTL expiry, later fragments, ICMP errors, and protocols natgw
+/// does not translate. `Err`: the frame's verdict; `Ok`: on to its session, with what its
+/// destination is if it is one of natgw's external addresses (a hairpin).
+fn screen(
+    cx: &mut Ctx,
+    r: &Rules,
+    realm: &RealmRules,
+    f: &mut Frame<'_>,
+    m: &Meta,
+    ingress: Ingress,
+) -> Result<Option<ExtAddr>, Verdict> {
+    if realm.gateway == Some(m.dst) {
+        return Err(for_own_inside(cx, realm, f, m));
+    }
+    if !realm.contains(m.src) {
+        return Err(cx.discard(DropReason::SourceNotInside));
+    }
+    if r.cores > 1 {
+        let Some(inside) = parse::inside_addr_of(f.data(), m) else {
+            return Err(cx.discard(DropReason::BadL4Header));
+        };
+        let owner = r.inside_owner(realm.id, inside);
+        if owner != cx.core {
+            return Err(cx.handoff(owner, ingress, m, FragKey::inside(realm.id, m)));
+        }
+    }
+    if m.ttl <= 1 {
+        let src = realm.gateway.unwrap_or(r.outside_addr);
+        let nh = realm.next_hop(m.src);
+        return Err(icmp::time_exceeded(
+            cx,
+            f,
+            m,
+            src,
+            Egress::Inside(realm.iface),
+            nh,
+        ));
+    }
+    if m.frag == Frag::Later {
+        let now = cx.now();
+        let k = FragKey::inside(realm.id, m);
+        return Err(cx.frags.later(f, m, k, now, &cx.counters));
+    }
+    match m.proto {
+        Protocol::TCP | Protocol::UDP => {}
+        Protocol::ICMP if m.is_icmp_error() => return Err(icmp_error(cx, r, realm, f, *m)),
+        Protocol::ICMP if m.icmp_type == ECHO_REQUEST || m.icmp_type == ECHO_REPLY => {}
+        Protocol::ICMP => return Err(cx.discard(DropReason::IcmpUnsupported)),
+        _ => return Err(cx.discard(DropReason::UnsupportedProtocol)),
+    }
+    let ext = r.ext_addr(m.dst);
+    if let Some(e) = ext
+        && e != ExtAddr::Own
+        && !matches!(e, ExtAddr::OneToOne { .. })
+        && m.proto == Protocol::ICMP
+        && m.icmp_type == ECHO_REQUEST
+    {
+        // Pings from inside to natgw's pool addresses are answered directly.
+        return Err(for_own_inside(cx, realm, f, m));
+    }
+    if ext == Some(ExtAddr::Own) {
+        return Err(for_own_inside(cx, realm, f, m));
+    }
+    Ok(ext)
 }
 
 /// An ICMP error from inside: translated, then sent out, or back in when it is about a

@@ -24,11 +24,6 @@ pub(super) fn out2in(
     m: Meta,
     hairpin: bool,
 ) -> Verdict {
-    let ingress = if hairpin {
-        Ingress::Hairpin
-    } else {
-        Ingress::Outside
-    };
     let fkey = FragKey::outside(hairpin, &m);
     let key = OutKey {
         proto: m.proto,
@@ -37,54 +32,10 @@ pub(super) fn out2in(
         ext_addr: m.dst,
         rem_addr: m.src,
     };
-    let Some(ext) = r.ext_addr(m.dst) else {
-        return cx.discard(DropReason::NotForUs);
+    let ext = match screen(cx, r, f, &m, hairpin, fkey) {
+        Ok(ext) => ext,
+        Err(v) => return v,
     };
-    let echo_request =
-        m.proto == Protocol::ICMP && m.icmp_type == ECHO_REQUEST && m.frag != Frag::Later;
-    match ext {
-        // natgw answers pings to its own and its pool addresses; 1:1 addresses belong to
-        // their inside host, which answers itself.
-        ExtAddr::Own | ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. } if echo_request => {
-            if m.frag != Frag::None {
-                return cx.discard(DropReason::IcmpUnsupported);
-            }
-            if hairpin {
-                // A hairpinned ping to a pool address: answer towards the sender's mapping.
-                return cx.discard(DropReason::IcmpUnsupported);
-            }
-            let nh = r.outside_next_hop(m.src);
-            return icmp::echo_reply(cx, f, &m, Egress::Outside, nh);
-        }
-        ExtAddr::Own => {
-            cx.counters.to_kernel.inc();
-            return Verdict::ToKernel;
-        }
-        _ => {}
-    }
-    if r.cores > 1
-        && m.frag != Frag::Later
-        && let Some((p, a, port)) = parse::outside_endpoint(f.data(), &m)
-        && let Some(o) = r.outside_owner(p, a, port)
-        && o != cx.core
-    {
-        return cx.handoff(o, ingress, &m, fkey);
-    }
-    if !hairpin && m.ttl <= 1 {
-        let nh = r.outside_next_hop(m.src);
-        return icmp::time_exceeded(cx, f, &m, r.outside_addr, Egress::Outside, nh);
-    }
-    if m.frag == Frag::Later {
-        let now = cx.now();
-        return cx.frags.later(f, &m, fkey, now, &cx.counters);
-    }
-    match m.proto {
-        Protocol::TCP | Protocol::UDP => {}
-        Protocol::ICMP if m.is_icmp_error() => return icmp::error_out2in(cx, r, f, m, hairpin),
-        Protocol::ICMP if m.icmp_type == ECHO_REPLY || m.icmp_type == ECHO_REQUEST => {}
-        Protocol::ICMP => return cx.discard(DropReason::IcmpUnsupported),
-        _ => return cx.discard(DropReason::UnsupportedProtocol),
-    }
     let si = match cx.store.find_out(&key) {
         Some(i) => i,
         None => match new_session(&mut cx.store, r, ext, &m) {
@@ -134,6 +85,83 @@ pub(super) fn out2in(
         return cx.discard(DropReason::NoHeadroom);
     }
     v
+}
+
+/// Everything before the session: addresses that are not natgw's, pings natgw answers,
+/// frames for the kernel, flows another core owns, TTL expiry, later fragments, ICMP errors,
+/// protocols natgw does not translate. `Err`: the frame's verdict; `Ok`: what the destination
+/// address is, on to its session.
+fn screen(
+    cx: &mut Ctx,
+    r: &Rules,
+    f: &mut Frame<'_>,
+    m: &Meta,
+    hairpin: bool,
+    fkey: FragKey,
+) -> Result<ExtAddr, Verdict> {
+    let ingress = if hairpin {
+        Ingress::Hairpin
+    } else {
+        Ingress::Outside
+    };
+    let Some(ext) = r.ext_addr(m.dst) else {
+        return Err(cx.discard(DropReason::NotForUs));
+    };
+    let echo_request =
+        m.proto == Protocol::ICMP && m.icmp_type == ECHO_REQUEST && m.frag != Frag::Later;
+    match ext {
+        // natgw answers pings to its own and its pool addresses; 1:1 addresses belong to
+        // their inside host, which answers itself.
+        ExtAddr::Own | ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. } if echo_request => {
+            if m.frag != Frag::None {
+                return Err(cx.discard(DropReason::IcmpUnsupported));
+            }
+            if hairpin {
+                // A hairpinned ping to a pool address: answer towards the sender's mapping.
+                return Err(cx.discard(DropReason::IcmpUnsupported));
+            }
+            let nh = r.outside_next_hop(m.src);
+            return Err(icmp::echo_reply(cx, f, m, Egress::Outside, nh));
+        }
+        ExtAddr::Own => {
+            cx.counters.to_kernel.inc();
+            return Err(Verdict::ToKernel);
+        }
+        _ => {}
+    }
+    if r.cores > 1
+        && m.frag != Frag::Later
+        && let Some((p, a, port)) = parse::outside_endpoint(f.data(), m)
+        && let Some(o) = r.outside_owner(p, a, port)
+        && o != cx.core
+    {
+        return Err(cx.handoff(o, ingress, m, fkey));
+    }
+    if !hairpin && m.ttl <= 1 {
+        let nh = r.outside_next_hop(m.src);
+        return Err(icmp::time_exceeded(
+            cx,
+            f,
+            m,
+            r.outside_addr,
+            Egress::Outside,
+            nh,
+        ));
+    }
+    if m.frag == Frag::Later {
+        let now = cx.now();
+        return Err(cx.frags.later(f, m, fkey, now, &cx.counters));
+    }
+    match m.proto {
+        Protocol::TCP | Protocol::UDP => {}
+        Protocol::ICMP if m.is_icmp_error() => {
+            return Err(icmp::error_out2in(cx, r, f, *m, hairpin));
+        }
+        Protocol::ICMP if m.icmp_type == ECHO_REPLY || m.icmp_type == ECHO_REQUEST => {}
+        Protocol::ICMP => return Err(cx.discard(DropReason::IcmpUnsupported)),
+        _ => return Err(cx.discard(DropReason::UnsupportedProtocol)),
+    }
+    Ok(ext)
 }
 
 /// A session for an inbound frame with none: static mappings and 1:1 addresses accept new
