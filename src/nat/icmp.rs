@@ -9,8 +9,9 @@ use super::rewrite::{self, Rewrite, Side};
 use super::rules::{RealmRules, Rules};
 use super::session::*;
 use super::types::*;
+use crate::packet::ipv4::Ipv4Repr;
 use crate::packet::ipv4::Protocol;
-use crate::packet::{checksum, icmp, write_u16, write_u32};
+use crate::packet::{IcmpPacket, Ipv4Packet, icmp};
 use std::net::Ipv4Addr;
 
 /// An error from inside about a flow that came in from outside: the quoted packet went
@@ -159,28 +160,28 @@ pub(super) fn time_exceeded(
     }
     f.len = new_len;
     let ident = cx.next_ident();
-    let d = f.data_mut();
-    let ip = m.l3;
-    d[ip] = 0x45;
-    d[ip + 1] = 0xc0;
-    write_u16(d, ip + 2, (28 + quote) as u16);
-    write_u16(d, ip + 4, ident);
-    write_u16(d, ip + 6, 0);
-    d[ip + 8] = 64;
-    d[ip + 9] = Protocol::ICMP.0;
-    write_u16(d, ip + 10, 0);
-    write_u32(d, ip + 12, src);
-    write_u32(d, ip + 16, m.src);
-    let c = checksum::checksum(&d[ip..ip + 20]);
-    write_u16(d, ip + 10, c);
-    let ic = ip + 20;
-    d[ic] = icmp::TIME_EXCEEDED;
-    d[ic + 1] = 0;
-    write_u16(d, ic + 2, 0);
-    write_u32(d, ic + 4, 0);
-    d[ic + 8..ic + 8 + quote].copy_from_slice(&q[..quote]);
-    let c = checksum::checksum(&d[ic..ic + 8 + quote]);
-    write_u16(d, ic + 2, c);
+    let d = &mut f.data_mut()[m.l3..];
+    let (ip, msg) = d.split_at_mut(20);
+    let header = Ipv4Repr {
+        src: Ipv4Addr::from(src),
+        dst: Ipv4Addr::from(m.src),
+        protocol: Protocol::ICMP,
+        payload_len: (8 + quote) as u16,
+        ttl: 64,
+        ident,
+        dont_frag: false,
+        // Internetwork control, as routers send their ICMP errors.
+        tos: 0xc0,
+    };
+    header.emit(&mut Ipv4Packet::new_unchecked(ip));
+    let mut e = IcmpPacket::new_unchecked(&mut msg[..8 + quote]);
+    e.set_msg_type(icmp::TIME_EXCEEDED);
+    e.set_code(0);
+    // The four unused bytes of the header, then the quote (RFC 792).
+    e.set_echo_ident(0);
+    e.set_echo_seq(0);
+    e.data_mut().copy_from_slice(&q[..quote]);
+    e.fill_checksum();
     cx.counters.dropped(DropReason::TtlExceeded);
     cx.counters.replies.inc();
     Verdict::Reply {
