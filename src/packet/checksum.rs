@@ -115,12 +115,6 @@ impl Delta {
         self.add16(old as u16, new as u16);
     }
 
-    /// Combines two deltas over the same checksummed region.
-    #[inline]
-    pub fn merge(&mut self, other: Delta) {
-        self.0 = u32::from(fold(self.0 + other.0));
-    }
-
     /// True if no word changed.
     pub fn is_empty(&self) -> bool {
         self.0 == 0
