@@ -464,17 +464,12 @@ impl Rules {
             && self.one_to_one == o.one_to_one
             && self.realms.len() == o.realms.len()
             && self.realms.iter().zip(&o.realms).all(|(a, b)| {
-                (a.iface, a.vlan, a.port_first, a.port_last)
-                    == (b.iface, b.vlan, b.port_first, b.port_last)
+                (a.retired, a.iface, a.vlan, a.port_first, a.port_last)
+                    == (b.retired, b.iface, b.vlan, b.port_first, b.port_last)
                     && a.prefixes == b.prefixes
                     && a.pool == b.pool
                     && a.mapping == b.mapping
             })
-    }
-
-    /// Is `a` one of natgw's own addresses (outside or a realm gateway)?
-    pub fn is_own(&self, a: u32) -> bool {
-        a == self.outside_addr || self.realms.iter().any(|r| r.gateway == Some(a))
     }
 }
 
