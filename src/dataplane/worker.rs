@@ -296,6 +296,7 @@ impl Worker {
     }
 
     /// Acts on one verdict: fill in MACs and queue for transmit, hand off, or recycle.
+    #[inline]
     fn route(
         &mut self,
         pool: usize,
@@ -307,94 +308,10 @@ impl Worker {
     ) {
         match v {
             Verdict::Forward { egress, next_hop } | Verdict::Reply { egress, next_hop } => {
-                let port = self.egress_ports[match egress {
-                    Egress::Outside => 0,
-                    Egress::Inside(i) => 1 + i as usize,
-                }];
-                let (mut ifindex, src_mac, epool) = (
-                    self.ports[port].ifindex,
-                    self.ports[port].mac,
-                    self.ports[port].pool,
-                );
-                if !self.ports[port].vlan_ifindex.is_empty() && len >= 18 {
-                    // The engine has already set the frame's tag for its egress VLAN.
-                    let d = self.pools[pool].umem.frame(base + off as u64, 16);
-                    if d.len() >= 16 && d[12..14] == [0x81, 0x00] {
-                        let vid = u16::from_be_bytes([d[14], d[15]]) & 0x0fff;
-                        if let Some(&(_, i)) = self.ports[port]
-                            .vlan_ifindex
-                            .iter()
-                            .find(|(v, _)| *v == vid)
-                        {
-                            ifindex = i;
-                        }
-                    }
-                }
-                let Some(dst_mac) = self.shared.neigh.lookup(ifindex, next_hop) else {
-                    self.ask_resolve(ifindex, next_hop);
-                    self.counters.dropped(DropReason::NoNeighbour);
-                    self.pools[pool].free.push(base);
-                    return;
-                };
-                // SAFETY: we own the chunk (see process_frames).
-                let d = unsafe { self.pools[pool].umem.frame_mut(base + off as u64, 12) };
-                d[..6].copy_from_slice(&dst_mac);
-                d[6..12].copy_from_slice(&src_mac);
-                if epool == pool {
-                    outs.push(Out {
-                        port,
-                        desc: Desc {
-                            addr: base + off as u64,
-                            len: len as u32,
-                        },
-                    });
-                } else {
-                    // No shared UMEM between these sockets: copy (counted).
-                    let Some(nb) = self.pools[epool].free.pop() else {
-                        self.counters.dropped(DropReason::TxFull);
-                        self.pools[pool].free.push(base);
-                        return;
-                    };
-                    let src = self.pools[pool].umem.frame(base + off as u64, len);
-                    // Same offset as in the source chunk: `off + len` fits a chunk, while a
-                    // frame that grew in front (VLAN tag pushed) need not fit after
-                    // TX_HEADROOM. Both pools use FRAME_SIZE chunks.
-                    // SAFETY: `nb` came from the free list: ours alone.
-                    let dst = unsafe { self.pools[epool].umem.frame_mut(nb + off as u64, len) };
-                    let n = dst.len().min(src.len());
-                    dst[..n].copy_from_slice(&src[..n]);
-                    self.pools[pool].free.push(base);
-                    self.dp.copied_frames.inc();
-                    outs.push(Out {
-                        port,
-                        desc: Desc {
-                            addr: nb + off as u64,
-                            len: n as u32,
-                        },
-                    });
-                }
+                self.send(pool, base, off, len, egress, next_hop, outs)
             }
             Verdict::Handoff { core, ingress } => {
-                let q = self.shared.handoff.get(core as usize);
-                let boxed = self.shared.handoff_free.pop();
-                match (q, boxed) {
-                    (Some(q), Some(mut b)) if len <= HANDOFF_MTU => {
-                        let src = self.pools[pool].umem.frame(base + off as u64, len);
-                        b.data[..src.len()].copy_from_slice(src);
-                        b.len = src.len() as u16;
-                        b.ingress = ingress;
-                        if let Err(b) = q.push(b) {
-                            let _ = self.shared.handoff_free.push(b);
-                            self.counters.dropped(DropReason::HandoffFull);
-                        }
-                    }
-                    (_, b) => {
-                        if let Some(b) = b {
-                            let _ = self.shared.handoff_free.push(b);
-                        }
-                        self.counters.dropped(DropReason::HandoffFull);
-                    }
-                }
+                self.hand_off(pool, base, off, len, core as usize, ingress);
                 self.pools[pool].free.push(base);
             }
             Verdict::ToKernel => {
@@ -404,6 +321,135 @@ impl Worker {
                 self.pools[pool].free.push(base);
             }
             Verdict::Held | Verdict::Drop(_) => self.pools[pool].free.push(base),
+        }
+    }
+
+    /// Fills in the link-layer addresses for `next_hop` on `egress` and queues the frame on
+    /// that port (copied into the port's UMEM when it has its own); an unresolved neighbour
+    /// is asked for and the frame dropped and counted.
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn send(
+        &mut self,
+        pool: usize,
+        base: u64,
+        off: usize,
+        len: usize,
+        egress: Egress,
+        next_hop: Ipv4Addr,
+        outs: &mut Vec<Out>,
+    ) {
+        let port = self.egress_ports[match egress {
+            Egress::Outside => 0,
+            Egress::Inside(i) => 1 + i as usize,
+        }];
+        let (src_mac, epool) = (self.ports[port].mac, self.ports[port].pool);
+        let ifindex = self.egress_ifindex(port, pool, base + off as u64, len);
+        let Some(dst_mac) = self.shared.neigh.lookup(ifindex, next_hop) else {
+            self.ask_resolve(ifindex, next_hop);
+            self.counters.dropped(DropReason::NoNeighbour);
+            self.pools[pool].free.push(base);
+            return;
+        };
+        // SAFETY: we own the chunk (see process_frames).
+        let d = unsafe { self.pools[pool].umem.frame_mut(base + off as u64, 12) };
+        d[..6].copy_from_slice(&dst_mac);
+        d[6..12].copy_from_slice(&src_mac);
+        let desc = if epool == pool {
+            Desc {
+                addr: base + off as u64,
+                len: len as u32,
+            }
+        } else {
+            match self.copy_to_pool(pool, base, off, len, epool) {
+                Some(desc) => desc,
+                None => return,
+            }
+        };
+        outs.push(Out { port, desc });
+    }
+
+    /// The interface whose neighbours a frame leaving by `port` goes to: the port's own, or
+    /// for a frame the engine tagged with one of the port's VLANs, that VLAN's device.
+    #[inline]
+    fn egress_ifindex(&self, port: usize, pool: usize, addr: u64, len: usize) -> u32 {
+        let p = &self.ports[port];
+        if p.vlan_ifindex.is_empty() || len < 18 {
+            return p.ifindex;
+        }
+        // The engine has already set the frame's tag for its egress VLAN.
+        let d = self.pools[pool].umem.frame(addr, 16);
+        if d.len() >= 16 && d[12..14] == [0x81, 0x00] {
+            let vid = u16::from_be_bytes([d[14], d[15]]) & 0x0fff;
+            if let Some(&(_, i)) = p.vlan_ifindex.iter().find(|(v, _)| *v == vid) {
+                return i;
+            }
+        }
+        p.ifindex
+    }
+
+    /// No shared UMEM between the receiving and the sending socket: the frame is copied into
+    /// a free chunk of `epool` (counted) and its own chunk recycled. None: no free chunk, the
+    /// frame is dropped and counted.
+    fn copy_to_pool(
+        &mut self,
+        pool: usize,
+        base: u64,
+        off: usize,
+        len: usize,
+        epool: usize,
+    ) -> Option<Desc> {
+        let Some(nb) = self.pools[epool].free.pop() else {
+            self.counters.dropped(DropReason::TxFull);
+            self.pools[pool].free.push(base);
+            return None;
+        };
+        let src = self.pools[pool].umem.frame(base + off as u64, len);
+        // Same offset as in the source chunk: `off + len` fits a chunk, while a frame that
+        // grew in front (VLAN tag pushed) need not fit after TX_HEADROOM. Both pools use
+        // FRAME_SIZE chunks.
+        // SAFETY: `nb` came from the free list: ours alone.
+        let dst = unsafe { self.pools[epool].umem.frame_mut(nb + off as u64, len) };
+        let n = dst.len().min(src.len());
+        dst[..n].copy_from_slice(&src[..n]);
+        self.pools[pool].free.push(base);
+        self.dp.copied_frames.inc();
+        Some(Desc {
+            addr: nb + off as u64,
+            len: n as u32,
+        })
+    }
+
+    /// Copies a frame onto the handoff queue of the core that owns its flow; a full queue
+    /// or no free buffer drops it, counted. The caller recycles the frame's chunk.
+    fn hand_off(
+        &mut self,
+        pool: usize,
+        base: u64,
+        off: usize,
+        len: usize,
+        core: usize,
+        ingress: Ingress,
+    ) {
+        let q = self.shared.handoff.get(core);
+        let boxed = self.shared.handoff_free.pop();
+        match (q, boxed) {
+            (Some(q), Some(mut b)) if len <= HANDOFF_MTU => {
+                let src = self.pools[pool].umem.frame(base + off as u64, len);
+                b.data[..src.len()].copy_from_slice(src);
+                b.len = src.len() as u16;
+                b.ingress = ingress;
+                if let Err(b) = q.push(b) {
+                    let _ = self.shared.handoff_free.push(b);
+                    self.counters.dropped(DropReason::HandoffFull);
+                }
+            }
+            (_, b) => {
+                if let Some(b) = b {
+                    let _ = self.shared.handoff_free.push(b);
+                }
+                self.counters.dropped(DropReason::HandoffFull);
+            }
         }
     }
 
