@@ -1,0 +1,147 @@
+//! Why `natgw run` did not start, and why a reload was refused.
+
+use crate::config::XdpMode;
+use std::fmt;
+use std::io;
+use std::net::Ipv4Addr;
+
+/// Why the gateway did not start. Whatever it had set up is undone: started workers stop,
+/// sockets close and the XDP programs detach.
+#[derive(Debug)]
+pub enum StartError {
+    /// Not running as root.
+    NotRoot,
+    /// A configured interface does not exist; `role` is "outside" or "inside".
+    NoInterface { role: &'static str, name: String },
+    /// A configured interface could not be queried.
+    Interface {
+        role: &'static str,
+        name: String,
+        err: io::Error,
+    },
+    /// A worker's core does not exist or natgw may not run on it.
+    NoCore { core: usize, usable: Vec<usize> },
+    /// A worker's queue does not exist on an interface that has `queues` receive queues.
+    NoQueue {
+        queue: u32,
+        ifname: String,
+        queues: u32,
+    },
+    /// The XDP program or its maps could not be loaded.
+    XdpLoad { ifname: String, err: io::Error },
+    /// A management address could not be put into the program's pass map.
+    PassAddr {
+        addr: Ipv4Addr,
+        ifname: String,
+        err: io::Error,
+    },
+    /// The kernel refused to attach the program in `mode`.
+    XdpAttach {
+        mode: XdpMode,
+        ifname: String,
+        err: io::Error,
+    },
+    /// The rtnetlink neighbour socket could not be opened.
+    NeighSocket(io::Error),
+    /// A worker's packet buffer area could not be mapped.
+    Umem { worker: usize, err: io::Error },
+    /// An AF_XDP socket could not be created or bound.
+    Socket {
+        ifname: String,
+        queue: u32,
+        err: io::Error,
+    },
+    /// A socket could not be put into its interface's redirect map.
+    Register {
+        ifname: String,
+        queue: u32,
+        err: io::Error,
+    },
+    /// A worker thread could not be started.
+    Thread { worker: usize, err: io::Error },
+}
+
+impl fmt::Display for StartError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StartError::NotRoot => f.write_str(
+                "natgw run needs root (CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW) to attach XDP \
+                 programs and open AF_XDP sockets",
+            ),
+            StartError::NoInterface { role, name } => {
+                write!(f, "{role} interface '{name}' does not exist")
+            }
+            StartError::Interface { role, name, err } => {
+                write!(f, "{role} interface '{name}': {err}")
+            }
+            StartError::NoCore { core, usable } => write!(
+                f,
+                "dataplane.workers: core {core} does not exist or is not usable by natgw (usable: {usable:?})"
+            ),
+            StartError::NoQueue {
+                queue,
+                ifname,
+                queues,
+            } => write!(
+                f,
+                "dataplane.workers: queue {queue} does not exist on {ifname} ({queues} rx queue{}); \
+                 queues and workers must match",
+                if *queues == 1 { "" } else { "s" }
+            ),
+            StartError::XdpLoad { ifname, err } => {
+                write!(f, "loading the XDP program for {ifname}: {err}")
+            }
+            StartError::PassAddr { addr, ifname, err } => {
+                write!(f, "XDP pass address {addr} on {ifname}: {err}")
+            }
+            StartError::XdpAttach { mode, ifname, err } => write!(
+                f,
+                "the kernel refused to attach XDP ({mode:?} mode) to {ifname}: {err}"
+            ),
+            StartError::NeighSocket(err) => write!(f, "netlink neighbour socket: {err}"),
+            StartError::Umem { worker, err } => write!(f, "UMEM for worker {worker}: {err}"),
+            StartError::Socket { ifname, queue, err } => {
+                write!(f, "AF_XDP socket on {ifname} queue {queue}: {err}")
+            }
+            StartError::Register { ifname, queue, err } => {
+                write!(f, "registering the socket of {ifname} queue {queue}: {err}")
+            }
+            StartError::Thread { worker, err } => write!(f, "starting worker {worker}: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// Why a reload was refused. The running configuration stays in force.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReloadError {
+    /// The new configuration has another number of workers.
+    WorkerCount,
+    /// The new configuration binds other interfaces (or orders them differently).
+    Interfaces {
+        running: Vec<String>,
+        new: Vec<String>,
+    },
+    /// A worker no longer takes control messages.
+    WorkerGone,
+}
+
+impl fmt::Display for ReloadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReloadError::WorkerCount => {
+                f.write_str("dataplane.workers: changing the worker count needs a restart")
+            }
+            ReloadError::Interfaces { running, new } => write!(
+                f,
+                "outside/inside interfaces: changing them ({} -> {}) needs a restart",
+                running.join(","),
+                new.join(",")
+            ),
+            ReloadError::WorkerGone => f.write_str("a worker is gone"),
+        }
+    }
+}
+
+impl std::error::Error for ReloadError {}

@@ -1,0 +1,43 @@
+//! Reloading the configuration into a running gateway.
+
+use super::rules::rules_for;
+use super::{Handle, ReloadError};
+use crate::config::Config;
+use crate::dataplane::worker::Control;
+use std::sync::Arc;
+
+impl Handle {
+    /// Applies `cfg` to the running gateway: its rules are built as at start (on-link
+    /// prefixes of the outside link read again) and handed to every worker; the core count
+    /// and the NIC's RSS steering read at start are kept. Changes that need new sockets
+    /// (interfaces, workers) are refused.
+    pub fn reload(&mut self, cfg: &Config) -> Result<(), ReloadError> {
+        if cfg.dataplane.workers.len() != self.control.len() {
+            return Err(ReloadError::WorkerCount);
+        }
+        // The workers' sockets and their Inside(i) numbering are fixed at start: a realm on an
+        // interface added or moved would send frames to a port the workers do not have.
+        let names: Vec<&str> = std::iter::once(cfg.outside.name.as_str())
+            .chain(cfg.inside.iter().map(|i| i.name.as_str()))
+            .collect();
+        if names != self.interfaces {
+            return Err(ReloadError::Interfaces {
+                running: self.interfaces.clone(),
+                new: names.iter().map(|n| n.to_string()).collect(),
+            });
+        }
+        // Realms keep their ids (by name), so sessions keep meaning the same realm.
+        let mut rules = rules_for(cfg, Some(&self.rules));
+        rules.cores = self.rules.cores;
+        // Read from the NIC at start; without it port choice would stop steering replies to
+        // the allocating worker's queue and most traffic would need a handoff.
+        rules.rss = self.rules.rss.clone();
+        let rules = Arc::new(rules);
+        for tx in &self.control {
+            tx.send(Control::SetRules(Arc::clone(&rules)))
+                .map_err(|_| ReloadError::WorkerGone)?;
+        }
+        self.rules = rules;
+        Ok(())
+    }
+}

@@ -1,0 +1,133 @@
+//! The workers: what they share, and starting them pinned to their cores.
+
+use super::checks::Links;
+use super::sockets::create_sockets;
+use super::{Handle, StartError};
+use crate::config::{Config, PollMode};
+use crate::dataplane::neigh::NeighTable;
+use crate::dataplane::worker::{DpCounters, HANDOFF_MTU, HandoffFrame, Worker, WorkerShared};
+use crate::dataplane::xdp::XdpProgram;
+use crate::nat::{Counters, Engine, Ingress};
+use crossbeam::queue::ArrayQueue;
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+
+/// The workers `Gateway::start` has spawned so far: stopped and joined if it fails later.
+struct Started {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// What every worker shares with the others and with the management thread.
+pub(super) struct Shared {
+    neigh: Arc<NeighTable>,
+    pub(super) resolve: Arc<ArrayQueue<(u32, Ipv4Addr)>>,
+    handoff: Vec<Arc<ArrayQueue<Box<HandoffFrame>>>>,
+    handoff_free: Arc<ArrayQueue<Box<HandoffFrame>>>,
+    pub(super) stop: Arc<AtomicBool>,
+}
+
+impl Shared {
+    /// Handoff queues for `workers` workers and their preallocated frames (none for one
+    /// worker, which never hands off).
+    pub(super) fn new(neigh: Arc<NeighTable>, workers: usize, handoff_queue: usize) -> Shared {
+        let handoff = (0..workers)
+            .map(|_| Arc::new(ArrayQueue::new(handoff_queue)))
+            .collect();
+        let boxes = if workers > 1 {
+            handoff_queue * workers + 64 * workers
+        } else {
+            0
+        };
+        let handoff_free = Arc::new(ArrayQueue::new(boxes.max(1)));
+        for _ in 0..boxes {
+            let _ = handoff_free.push(Box::new(HandoffFrame {
+                ingress: Ingress::Outside,
+                len: 0,
+                data: [0; HANDOFF_MTU],
+            }));
+        }
+        Shared {
+            neigh,
+            resolve: Arc::new(ArrayQueue::new(1024)),
+            handoff,
+            handoff_free,
+            stop: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    fn for_worker(&self) -> WorkerShared {
+        WorkerShared {
+            neigh: Arc::clone(&self.neigh),
+            resolve: Arc::clone(&self.resolve),
+            handoff: self.handoff.clone(),
+            handoff_free: Arc::clone(&self.handoff_free),
+            stop: Arc::clone(&self.stop),
+        }
+    }
+}
+
+/// Creates every worker's sockets and starts the workers pinned to their cores, recording
+/// their counters and control channels in `handle`. On an error the workers already
+/// started are stopped and joined before it returns.
+pub(super) fn spawn_workers(
+    cfg: &Config,
+    links: &Links,
+    progs: &[XdpProgram],
+    shared: &Shared,
+    handle: &mut Handle,
+) -> Result<Vec<JoinHandle<()>>, StartError> {
+    let dp = &cfg.dataplane;
+    let mut workers = Started {
+        stop: Arc::clone(&shared.stop),
+        threads: Vec::new(),
+    };
+    for (wi, w) in dp.workers.iter().enumerate() {
+        let socks = create_sockets(cfg, links, progs, wi, w.queue)?;
+        handle.copy_fallbacks += socks.copy_fallbacks;
+        let egress_ports = (0..socks.ports.len()).collect();
+        let counters = Arc::new(Counters::default());
+        let dpc = Arc::new(DpCounters::default());
+        let engine = Engine::new(wi, Arc::clone(&handle.rules), Arc::clone(&counters));
+        let (tx, rx) = crossbeam::channel::bounded(16);
+        let worker = Worker::new(
+            engine,
+            socks.ports,
+            socks.pools,
+            shared.for_worker(),
+            rx,
+            Arc::clone(&dpc),
+            dp.batch_size,
+            dp.poll == PollMode::Busy,
+            egress_ports,
+            handle.started,
+        );
+        let core = w.core;
+        let t = std::thread::Builder::new()
+            .name(format!("natgw-w{wi}"))
+            .spawn(move || {
+                core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                worker.run()
+            })
+            .map_err(|err| StartError::Thread { worker: wi, err })?;
+        workers.threads.push(t);
+        handle.counters.push(counters);
+        handle.dp.push(dpc);
+        handle.control.push(tx);
+    }
+    Ok(std::mem::take(&mut workers.threads))
+}
