@@ -40,7 +40,7 @@ pub(super) const FILTERINGS: [(&str, Filtering); 3] = [
 ];
 
 pub(super) const PROTOCOLS: [(&str, Protocol); 2] =
-    [("tcp", Protocol::Tcp), ("udp", Protocol::Udp)];
+    [("tcp", Protocol::TCP), ("udp", Protocol::UDP)];
 
 fn keyword<T: PartialEq + Copy>(table: &[(&'static str, T)], v: T) -> &'static str {
     // Every variant is listed in its table; the fallback only guards against a variant added to
@@ -75,12 +75,6 @@ impl Display for Mapping {
 impl Display for Filtering {
     fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
         f.write_str(keyword(&FILTERINGS, *self))
-    }
-}
-
-impl Display for Protocol {
-    fn fmt(&self, f: &mut Formatter<'_>) -> fmt::Result {
-        f.write_str(keyword(&PROTOCOLS, *self))
     }
 }
 
@@ -334,7 +328,7 @@ mod tests {
         ] {
             assert_ne!(m.to_string(), "?");
         }
-        for m in [Protocol::Tcp, Protocol::Udp] {
+        for m in [Protocol::TCP, Protocol::UDP] {
             assert_ne!(m.to_string(), "?");
         }
     }

@@ -172,11 +172,9 @@ pub enum Filtering {
     AddressAndPortDependent,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Protocol {
-    Tcp,
-    Udp,
-}
+/// A static mapping's protocol: the crate's one protocol type; the parser accepts "tcp"
+/// and "udp" (`display::PROTOCOLS`).
+pub use crate::packet::ipv4::Protocol;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct StaticMapping {

@@ -131,12 +131,11 @@ pub(super) fn check_externals(
 
 /// One external (protocol, address, port) forwards to one inside endpoint, whatever the realm.
 pub(super) fn check_statics(realms: &[Realm]) -> Result<(), ConfigError> {
-    // Keyed by (is_tcp, endpoint): the model's Protocol is not Hash.
-    let mut seen: HashMap<(bool, SocketAddrV4), String> = HashMap::new();
+    let mut seen: HashMap<(Protocol, SocketAddrV4), String> = HashMap::new();
     for (i, r) in realms.iter().enumerate() {
         for (j, s) in r.static_mappings.iter().enumerate() {
             let field = format!("realm[{i}].static[{j}].external");
-            let key = (s.protocol == Protocol::Tcp, s.external);
+            let key = (s.protocol, s.external);
             if let Some(prev) = seen.get(&key) {
                 return Err(err(
                     field,

@@ -117,7 +117,7 @@ listen = "[::1]:9000""#,
     assert_eq!(r.pool[2].first, Ipv4Addr::new(198, 51, 100, 0));
     assert_eq!(r.pool[2].last, Ipv4Addr::new(198, 51, 100, 3));
     assert_eq!(r.routes[0].via, Ipv4Addr::new(10, 0, 0, 254));
-    assert_eq!(r.static_mappings[0].protocol, Protocol::Udp);
+    assert_eq!(r.static_mappings[0].protocol, Protocol::UDP);
     assert_eq!(
         r.static_mappings[0].internal,
         "10.1.2.3:5353".parse().unwrap()
