@@ -93,7 +93,9 @@ fn main() -> ExitCode {
 
 fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
     use natgw::config::XdpMode;
-    use natgw::dataplane::run::{Gateway, RunOptions, install_signal_handlers, signalled};
+    use natgw::dataplane::run::{
+        Gateway, RunOptions, install_reload_handler, install_signal_handlers, signalled,
+    };
     let cfg = match natgw::config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -109,6 +111,8 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
         }),
     };
     install_signal_handlers();
+    // SIGHUP reloads (the Unix convention) instead of ending natgw, also during start-up.
+    install_reload_handler();
     let gw = match Gateway::start(&cfg, &opts) {
         Ok(g) => g,
         Err(e) => {
@@ -127,11 +131,27 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
         gw.workers(),
         modes.join(" ")
     );
-    if let Err(e) = natgw::control::serve(cfg.control.listen, gw.handle.clone(), path.to_path_buf())
-    {
+    let state = natgw::control::State::new(gw.handle.clone(), path.to_path_buf());
+    if let Err(e) = natgw::control::serve(cfg.control.listen, std::sync::Arc::clone(&state)) {
         eprintln!("natgw: control API on {}: {e}", cfg.control.listen);
     }
-    gw.run_until(signalled);
-    eprintln!("natgw: stopped");
-    ExitCode::SUCCESS
+    // SIGHUP takes the same path as POST /reload; a refused file keeps the running
+    // configuration, and natgw keeps running either way.
+    let reload = || match natgw::control::reload(&state) {
+        Ok(m) => eprintln!("natgw: SIGHUP: {m}"),
+        Err(e) => eprintln!("natgw: SIGHUP: reload refused, the running configuration stays: {e}"),
+    };
+    match gw.run_until(signalled, reload) {
+        Ok(()) => {
+            eprintln!("natgw: stopped");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // Non-zero, so that the service manager (Restart=on-failure) starts natgw again.
+            eprintln!(
+                "natgw: stopping: {e}; exiting with a failure status so that it is restarted"
+            );
+            ExitCode::FAILURE
+        }
+    }
 }

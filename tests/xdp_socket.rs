@@ -519,3 +519,113 @@ fn shared_umem_forwards_between_interfaces_by_descriptor() {
     );
     drop(progs);
 }
+
+/// Issue 10, fail closed: on a two-queue veth with a socket on queue 0 only, IPv4 frames
+/// that land on queue 1 are dropped by natgw's program and counted in its per-CPU drop
+/// map, never passed to the kernel (whose UDP socket here must receive nothing).
+#[test]
+fn unserved_queue_is_dropped_and_counted_not_passed() {
+    use natgw::dataplane::xdp::DROP_UNSERVED_QUEUE;
+    use std::net::UdpSocket;
+    if !natgw_testbed::netns::prerequisites("unserved_queue_is_dropped_and_counted_not_passed") {
+        return;
+    }
+    const N: u16 = 200;
+    let a = Netns::new(&unique_name("qa"));
+    let b = Netns::new(&unique_name("qb"));
+    a.ip(&[
+        "link",
+        "add",
+        "va",
+        "numrxqueues",
+        "2",
+        "numtxqueues",
+        "2",
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "vb",
+        "netns",
+        b.name(),
+        "numrxqueues",
+        "2",
+        "numtxqueues",
+        "2",
+    ]);
+    a.ip(&["link", "set", "va", "up"]);
+    b.ip(&["link", "set", "vb", "up"]);
+    a.add_addr("va", "10.77.0.1/24");
+    // GRO-eligible skbs (no TSO: checksum offload off) take veth's per-queue NAPI path,
+    // where native XDP runs.
+    run_in_netns(b.name(), || {
+        natgw_kernel::ethtool::set_tx_checksum("vb", false)
+    })
+    .unwrap();
+    let (mut s, kernel) = run_in_netns(a.name(), || {
+        let s = xsk_on_queues("va", 2);
+        let k = UdpSocket::bind(("0.0.0.0", 9)).unwrap();
+        k.set_nonblocking(true).unwrap();
+        (s, k)
+    });
+    let mac_a: [u8; 6] = {
+        let l = run_in_netns(a.name(), || natgw_kernel::netlink::link_by_name("va")).unwrap();
+        l.mac
+    };
+    // Sent while the socket is read, paced so that its few fill-ring frames suffice.
+    let bns = b.name().to_string();
+    let sender = std::thread::spawn(move || {
+        run_in_netns(&bns, || {
+            let ps = PacketSocket::bind("vb").unwrap();
+            for i in 0..N {
+                // Another source port per frame (UDP checksum 0: none): spread over the
+                // sender's transmit queues, which are the receiver's queues on veth.
+                let mut f = udp_frame(mac_a, MAC_B, None, IP_B, IP_A, b"to a local address");
+                f[34..36].copy_from_slice(&(10000 + i).to_be_bytes());
+                ps.send(&f).unwrap();
+                if i % 8 == 7 {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        })
+    });
+    let got = recv_during(&mut s.sock, &s.umem, Duration::from_millis(1500))
+        .iter()
+        .filter(|f| ipv4_dst(f) == Some(IP_A))
+        .count() as u64;
+    sender.join().unwrap();
+    let mut buf = [0u8; 64];
+    let mut passed = 0;
+    while kernel.recv_from(&mut buf).is_ok() {
+        passed += 1;
+    }
+    let dropped = s.prog.drops().get(DROP_UNSERVED_QUEUE).unwrap();
+    assert_eq!(
+        passed, 0,
+        "{passed} of {N} frames reached the kernel (socket: {got}, dropped: {dropped})"
+    );
+    assert!(
+        got > 0 && dropped > 0,
+        "frames did not spread over both queues: socket {got}, dropped {dropped}"
+    );
+    assert_eq!(
+        got + dropped,
+        u64::from(N),
+        "socket {got} + dropped {dropped} != {N}"
+    );
+}
+
+/// The redirect program (native) on `ifname` with `queues` map slots, a socket on queue 0
+/// only, its fill ring filled. Must run inside the interface's namespace.
+fn xsk_on_queues(ifname: &str, queues: u32) -> Side {
+    let idx = sys::if_nametoindex(ifname).unwrap();
+    let mut prog = XdpProgram::load(queues).unwrap_or_else(|e| panic!("load: {e}"));
+    let umem = Umem::new(FRAMES, 2048).unwrap();
+    let mut sock = XskSocket::new(&umem, idx, 0, &copy_cfg()).unwrap();
+    prog.register_socket(0, sock.fd()).unwrap();
+    prog.attach(idx, AttachMode::Native).unwrap();
+    let addrs: Vec<u64> = (0..FILL_FRAMES).map(|i| umem.frame_addr(i)).collect();
+    assert_eq!(sock.fill(&addrs), FILL_FRAMES as usize);
+    sock.wakeup_rx();
+    Side { prog, umem, sock }
+}

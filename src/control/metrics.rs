@@ -79,6 +79,7 @@ impl Metrics {
                     .inc_by(v)
             });
         }
+        self.render_interfaces(&reg, h);
         let up = IntGaugeVec::new(
             Opts::new("natgw_uptime_seconds", "seconds since start"),
             &[],
@@ -90,6 +91,57 @@ impl Metrics {
         let mut out = Vec::new();
         let _ = TextEncoder::new().encode(&reg.gather(), &mut out);
         String::from_utf8(out).unwrap_or_default()
+    }
+}
+
+impl Metrics {
+    /// Per interface: the XDP program's drops, whether the link is up, and whether the
+    /// kernel would forward what reaches it.
+    fn render_interfaces(&self, reg: &Registry, h: &Handle) {
+        let xdp = IntCounterVec::new(
+            Opts::new(
+                "natgw_xdp_drops_total",
+                "frames natgw's XDP program dropped, by interface and reason",
+            ),
+            &["interface", "reason"],
+        )
+        .expect("static metric definition");
+        let _ = reg.register(Box::new(xdp.clone()));
+        for (ifname, drops) in &h.health.xdp_drops {
+            for (slot, label, _) in crate::dataplane::xdp::XDP_DROP_REASONS {
+                xdp.with_label_values(&[ifname.as_str(), label])
+                    .inc_by(drops.get(*slot).unwrap_or(0));
+            }
+        }
+        let link_up = IntGaugeVec::new(
+            Opts::new(
+                "natgw_link_up",
+                "1 while the interface is up with carrier, as natgw last saw it",
+            ),
+            &["interface"],
+        )
+        .expect("static metric definition");
+        let _ = reg.register(Box::new(link_up.clone()));
+        for (ifname, up) in &h.health.link_up {
+            link_up
+                .with_label_values(&[ifname.as_str()])
+                .set(i64::from(up.load(std::sync::atomic::Ordering::Relaxed)));
+        }
+        let fwd = IntGaugeVec::new(
+            Opts::new(
+                "natgw_kernel_forwarding",
+                "1 if the kernel forwards IPv4 arriving on the interface \
+                 (net.ipv4.conf.<interface>.forwarding); natgw does not need it",
+            ),
+            &["interface"],
+        )
+        .expect("static metric definition");
+        let _ = reg.register(Box::new(fwd.clone()));
+        for ifname in &h.interfaces {
+            if let Some(on) = crate::dataplane::run::kernel_forwarding(ifname) {
+                fwd.with_label_values(&[ifname.as_str()]).set(i64::from(on));
+            }
+        }
     }
 }
 
@@ -120,6 +172,13 @@ mod tests {
             xdp_modes: Vec::new(),
             copy_fallbacks: 0,
             interfaces: vec!["eth1".into(), "eth0".into()],
+            health: Arc::new(crate::dataplane::run::Health {
+                xdp_drops: Vec::new(),
+                link_up: vec![(
+                    "eth1".into(),
+                    Arc::new(std::sync::atomic::AtomicBool::new(true)),
+                )],
+            }),
         }
     }
 
@@ -143,6 +202,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# TYPE natgw_in2out_total counter"), "{text}");
+        assert!(
+            text.contains("natgw_link_up{interface=\"eth1\"} 1"),
+            "{text}"
+        );
     }
 
     /// The exposition passes Prometheus' own linter (HELP on everything, counters end in

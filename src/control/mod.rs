@@ -20,14 +20,21 @@ pub struct State {
     pub metrics: metrics::Metrics,
 }
 
+impl State {
+    /// The management state of a running gateway: the API and SIGHUP share it, so both
+    /// reload through the same [`reload`].
+    pub fn new(handle: Handle, config_path: PathBuf) -> Arc<State> {
+        Arc::new(State {
+            handle: Mutex::new(handle),
+            config_path,
+            metrics: metrics::Metrics::new(),
+        })
+    }
+}
+
 /// Starts the HTTP API on its own thread. Fails only if the address cannot be bound.
-pub fn serve(listen: SocketAddr, handle: Handle, config_path: PathBuf) -> std::io::Result<()> {
+pub fn serve(listen: SocketAddr, state: Arc<State>) -> std::io::Result<()> {
     let listener = std::net::TcpListener::bind(listen)?;
-    let state = Arc::new(State {
-        handle: Mutex::new(handle),
-        config_path,
-        metrics: metrics::Metrics::new(),
-    });
     std::thread::Builder::new()
         .name("natgw-api".into())
         .spawn(move || http::serve(listener, state))?;
@@ -138,6 +145,11 @@ pub fn stats_json(h: &Handle) -> String {
     for d in &h.dp {
         d.each(|n, _, v| add(n, v));
     }
+    for (_, drops) in &h.health.xdp_drops {
+        for (slot, label, _) in crate::dataplane::xdp::XDP_DROP_REASONS {
+            add(&format!("xdp_drop_{label}"), drops.get(*slot).unwrap_or(0));
+        }
+    }
     let body: Vec<String> = fields
         .iter()
         .map(|(n, v)| format!("{}:{v}", json_str(n)))
@@ -183,6 +195,7 @@ mod tests {
             xdp_modes: Vec::new(),
             copy_fallbacks: 0,
             interfaces: vec!["eth1".into(), "eth0".into()],
+            health: Arc::default(),
         };
         let st = State {
             handle: Mutex::new(handle),

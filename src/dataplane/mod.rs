@@ -3,6 +3,8 @@
 //! AF_XDP rings, rtnetlink, ethtool) are the `natgw_kernel` crate; the dataplane reaches
 //! the kernel only through it.
 
+#[cfg(debug_assertions)]
+mod fault;
 pub mod neigh;
 pub mod rss;
 pub mod run;

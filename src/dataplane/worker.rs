@@ -240,6 +240,8 @@ impl Worker {
                 last_tick = now;
                 self.engine.tick(now);
                 self.control_messages();
+                #[cfg(debug_assertions)]
+                super::fault::check();
             }
             if worked {
                 idle = 0;

@@ -8,21 +8,40 @@
 //! 4. truncated IPv4 header, multicast destination (224.0.0.0/4), or destination address in
 //!    the `pass_addrs` hash map
 //!    (management addresses) => `XDP_PASS`;
-//! 5. otherwise `bpf_redirect_map(xsks_map, rx_queue_index, XDP_PASS)`: the frame goes to
-//!    the queue's AF_XDP socket, or to the kernel when no socket is registered there.
+//! 5. otherwise `bpf_redirect_map(xsks_map, rx_queue_index, XDP_DROP)`: the frame goes to
+//!    the queue's AF_XDP socket. A queue without a registered socket (one no worker serves,
+//!    or one whose socket is not registered yet) drops the frame and counts it in the
+//!    per-CPU array `xdp_drops` (slot [`DROP_UNSERVED_QUEUE`]): NAT traffic never reaches
+//!    the kernel untranslated, where IP forwarding would route it with its inside source.
 
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
+use std::sync::Arc;
+
 use natgw_kernel::bpf::{
     self, AttachMode, BPF_ALU64, BPF_AND, BPF_JEQ, BPF_JGT, BPF_JNE, BPF_K, BPF_MAP_TYPE_HASH,
-    BPF_MAP_TYPE_XSKMAP, HELPER_MAP_LOOKUP_ELEM, HELPER_REDIRECT_MAP, Insn, ProgramBuilder, R0, R1,
-    R2, R3, R4, R5, R6, R10, Size, XDP_MD_DATA, XDP_MD_DATA_END, XDP_MD_RX_QUEUE_INDEX, XDP_PASS,
+    BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_XSKMAP, HELPER_MAP_LOOKUP_ELEM, HELPER_REDIRECT_MAP,
+    Insn, ProgramBuilder, R0, R1, R2, R3, R4, R5, R6, R10, Size, XDP_DROP, XDP_MD_DATA,
+    XDP_MD_DATA_END, XDP_MD_RX_QUEUE_INDEX, XDP_PASS, XDP_REDIRECT,
 };
 
 /// Maximum number of management addresses in `pass_addrs`.
 pub const PASS_MAP_MAX_ENTRIES: u32 = 256;
+
+/// Slot of the `xdp_drops` map: frames dropped because their receive queue has no AF_XDP
+/// socket.
+pub const DROP_UNSERVED_QUEUE: u32 = 0;
+/// Slots in `xdp_drops`.
+const DROP_SLOTS: u32 = 1;
+
+/// Why the XDP program dropped frames, with the `xdp_drops` slot and the metric label.
+pub const XDP_DROP_REASONS: &[(u32, &str, &str)] = &[(
+    DROP_UNSERVED_QUEUE,
+    "unserved_queue",
+    "frames on a receive queue without an AF_XDP socket (no worker serves it)",
+)];
 
 /// Network-order 16-bit value as the BPF machine sees it after a `u16` load.
 const fn be16(v: u16) -> i32 {
@@ -30,7 +49,11 @@ const fn be16(v: u16) -> i32 {
 }
 
 /// The redirect program (see the module documentation), referring to the given map fds.
-pub fn redirect_program(xsks_map_fd: RawFd, pass_map_fd: RawFd) -> io::Result<Vec<Insn>> {
+pub fn redirect_program(
+    xsks_map_fd: RawFd,
+    pass_map_fd: RawFd,
+    drops_map_fd: RawFd,
+) -> io::Result<Vec<Insn>> {
     const ETH_HLEN: i32 = 14;
     const VLAN_HLEN: i32 = 4;
     const IPV4_MIN_HLEN: i32 = 20;
@@ -39,6 +62,8 @@ pub fn redirect_program(xsks_map_fd: RawFd, pass_map_fd: RawFd) -> io::Result<Ve
     let mut b = ProgramBuilder::new();
     let pass = b.label();
     let untagged = b.label();
+    let unserved = b.label();
+    let drop = b.label();
 
     // r6 = ctx (survives helper calls); r2 = data, r3 = data_end.
     b.push(Insn::mov64_reg(R6, R1))
@@ -76,8 +101,26 @@ pub fn redirect_program(xsks_map_fd: RawFd, pass_map_fd: RawFd) -> io::Result<Ve
         .jmp_imm_to(BPF_JNE, R0, 0, pass)
         .push(Insn::ldx(Size::W, R2, R6, XDP_MD_RX_QUEUE_INDEX))
         .extend(Insn::ld_map_fd(R1, xsks_map_fd))
-        .push(Insn::mov64_imm(R3, XDP_PASS))
+        // The lower bits of the flags are the verdict when the queue has no socket.
+        .push(Insn::mov64_imm(R3, XDP_DROP))
         .push(Insn::call(HELPER_REDIRECT_MAP))
+        .jmp_imm_to(BPF_JNE, R0, XDP_REDIRECT, unserved)
+        .push(Insn::exit())
+        // No socket on this queue: count (per-CPU slot, XDP runs with preemption off, so a
+        // plain add is exact) and drop.
+        .bind(unserved)
+        .push(Insn::mov64_imm(R1, DROP_UNSERVED_QUEUE as i32))
+        .push(Insn::stx(Size::W, R10, R1, -8))
+        .extend(Insn::ld_map_fd(R1, drops_map_fd))
+        .push(Insn::mov64_reg(R2, R10))
+        .push(Insn::add64_imm(R2, -8))
+        .push(Insn::call(HELPER_MAP_LOOKUP_ELEM))
+        .jmp_imm_to(BPF_JEQ, R0, 0, drop)
+        .push(Insn::ldx(Size::DW, R1, R0, 0))
+        .push(Insn::add64_imm(R1, 1))
+        .push(Insn::stx(Size::DW, R0, R1, 0))
+        .bind(drop)
+        .push(Insn::mov64_imm(R0, XDP_DROP))
         .push(Insn::exit())
         .bind(pass)
         .push(Insn::mov64_imm(R0, XDP_PASS))
@@ -96,7 +139,21 @@ pub struct XdpProgram {
     prog: OwnedFd,
     xsks_map: OwnedFd,
     pass_map: OwnedFd,
+    drops: XdpDrops,
     max_queues: u32,
+}
+
+/// The program's drop counters (`xdp_drops`), readable while natgw runs; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct XdpDrops {
+    map: Arc<OwnedFd>,
+}
+
+impl XdpDrops {
+    /// Frames dropped for the reason in `slot` ([`XDP_DROP_REASONS`]), summed over CPUs.
+    pub fn get(&self, slot: u32) -> io::Result<u64> {
+        bpf::percpu_u64_sum(self.map.as_fd(), &slot)
+    }
 }
 
 impl XdpProgram {
@@ -112,13 +169,21 @@ impl XdpProgram {
         let xsks_map = bpf::map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, max_queues, "xsks_map")?;
         let pass_map =
             bpf::map_create(BPF_MAP_TYPE_HASH, 4, 1, PASS_MAP_MAX_ENTRIES, "pass_addrs")?;
-        let insns = redirect_program(xsks_map.as_raw_fd(), pass_map.as_raw_fd())?;
+        let drops = bpf::map_create(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, DROP_SLOTS, "xdp_drops")?;
+        let insns = redirect_program(
+            xsks_map.as_raw_fd(),
+            pass_map.as_raw_fd(),
+            drops.as_raw_fd(),
+        )?;
         let prog = bpf::load_xdp_program(&insns, "natgw_xsk")?;
         Ok(XdpProgram {
             link: None,
             prog,
             xsks_map,
             pass_map,
+            drops: XdpDrops {
+                map: Arc::new(drops),
+            },
             max_queues,
         })
     }
@@ -193,6 +258,11 @@ impl XdpProgram {
         bpf::map_update(self.xsks_map.as_fd(), &queue, &(xsk_fd as u32))
     }
 
+    /// The program's drop counters.
+    pub fn drops(&self) -> XdpDrops {
+        self.drops.clone()
+    }
+
     /// The program fd.
     pub fn prog_fd(&self) -> BorrowedFd<'_> {
         self.prog.as_fd()
@@ -218,133 +288,195 @@ mod tests {
     #[derive(Debug, PartialEq, Eq)]
     enum Outcome {
         Pass,
-        Redirect { queue: u32, fallback: i32 },
+        Redirect {
+            queue: u32,
+        },
+        /// Dropped; the `xdp_drops` slot it counted in (None: the lookup found nothing).
+        Drop {
+            counted: Option<u32>,
+        },
     }
 
     const CTX: u64 = 0x1000_0000;
     const PKT: u64 = 0x2000_0000;
     const STACK_TOP: u64 = 0x3000_0000;
+    /// Where the `xdp_drops` slots live in the interpreter's address space.
+    const DROPS: u64 = 0x4000_0000;
+    const XSKS_FD: i32 = 100;
+    const PASS_FD: i32 = 200;
+    const DROPS_FD: i32 = 300;
 
-    fn run(prog: &[Insn], frame: &[u8], queue: u32, pass: &[[u8; 4]]) -> Outcome {
-        let mut r = [0u64; 11];
-        let mut stack = [0u8; 512];
-        r[1] = CTX;
-        r[10] = STACK_TOP;
-        let mut pc = 0usize;
-        let load = |addr: u64, size: Size, stack: &[u8; 512]| -> u64 {
-            let n = match size {
-                Size::W => 4,
-                Size::H => 2,
-                Size::B => 1,
-                Size::DW => 8,
-            };
-            let bytes: Vec<u8> = if (CTX..CTX + 24).contains(&addr) {
-                let ctx = [
-                    PKT as u32,
-                    (PKT + frame.len() as u64) as u32,
-                    0,
-                    0,
-                    queue,
-                    0,
-                ];
-                let raw: Vec<u8> = ctx.iter().flat_map(|v| v.to_ne_bytes()).collect();
-                let o = (addr - CTX) as usize;
-                raw[o..o + n].to_vec()
-            } else if (PKT..PKT + frame.len() as u64).contains(&addr) {
-                let o = (addr - PKT) as usize;
-                assert!(o + n <= frame.len(), "out-of-bounds packet read at {o}");
-                frame[o..o + n].to_vec()
-            } else {
-                let o = (addr - (STACK_TOP - 512)) as usize;
-                stack[o..o + n].to_vec()
-            };
-            let mut v = [0u8; 8];
-            v[..n].copy_from_slice(&bytes);
-            u64::from_le_bytes(v) // host is little-endian for these tests
-        };
-        for _ in 0..1000 {
-            let i = prog[pc];
-            pc += 1;
-            let class = i.code & 0x07;
-            match class {
-                BPF_ALU64 => {
-                    let src = if i.code & BPF_X != 0 {
-                        r[i.src as usize]
-                    } else {
-                        i.imm as i64 as u64
-                    };
-                    match i.code & 0xf0 {
-                        BPF_MOV => r[i.dst as usize] = src,
-                        BPF_ADD => r[i.dst as usize] = r[i.dst as usize].wrapping_add(src),
-                        BPF_AND => r[i.dst as usize] &= src,
-                        op => panic!("alu op {op:#x}"),
-                    }
-                }
-                BPF_LDX => {
-                    let size = match i.code & 0x18 {
-                        0x00 => Size::W,
-                        0x08 => Size::H,
-                        0x10 => Size::B,
-                        _ => Size::DW,
-                    };
-                    let addr = r[i.src as usize].wrapping_add(i.off as i64 as u64);
-                    r[i.dst as usize] = load(addr, size, &stack);
-                }
-                BPF_STX => {
-                    assert_eq!(i.code, 0x63);
-                    let addr = r[i.dst as usize].wrapping_add(i.off as i64 as u64);
+    /// A machine state: the frame, its queue, the pass addresses, the queues with a
+    /// registered socket, and the drop counters (which persist across runs).
+    struct Machine<'a> {
+        pass: &'a [[u8; 4]],
+        sockets: &'a [u32],
+        drops: [u64; DROP_SLOTS as usize],
+    }
+
+    fn size_bytes(size: Size) -> usize {
+        match size {
+            Size::W => 4,
+            Size::H => 2,
+            Size::B => 1,
+            Size::DW => 8,
+        }
+    }
+
+    fn ld_size(code: u8) -> Size {
+        match code & 0x18 {
+            0x00 => Size::W,
+            0x08 => Size::H,
+            0x10 => Size::B,
+            _ => Size::DW,
+        }
+    }
+
+    impl Machine<'_> {
+        fn run(&mut self, prog: &[Insn], frame: &[u8], queue: u32) -> Outcome {
+            let mut r = [0u64; 11];
+            let mut stack = [0u8; 512];
+            r[1] = CTX;
+            r[10] = STACK_TOP;
+            let mut pc = 0usize;
+            let mut redirected = None;
+            let mut counted = None;
+            let drops = &mut self.drops;
+            let load = |addr: u64, size: Size, stack: &[u8; 512], drops: &[u64]| -> u64 {
+                let n = size_bytes(size);
+                let bytes: Vec<u8> = if (CTX..CTX + 24).contains(&addr) {
+                    let ctx = [
+                        PKT as u32,
+                        (PKT + frame.len() as u64) as u32,
+                        0,
+                        0,
+                        queue,
+                        0,
+                    ];
+                    let raw: Vec<u8> = ctx.iter().flat_map(|v| v.to_ne_bytes()).collect();
+                    let o = (addr - CTX) as usize;
+                    raw[o..o + n].to_vec()
+                } else if (PKT..PKT + frame.len() as u64).contains(&addr) {
+                    let o = (addr - PKT) as usize;
+                    assert!(o + n <= frame.len(), "out-of-bounds packet read at {o}");
+                    frame[o..o + n].to_vec()
+                } else if (DROPS..DROPS + 8 * drops.len() as u64).contains(&addr) {
+                    assert_eq!(n, 8, "counter access must be 64-bit");
+                    let o = ((addr - DROPS) / 8) as usize;
+                    drops[o].to_le_bytes().to_vec()
+                } else {
                     let o = (addr - (STACK_TOP - 512)) as usize;
-                    stack[o..o + 4].copy_from_slice(&(r[i.src as usize] as u32).to_le_bytes());
-                }
-                BPF_LD => {
-                    r[i.dst as usize] = i.imm as u32 as u64;
-                    pc += 1;
-                }
-                BPF_JMP => match i.code & 0xf0 {
-                    BPF_EXIT => {
-                        assert_eq!(r[0], XDP_PASS as u64);
-                        return Outcome::Pass;
-                    }
-                    BPF_CALL => match i.imm {
-                        HELPER_MAP_LOOKUP_ELEM => {
-                            assert_eq!(r[1], 200, "lookup must use pass_addrs");
-                            let key = load(r[2], Size::W, &stack) as u32;
-                            let found = pass.iter().any(|a| u32::from_ne_bytes(*a) == key);
-                            r[0] = if found { 0x4000 } else { 0 };
-                        }
-                        HELPER_REDIRECT_MAP => {
-                            assert_eq!(r[1], 100, "redirect must use xsks_map");
-                            assert_eq!(prog[pc].code, BPF_JMP | BPF_EXIT);
-                            return Outcome::Redirect {
-                                queue: r[2] as u32,
-                                fallback: r[3] as i32,
-                            };
-                        }
-                        h => panic!("helper {h}"),
-                    },
-                    op => {
-                        let a = r[i.dst as usize];
-                        let b = if i.code & BPF_X != 0 {
+                    stack[o..o + n].to_vec()
+                };
+                let mut v = [0u8; 8];
+                v[..n].copy_from_slice(&bytes);
+                u64::from_le_bytes(v) // host is little-endian for these tests
+            };
+            for _ in 0..1000 {
+                let i = prog[pc];
+                pc += 1;
+                let class = i.code & 0x07;
+                match class {
+                    BPF_ALU64 => {
+                        let src = if i.code & BPF_X != 0 {
                             r[i.src as usize]
                         } else {
                             i.imm as i64 as u64
                         };
-                        let taken = match op {
-                            BPF_JA => true,
-                            BPF_JEQ => a == b,
-                            BPF_JNE => a != b,
-                            BPF_JGT => a > b,
-                            _ => panic!("jmp op {op:#x}"),
-                        };
-                        if taken {
-                            pc = (pc as i64 + i.off as i64) as usize;
+                        match i.code & 0xf0 {
+                            BPF_MOV => r[i.dst as usize] = src,
+                            BPF_ADD => r[i.dst as usize] = r[i.dst as usize].wrapping_add(src),
+                            BPF_AND => r[i.dst as usize] &= src,
+                            op => panic!("alu op {op:#x}"),
                         }
                     }
-                },
-                c => panic!("class {c}"),
+                    BPF_LDX => {
+                        let addr = r[i.src as usize].wrapping_add(i.off as i64 as u64);
+                        r[i.dst as usize] = load(addr, ld_size(i.code), &stack, &drops[..]);
+                    }
+                    BPF_STX => {
+                        let addr = r[i.dst as usize].wrapping_add(i.off as i64 as u64);
+                        let v = r[i.src as usize];
+                        if (DROPS..DROPS + 8 * drops.len() as u64).contains(&addr) {
+                            assert_eq!(i.code, 0x7b, "counter store must be 64-bit");
+                            let o = ((addr - DROPS) / 8) as usize;
+                            drops[o] = v;
+                            counted = Some(o as u32);
+                        } else {
+                            assert_eq!(i.code, 0x63, "only 32-bit stack stores");
+                            let o = (addr - (STACK_TOP - 512)) as usize;
+                            stack[o..o + 4].copy_from_slice(&(v as u32).to_le_bytes());
+                        }
+                    }
+                    BPF_LD => {
+                        r[i.dst as usize] = i.imm as u32 as u64;
+                        pc += 1;
+                    }
+                    BPF_JMP => match i.code & 0xf0 {
+                        BPF_EXIT => {
+                            return match r[0] as i32 {
+                                XDP_PASS => {
+                                    assert!(redirected.is_none() && counted.is_none());
+                                    Outcome::Pass
+                                }
+                                XDP_REDIRECT => Outcome::Redirect {
+                                    queue: redirected.expect("XDP_REDIRECT without a redirect"),
+                                },
+                                XDP_DROP => Outcome::Drop { counted },
+                                v => panic!("verdict {v}"),
+                            };
+                        }
+                        BPF_CALL => match i.imm {
+                            HELPER_MAP_LOOKUP_ELEM => {
+                                let key = load(r[2], Size::W, &stack, &drops[..]) as u32;
+                                r[0] = match r[1] as i32 {
+                                    PASS_FD => {
+                                        let found =
+                                            self.pass.iter().any(|a| u32::from_ne_bytes(*a) == key);
+                                        if found { 0x5000 } else { 0 }
+                                    }
+                                    DROPS_FD if key < DROP_SLOTS => DROPS + 8 * key as u64,
+                                    DROPS_FD => 0,
+                                    fd => panic!("lookup in map fd {fd}"),
+                                };
+                            }
+                            HELPER_REDIRECT_MAP => {
+                                assert_eq!(r[1], XSKS_FD as u64, "redirect must use xsks_map");
+                                let q = r[2] as u32;
+                                if self.sockets.contains(&q) {
+                                    redirected = Some(q);
+                                    r[0] = XDP_REDIRECT as u64;
+                                } else {
+                                    // The kernel returns the flags' low bits.
+                                    r[0] = r[3] & 3;
+                                }
+                            }
+                            h => panic!("helper {h}"),
+                        },
+                        op => {
+                            let a = r[i.dst as usize];
+                            let b = if i.code & BPF_X != 0 {
+                                r[i.src as usize]
+                            } else {
+                                i.imm as i64 as u64
+                            };
+                            let taken = match op {
+                                BPF_JA => true,
+                                BPF_JEQ => a == b,
+                                BPF_JNE => a != b,
+                                BPF_JGT => a > b,
+                                _ => panic!("jmp op {op:#x}"),
+                            };
+                            if taken {
+                                pc = (pc as i64 + i.off as i64) as usize;
+                            }
+                        }
+                    },
+                    c => panic!("class {c}"),
+                }
             }
+            panic!("program did not terminate");
         }
-        panic!("program did not terminate");
     }
 
     fn frame(vlan: bool, ethertype: u16, dst: [u8; 4], len_after_l2: usize) -> Vec<u8> {
@@ -361,51 +493,85 @@ mod tests {
         f
     }
 
+    fn program() -> Vec<Insn> {
+        redirect_program(XSKS_FD, PASS_FD, DROPS_FD).unwrap()
+    }
+
     #[test]
     fn program_decisions() {
         if cfg!(target_endian = "big") {
             return;
         }
-        let p = redirect_program(100, 200).unwrap();
+        let p = program();
         let mgmt = [10, 0, 0, 1];
         let nat = [10, 9, 8, 7];
-        let redirect = Outcome::Redirect {
-            queue: 3,
-            fallback: XDP_PASS,
+        let redirect = Outcome::Redirect { queue: 3 };
+        let mut m = Machine {
+            pass: &[mgmt],
+            sockets: &[0, 3],
+            drops: [0; DROP_SLOTS as usize],
         };
         for vlan in [false, true] {
-            assert_eq!(run(&p, &frame(vlan, 0x0800, nat, 28), 3, &[mgmt]), redirect);
-            assert_eq!(
-                run(&p, &frame(vlan, 0x0800, mgmt, 28), 3, &[mgmt]),
-                Outcome::Pass
-            );
-            assert_eq!(
-                run(&p, &frame(vlan, 0x0806, nat, 28), 3, &[mgmt]),
-                Outcome::Pass
-            );
-            assert_eq!(
-                run(&p, &frame(vlan, 0x86dd, nat, 40), 3, &[mgmt]),
-                Outcome::Pass
-            );
+            assert_eq!(m.run(&p, &frame(vlan, 0x0800, nat, 28), 3), redirect);
+            assert_eq!(m.run(&p, &frame(vlan, 0x0800, mgmt, 28), 3), Outcome::Pass);
+            assert_eq!(m.run(&p, &frame(vlan, 0x0806, nat, 28), 3), Outcome::Pass);
+            assert_eq!(m.run(&p, &frame(vlan, 0x86dd, nat, 40), 3), Outcome::Pass);
             // Truncated IPv4 header.
-            assert_eq!(
-                run(&p, &frame(vlan, 0x0800, nat, 19), 3, &[]),
-                Outcome::Pass
-            );
+            assert_eq!(m.run(&p, &frame(vlan, 0x0800, nat, 19), 3), Outcome::Pass);
             // Exactly the minimum header.
-            assert_eq!(run(&p, &frame(vlan, 0x0800, nat, 20), 3, &[]), redirect);
+            assert_eq!(m.run(&p, &frame(vlan, 0x0800, nat, 20), 3), redirect);
             // Multicast goes to the kernel; the addresses around the range do not.
             for mc in [[224, 0, 0, 22], [239, 255, 255, 250]] {
-                assert_eq!(run(&p, &frame(vlan, 0x0800, mc, 28), 3, &[]), Outcome::Pass);
+                assert_eq!(m.run(&p, &frame(vlan, 0x0800, mc, 28), 3), Outcome::Pass);
             }
             for uc in [[223, 255, 255, 255], [240, 0, 0, 1], [14, 0, 0, 224]] {
-                assert_eq!(run(&p, &frame(vlan, 0x0800, uc, 28), 3, &[]), redirect);
+                assert_eq!(m.run(&p, &frame(vlan, 0x0800, uc, 28), 3), redirect);
             }
         }
         // Shorter than Ethernet, and a tag with no room for the inner EtherType.
-        assert_eq!(run(&p, &[0u8; 13], 0, &[]), Outcome::Pass);
+        assert_eq!(m.run(&p, &[0u8; 13], 0), Outcome::Pass);
         let mut cut = vec![0u8; 12];
         cut.extend_from_slice(&[0x81, 0x00, 0x00]);
-        assert_eq!(run(&p, &cut, 0, &[]), Outcome::Pass);
+        assert_eq!(m.run(&p, &cut, 0), Outcome::Pass);
+        assert_eq!(m.drops, [0], "nothing was dropped");
+    }
+
+    /// A frame on a queue without a socket is dropped and counted, never passed to the
+    /// kernel (which would route it untranslated with IP forwarding on); the kernel's own
+    /// traffic (ARP, management addresses) still passes on such a queue.
+    #[test]
+    fn unserved_queue_drops_and_counts() {
+        if cfg!(target_endian = "big") {
+            return;
+        }
+        let p = program();
+        let mgmt = [10, 0, 0, 1];
+        let nat = [10, 9, 8, 7];
+        let mut m = Machine {
+            pass: &[mgmt],
+            sockets: &[0],
+            drops: [0; DROP_SLOTS as usize],
+        };
+        let unserved = Outcome::Drop {
+            counted: Some(DROP_UNSERVED_QUEUE),
+        };
+        for vlan in [false, true] {
+            assert_eq!(m.run(&p, &frame(vlan, 0x0800, nat, 28), 1), unserved);
+            assert_eq!(
+                m.run(&p, &frame(vlan, 0x0800, nat, 28), 0),
+                Outcome::Redirect { queue: 0 }
+            );
+            assert_eq!(m.run(&p, &frame(vlan, 0x0800, mgmt, 28), 1), Outcome::Pass);
+            assert_eq!(m.run(&p, &frame(vlan, 0x0806, nat, 28), 1), Outcome::Pass);
+        }
+        assert_eq!(m.drops[DROP_UNSERVED_QUEUE as usize], 2);
+        // Before any socket is registered (start-up), every NAT frame is dropped.
+        m.sockets = &[];
+        assert_eq!(m.run(&p, &frame(false, 0x0800, nat, 28), 0), unserved);
+        assert_eq!(m.drops[DROP_UNSERVED_QUEUE as usize], 3);
+        assert_eq!(
+            XDP_DROP_REASONS[DROP_UNSERVED_QUEUE as usize].0,
+            DROP_UNSERVED_QUEUE
+        );
     }
 }

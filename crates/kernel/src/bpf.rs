@@ -10,6 +10,7 @@ use crate::sys;
 
 // bpf(2) commands.
 const BPF_MAP_CREATE: u32 = 0;
+const BPF_MAP_LOOKUP_ELEM: u32 = 1;
 const BPF_MAP_UPDATE_ELEM: u32 = 2;
 const BPF_MAP_DELETE_ELEM: u32 = 3;
 const BPF_PROG_LOAD: u32 = 5;
@@ -17,6 +18,7 @@ const BPF_LINK_CREATE: u32 = 28;
 
 /// Map types.
 pub const BPF_MAP_TYPE_HASH: u32 = 1;
+pub const BPF_MAP_TYPE_PERCPU_ARRAY: u32 = 6;
 pub const BPF_MAP_TYPE_XSKMAP: u32 = 17;
 /// Program type of XDP programs.
 pub const BPF_PROG_TYPE_XDP: u32 = 6;
@@ -400,6 +402,65 @@ pub fn map_update<K, V>(map: BorrowedFd<'_>, key: &K, value: &V) -> io::Result<(
     bpf(BPF_MAP_UPDATE_ELEM, &mut attr, "bpf(BPF_MAP_UPDATE_ELEM)").map(drop)
 }
 
+/// Reads `key` of `map` into `value` (`BPF_MAP_LOOKUP_ELEM`). `K` and `V` must be plain
+/// data of the map's key and value sizes; for a per-CPU map `V` holds one value per
+/// possible CPU ([`possible_cpus`]), each rounded up to 8 bytes.
+pub fn map_lookup<K, V>(map: BorrowedFd<'_>, key: &K, value: &mut V) -> io::Result<()> {
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: value as *mut V as u64,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr, "bpf(BPF_MAP_LOOKUP_ELEM)").map(drop)
+}
+
+/// Reads `key` of a per-CPU map whose values are one `u64` each and returns their sum
+/// over all possible CPUs.
+pub fn percpu_u64_sum<K>(map: BorrowedFd<'_>, key: &K) -> io::Result<u64> {
+    let n = possible_cpus()?;
+    let mut values = vec![0u64; n];
+    let mut attr = MapElemAttr {
+        map_fd: map.as_raw_fd() as u32,
+        key: key as *const K as u64,
+        value: values.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    bpf(BPF_MAP_LOOKUP_ELEM, &mut attr, "bpf(BPF_MAP_LOOKUP_ELEM)")?;
+    Ok(values.iter().fold(0u64, |a, v| a.wrapping_add(*v)))
+}
+
+/// The number of possible CPUs (`/sys/devices/system/cpu/possible`, e.g. `0-3`): how many
+/// values a per-CPU map holds per key.
+pub fn possible_cpus() -> io::Result<usize> {
+    let s = std::fs::read_to_string("/sys/devices/system/cpu/possible")?;
+    parse_cpu_list(s.trim()).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("/sys/devices/system/cpu/possible: cannot parse {s:?}"),
+        )
+    })
+}
+
+/// The highest CPU number + 1 in a kernel CPU list (`0`, `0-3`, `0-3,8-11`).
+fn parse_cpu_list(s: &str) -> Option<usize> {
+    let mut max = None;
+    for part in s.split(',') {
+        let last = match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b) = (a.parse::<usize>().ok()?, b.parse::<usize>().ok()?);
+                if a > b {
+                    return None;
+                }
+                b
+            }
+            None => part.parse::<usize>().ok()?,
+        };
+        max = Some(max.map_or(last, |m: usize| m.max(last)));
+    }
+    max.and_then(|m| m.checked_add(1))
+}
+
 /// Deletes `key` from `map`.
 pub fn map_delete<K>(map: BorrowedFd<'_>, key: &K) -> io::Result<()> {
     let mut attr = MapElemAttr {
@@ -539,6 +600,17 @@ mod tests {
             Insn::stx(Size::W, R10, R5, -4).encode(),
             [0x63, 0x5a, 0xfc, 0xff, 0, 0, 0, 0]
         );
+    }
+
+    #[test]
+    fn cpu_lists() {
+        assert_eq!(parse_cpu_list("0"), Some(1));
+        assert_eq!(parse_cpu_list("0-3"), Some(4));
+        assert_eq!(parse_cpu_list("0-3,8-11"), Some(12));
+        for bad in ["", "a", "3-1", "0-", "0,,1"] {
+            assert_eq!(parse_cpu_list(bad), None, "{bad:?}");
+        }
+        assert!(possible_cpus().unwrap() >= 1);
     }
 
     #[test]

@@ -163,6 +163,40 @@ pub fn channels(ifname: &str) -> io::Result<Option<(u32, u32)>> {
     }))
 }
 
+/// The channel counts of a NIC (ETHTOOL_GCHANNELS), as `ethtool -l` shows them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Channels {
+    pub rx: u32,
+    pub tx: u32,
+    pub other: u32,
+    pub combined: u32,
+    pub max_rx: u32,
+    pub max_combined: u32,
+}
+
+impl Channels {
+    /// Receive queues in use: combined channels plus dedicated receive ones.
+    pub fn rx_queues(&self) -> u32 {
+        self.rx.saturating_add(self.combined)
+    }
+}
+
+/// The channel counts (ETHTOOL_GCHANNELS). `Ok(None)` when unsupported.
+pub fn channel_counts(ifname: &str) -> io::Result<Option<Channels>> {
+    let mut buf = [0u8; 36];
+    put_u32(&mut buf, 0, ETHTOOL_GCHANNELS);
+    Ok(
+        unsupported_as_none(ethtool(ifname, &mut buf))?.map(|()| Channels {
+            max_rx: get_u32(&buf, 4),
+            max_combined: get_u32(&buf, 16),
+            rx: get_u32(&buf, 20),
+            tx: get_u32(&buf, 24),
+            other: get_u32(&buf, 28),
+            combined: get_u32(&buf, 32),
+        }),
+    )
+}
+
 /// Turns transmit checksum offload on or off (ETHTOOL_STXCSUM, `ethtool -K IF tx`).
 ///
 /// Test topologies turn it off on veths: with it on, kernel-sent UDP carries only a

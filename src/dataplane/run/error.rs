@@ -27,6 +27,15 @@ pub enum StartError {
         ifname: String,
         queues: u32,
     },
+    /// Receive queues of an interface have no worker (frames on them would be dropped).
+    UnservedQueues {
+        ifname: String,
+        queues: u32,
+        unserved: Vec<u32>,
+        workers: usize,
+        /// `combined` or `rx`: the `ethtool -L` channel type of this NIC.
+        knob: &'static str,
+    },
     /// The XDP program or its maps could not be loaded.
     XdpLoad { ifname: String, err: io::Error },
     /// A management address could not be put into the program's pass map.
@@ -43,6 +52,8 @@ pub enum StartError {
     },
     /// The rtnetlink neighbour socket could not be opened.
     NeighSocket(io::Error),
+    /// The rtnetlink link notification socket could not be opened.
+    LinkSocket(io::Error),
     /// A worker's packet buffer area could not be mapped.
     Umem { worker: usize, err: io::Error },
     /// An AF_XDP socket could not be created or bound.
@@ -88,6 +99,25 @@ impl fmt::Display for StartError {
                  queues and workers must match",
                 if *queues == 1 { "" } else { "s" }
             ),
+            StartError::UnservedQueues {
+                ifname,
+                queues,
+                unserved,
+                workers,
+                knob,
+            } => write!(
+                f,
+                "dataplane.workers: {ifname} has {queues} receive queues but no worker serves \
+                 queue{} {}; frames on an unserved queue would be dropped. Reduce the queues to \
+                 the workers' ({workers}): `ethtool -L {ifname} {knob} {workers}`, or add a \
+                 worker for every queue",
+                if unserved.len() == 1 { "" } else { "s" },
+                unserved
+                    .iter()
+                    .map(|q| q.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             StartError::XdpLoad { ifname, err } => {
                 write!(f, "loading the XDP program for {ifname}: {err}")
             }
@@ -99,6 +129,7 @@ impl fmt::Display for StartError {
                 "the kernel refused to attach XDP ({mode:?} mode) to {ifname}: {err}"
             ),
             StartError::NeighSocket(err) => write!(f, "netlink neighbour socket: {err}"),
+            StartError::LinkSocket(err) => write!(f, "netlink link socket: {err}"),
             StartError::Umem { worker, err } => write!(f, "UMEM for worker {worker}: {err}"),
             StartError::Socket { ifname, queue, err } => {
                 write!(f, "AF_XDP socket on {ifname} queue {queue}: {err}")

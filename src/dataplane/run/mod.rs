@@ -1,12 +1,13 @@
-//! `natgw run`: checks the machine against the configuration, attaches the XDP programs,
-//! binds one AF_XDP socket per (worker, interface), starts the pinned workers and keeps the
-//! neighbour table current until SIGTERM/SIGINT, then drains and detaches.
+//! `natgw run`: checks the machine against the configuration, loads the XDP programs,
+//! binds one AF_XDP socket per (worker, interface), starts the pinned workers, attaches XDP,
+//! and keeps the neighbour table current until SIGTERM/SIGINT, then drains and detaches.
 //!
 //! [`Gateway::start`] runs the steps in order, each in the file named for it: `checks.rs`
-//! (privileges, interfaces, cores and queues), `attach.rs` (the XDP programs), `rules.rs`
-//! (the rules for this machine), the neighbour table (here), `sockets.rs` and `workers.rs`.
-//! `reload.rs` applies a new configuration to the running gateway; `error.rs` says why
-//! either failed.
+//! (privileges, interfaces, cores, every queue served, kernel forwarding), `attach.rs` (the
+//! XDP programs: loaded first, attached last), `rules.rs` (the rules for this machine), the
+//! neighbour table (here), `sockets.rs` and `workers.rs`. `supervise.rs` watches the running
+//! gateway (dead workers, interface changes). `reload.rs` applies a new configuration to the
+//! running gateway; `error.rs` says why either failed.
 
 mod attach;
 mod checks;
@@ -14,18 +15,23 @@ mod error;
 mod reload;
 mod rules;
 mod sockets;
+mod supervise;
 mod workers;
 
+pub use checks::kernel_forwarding;
 pub use error::{ReloadError, StartError};
-pub use natgw_kernel::signal::{install_signal_handlers, signalled};
+pub use natgw_kernel::signal::{
+    install_reload_handler, install_signal_handlers, signalled, take_reload_request,
+};
+pub use supervise::{LinkStates, RunError};
 
 use super::neigh::NeighTable;
 use super::worker::{Control, DpCounters};
-use super::xdp::XdpProgram;
+use super::xdp::{XdpDrops, XdpProgram};
 use crate::config::{Config, XdpMode};
 use crate::nat::{Counters, Rules};
-use attach::load_and_attach_xdp;
-use checks::{check_privileges, check_workers, resolve_links};
+use attach::{attach_xdp, load_xdp};
+use checks::{check_privileges, check_workers, resolve_links, warn_kernel_forwarding};
 use crossbeam::queue::ArrayQueue;
 use natgw_kernel::bpf::AttachMode;
 use natgw_kernel::netlink::{self, LinkInfo, NeighSocket};
@@ -35,6 +41,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use supervise::{LinkWatch, dead_worker};
 use workers::{Shared, spawn_workers};
 
 /// UMEM chunk size: one Ethernet frame up to 1792 bytes after the kernel's 256-byte headroom.
@@ -60,16 +67,47 @@ pub struct Handle {
     /// The interfaces the sockets are bound to: outside first, then inside in config order
     /// (the engine's `Inside(i)` numbering). A reload cannot change them.
     pub interfaces: Vec<String>,
+    /// Per interface: the XDP program's drop counters and whether the link is up.
+    pub health: Arc<Health>,
+}
+
+/// What the management plane reads about the interfaces themselves.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// Each interface's XDP drop counters (outside first).
+    pub xdp_drops: Vec<(String, XdpDrops)>,
+    /// Each interface: up with carrier, as the link watch last saw it.
+    pub link_up: LinkStates,
 }
 
 /// A running gateway.
 pub struct Gateway {
     pub handle: Handle,
-    workers: Vec<JoinHandle<()>>,
+    /// Taken (None) once joined.
+    workers: Vec<Option<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
     resolve: Arc<ArrayQueue<(u32, Ipv4Addr)>>,
     neigh_sock: NeighSocket,
+    links: LinkWatch,
     _progs: Vec<XdpProgram>,
+}
+
+/// Workers started by `Gateway::start`, stopped and joined if a later step fails.
+struct StartedWorkers {
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Drop for StartedWorkers {
+    fn drop(&mut self) {
+        if self.threads.is_empty() {
+            return;
+        }
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
 }
 
 /// The neighbour table filled from a first dump, and the socket that keeps it current.
@@ -90,19 +128,29 @@ fn open_neighbours(
 }
 
 impl Gateway {
-    /// Checks the machine against `cfg`, attaches XDP, binds the sockets and starts the
-    /// workers.
+    /// Checks the machine against `cfg`, loads XDP, binds and registers the sockets, starts
+    /// the workers and then attaches XDP.
     pub fn start(cfg: &Config, opts: &RunOptions) -> Result<Gateway, StartError> {
         check_privileges()?;
         let dp = &cfg.dataplane;
         let links = resolve_links(cfg)?;
         check_workers(cfg, &links)?;
+        warn_kernel_forwarding(&links);
         let mode = opts.xdp_mode.unwrap_or(dp.xdp_mode);
         // Dropped last on an error below: workers already started stop before their XDP
         // programs detach.
-        let (progs, xdp_modes) = load_and_attach_xdp(cfg, &links, mode)?;
+        let mut progs = load_xdp(cfg, &links)?;
         let rules = Arc::new(start_rules(cfg, &links.outside));
         let (neigh, neigh_sock) = open_neighbours(cfg, &links.outside)?;
+        let (links_watch, link_up) = LinkWatch::open(&links).map_err(StartError::LinkSocket)?;
+        let health = Arc::new(Health {
+            xdp_drops: links
+                .all()
+                .zip(&progs)
+                .map(|(l, p)| (l.name.clone(), p.drops()))
+                .collect(),
+            link_up,
+        });
         let shared = Shared::new(
             Arc::clone(&neigh),
             dp.workers.len().max(1),
@@ -115,17 +163,28 @@ impl Gateway {
             rules,
             neigh,
             started: Instant::now(),
-            xdp_modes,
+            xdp_modes: Vec::new(),
             copy_fallbacks: 0,
             interfaces: links.all().map(|l| l.name.clone()).collect(),
+            health,
         };
-        let workers = spawn_workers(cfg, &links, &progs, &shared, &mut handle)?;
+        // Every socket is bound and registered in its interface's redirect map before the
+        // program is attached: no frame meets the program on a queue without its socket.
+        let mut workers = StartedWorkers {
+            stop: Arc::clone(&shared.stop),
+            threads: spawn_workers(cfg, &links, &progs, &shared, &mut handle)?,
+        };
+        handle.xdp_modes = attach_xdp(&mut progs, &links, mode)?;
         Ok(Gateway {
             handle,
-            workers,
+            workers: std::mem::take(&mut workers.threads)
+                .into_iter()
+                .map(Some)
+                .collect(),
             stop: shared.stop,
             resolve: shared.resolve,
             neigh_sock,
+            links: links_watch,
             _progs: progs,
         })
     }
@@ -151,19 +210,38 @@ impl Gateway {
         }
     }
 
-    /// Runs management until `stop()` returns true, then shuts down.
-    pub fn run_until(mut self, stop: impl Fn() -> bool) {
-        while !stop() {
-            self.poll_management();
-            std::thread::sleep(Duration::from_millis(5));
-        }
+    /// Runs management until `stop()` returns true, then shuts down. `reload()` runs
+    /// whenever SIGHUP arrived (see [`install_reload_handler`]).
+    ///
+    /// Err: the gateway stopped on its own (a worker died, an interface changed in a way
+    /// natgw cannot follow, see `supervise.rs`); everything is shut down as for `stop`.
+    pub fn run_until(
+        mut self,
+        stop: impl Fn() -> bool,
+        mut reload: impl FnMut(),
+    ) -> Result<(), RunError> {
+        let r = self.links.resync().and_then(|()| {
+            while !stop() {
+                if take_reload_request() {
+                    reload();
+                }
+                self.poll_management();
+                self.links.poll()?;
+                if let Some(e) = dead_worker(&mut self.workers) {
+                    return Err(e);
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Ok(())
+        });
         self.shutdown();
+        r
     }
 
     /// Stops the workers (they drain their transmit rings) and detaches XDP.
     pub fn shutdown(mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        for t in self.workers.drain(..) {
+        for t in self.workers.drain(..).flatten() {
             let _ = t.join();
         }
     }

@@ -121,6 +121,8 @@ pub(super) fn spawn_workers(
             .name(format!("natgw-w{wi}"))
             .spawn(move || {
                 core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                #[cfg(debug_assertions)]
+                crate::dataplane::fault::arm(wi);
                 worker.run()
             })
             .map_err(|err| StartError::Thread { worker: wi, err })?;

@@ -1,13 +1,21 @@
-//! Link and address queries (RTM_GETLINK, RTM_GETADDR).
+//! Link and address queries (RTM_GETLINK, RTM_GETADDR) and link change notifications
+//! (RTNLGRP_LINK).
 
+use std::fmt;
 use std::io;
 use std::net::Ipv4Addr;
+use std::os::fd::{AsRawFd, RawFd};
 
-use super::message::{NLM_F_DUMP, NLM_F_REQUEST, Request, attrs, invalid, ne_u32};
-use super::socket::{DUMP_RETRIES, Socket};
+use super::message::{
+    Msgs, NLM_F_DUMP, NLM_F_REQUEST, NLMSG_ERROR, Request, attrs, invalid, ne_u32,
+};
+use super::socket::{DUMP_RETRIES, SOL_NETLINK, Socket, setsockopt_u32};
 
 // Kernel ABI (include/uapi/linux/{rtnetlink,if_link,if_addr}.h).
 const RTM_NEWLINK: u16 = 16;
+const RTM_DELLINK: u16 = 17;
+const NETLINK_ADD_MEMBERSHIP: libc::c_int = 1;
+const RTNLGRP_LINK: u32 = 1;
 const RTM_GETLINK: u16 = 18;
 const RTM_NEWADDR: u16 = 20;
 const RTM_GETADDR: u16 = 22;
@@ -105,6 +113,65 @@ pub fn link_by_name(name: &str) -> io::Result<LinkInfo> {
         |_| {},
     )?;
     found.ok_or_else(|| invalid("netlink: RTM_GETLINK without a link in the reply"))
+}
+
+/// A change to a network interface.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LinkEvent {
+    /// Created or changed (state, MTU, name, address ...): the link as it is now.
+    New(LinkInfo),
+    /// Deleted (also when its namespace goes away or it moves to another namespace).
+    Del(LinkInfo),
+}
+
+/// A nonblocking rtnetlink socket subscribed to link notifications (RTNLGRP_LINK).
+///
+/// `poll_events` whenever `fd()` is readable. If it fails with `ENOBUFS` the kernel dropped
+/// notifications; query the links of interest again ([`link_by_name`]).
+pub struct LinkSocket {
+    sock: Socket,
+}
+
+impl fmt::Debug for LinkSocket {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LinkSocket")
+            .field("fd", &self.sock.fd)
+            .field("port", &self.sock.port)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LinkSocket {
+    pub fn open() -> io::Result<Self> {
+        let sock = Socket::open()?;
+        setsockopt_u32(&sock.fd, SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, RTNLGRP_LINK)?;
+        Ok(Self { sock })
+    }
+
+    /// Appends every pending link notification to `out` without blocking; returns how many
+    /// were appended. On error, events read before it are still in `out`.
+    pub fn poll_events(&mut self, out: &mut Vec<LinkEvent>) -> io::Result<usize> {
+        let before = out.len();
+        while let Some(n) = self.sock.recv()? {
+            for msg in (Msgs {
+                buf: &self.sock.buf[..n],
+            }) {
+                let msg = msg?;
+                match msg.ty {
+                    RTM_NEWLINK => out.push(LinkEvent::New(parse_link(msg.payload)?)),
+                    RTM_DELLINK => out.push(LinkEvent::Del(parse_link(msg.payload)?)),
+                    NLMSG_ERROR => continue,
+                    _ => {}
+                }
+            }
+        }
+        Ok(out.len() - before)
+    }
+
+    /// For registering with poll/epoll; readable when `poll_events` has work.
+    pub fn fd(&self) -> RawFd {
+        self.sock.fd.as_raw_fd()
+    }
 }
 
 fn parse_addr(payload: &[u8]) -> io::Result<Option<(u32, Ipv4Addr, u8)>> {

@@ -45,12 +45,14 @@
 
 //!
 //! `spec.rs` describes a topology, `build.rs` builds it, `vlan.rs` emulates the VLAN trunk,
-//! `kernel_nat.rs` is the kernel NAT baseline and `cleanup.rs` tears it down.
+//! `kernel_nat.rs` is the kernel NAT baseline, `relink.rs` deletes and re-creates the inside
+//! link (fault tests) and `cleanup.rs` tears it down.
 
 mod build;
 mod cleanup;
 mod commands;
 mod kernel_nat;
+mod relink;
 mod spec;
 mod vlan;
 
