@@ -635,13 +635,25 @@ fn tcp_exchange(ns: &str, to: SocketAddrV4, listener: &TcpListener) -> SocketAdd
 /// The configuration of `t` with a static TCP port forward `ext` -> `int` in the (first)
 /// realm.
 fn config_with_forward(t: &Topology, cfg: String, ext: SocketAddrV4, int: SocketAddrV4) -> String {
+    config_with_static(t, cfg, "tcp", ext, int)
+}
+
+/// The configuration of `t` with a static `protocol` port forward `ext` -> `int` in the
+/// (first) realm.
+fn config_with_static(
+    t: &Topology,
+    cfg: String,
+    protocol: &str,
+    ext: SocketAddrV4,
+    int: SocketAddrV4,
+) -> String {
     let pool = t.pool(0);
     let pool_line = format!("pool = [\"{}-{}\"]\n", pool.0, pool.1);
     assert!(cfg.contains(&pool_line), "{cfg}");
     cfg.replacen(
         &pool_line,
         &format!(
-            "{pool_line}static = [{{ protocol = \"tcp\", external = \"{ext}\", internal = \"{int}\" }}]\n"
+            "{pool_line}static = [{{ protocol = \"{protocol}\", external = \"{ext}\", internal = \"{int}\" }}]\n"
         ),
         1,
     )
@@ -1282,4 +1294,145 @@ fn start_with_a_missing_interface_fails_clearly() {
             "the message must name the missing interface {named}: {err:?}"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// Issue 9, part 1: the first packet to an unresolved neighbour is held, not lost
+// ---------------------------------------------------------------------------------------
+
+/// Empties the gateway namespace's neighbour cache (natgw follows it over rtnetlink) and
+/// checks that `addrs` have no link-layer address left there; then gives natgw's
+/// management thread (which reads neighbour notifications every few ms) time to apply it.
+fn flush_gateway_neighbours(lab: &Lab, addrs: &[Ipv4Addr]) {
+    let t = &lab.topo;
+    let out = t.exec(lab.gw(), &["ip", "neigh", "flush", "all"]).unwrap();
+    assert!(out.status.success(), "ip neigh flush all: {out:?}");
+    let out = t.exec(lab.gw(), &["ip", "-4", "neigh", "show"]).unwrap();
+    let table = String::from_utf8_lossy(&out.stdout).to_string();
+    for a in addrs {
+        let a = a.to_string();
+        assert!(
+            !table
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(a.as_str()) && l.contains("lladdr")),
+            "{a} still resolved in the gateway namespace after the flush:\n{table}"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(300));
+}
+
+/// Waits up to `timeout` for one datagram on `sock`; None if none came.
+fn recv_one(sock: &UdpSocket, timeout: Duration) -> Option<(Vec<u8>, SocketAddrV4)> {
+    let mut buf = vec![0u8; 2048];
+    sock.set_read_timeout(Some(timeout)).unwrap();
+    let (n, from) = sock.recv_from(&mut buf).ok()?;
+    Some((buf[..n].to_vec(), v4(from)))
+}
+
+/// Outbound: with the gateway's neighbour cache flushed (the router, natgw's next hop,
+/// unresolved, and the inside host too), one UDP datagram, sent once, is answered: natgw
+/// holds it while the kernel resolves the router, and holds the answer while it resolves
+/// the host. Before the hold it was dropped as `no_neighbour`.
+#[test]
+fn first_datagram_to_a_flushed_next_hop_is_answered() {
+    let spec = TopologySpec::new("nho");
+    let router = spec.addressing.router_outside;
+    let Some(lab) = Lab::start("first_datagram_outbound", spec, |_, c| c) else {
+        return;
+    };
+    lab.run(|lab| {
+        let t = &lab.topo;
+        let h1 = t.hosts()[0].clone();
+        let echo = UdpEcho::start(t, 7009);
+        // Everything works, and every neighbour was resolved once ...
+        ping_ok(t, &h1.ns, t.server_addr());
+        // ... and is forgotten.
+        flush_gateway_neighbours(lab, &[router, h1.addr]);
+        let before = lab.stats();
+        let sock = udp_socket(&h1.ns, SocketAddrV4::new(h1.addr, 41000));
+        let sent = Instant::now();
+        sock.send_to(b"only once", echo.addr).unwrap();
+        let (reply, from) = recv_one(&sock, Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("no answer to the one datagram; /stats: {:?}", lab.stats()));
+        // Two neighbours resolved on the way (the router out, the host back).
+        eprintln!("first datagram answered after {:?}", sent.elapsed());
+        assert_eq!(from, echo.addr);
+        let (seen, echoed) = parse_echo(&reply);
+        assert_eq!(echoed, b"only once");
+        assert!(in_pool(*seen.ip(), t.pool(0)), "server saw {seen}");
+        let after = lab.stats();
+        let delta = |k: &str| after.get(k) - before.get(k);
+        assert!(delta("neigh_held") >= 1, "{after:?}");
+        assert!(delta("neigh_released") >= 1, "{after:?}");
+        assert_eq!(delta("drop_no_neighbour"), 0, "{after:?}");
+        assert_eq!(after.get("neigh_hold_active"), 0, "{after:?}");
+    });
+}
+
+/// Inbound: the first datagram through a static UDP port forward to an inside host natgw
+/// has never talked to (and with the gateway's neighbour cache flushed) reaches the host,
+/// and the host's answer, sent once, reaches the outside client.
+#[test]
+fn first_datagram_through_a_port_forward_reaches_a_new_inside_host() {
+    let mut spec = TopologySpec::new("nhi");
+    spec.inside_hosts = 2;
+    let router = spec.addressing.router_outside;
+    let target = Ipv4Addr::from(u32::from(spec.addressing.first_host) + 1);
+    let ext = SocketAddrV4::new(spec.addressing.pools[0].0, 5353);
+    let int = SocketAddrV4::new(target, 53);
+    let Some(lab) = Lab::start("first_datagram_inbound", spec, |t, c| {
+        config_with_static(t, c, "udp", ext, int)
+    }) else {
+        return;
+    };
+    lab.run(|lab| {
+        let t = &lab.topo;
+        let h0 = t.hosts()[0].clone();
+        assert_eq!(t.hosts()[1].addr, target);
+        // natgw is up and the router knows the gateway; host 1 has sent nothing.
+        ping_ok(t, &h0.ns, t.server_addr());
+        flush_gateway_neighbours(lab, &[router, h0.addr, target]);
+        let inside = udp_socket(&t.hosts()[1].ns, int);
+        let client = udp_socket(t.server_ns(), SocketAddrV4::new(t.server_addr(), 42000));
+        let before = lab.stats();
+        client.send_to(b"first query", ext).unwrap();
+        let (got, from) = recv_one(&inside, Duration::from_secs(3)).unwrap_or_else(|| {
+            panic!(
+                "the first datagram never reached {int}; /stats: {:?}",
+                lab.stats()
+            )
+        });
+        assert_eq!(got, b"first query");
+        assert_eq!(from, v4(client.local_addr().unwrap()), "the real client");
+        inside.send_to(b"first answer", from).unwrap();
+        let (got, from) = recv_one(&client, Duration::from_secs(3))
+            .unwrap_or_else(|| panic!("the answer never came back; /stats: {:?}", lab.stats()));
+        assert_eq!((got.as_slice(), from), (&b"first answer"[..], ext));
+        let after = lab.stats();
+        assert!(after.get("neigh_released") - before.get("neigh_released") >= 1);
+        assert_eq!(
+            after.get("drop_no_neighbour"),
+            before.get("drop_no_neighbour"),
+            "{after:?}"
+        );
+    });
+}
+
+/// `ping -c 3` on a topology natgw has just started on: every echo request is answered
+/// (one attempt each, 1 s apart at most), the first one too.
+#[test]
+fn three_pings_on_a_fresh_topology_get_three_replies() {
+    let spec = TopologySpec::new("nhp");
+    let Some(lab) = Lab::start("fresh_ping", spec, |_, c| c) else {
+        return;
+    };
+    lab.run(|lab| {
+        let t = &lab.topo;
+        let h1 = t.hosts()[0].clone();
+        for i in 1..=3 {
+            t.ping(&h1.ns, t.server_addr(), Duration::from_secs(1))
+                .unwrap_or_else(|e| panic!("ping {i} of 3: {e}; /stats: {:?}", lab.stats()));
+        }
+        assert_eq!(lab.stats().get("drop_no_neighbour"), 0);
+    });
 }

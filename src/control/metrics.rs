@@ -34,6 +34,19 @@ impl Metrics {
             counters.push((name, c.clone()));
             c
         };
+        let gauge = |gauges: &mut Vec<(&'static str, IntGaugeVec)>,
+                     name: &'static str,
+                     help: &'static str|
+         -> IntGaugeVec {
+            if let Some((_, g)) = gauges.iter().find(|(n, _)| *n == name) {
+                return g.clone();
+            }
+            let g = IntGaugeVec::new(Opts::new(format!("natgw_{name}"), help), &["worker"])
+                .expect("static metric definition");
+            let _ = reg.register(Box::new(g.clone()));
+            gauges.push((name, g.clone()));
+            g
+        };
         let drops = IntCounterVec::new(
             Opts::new("natgw_drops_total", "frames dropped, by reason"),
             &["worker", "reason"],
@@ -45,20 +58,9 @@ impl Metrics {
             c.each(|name, help, v| {
                 // Gauges are the *_active counters; everything else only grows.
                 if name.ends_with("_active") {
-                    let g = match gauges.iter().find(|(n, _)| *n == name) {
-                        Some((_, g)) => g.clone(),
-                        None => {
-                            let g = IntGaugeVec::new(
-                                Opts::new(format!("natgw_{name}"), help),
-                                &["worker"],
-                            )
-                            .expect("static metric definition");
-                            let _ = reg.register(Box::new(g.clone()));
-                            gauges.push((name, g.clone()));
-                            g
-                        }
-                    };
-                    g.with_label_values(&[w.as_str()]).set(v as i64);
+                    gauge(&mut gauges, name, help)
+                        .with_label_values(&[w.as_str()])
+                        .set(v as i64);
                 } else {
                     counter(name, help)
                         .with_label_values(&[w.as_str()])
@@ -74,9 +76,15 @@ impl Metrics {
         for (wi, d) in h.dp.iter().enumerate() {
             let w = wi.to_string();
             d.each(|name, help, v| {
-                counter(name, help)
-                    .with_label_values(&[w.as_str()])
-                    .inc_by(v)
+                if name.ends_with("_active") {
+                    gauge(&mut gauges, name, help)
+                        .with_label_values(&[w.as_str()])
+                        .set(v as i64);
+                } else {
+                    counter(name, help)
+                        .with_label_values(&[w.as_str()])
+                        .inc_by(v);
+                }
             });
         }
         self.render_interfaces(&reg, h);
@@ -162,9 +170,13 @@ mod tests {
         c[1].in2out.add(7);
         c[1].dropped(DropReason::Unsolicited);
         c[0].sessions_active.set(3);
+        let dp: Vec<Arc<crate::dataplane::worker::DpCounters>> =
+            (0..2).map(|_| Arc::default()).collect();
+        dp[1].neigh_held.add(4);
+        dp[1].neigh_hold_active.set(2);
         Handle {
             counters: c,
-            dp: (0..2).map(|_| Arc::default()).collect(),
+            dp,
             control: Vec::new(),
             rules,
             neigh: Arc::new(crate::dataplane::neigh::NeighTable::new(16)),
@@ -204,6 +216,18 @@ mod tests {
         assert!(text.contains("# TYPE natgw_in2out_total counter"), "{text}");
         assert!(
             text.contains("natgw_link_up{interface=\"eth1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("natgw_neigh_held_total{worker=\"1\"} 4"),
+            "{text}"
+        );
+        assert!(
+            text.contains("natgw_neigh_hold_active{worker=\"1\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE natgw_neigh_hold_active gauge"),
             "{text}"
         );
     }

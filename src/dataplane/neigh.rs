@@ -8,7 +8,7 @@ use std::net::Ipv4Addr;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering, fence};
 
-use natgw_kernel::netlink::{NeighEvent, Neighbour};
+use natgw_kernel::netlink::{NUD_FAILED, NeighEvent, Neighbour};
 
 /// Why [`NeighTable::update`] refused an entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,6 +39,21 @@ const PROBE_LIMIT: usize = 32;
 /// A reader that sees a slot mid-write this many times in a row reports a miss rather
 /// than spin behind a descheduled writer.
 const READ_RETRIES: usize = 64;
+/// Set in the MAC word of an entry whose resolution failed (the kernel reported
+/// NUD_FAILED); the other bits hold the table generation of the failure. A MAC uses only
+/// the low 48 bits, so no MAC has this bit.
+const FAILED: u64 = 1 << 63;
+
+/// What the table knows of a neighbour (see [`NeighTable::state`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NeighState {
+    /// Usable, with this MAC.
+    Usable([u8; 6]),
+    /// The kernel's last word was NUD_FAILED, recorded at this table generation.
+    Failed(u64),
+    /// Not in the table (never seen, being resolved, removed), or momentarily unreadable.
+    Unknown,
+}
 
 fn make_key(ifindex: u32, addr: Ipv4Addr) -> Option<u64> {
     (ifindex != 0 && ifindex <= i32::MAX as u32)
@@ -169,7 +184,7 @@ impl NeighTable {
         for _ in 0..self.probe_len() {
             let (k, mac) = self.slots.get(i)?.read()?;
             if k == key {
-                return Some(unpack_mac(mac));
+                return (mac & FAILED == 0).then(|| unpack_mac(mac));
             }
             if k == EMPTY {
                 return None;
@@ -179,16 +194,47 @@ impl NeighTable {
         None
     }
 
+    /// Like [`lookup`](Self::lookup), but also tells a failed resolution from an unknown
+    /// neighbour. For the workers' hold queue, not the per-packet path.
+    pub fn state(&self, ifindex: u32, addr: Ipv4Addr) -> NeighState {
+        let Some(key) = make_key(ifindex, addr) else {
+            return NeighState::Unknown;
+        };
+        let mut i = self.home(key);
+        for _ in 0..self.probe_len() {
+            let Some((k, mac)) = self.slots.get(i).and_then(Slot::read) else {
+                return NeighState::Unknown;
+            };
+            if k == key {
+                return match mac & FAILED {
+                    0 => NeighState::Usable(unpack_mac(mac)),
+                    _ => NeighState::Failed(mac & !FAILED),
+                };
+            }
+            if k == EMPTY {
+                break;
+            }
+            i = (i + 1) & self.mask;
+        }
+        NeighState::Unknown
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, ()> {
         // The guarded state lives in atomics that are consistent after every store, so
         // a writer that panicked leaves nothing to repair.
         self.writer.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Records `n`: usable neighbours are inserted or updated, others (INCOMPLETE,
-    /// FAILED, no MAC) are removed so workers stop using a stale MAC.
+    /// Records `n`: usable neighbours are inserted or updated; a FAILED one is kept as a
+    /// failure (no MAC, stamped with a new generation) so workers holding frames for it
+    /// can tell that its resolution failed; others (INCOMPLETE, no MAC) are removed so
+    /// workers stop using a stale MAC.
     pub fn update(&self, n: &Neighbour) -> Result<(), NeighTableError> {
         let key = make_key(n.ifindex, n.addr).ok_or(NeighTableError::BadIfindex(n.ifindex))?;
+        if n.state & NUD_FAILED != 0 {
+            let _guard = self.lock();
+            return self.insert_failed_locked(key);
+        }
         let (true, Some(mac)) = (n.is_usable(), n.mac) else {
             self.remove(n.ifindex, n.addr);
             return Ok(());
@@ -224,6 +270,29 @@ impl NeighTable {
         self.len.fetch_add(1, Ordering::Relaxed);
         self.generation.fetch_add(1, Ordering::Release);
         Ok(())
+    }
+
+    /// Records a failed resolution of `key`: every report is a new failure, with a new
+    /// generation.
+    fn insert_failed_locked(&self, key: u64) -> Result<(), NeighTableError> {
+        // insert_locked bumps the generation exactly once (the stored value is new: it
+        // carries the new generation), so the stamp is the table's generation after it.
+        let g = self.generation.load(Ordering::Relaxed).wrapping_add(1);
+        self.insert_locked(key, FAILED | (g & !FAILED))?;
+        debug_assert_eq!(self.generation.load(Ordering::Relaxed), g);
+        Ok(())
+    }
+
+    fn find_locked(&self, key: u64) -> Option<usize> {
+        let mut i = self.home(key);
+        for _ in 0..self.probe_len() {
+            match self.slots[i].key_locked() {
+                k if k == key => return Some(i),
+                EMPTY => return None,
+                _ => i = (i + 1) & self.mask,
+            }
+        }
+        None
     }
 
     /// Forgets `addr` on `ifindex`; returns whether it was present.
@@ -294,12 +363,31 @@ impl NeighTable {
 
     /// Makes the table equal to the usable entries of a full dump (after start-up, or
     /// after notifications were lost). Reports `Full` if some entries did not fit; the
-    /// others are still applied.
+    /// others are still applied. A FAILED entry of the dump keeps a failure already
+    /// recorded but records no new one: a dump does not say when it failed.
     pub fn sync(&self, dump: &[Neighbour]) -> Result<(), NeighTableError> {
         let _guard = self.lock();
         let mut keep = HashSet::with_capacity(dump.len());
         let mut result = Ok(());
         for n in dump {
+            if n.state & NUD_FAILED != 0
+                && let Some(key) = make_key(n.ifindex, n.addr)
+            {
+                match self.find_locked(key) {
+                    None => {}
+                    Some(i) if self.slots[i].mac.load(Ordering::Relaxed) & FAILED != 0 => {
+                        keep.insert(key);
+                    }
+                    // Usable here, failed in the kernel: a failure we did not hear of.
+                    Some(_) => {
+                        keep.insert(key);
+                        if let Err(e) = self.insert_failed_locked(key) {
+                            result = Err(e);
+                        }
+                    }
+                }
+                continue;
+            }
             if let (true, Some(mac), Some(key)) =
                 (n.is_usable(), n.mac, make_key(n.ifindex, n.addr))
             {
@@ -388,6 +476,58 @@ mod tests {
             t.update(&neigh(0, 1, MAC)),
             Err(NeighTableError::BadIfindex(0))
         );
+    }
+
+    /// A failed resolution is remembered with the generation it happened at, so that a
+    /// worker can tell it from an older failure; it is never a usable MAC.
+    #[test]
+    fn table_records_failures_with_their_generation() {
+        let t = NeighTable::new(8);
+        let mut n = neigh(2, 1, MAC);
+        n.mac = None;
+        n.state = NUD_FAILED;
+        assert_eq!(t.state(2, n.addr), NeighState::Unknown);
+        t.update(&n).unwrap();
+        let g1 = t.generation();
+        assert_eq!(t.state(2, n.addr), NeighState::Failed(g1));
+        assert_eq!(t.lookup(2, n.addr), None);
+        // Failed again (the kernel tried once more): a new failure.
+        t.update(&n).unwrap();
+        let g2 = t.generation();
+        assert!(g2 > g1);
+        assert_eq!(t.state(2, n.addr), NeighState::Failed(g2));
+        // Resolved at last.
+        t.update(&neigh(2, 1, MAC)).unwrap();
+        assert_eq!(t.state(2, n.addr), NeighState::Usable(MAC));
+        assert_eq!(t.lookup(2, n.addr), Some(MAC));
+        // A usable entry the kernel reports FAILED loses its MAC at once.
+        t.update(&n).unwrap();
+        assert_eq!(t.lookup(2, n.addr), None);
+        assert_eq!(t.len(), 1);
+        assert!(t.remove(2, n.addr));
+        assert_eq!(t.state(2, n.addr), NeighState::Unknown);
+    }
+
+    /// A dump says a neighbour failed, not when: a known failure keeps its generation, a
+    /// usable entry the dump calls failed becomes a failure, an unknown one stays unknown.
+    #[test]
+    fn table_sync_and_failures() {
+        let t = NeighTable::new(16);
+        let failed = |last| Neighbour {
+            mac: None,
+            state: NUD_FAILED,
+            ..neigh(1, last, MAC)
+        };
+        t.update(&failed(1)).unwrap();
+        let g1 = t.generation();
+        t.update(&neigh(1, 2, MAC)).unwrap();
+        t.sync(&[failed(1), failed(2), failed(3)]).unwrap();
+        let at = |last| t.state(1, Ipv4Addr::new(10, 0, 0, last));
+        assert_eq!(at(1), NeighState::Failed(g1));
+        assert!(matches!(at(2), NeighState::Failed(g) if g > g1));
+        assert_eq!(at(3), NeighState::Unknown);
+        t.sync(&[]).unwrap();
+        assert!(t.is_empty());
     }
 
     #[test]

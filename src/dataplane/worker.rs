@@ -2,7 +2,8 @@
 //! engine, fill in link-layer addresses, transmit, recycle frames. The hot path takes no lock,
 //! makes no allocation and makes syscalls only per batch (tx kick, rx wakeup, idle poll).
 
-use super::neigh::NeighTable;
+use super::hold::{Held, HoldLimits, HoldQueue, Push};
+use super::neigh::{NeighState, NeighTable};
 use crate::nat::counters::Counter;
 use crate::nat::{Counters, DropReason, Egress, Engine, Frame, Ingress, Pkt, Rules, Verdict};
 use crossbeam::queue::ArrayQueue;
@@ -68,6 +69,12 @@ dp_counters! {
     handoff_in: "frames received from other cores",
     idle_sleeps: "times the poll loop slept for lack of traffic",
     neigh_requests: "neighbour resolutions asked of the kernel",
+    neigh_held: "frames held for a next hop that was not resolved yet",
+    neigh_released: "held frames sent once their next hop resolved",
+    neigh_hold_overflow: "held frames dropped because a hold limit was reached (also in drops no_neighbour)",
+    neigh_hold_expired: "held frames dropped because their next hop did not resolve in time (also in drops no_neighbour)",
+    neigh_hold_failed: "held frames dropped because the kernel failed to resolve their next hop (also in drops no_neighbour)",
+    neigh_hold_active: "frames held for their next hop now",
 }
 
 /// One AF_XDP socket with the interface it serves.
@@ -129,6 +136,21 @@ pub struct Worker {
     /// A handed-off frame taken from our queue but not yet processed (it started a new
     /// ingress run, or no frame was free); it is the oldest and goes first.
     handoff_carry: Option<Box<HandoffFrame>>,
+    /// Frames waiting for their next hop, in their own chunks.
+    hold: HoldQueue,
+    /// The neighbour table generation the held neighbours were last looked up at.
+    hold_gen: u64,
+    /// Look the held neighbours up again even if the generation has not changed: a frame
+    /// was held after its lookup missed, and the neighbour may have resolved in between.
+    hold_recheck: bool,
+}
+
+/// Why a held frame was dropped.
+#[derive(Clone, Copy)]
+enum HoldDrop {
+    Overflow,
+    Expired,
+    Failed,
 }
 
 /// A frame ready for a transmit ring.
@@ -183,6 +205,7 @@ impl Worker {
         epoch: Instant,
     ) -> Worker {
         let counters = Arc::clone(engine.counters());
+        let umem_frames = pools.first().map_or(0, |p| p.umem.frames() as usize);
         Worker {
             engine,
             ports,
@@ -198,6 +221,9 @@ impl Worker {
             asked: [(0, Ipv4Addr::UNSPECIFIED, 0); 8],
             asked_next: 0,
             handoff_carry: None,
+            hold: HoldQueue::new(HoldLimits::for_umem(umem_frames)),
+            hold_gen: 0,
+            hold_recheck: false,
         }
     }
 
@@ -214,6 +240,11 @@ impl Worker {
         while !self.shared.stop.load(Ordering::Relaxed) {
             let mut worked = false;
             self.reap_completions(&mut sc.addrs);
+            // Before this round's frames, so a released frame goes out ahead of any later
+            // frame to the same next hop.
+            if self.hold.held() != 0 {
+                worked |= self.release_held(&mut sc.outs);
+            }
             for pi in 0..self.ports.len() {
                 let n = self.ports[pi].sock.recv(&mut sc.descs);
                 if n == 0 {
@@ -240,6 +271,7 @@ impl Worker {
                 last_tick = now;
                 self.engine.tick(now);
                 self.control_messages();
+                self.expire_held(now);
                 #[cfg(debug_assertions)]
                 super::fault::check();
             }
@@ -263,6 +295,7 @@ impl Worker {
             }
             std::thread::sleep(Duration::from_millis(1));
         }
+        self.discard_held();
     }
 
     /// Runs the engine over the frames listed in `sc.pos` (all in `pool`, all ours), then
@@ -327,8 +360,9 @@ impl Worker {
     }
 
     /// Fills in the link-layer addresses for `next_hop` on `egress` and queues the frame on
-    /// that port (copied into the port's UMEM when it has its own); an unresolved neighbour
-    /// is asked for and the frame dropped and counted.
+    /// that port (copied into the port's UMEM when it has its own). For an unresolved
+    /// neighbour the kernel is asked to resolve it and the frame is held in its chunk
+    /// until it resolves (see `hold`).
     #[inline]
     #[allow(clippy::too_many_arguments)]
     fn send(
@@ -345,15 +379,34 @@ impl Worker {
             Egress::Outside => 0,
             Egress::Inside(i) => 1 + i as usize,
         }];
-        let (src_mac, epool) = (self.ports[port].mac, self.ports[port].pool);
         let ifindex = self.egress_ifindex(port, pool, base + off as u64, len);
         let Some(dst_mac) = self.shared.neigh.lookup(ifindex, next_hop) else {
-            self.ask_resolve(ifindex, next_hop);
-            self.counters.dropped(DropReason::NoNeighbour);
-            self.pools[pool].free.push(base);
+            self.hold_frame(pool, base, off, len, port, ifindex, next_hop);
             return;
         };
-        // SAFETY: we own the chunk (see process_frames).
+        if self.hold.held() != 0 {
+            // Frames held for this next hop go first (it resolved since the last check).
+            self.release_neighbour(ifindex, next_hop, dst_mac, outs);
+        }
+        self.emit(pool, base, off, len, port, dst_mac, outs);
+    }
+
+    /// Fills in the MACs of a frame for `port` and queues it there (copied into the
+    /// port's UMEM when it has its own).
+    #[inline]
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        pool: usize,
+        base: u64,
+        off: usize,
+        len: usize,
+        port: usize,
+        dst_mac: [u8; 6],
+        outs: &mut Vec<Out>,
+    ) {
+        let (src_mac, epool) = (self.ports[port].mac, self.ports[port].pool);
+        // SAFETY: we own the chunk (see process_frames; a held chunk stays ours).
         let d = unsafe { self.pools[pool].umem.frame_mut(base + off as u64, 12) };
         d[..6].copy_from_slice(&dst_mac);
         d[6..12].copy_from_slice(&src_mac);
@@ -369,6 +422,148 @@ impl Worker {
             }
         };
         outs.push(Out { port, desc });
+    }
+
+    /// A frame whose next hop is not resolved: ask the kernel and hold the frame in its
+    /// chunk. Only on a miss; bounded work (a scan of the neighbours already waited for).
+    #[allow(clippy::too_many_arguments)]
+    fn hold_frame(
+        &mut self,
+        pool: usize,
+        base: u64,
+        off: usize,
+        len: usize,
+        port: usize,
+        ifindex: u32,
+        next_hop: Ipv4Addr,
+    ) {
+        let frame = Held {
+            pool: pool as u16,
+            port: port as u16,
+            off: off as u32,
+            len: len as u32,
+            base,
+        };
+        let now = self.now_ns();
+        let generation = self.shared.neigh.generation();
+        let push = self.hold.push(ifindex, next_hop, frame, now, generation);
+        // A new wait always asks the kernel, even if it was asked less than a second ago
+        // (the neighbour may have been flushed since); later frames ask at most once a
+        // second, in case a request was lost.
+        self.ask_resolve(ifindex, next_hop, push == Push::Held { first: true });
+        match push {
+            Push::Held { .. } => self.dp.neigh_held.inc(),
+            Push::Evicted(old) => {
+                self.dp.neigh_held.inc();
+                self.drop_held(old, HoldDrop::Overflow);
+            }
+            Push::Refused(f) => self.drop_held(f, HoldDrop::Overflow),
+        }
+        // The neighbour may have resolved between the lookup and now, without a later
+        // generation change: look again at the next check.
+        self.hold_recheck = true;
+        self.dp.neigh_hold_active.set(self.hold.held() as u64);
+    }
+
+    /// Returns a held frame's chunk to its pool, counted.
+    fn drop_held(&mut self, h: Held, why: HoldDrop) {
+        self.pools[h.pool as usize].free.push(h.base);
+        self.counters.dropped(DropReason::NoNeighbour);
+        match why {
+            HoldDrop::Overflow => &self.dp.neigh_hold_overflow,
+            HoldDrop::Expired => &self.dp.neigh_hold_expired,
+            HoldDrop::Failed => &self.dp.neigh_hold_failed,
+        }
+        .inc();
+    }
+
+    /// Sends the frames held for `addr` on `ifindex`, oldest first, now that its MAC is
+    /// known.
+    fn release_neighbour(
+        &mut self,
+        ifindex: u32,
+        addr: Ipv4Addr,
+        mac: [u8; 6],
+        outs: &mut Vec<Out>,
+    ) {
+        if let Some(i) = self.hold.find(ifindex, addr) {
+            self.release_at(i, mac, outs);
+        }
+    }
+
+    fn release_at(&mut self, i: usize, mac: [u8; 6], outs: &mut Vec<Out>) {
+        while let Some(h) = self.hold.pop(i) {
+            self.dp.neigh_released.inc();
+            let (pool, port) = (h.pool as usize, h.port as usize);
+            self.emit(
+                pool,
+                h.base,
+                h.off as usize,
+                h.len as usize,
+                port,
+                mac,
+                outs,
+            );
+        }
+        self.hold.remove(i);
+        self.dp.neigh_hold_active.set(self.hold.held() as u64);
+    }
+
+    /// Once per round while frames are held: if the neighbour table changed (or a frame
+    /// was just held), looks up every neighbour waited for, sends the frames of those now
+    /// resolved and drops those whose resolution failed after they were held. Returns
+    /// whether any frame left the queue.
+    fn release_held(&mut self, outs: &mut Vec<Out>) -> bool {
+        let generation = self.shared.neigh.generation();
+        if generation == self.hold_gen && !self.hold_recheck {
+            return false;
+        }
+        self.hold_gen = generation;
+        self.hold_recheck = false;
+        let before = self.hold.held();
+        // From the highest number down: removing one renumbers only the last.
+        for i in (0..self.hold.pending()).rev() {
+            let (ifindex, addr, since_gen) = self.hold.neighbour(i);
+            match self.shared.neigh.state(ifindex, addr) {
+                NeighState::Usable(mac) => self.release_at(i, mac, outs),
+                NeighState::Failed(at) if at > since_gen => {
+                    while let Some(h) = self.hold.pop(i) {
+                        self.drop_held(h, HoldDrop::Failed);
+                    }
+                    self.hold.remove(i);
+                }
+                // Still being resolved, or a failure from before this wait (the kernel
+                // was asked again).
+                NeighState::Failed(_) | NeighState::Unknown => {}
+            }
+        }
+        self.dp.neigh_hold_active.set(self.hold.held() as u64);
+        self.hold.held() != before
+    }
+
+    /// Drops held frames older than the hold time (on the housekeeping tick).
+    fn expire_held(&mut self, now: u64) {
+        if self.hold.held() == 0 {
+            return;
+        }
+        for i in (0..self.hold.pending()).rev() {
+            while let Some(h) = self.hold.pop_expired(i, now) {
+                self.drop_held(h, HoldDrop::Expired);
+            }
+            self.hold.remove(i);
+        }
+        self.dp.neigh_hold_active.set(self.hold.held() as u64);
+    }
+
+    /// At shutdown: every held chunk back to its pool, counted as expired.
+    fn discard_held(&mut self) {
+        for i in (0..self.hold.pending()).rev() {
+            while let Some(h) = self.hold.pop(i) {
+                self.drop_held(h, HoldDrop::Expired);
+            }
+            self.hold.remove(i);
+        }
+        self.dp.neigh_hold_active.set(0);
     }
 
     /// The interface whose neighbours a frame leaving by `port` goes to: the port's own, or
@@ -583,12 +778,14 @@ impl Worker {
         }
     }
 
-    fn ask_resolve(&mut self, ifindex: u32, addr: Ipv4Addr) {
+    /// Asks the management thread to have the kernel resolve `addr` on `ifindex`: at most
+    /// once a second per neighbour, unless `now_anyway`.
+    fn ask_resolve(&mut self, ifindex: u32, addr: Ipv4Addr, now_anyway: bool) {
         let now = self.now_ns();
-        if self
-            .asked
-            .iter()
-            .any(|&(i, a, t)| i == ifindex && a == addr && now.saturating_sub(t) < 1_000_000_000)
+        if !now_anyway
+            && self.asked.iter().any(|&(i, a, t)| {
+                i == ifindex && a == addr && now.saturating_sub(t) < 1_000_000_000
+            })
         {
             return;
         }
@@ -601,9 +798,15 @@ impl Worker {
 
     /// Adaptive polling: sleep in poll(2) on the sockets, bounded so handoffs (which have no
     /// file descriptor) and housekeeping are never late by more than a few milliseconds.
+    /// While frames wait for a next hop the sleep is short too: their neighbour resolves
+    /// without any traffic on our sockets (the ARP reply goes to the kernel).
     fn sleep_until_traffic(&mut self) {
         self.dp.idle_sleeps.inc();
-        let timeout = if self.shared.handoff.len() > 1 { 1 } else { 10 };
+        let timeout = if self.shared.handoff.len() > 1 || self.hold.held() != 0 {
+            1
+        } else {
+            10
+        };
         natgw_kernel::xsk::wait_rx_any(self.ports.iter().map(|p| &p.sock), timeout);
     }
 
@@ -826,5 +1029,75 @@ mod tests {
         w.drain_ready(&mut sc);
         assert_eq!(w.counters.drops_of(DropReason::TxFull), before + 1);
         assert!(sc.outs.is_empty());
+    }
+
+    /// Frames held for an unresolved next hop go back to the pool they came from, exactly
+    /// once, whichever way they leave: overflow, a failed resolution, the timeout, shutdown.
+    /// A failure reported before a frame was held does not drop it (the kernel was asked
+    /// again), one reported after does.
+    #[test]
+    fn held_frames_return_to_their_pools() {
+        use natgw_kernel::netlink::{NUD_FAILED, Neighbour};
+        let mut w = worker(4);
+        w.pools.push(Pool::new(Umem::new(64, 2048).unwrap()));
+        let all: Vec<Vec<u64>> = w.pools.iter().map(|p| sorted(p.free.clone())).collect();
+        let limits = w.hold.limits();
+        assert_eq!((limits.frames, limits.per_neighbour), (8, 8));
+        let (a, b) = (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3));
+        let failed = |addr| Neighbour {
+            ifindex: 7,
+            addr,
+            mac: None,
+            state: NUD_FAILED,
+        };
+        // An old failure of `a`: frames held after it wait.
+        w.shared.neigh.update(&failed(a)).unwrap();
+        let hold = |w: &mut Worker, pool: usize, addr| {
+            let base = w.pools[pool].free.pop().unwrap();
+            w.hold_frame(pool, base, TX_HEADROOM, 60, 0, 7, addr);
+        };
+        for k in 0..6 {
+            hold(&mut w, k % 2, a);
+        }
+        for k in 0..4 {
+            hold(&mut w, k % 2, b);
+        }
+        // 8 frames at most: the last two were refused.
+        assert_eq!(w.hold.held(), 8);
+        assert_eq!(w.dp.neigh_held.get(), 8);
+        assert_eq!(w.dp.neigh_hold_overflow.get(), 2);
+        assert_eq!(w.dp.neigh_hold_active.get(), 8);
+        assert_eq!(w.shared.resolve.pop(), Some((7, a)), "the kernel is asked");
+        let mut outs = Vec::new();
+        assert!(!w.release_held(&mut outs), "an old failure drops nothing");
+        assert_eq!(w.hold.held(), 8);
+        // `a` fails now: its 6 frames go.
+        w.shared.neigh.update(&failed(a)).unwrap();
+        assert!(w.release_held(&mut outs));
+        assert_eq!(w.dp.neigh_hold_failed.get(), 6);
+        assert_eq!(w.hold.held(), 2);
+        // `b`'s frames time out.
+        let now = w.now_ns();
+        w.expire_held(now);
+        assert_eq!(w.hold.held(), 2, "not yet");
+        w.expire_held(now + limits.timeout_ns);
+        assert_eq!(w.dp.neigh_hold_expired.get(), 2);
+        assert_eq!(w.hold.held(), 0);
+        // Shutdown with frames held.
+        for k in 0..3 {
+            hold(&mut w, k % 2, b);
+        }
+        w.discard_held();
+        assert_eq!(w.dp.neigh_hold_expired.get(), 5);
+        assert_eq!(w.dp.neigh_hold_active.get(), 0);
+        assert!(outs.is_empty());
+        assert_eq!(w.counters.drops_of(DropReason::NoNeighbour), 2 + 6 + 2 + 3);
+        let back: Vec<Vec<u64>> = w.pools.iter().map(|p| sorted(p.free.clone())).collect();
+        assert_eq!(back, all, "every chunk back in its own pool, once");
+    }
+
+    fn sorted(mut v: Vec<u64>) -> Vec<u64> {
+        v.sort_unstable();
+        v
     }
 }

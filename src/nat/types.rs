@@ -160,7 +160,7 @@ drop_reasons! {
     TcpInvalid => "tcp_invalid", "TCP segment not valid for the session (e.g. unsolicited non-SYN)";
     ToKernelUnavailable => "to_kernel_unavailable", "frame for the kernel that reached a worker";
     HandoffFull => "handoff_full", "owner core's handoff queue full";
-    NoNeighbour => "no_neighbour", "next hop link-layer address not resolved yet";
+    NoNeighbour => "no_neighbour", "next hop not resolved: hold limit reached, timed out or failed";
     TxFull => "tx_full", "transmit ring full";
 }
 
