@@ -1,7 +1,8 @@
 //! Namespace tests of issue 10, parts 1 (fail closed) and 4 (faults): the real `natgw`
 //! binary on a testbed topology, real kernel traffic, and real faults done to it (more
 //! receive queues than workers with kernel forwarding on, a dying worker, the inside link
-//! going down, deleted and re-created, SIGHUP).
+//! going down, deleted and re-created, SIGHUP), and part 5 (least privilege: natgw as an
+//! unprivileged user with only its capabilities).
 //!
 //! Each test has its own topology tag (`f?`), so they run in parallel with each other and
 //! with tests/e2e.rs. natgw's stderr goes to a file that failure messages include. Needs root
@@ -39,6 +40,8 @@ struct Lab {
     stderr_path: PathBuf,
     /// Extra environment for natgw.
     env: Vec<(String, String)>,
+    /// A command natgw runs under, after `ip netns exec <gw>` (e.g. setpriv).
+    launcher: Vec<String>,
 }
 
 fn signal(c: &Child, sig: libc::c_int) {
@@ -83,6 +86,7 @@ impl Lab {
             config_path,
             stderr_path,
             env: Vec::new(),
+            launcher: Vec::new(),
         })
     }
 
@@ -110,7 +114,9 @@ impl Lab {
             .open(&self.stderr_path)
             .unwrap();
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.topo.gw_ns(), NATGW, "run", "--config"])
+        cmd.args(["netns", "exec", self.topo.gw_ns()])
+            .args(&self.launcher)
+            .args([NATGW, "run", "--config"])
             .arg(&self.config_path)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -671,6 +677,116 @@ fn sighup_reloads_and_keeps_sessions() {
             c.seen().last().copied().unwrap(),
             external_before,
             "the mapping changed"
+        );
+    });
+}
+
+// ---------------------------------------------------------------------------------------
+// Part 5: least privilege
+// ---------------------------------------------------------------------------------------
+
+/// What deploy/natgw.service gives natgw, as setpriv spells it. CAP_IPC_LOCK stands in for
+/// the unit's LimitMEMLOCK=infinity, which the test cannot raise without CAP_SYS_RESOURCE.
+const CAPS: &str = "-all,+net_admin,+net_raw,+bpf,+ipc_lock";
+
+/// natgw as user and group `nobody` with exactly `caps` (inheritable, ambient and bounding
+/// set).
+fn unprivileged(caps: &str) -> Vec<String> {
+    [
+        "setpriv",
+        "--reuid=65534",
+        "--regid=65534",
+        "--clear-groups",
+        &format!("--inh-caps={caps}"),
+        &format!("--ambient-caps={caps}"),
+        &format!("--bounding-set={caps}"),
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+/// The `CapEff:` mask of /proc/<pid>/task/<tid>/status, for every thread of `pid`, with the
+/// thread's name.
+fn thread_caps(pid: u32) -> Vec<(String, u64)> {
+    let mut v = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = t.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|x| u64::from_str_radix(x.trim(), 16).unwrap())
+            .unwrap_or(u64::MAX);
+        v.push((name.trim().to_string(), eff));
+    }
+    v
+}
+
+#[test]
+fn unprivileged_user_with_only_its_capabilities_forwards() {
+    let spec = TopologySpec::new("fp");
+    let Some(mut lab) = Lab::new("least_privilege", spec) else {
+        return;
+    };
+    lab.launcher = unprivileged(CAPS);
+    lab.run(|lab| {
+        lab.start();
+        let pid = lab.natgw.as_ref().unwrap().id();
+        let uid = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        assert!(
+            uid.lines().any(|l| l.starts_with("Uid:\t65534\t65534")),
+            "natgw does not run as nobody:\n{uid}"
+        );
+        let c = Collector::start(&lab.topo, 7002);
+        let h = lab.topo.hosts()[0].clone();
+        let s = udp_socket(&h.ns, SocketAddrV4::new(h.addr, 40000));
+        assert!(
+            echo_within(&s, c.addr, Duration::from_secs(5)),
+            "no traffic through natgw as an unprivileged user"
+        );
+        assert!(!inside(*c.seen().last().unwrap().ip()), "not translated");
+        // After set-up the workers hold only CAP_IPC_LOCK (locked allocations); the other
+        // threads (management, API) keep CAP_NET_ADMIN (neighbour resolution), CAP_BPF
+        // (XDP counters) and CAP_IPC_LOCK. CAP_NET_RAW is gone everywhere.
+        let ipc_lock = 1u64 << 14;
+        let runtime = 1u64 << 12 | 1 << 39 | ipc_lock;
+        let threads = thread_caps(pid);
+        assert!(
+            threads.iter().any(|(n, _)| n.starts_with("natgw-w")),
+            "{threads:?}"
+        );
+        for (name, eff) in &threads {
+            let want = if name.starts_with("natgw-w") {
+                ipc_lock
+            } else {
+                runtime
+            };
+            assert_eq!(
+                *eff, want,
+                "thread {name}: CapEff {eff:#x}, all: {threads:x?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn without_its_capabilities_natgw_refuses_naming_them() {
+    let spec = TopologySpec::new("fq");
+    let Some(mut lab) = Lab::new("missing_capabilities", spec) else {
+        return;
+    };
+    lab.launcher = unprivileged("-all,+net_raw");
+    lab.run(|lab| {
+        let s = lab
+            .try_start()
+            .expect_err("natgw started without its capabilities");
+        assert!(!s.success(), "{s}");
+        let err = lab.stderr();
+        assert!(
+            err.contains("missing: CAP_NET_ADMIN, CAP_BPF"),
+            "the error does not name the missing capabilities:\n{err}"
         );
     });
 }

@@ -1,5 +1,6 @@
 //! natgw's kernel interfaces, in pure Rust over `libc` (no clang, libbpf or libxdp):
 //!
+//! - [`caps`]: capabilities of a thread, and locking memory;
 //! - [`bpf`]: eBPF instructions and an assembler, the bpf(2) wrapper, maps, program loading
 //!   and links (XDP, tcx);
 //! - [`xsk`]: AF_XDP UMEM, rings and sockets;
@@ -11,6 +12,7 @@
 //! Every call works in the calling thread's network namespace.
 
 pub mod bpf;
+pub mod caps;
 pub mod ethtool;
 pub mod netlink;
 pub mod signal;

@@ -4,14 +4,24 @@
 
 use super::StartError;
 use crate::config::Config;
+use natgw_kernel::caps::{self, Cap};
 use natgw_kernel::netlink::{self, LinkInfo};
 use natgw_kernel::{ethtool, sys};
 
+/// What set-up needs: XDP programs and maps (CAP_BPF, with CAP_NET_ADMIN to attach them and
+/// to ask rtnetlink to resolve neighbours), AF_XDP sockets (CAP_NET_RAW). Locked memory for
+/// the UMEM and mlockall comes from CAP_IPC_LOCK or RLIMIT_MEMLOCK, checked when it is used.
+pub(super) const START_CAPS: [Cap; 3] = [Cap::NET_ADMIN, Cap::NET_RAW, Cap::BPF];
+
+/// Capabilities, not the user id: natgw runs as an unprivileged user that was given them.
 pub(super) fn check_privileges() -> Result<(), StartError> {
-    if sys::is_root() {
+    let missing = caps::missing(&START_CAPS).unwrap_or_else(|_| START_CAPS.to_vec());
+    if missing.is_empty() {
         Ok(())
     } else {
-        Err(StartError::NotRoot)
+        Err(StartError::MissingCapabilities(
+            missing.into_iter().map(Cap::name).collect(),
+        ))
     }
 }
 

@@ -9,8 +9,12 @@ use std::net::Ipv4Addr;
 /// sockets close and the XDP programs detach.
 #[derive(Debug)]
 pub enum StartError {
-    /// Not running as root.
-    NotRoot,
+    /// The process lacks capabilities `natgw run` needs (their names).
+    MissingCapabilities(Vec<String>),
+    /// Memory could not be locked (mlockall).
+    LockMemory(io::Error),
+    /// The capabilities natgw no longer needs after set-up could not be dropped.
+    DropCapabilities(io::Error),
     /// A configured interface does not exist; `role` is "outside" or "inside".
     NoInterface { role: &'static str, name: String },
     /// A configured interface could not be queried.
@@ -75,10 +79,22 @@ pub enum StartError {
 impl fmt::Display for StartError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            StartError::NotRoot => f.write_str(
-                "natgw run needs root (CAP_NET_ADMIN, CAP_BPF and CAP_NET_RAW) to attach XDP \
-                 programs and open AF_XDP sockets",
+            StartError::MissingCapabilities(missing) => write!(
+                f,
+                "natgw run needs CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF to attach XDP programs \
+                 and open AF_XDP sockets; missing: {} (run it as root, or as its own user with \
+                 these capabilities: see deploy/natgw.service)",
+                missing.join(", ")
             ),
+            StartError::LockMemory(err) => write!(
+                f,
+                "locking natgw's memory (mlockall) failed: {err}; give it CAP_IPC_LOCK or raise \
+                 its locked-memory limit (systemd: LimitMEMLOCK=infinity; shell: ulimit -l \
+                 unlimited)"
+            ),
+            StartError::DropCapabilities(err) => {
+                write!(f, "dropping capabilities after set-up failed: {err}")
+            }
             StartError::NoInterface { role, name } => {
                 write!(f, "{role} interface '{name}' does not exist")
             }

@@ -12,6 +12,7 @@
 mod attach;
 mod checks;
 mod error;
+mod privileges;
 mod reload;
 mod rules;
 mod sockets;
@@ -175,6 +176,9 @@ impl Gateway {
             threads: spawn_workers(cfg, &links, &progs, &shared, &mut handle)?,
         };
         handle.xdp_modes = attach_xdp(&mut progs, &links, mode)?;
+        // Last: nothing after this needs more than the runtime capabilities. An error stops
+        // the workers (the guard) before the XDP programs detach.
+        privileges::after_setup()?;
         Ok(Gateway {
             handle,
             workers: std::mem::take(&mut workers.threads)

@@ -120,6 +120,7 @@ pub(super) fn spawn_workers(
         let t = std::thread::Builder::new()
             .name(format!("natgw-w{wi}"))
             .spawn(move || {
+                super::privileges::worker_drops_all();
                 core_affinity::set_for_current(core_affinity::CoreId { id: core });
                 #[cfg(debug_assertions)]
                 crate::dataplane::fault::arm(wi);
