@@ -726,7 +726,7 @@ fn thread_caps(pid: u32) -> Vec<(String, u64)> {
 
 #[test]
 fn unprivileged_user_with_only_its_capabilities_forwards() {
-    let spec = TopologySpec::new("fp");
+    let spec = TopologySpec::new("fu");
     let Some(mut lab) = Lab::new("least_privilege", spec) else {
         return;
     };
@@ -773,7 +773,7 @@ fn unprivileged_user_with_only_its_capabilities_forwards() {
 
 #[test]
 fn without_its_capabilities_natgw_refuses_naming_them() {
-    let spec = TopologySpec::new("fq");
+    let spec = TopologySpec::new("fv");
     let Some(mut lab) = Lab::new("missing_capabilities", spec) else {
         return;
     };
