@@ -237,7 +237,10 @@ fn new_session(
         // An echo reply from inside answers an inbound request: it needs its session.
         return Err(DropReason::Unsolicited);
     }
-    store.make_session_room();
+    if store.host_full(realm, m.src) {
+        return Err(DropReason::PerHostSessions);
+    }
+    store.make_session_room(false);
     let (ext_addr, ext_port, map) =
         if let Some(st) = r.static_by_in(realm.id, m.proto, m.src, m.sport) {
             (st.ext_addr, st.ext_port, NONE)

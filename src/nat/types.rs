@@ -147,6 +147,11 @@ drop_reasons! {
     SessionTableFull => "session_table_full", "no free session slot";
     PortsExhausted => "ports_exhausted", "no free external port";
     PerHostLimit => "per_host_limit", "inside host reached its port limit";
+    PerHostSessions => "per_host_sessions", "inside host reached its session limit (RFC 6888 REQ-4)";
+    InboundLimit => "inbound_limit", "static or 1:1 mapping reached its limit of sessions opened from outside";
+    MartianSource => "martian_source", "source is this-network, loopback, multicast, reserved, a subnet broadcast or natgw's own gateway address";
+    MartianDestination => "martian_destination", "inside frame to a this-network, loopback, multicast or reserved address";
+    IcmpAddressMismatch => "icmp_address_mismatch", "ICMP error whose outer destination is not the quoted packet's source";
     TtlExceeded => "ttl_exceeded", "TTL expired in natgw (an ICMP time exceeded was sent if allowed)";
     IcmpBadChecksum => "icmp_bad_checksum", "ICMP error with a bad ICMP or embedded IP checksum";
     IcmpNoSession => "icmp_no_session", "ICMP error about a flow natgw does not know";
@@ -162,6 +167,7 @@ drop_reasons! {
     HandoffFull => "handoff_full", "owner core's handoff queue full";
     NoNeighbour => "no_neighbour", "next hop link-layer address not resolved yet";
     TxFull => "tx_full", "transmit ring full";
+    BadDescriptor => "bad_descriptor", "receive descriptor whose address or length lies outside the packet buffer";
 }
 
 #[cfg(test)]

@@ -6,13 +6,13 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use super::err;
-use super::raw::{RawOneToOne, RawPorts, RawRealm, RawRoute, RawStatic, RawTimeouts};
+use super::raw::{RawLimits, RawOneToOne, RawPorts, RawRealm, RawRoute, RawStatic, RawTimeouts};
 use super::values::{choice, ifname, int_in, net, port_range, required, socket, unicast};
 use crate::config::ConfigError;
 use crate::config::display::{FILTERINGS, MAPPINGS, PORT_POLICIES, PROTOCOLS};
 use crate::config::model::{
-    AddrRange, Filtering, InsideInterface, Ipv4Net, Mapping, OneToOne, PortPolicy, PortRange,
-    Ports, Realm, Route, StaticMapping, Timeouts,
+    AddrRange, Filtering, InsideInterface, Ipv4Net, Limits, Mapping, OneToOne, PortPolicy,
+    PortRange, Ports, Realm, Route, StaticMapping, Timeouts,
 };
 
 const DEFAULT_PORT_RANGE: PortRange = PortRange {
@@ -20,6 +20,12 @@ const DEFAULT_PORT_RANGE: PortRange = PortRange {
     last: 65535,
 };
 const DEFAULT_PER_HOST_LIMIT: i64 = 4096;
+/// Per core. Generous for one subscriber (a browser opens a few hundred), small against the
+/// default table of 262,144: sixteen hosts cannot fill a core.
+const DEFAULT_PER_HOST_SESSIONS: i64 = 16_384;
+const DEFAULT_INBOUND_PER_MAPPING: i64 = 16_384;
+/// The largest session table (`sessions.capacity_per_core`).
+const MAX_SESSIONS: i64 = 1 << 26;
 
 /// RFC 4787 REQ-5, RFC 5382 REQ-5, RFC 5508 REQ-1: (key, minimum, default).
 const TIMEOUTS: [(&str, i64, i64); 4] = [
@@ -67,6 +73,7 @@ pub(super) fn build_realm(
     }
     let static_mappings = static_mappings(&r.statics, &pool, &inside_net, &p)?;
     let ports = build_ports(r.ports.unwrap_or_default(), &p)?;
+    let limits = build_limits(r.limits.unwrap_or_default(), &p)?;
     let mapping = match r.mapping.as_deref() {
         None => Mapping::EndpointIndependent,
         Some(s) => choice(s, &format!("{p}.mapping"), &MAPPINGS)?,
@@ -88,6 +95,7 @@ pub(super) fn build_realm(
         one_to_one,
         routes,
         ports,
+        limits,
         mapping,
         filtering,
         inbound_refresh: r.inbound_refresh.unwrap_or(false),
@@ -344,6 +352,25 @@ fn build_ports(r: RawPorts, p: &str) -> Result<Ports, ConfigError> {
         policy,
         range,
         per_host_limit,
+    })
+}
+
+fn build_limits(r: RawLimits, p: &str) -> Result<Limits, ConfigError> {
+    let per_host_sessions = int_in(
+        r.per_host_sessions.unwrap_or(DEFAULT_PER_HOST_SESSIONS),
+        &format!("{p}.limits.per_host_sessions"),
+        1,
+        MAX_SESSIONS,
+    )? as u32;
+    let inbound_per_mapping = int_in(
+        r.inbound_per_mapping.unwrap_or(DEFAULT_INBOUND_PER_MAPPING),
+        &format!("{p}.limits.inbound_per_mapping"),
+        1,
+        MAX_SESSIONS,
+    )? as u32;
+    Ok(Limits {
+        per_host_sessions,
+        inbound_per_mapping,
     })
 }
 

@@ -138,6 +138,13 @@ pub struct RealmRules {
     pub port_first: u16,
     pub port_last: u16,
     pub per_host_limit: u32,
+    /// Sessions per inside host (`[realm.limits]`), per core.
+    pub per_host_sessions: u32,
+    /// Sessions opened from outside per static or 1:1 mapping, per core.
+    pub inbound_per_mapping: u32,
+    /// Source addresses that are never an inside host's: the gateway and the broadcast
+    /// address of every on-link prefix that has one (length <= 30).
+    pub martian_sources: Vec<u32>,
     pub mapping: Mapping,
     pub filtering: Filtering,
     pub inbound_refresh: bool,

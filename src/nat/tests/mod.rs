@@ -3,6 +3,7 @@
 
 mod util;
 
+mod floods;
 mod frag;
 mod icmp;
 mod limits;
