@@ -6,7 +6,7 @@ use super::icmp;
 use super::out2in;
 use super::parse::{self, Frag, Meta};
 use super::rewrite::{Rewrite, Side};
-use super::rules::{ExtAddr, RealmRules, Rules};
+use super::rules::{ExtAddr, RealmRules, Rules, martian_destination};
 use super::session::*;
 use super::store::{Seen, Store};
 use super::types::*;
@@ -107,8 +107,14 @@ fn screen(
     if realm.gateway == Some(m.dst) {
         return Err(for_own_inside(cx, realm, f, m));
     }
+    if realm.martian_source(m.src) {
+        return Err(cx.discard(DropReason::MartianSource));
+    }
     if !realm.contains(m.src) {
         return Err(cx.discard(DropReason::SourceNotInside));
+    }
+    if martian_destination(m.dst) {
+        return Err(cx.discard(DropReason::MartianDestination));
     }
     if r.cores > 1 {
         let Some(inside) = parse::inside_addr_of(f.data(), m) else {

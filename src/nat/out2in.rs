@@ -6,7 +6,7 @@ use super::frag::{FragAction, FragKey};
 use super::icmp;
 use super::parse::{self, Frag, Meta};
 use super::rewrite::{Rewrite, Side};
-use super::rules::{ExtAddr, Rules};
+use super::rules::{ExtAddr, Rules, martian};
 use super::session::*;
 use super::store::{Seen, Store};
 use super::types::*;
@@ -107,6 +107,9 @@ fn screen(
     let Some(ext) = r.ext_addr(m.dst) else {
         return Err(cx.discard(DropReason::NotForUs));
     };
+    if martian(m.src) {
+        return Err(cx.discard(DropReason::MartianSource));
+    }
     let echo_request =
         m.proto == Protocol::ICMP && m.icmp_type == ECHO_REQUEST && m.frag != Frag::Later;
     match ext {

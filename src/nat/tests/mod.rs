@@ -5,6 +5,7 @@ mod util;
 
 mod floods;
 mod frag;
+mod hostile;
 mod icmp;
 mod limits;
 mod mapping;
