@@ -14,8 +14,12 @@ pub struct Frame<'a> {
 }
 
 impl<'a> Frame<'a> {
+    /// A frame at `buf[off..off + len]`, clipped to `buf`: a range past its end (which the
+    /// dataplane checks for and counts before, see `Umem::check_desc`) becomes a shorter
+    /// frame the engine drops as truncated, never an out-of-bounds access.
     pub fn new(buf: &'a mut [u8], off: usize, len: usize) -> Self {
-        debug_assert!(off + len <= buf.len());
+        let off = off.min(buf.len());
+        let len = len.min(buf.len() - off);
         Frame { buf, off, len }
     }
     /// A frame filling the whole buffer.
@@ -203,6 +207,19 @@ mod tests {
             assert!(fr.set_vlan(None));
             assert_eq!(fr.data(), &frame(None)[..]);
         }
+    }
+
+    #[test]
+    fn a_frame_never_reaches_past_its_buffer() {
+        let mut buf = [7u8; 64];
+        for (off, len, want) in [(0, 65, (0, 64)), (60, 10, (60, 4)), (100, 1, (64, 0))] {
+            let f = Frame::new(&mut buf, off, len);
+            assert_eq!((f.off, f.len), want);
+            assert_eq!(f.data().len(), want.1);
+        }
+        let mut buf = [0u8; 64];
+        let mut f = Frame::new(&mut buf, usize::MAX, usize::MAX);
+        assert!(f.data_mut().is_empty());
     }
 
     #[test]
