@@ -233,6 +233,7 @@ fn routes(raw: &[RawRoute], prefixes: &[Ipv4Net], p: &str) -> Result<Vec<Route>,
 /// The shared external addresses: no reserved block, no overlap within the realm.
 fn pool(raw: &[String], p: &str) -> Result<Vec<AddrRange>, ConfigError> {
     let mut pool: Vec<AddrRange> = Vec::with_capacity(raw.len());
+    let mut addrs = 0u64;
     for (j, s) in raw.iter().enumerate() {
         let f = format!("{p}.pool[{j}]");
         let range = AddrRange::from_str(s).map_err(|e| err(&f, e))?;
@@ -241,6 +242,17 @@ fn pool(raw: &[String], p: &str) -> Result<Vec<AddrRange>, ConfigError> {
         }
         if let Some(k) = pool.iter().position(|o| ranges_overlap(o, &range)) {
             return Err(err(f, format!("{range} overlaps pool[{k}] ({})", pool[k])));
+        }
+        addrs += u64::from(range.len());
+        if addrs > super::MAX_POOL {
+            return Err(err(
+                f,
+                format!(
+                    "{range} makes the pool {addrs} addresses; at most {} per realm (each \
+                     needs about 48 KiB of port state per worker)",
+                    super::MAX_POOL
+                ),
+            ));
         }
         pool.push(range);
     }
@@ -298,6 +310,8 @@ fn static_mappings(
     p: &str,
 ) -> Result<Vec<StaticMapping>, ConfigError> {
     let mut static_mappings: Vec<StaticMapping> = Vec::with_capacity(raw.len());
+    // By (protocol, internal endpoint): a lookup, not a scan, so large tables check fast.
+    let mut seen = std::collections::HashMap::new();
     for (j, s) in raw.iter().enumerate() {
         let sp = format!("{p}.static[{j}]");
         let f = format!("{sp}.protocol");
@@ -315,10 +329,7 @@ fn static_mappings(
         inside_net.check_reachable(*internal.ip(), &f)?;
         // Outbound packets from a statically mapped endpoint use its mapping; two mappings for
         // one internal endpoint would make that choice ambiguous.
-        if let Some(k) = static_mappings
-            .iter()
-            .position(|o| o.protocol == protocol && o.internal == internal)
-        {
+        if let Some(k) = seen.insert((protocol, internal), j) {
             return Err(err(
                 f,
                 format!("{protocol} {internal} is already mapped by static[{k}]"),

@@ -114,6 +114,35 @@ impl Store {
         }
     }
 
+    /// What `Store::new(..).memory_bytes()` is for `capacity` session slots (without the
+    /// port allocators, see `port_bytes`) and `mappings` static plus 1:1 mappings: computed,
+    /// not allocated, to check a configuration before it is built.
+    pub fn table_bytes(capacity: u32, mappings: usize) -> usize {
+        use std::mem::size_of;
+        let cap = capacity.max(16) as usize;
+        cap * (size_of::<Session>() + size_of::<MappingSlot>() + size_of::<HostSlot>() + 3 * 4)
+            + FlowTable::<InKey, InVal>::bytes_for(cap)
+            + FlowTable::<OutKey, OutVal>::bytes_for(cap)
+            + FlowTable::<MapInKey>::bytes_for(cap)
+            + FlowTable::<MapOutKey>::bytes_for(cap)
+            + FlowTable::<HostKey>::bytes_for(cap)
+            + FlowTable::<FilterKey>::bytes_for(cap)
+            + FlowTable::<EndpointKey>::bytes_for(mappings.max(1))
+    }
+
+    /// What one core's port allocator for a realm with `pool` addresses takes (as built by
+    /// `port_allocators`), computed.
+    pub fn port_bytes(
+        pool: usize,
+        range: (u16, u16),
+        statics: usize,
+        partition: &dyn super::ports::Partition,
+        cores: usize,
+    ) -> usize {
+        let hold = (pool.saturating_mul(3 * 65536) / cores.max(1)).clamp(1024, HOLD_CAP);
+        PortAllocator::bytes_for(pool.max(1), range.0, range.1, partition, 0, hold, statics)
+    }
+
     /// Room for a count per static and 1:1 mapping.
     fn inbound_table(rules: &Rules) -> FlowTable<EndpointKey> {
         FlowTable::with_capacity((rules.statics.len() + rules.one_to_one.len()).max(1))
