@@ -52,6 +52,7 @@ fn main() -> ExitCode {
             Ok(c) => {
                 if !quiet {
                     print!("{}", c.to_toml());
+                    print!("\n{}", natgw::nat::memory::MemoryEstimate::of(&c));
                 }
                 ExitCode::SUCCESS
             }

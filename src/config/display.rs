@@ -266,6 +266,10 @@ fn write_realm(o: &mut String, r: &Realm) {
     let _ = writeln!(o, "range = {}", quote(&r.ports.range.to_string()));
     let _ = writeln!(o, "per_host_limit = {}", r.ports.per_host_limit);
 
+    let _ = writeln!(o, "\n[realm.limits]");
+    let _ = writeln!(o, "per_host_sessions = {}", r.limits.per_host_sessions);
+    let _ = writeln!(o, "inbound_per_mapping = {}", r.limits.inbound_per_mapping);
+
     let t = &r.timeouts;
     let _ = writeln!(o, "\n[realm.timeouts]");
     let _ = writeln!(o, "udp = {}", t.udp);

@@ -220,6 +220,18 @@ pub struct Ports {
     pub per_host_limit: u32,
 }
 
+/// Per-realm bounds on state an attacker (or one busy host) could otherwise grow until the
+/// session table is full. Both are per worker core, like the table itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Most sessions one inside host may hold at once (RFC 6888 REQ-4), whatever opened
+    /// them, except those counted by `inbound_per_mapping`.
+    pub per_host_sessions: u32,
+    /// Most sessions traffic from outside may open through one static mapping or one 1:1
+    /// mapping (a SYN flood at a port forward stops there).
+    pub inbound_per_mapping: u32,
+}
+
 /// A tenant: inside networks identified by an inside interface and optional VLAN, with their own
 /// external pool. Several realms may use the same inside prefixes.
 #[derive(Clone, Debug, PartialEq)]
@@ -239,6 +251,7 @@ pub struct Realm {
     /// Inside routes: prefixes not directly on the inside link, reached via an inside router.
     pub routes: Vec<Route>,
     pub ports: Ports,
+    pub limits: Limits,
     pub mapping: Mapping,
     pub filtering: Filtering,
     pub inbound_refresh: bool,

@@ -7,7 +7,7 @@ use super::neigh::{NeighState, NeighTable};
 use crate::nat::counters::Counter;
 use crate::nat::{Counters, DropReason, Egress, Engine, Frame, Ingress, Pkt, Rules, Verdict};
 use crossbeam::queue::ArrayQueue;
-use natgw_kernel::xsk::{Desc, Umem, XskSocket};
+use natgw_kernel::xsk::{BadDesc, Desc, Umem, XskSocket};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -256,9 +256,15 @@ impl Worker {
                 let ingress = self.ports[pi].ingress;
                 sc.pos.clear();
                 for d in &sc.descs[..n] {
-                    let base = self.pools[pool].chunk(d.addr);
-                    sc.pos
-                        .push((base, (d.addr - base) as usize, d.len as usize));
+                    match self.pools[pool].umem.check_desc(*d) {
+                        Ok(frame) => sc.pos.push(frame),
+                        Err(bad) => {
+                            self.counters.dropped(DropReason::BadDescriptor);
+                            if let BadDesc::Length { chunk } = bad {
+                                self.pools[pool].free.push(chunk);
+                            }
+                        }
+                    }
                 }
                 self.process_frames(pool, ingress, &mut sc);
             }

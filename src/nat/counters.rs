@@ -29,10 +29,19 @@ impl Counter {
 
 macro_rules! counters {
     ($($name:ident: $help:literal,)*) => {
-        #[derive(Default, Debug)]
+        #[derive(Debug)]
         pub struct Counters {
             $(#[doc = $help] pub $name: Counter,)*
             pub drops: [Counter; DropReason::COUNT],
+        }
+        // By hand: `Default` for arrays stops at 32 elements.
+        impl Default for Counters {
+            fn default() -> Self {
+                Counters {
+                    $($name: Counter::default(),)*
+                    drops: std::array::from_fn(|_| Counter::default()),
+                }
+            }
         }
         impl Counters {
             /// (name, help, value) of every plain counter, for exposition.
@@ -56,6 +65,8 @@ counters! {
     fragments_held: "out-of-order fragments held for their first fragment",
     sessions_created: "sessions created",
     sessions_expired: "sessions removed after their idle timeout",
+    sessions_evicted_transitory: "unestablished or closing TCP sessions evicted to make room in a full table (or under an inbound limit)",
+    sessions_evicted_idle: "idle UDP/ICMP sessions evicted to make room in a full table",
     mappings_created: "address/port mappings created",
     sessions_active: "sessions in the table (gauge)",
     mappings_active: "mappings in the table (gauge)",

@@ -146,6 +146,15 @@ impl FragTable {
         }
     }
 
+    /// What `new(max_datagrams, max_held, _).memory_bytes()` is, without allocating.
+    pub fn bytes_for(max_datagrams: usize, max_held: usize) -> usize {
+        let (d, h) = (max_datagrams.max(1), max_held.max(1));
+        d * (std::mem::size_of::<Entry>() + 4 + 8)
+            + FlowTable::<FragKey>::bytes_for(d)
+            + h * (HOLD_SLOT + HEADROOM)
+            + h * (std::mem::size_of::<Held>() + 4 + 8)
+    }
+
     pub fn memory_bytes(&self) -> usize {
         self.entries.len() * (std::mem::size_of::<Entry>() + 4 + 8)
             + self.index.memory_bytes()

@@ -25,6 +25,11 @@ pub(super) fn error_in2out(
     mut m: Meta,
 ) -> Result<Meta, Verdict> {
     let e = Quote::checked(f.data(), &m).map_err(|x| cx.discard(x))?;
+    // The error answers a packet that came from the remote: it must go back to it
+    // (nf_conntrack_inet_error), or it would reach a host the flow never talked to.
+    if m.dst != e.src {
+        return Err(cx.discard(DropReason::IcmpAddressMismatch));
+    }
     let key = InKey {
         realm: realm.id,
         proto: e.proto,
@@ -75,6 +80,11 @@ pub(super) fn error_out2in(
         Ok(e) => e,
         Err(x) => return cx.discard(x),
     };
+    // The quoted packet left from the external address the error is sent to; an error to
+    // another address about it is forged (nf_conntrack_inet_error).
+    if m.dst != e.src {
+        return cx.discard(DropReason::IcmpAddressMismatch);
+    }
     let key = OutKey {
         proto: e.proto,
         ext_port: e.sport,

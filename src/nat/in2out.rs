@@ -6,7 +6,7 @@ use super::icmp;
 use super::out2in;
 use super::parse::{self, Frag, Meta};
 use super::rewrite::{Rewrite, Side};
-use super::rules::{ExtAddr, RealmRules, Rules};
+use super::rules::{ExtAddr, RealmRules, Rules, martian_destination};
 use super::session::*;
 use super::store::{Seen, Store};
 use super::types::*;
@@ -107,8 +107,14 @@ fn screen(
     if realm.gateway == Some(m.dst) {
         return Err(for_own_inside(cx, realm, f, m));
     }
+    if realm.martian_source(m.src) {
+        return Err(cx.discard(DropReason::MartianSource));
+    }
     if !realm.contains(m.src) {
         return Err(cx.discard(DropReason::SourceNotInside));
+    }
+    if martian_destination(m.dst) {
+        return Err(cx.discard(DropReason::MartianDestination));
     }
     if r.cores > 1 {
         let Some(inside) = parse::inside_addr_of(f.data(), m) else {
@@ -237,7 +243,10 @@ fn new_session(
         // An echo reply from inside answers an inbound request: it needs its session.
         return Err(DropReason::Unsolicited);
     }
-    store.make_session_room();
+    if store.host_full(realm, m.src) {
+        return Err(DropReason::PerHostSessions);
+    }
+    store.make_session_room(false);
     let (ext_addr, ext_port, map) =
         if let Some(st) = r.static_by_in(realm.id, m.proto, m.src, m.sport) {
             (st.ext_addr, st.ext_port, NONE)

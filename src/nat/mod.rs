@@ -15,6 +15,7 @@ mod frag;
 mod icmp;
 mod in2out;
 mod mem;
+pub mod memory;
 mod out2in;
 mod parse;
 pub mod ports;

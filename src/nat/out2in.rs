@@ -6,7 +6,7 @@ use super::frag::{FragAction, FragKey};
 use super::icmp;
 use super::parse::{self, Frag, Meta};
 use super::rewrite::{Rewrite, Side};
-use super::rules::{ExtAddr, Rules};
+use super::rules::{ExtAddr, Rules, martian};
 use super::session::*;
 use super::store::{Seen, Store};
 use super::types::*;
@@ -107,6 +107,9 @@ fn screen(
     let Some(ext) = r.ext_addr(m.dst) else {
         return Err(cx.discard(DropReason::NotForUs));
     };
+    if martian(m.src) {
+        return Err(cx.discard(DropReason::MartianSource));
+    }
     let echo_request =
         m.proto == Protocol::ICMP && m.icmp_type == ECHO_REQUEST && m.frag != Frag::Later;
     match ext {
@@ -172,7 +175,8 @@ fn new_session(store: &mut Store, r: &Rules, ext: ExtAddr, m: &Meta) -> Result<u
         Protocol::ICMP => m.icmp_type == ECHO_REQUEST,
         _ => true,
     };
-    store.make_session_room();
+    store.make_session_room(true);
+    let mut one_to_one = 0;
     let (realm_id, in_addr, in_port, map) = match ext {
         ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. } => {
             if let Some(st) = r.static_by_ext(m.proto, m.dst, m.dport) {
@@ -193,6 +197,7 @@ fn new_session(store: &mut Store, r: &Rules, ext: ExtAddr, m: &Meta) -> Result<u
         }
         ExtAddr::OneToOne { index } => {
             let o = &r.one_to_one[index as usize];
+            one_to_one = flags::ONE_TO_ONE;
             (o.realm, o.in_addr, m.dport, NONE)
         }
         ExtAddr::Own => return Err(DropReason::NotForUs),
@@ -214,7 +219,7 @@ fn new_session(store: &mut Store, r: &Rules, ext: ExtAddr, m: &Meta) -> Result<u
         rem_port: m.rem_port_out(),
         realm: realm_id,
         proto: m.proto,
-        flags: flags::INBOUND,
+        flags: flags::INBOUND | one_to_one,
         map,
         ..Session::default()
     };

@@ -453,6 +453,31 @@ impl PortAllocator {
         index(proto).is_some_and(|proto| self.position(class_of(proto, port), port).is_some())
     }
 
+    /// What an allocator for `n_addrs` addresses with `hold_capacity` hold entries and
+    /// `reserved` static reservations takes, without allocating its per-address bitmaps:
+    /// for checking a configuration before building it.
+    pub fn bytes_for(
+        n_addrs: usize,
+        range_first: u16,
+        range_last: u16,
+        partition: &dyn Partition,
+        core: usize,
+        hold_capacity: usize,
+        reserved: usize,
+    ) -> usize {
+        let shape = Self::new(0, range_first, range_last, partition, core, 0, 0);
+        shape.memory_bytes().saturating_add(
+            n_addrs
+                .saturating_mul(shape.words_per_addr * 16 + BUCKETS * 4)
+                .saturating_add(hold_capacity.saturating_mul(size_of::<Held>()))
+                .saturating_add(match reserved {
+                    // A Vec of u64 grows 0, 4, 8, 16, ...
+                    0 => 0,
+                    n => n.next_power_of_two().max(4) * 8,
+                }),
+        )
+    }
+
     pub fn memory_bytes(&self) -> usize {
         size_of::<Self>()
             + self.lists.iter().map(|l| l.len() * 2).sum::<usize>()

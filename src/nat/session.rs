@@ -5,7 +5,7 @@
 //! that is the 40-byte `Session`, two 32-byte index slots (inside and outside view, each with
 //! the fast-path data of its direction) at <= 50 % load, a
 //! mapping slot and its two index slots, a host slot and its index slot, and the
-//! address-dependent filter slot, plus fixed costs (port bitmaps, fragment table): about 364 bytes
+//! address-dependent filter slot, plus fixed costs (port bitmaps, fragment table): about 368 bytes
 //! per slot at the default capacity (`Engine::memory_bytes`; the test `memory_per_session` prints it).
 
 use super::table::{Key, hash_words};
@@ -208,6 +208,13 @@ pub mod flags {
     pub const FILTER_COUNTED: u8 = 2;
     /// An inside-to-inside flow through an external address (hairpinning).
     pub const HAIRPIN: u8 = 4;
+    /// Counted in its inside host's `HostSlot::sessions` (every session but those below).
+    pub const HOST_COUNTED: u8 = 8;
+    /// Opened from outside through a static or 1:1 mapping: counted against that mapping's
+    /// inbound limit instead (`Store::inbound`), not against the host.
+    pub const INBOUND_COUNTED: u8 = 16;
+    /// A 1:1 mapping's session (its inbound count is per inside address, any protocol).
+    pub const ONE_TO_ONE: u8 = 32;
 }
 
 /// Fast-path data of a session kept in its `in_tab` slot, next to the key: an established
@@ -319,13 +326,17 @@ pub struct MappingSlot {
     pub rem0_sessions: u32,
 }
 
-/// Per inside host: its paired external address and how many mappings it holds.
+/// Per inside host: its paired external address (meaningful while it holds mappings), how
+/// many mappings and how many sessions it holds. The slot lives while either count is
+/// positive.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HostSlot {
     pub realm: u16,
     pub ext_index: u16,
     pub addr: u32,
     pub mappings: u32,
+    /// Sessions with `flags::HOST_COUNTED` (RFC 6888 REQ-4: limit state per subscriber).
+    pub sessions: u32,
 }
 
 #[cfg(test)]

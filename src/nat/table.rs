@@ -317,6 +317,18 @@ impl<K: Key, V: Copy + Default> FlowTable<K, V> {
 
     /// Bytes of one slot (for the memory documentation and tests).
     pub const SLOT_BYTES: usize = size_of::<Slot<K, V>>();
+
+    /// What `with_capacity(max_entries).memory_bytes()` is, without allocating (saturating:
+    /// for a size check, not an allocation).
+    pub fn bytes_for(max_entries: usize) -> usize {
+        let n = max_entries
+            .saturating_mul(2)
+            .checked_next_power_of_two()
+            .unwrap_or(usize::MAX)
+            .max(16);
+        n.saturating_mul(Self::SLOT_BYTES)
+            .saturating_add(size_of::<Self>())
+    }
 }
 
 #[cfg(test)]

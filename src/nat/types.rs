@@ -14,8 +14,12 @@ pub struct Frame<'a> {
 }
 
 impl<'a> Frame<'a> {
+    /// A frame at `buf[off..off + len]`, clipped to `buf`: a range past its end (which the
+    /// dataplane checks for and counts before, see `Umem::check_desc`) becomes a shorter
+    /// frame the engine drops as truncated, never an out-of-bounds access.
     pub fn new(buf: &'a mut [u8], off: usize, len: usize) -> Self {
-        debug_assert!(off + len <= buf.len());
+        let off = off.min(buf.len());
+        let len = len.min(buf.len() - off);
         Frame { buf, off, len }
     }
     /// A frame filling the whole buffer.
@@ -147,6 +151,11 @@ drop_reasons! {
     SessionTableFull => "session_table_full", "no free session slot";
     PortsExhausted => "ports_exhausted", "no free external port";
     PerHostLimit => "per_host_limit", "inside host reached its port limit";
+    PerHostSessions => "per_host_sessions", "inside host reached its session limit (RFC 6888 REQ-4)";
+    InboundLimit => "inbound_limit", "static or 1:1 mapping reached its limit of sessions opened from outside";
+    MartianSource => "martian_source", "source is this-network, loopback, multicast, reserved, a subnet broadcast or natgw's own gateway address";
+    MartianDestination => "martian_destination", "inside frame to a this-network, loopback, multicast or reserved address";
+    IcmpAddressMismatch => "icmp_address_mismatch", "ICMP error whose outer destination is not the quoted packet's source";
     TtlExceeded => "ttl_exceeded", "TTL expired in natgw (an ICMP time exceeded was sent if allowed)";
     IcmpBadChecksum => "icmp_bad_checksum", "ICMP error with a bad ICMP or embedded IP checksum";
     IcmpNoSession => "icmp_no_session", "ICMP error about a flow natgw does not know";
@@ -162,6 +171,7 @@ drop_reasons! {
     HandoffFull => "handoff_full", "owner core's handoff queue full";
     NoNeighbour => "no_neighbour", "next hop not resolved: hold limit reached, timed out or failed";
     TxFull => "tx_full", "transmit ring full";
+    BadDescriptor => "bad_descriptor", "receive descriptor whose address or length lies outside the packet buffer";
 }
 
 #[cfg(test)]
@@ -197,6 +207,19 @@ mod tests {
             assert!(fr.set_vlan(None));
             assert_eq!(fr.data(), &frame(None)[..]);
         }
+    }
+
+    #[test]
+    fn a_frame_never_reaches_past_its_buffer() {
+        let mut buf = [7u8; 64];
+        for (off, len, want) in [(0, 65, (0, 64)), (60, 10, (60, 4)), (100, 1, (64, 0))] {
+            let f = Frame::new(&mut buf, off, len);
+            assert_eq!((f.off, f.len), want);
+            assert_eq!(f.data().len(), want.1);
+        }
+        let mut buf = [0u8; 64];
+        let mut f = Frame::new(&mut buf, usize::MAX, usize::MAX);
+        assert!(f.data_mut().is_empty());
     }
 
     #[test]

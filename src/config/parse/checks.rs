@@ -150,3 +150,24 @@ pub(super) fn check_statics(realms: &[Realm]) -> Result<(), ConfigError> {
     }
     Ok(())
 }
+
+/// Static and 1:1 mappings are indexed and counted per core: bounded over all realms.
+pub(super) fn check_mapping_counts(realms: &[Realm]) -> Result<(), ConfigError> {
+    let (mut statics, mut ones) = (0usize, 0usize);
+    for (i, r) in realms.iter().enumerate() {
+        statics += r.static_mappings.len();
+        ones += r.one_to_one.len();
+        for (n, key) in [(statics, "static"), (ones, "one_to_one")] {
+            if n > super::MAX_MAPPINGS {
+                return Err(err(
+                    format!("realm[{i}].{key}"),
+                    format!(
+                        "{n} {key} mappings over all realms; at most {} are supported",
+                        super::MAX_MAPPINGS
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

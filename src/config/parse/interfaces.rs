@@ -40,6 +40,16 @@ pub(super) fn build_inside(
     raw: &[RawInside],
     outside: &OutsideInterface,
 ) -> Result<Vec<InsideInterface>, ConfigError> {
+    if raw.len() > super::MAX_INSIDE {
+        return Err(err(
+            "inside",
+            format!(
+                "{} [[inside]] interfaces; at most {} are supported",
+                raw.len(),
+                super::MAX_INSIDE
+            ),
+        ));
+    }
     let mut inside: Vec<InsideInterface> = Vec::with_capacity(raw.len());
     for (i, r) in raw.iter().enumerate() {
         let p = format!("inside[{i}]");

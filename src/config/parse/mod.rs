@@ -31,6 +31,16 @@ pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
     build(raw)
 }
 
+/// Inside interfaces are numbered in a byte (`Ingress::Inside`).
+pub(super) const MAX_INSIDE: usize = 256;
+/// Realms: far more than (interface, VLAN) pairs anyone uses; ids stay well inside u16.
+pub(super) const MAX_REALMS: usize = 4096;
+/// Pool addresses per realm: indexed in 16 bits (`ExtAddr::Pool`, host pairing); each costs
+/// about 48 KiB of port allocator per core.
+pub(super) const MAX_POOL: u64 = 65_536;
+/// Static mappings and 1:1 mappings, each counted over all realms.
+pub(super) const MAX_MAPPINGS: usize = 65_536;
+
 fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError {
         field: field.into(),
@@ -51,6 +61,15 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     if raw.realm.is_empty() {
         return Err(err("realm", "at least one [[realm]] is required"));
     }
+    if raw.realm.len() > MAX_REALMS {
+        return Err(err(
+            "realm",
+            format!(
+                "{} realms; at most {MAX_REALMS} are supported",
+                raw.realm.len()
+            ),
+        ));
+    }
     let mut realms = Vec::with_capacity(raw.realm.len());
     for (i, r) in raw.realm.into_iter().enumerate() {
         let realm = realm::build_realm(i, r, &inside)?;
@@ -59,6 +78,7 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     checks::check_externals(&outside, &realms)?;
     checks::check_statics(&realms)?;
+    checks::check_mapping_counts(&realms)?;
 
     Ok(Config {
         outside,

@@ -97,6 +97,7 @@ pub(super) struct RawRealm {
     pub(super) inbound_refresh: Option<bool>,
     pub(super) hairpinning: Option<bool>,
     pub(super) ports: Option<RawPorts>,
+    pub(super) limits: Option<RawLimits>,
     pub(super) timeouts: Option<RawTimeouts>,
 }
 
@@ -128,6 +129,13 @@ pub(super) struct RawPorts {
     pub(super) policy: Option<String>,
     pub(super) range: Option<String>,
     pub(super) per_host_limit: Option<i64>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawLimits {
+    pub(super) per_host_sessions: Option<i64>,
+    pub(super) inbound_per_mapping: Option<i64>,
 }
 
 #[derive(Deserialize, Default)]

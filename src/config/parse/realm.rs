@@ -6,13 +6,13 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use super::err;
-use super::raw::{RawOneToOne, RawPorts, RawRealm, RawRoute, RawStatic, RawTimeouts};
+use super::raw::{RawLimits, RawOneToOne, RawPorts, RawRealm, RawRoute, RawStatic, RawTimeouts};
 use super::values::{choice, ifname, int_in, net, port_range, required, socket, unicast};
 use crate::config::ConfigError;
 use crate::config::display::{FILTERINGS, MAPPINGS, PORT_POLICIES, PROTOCOLS};
 use crate::config::model::{
-    AddrRange, Filtering, InsideInterface, Ipv4Net, Mapping, OneToOne, PortPolicy, PortRange,
-    Ports, Realm, Route, StaticMapping, Timeouts,
+    AddrRange, Filtering, InsideInterface, Ipv4Net, Limits, Mapping, OneToOne, PortPolicy,
+    PortRange, Ports, Realm, Route, StaticMapping, Timeouts,
 };
 
 const DEFAULT_PORT_RANGE: PortRange = PortRange {
@@ -20,6 +20,12 @@ const DEFAULT_PORT_RANGE: PortRange = PortRange {
     last: 65535,
 };
 const DEFAULT_PER_HOST_LIMIT: i64 = 4096;
+/// Per core. Generous for one subscriber (a browser opens a few hundred), small against the
+/// default table of 262,144: sixteen hosts cannot fill a core.
+const DEFAULT_PER_HOST_SESSIONS: i64 = 16_384;
+const DEFAULT_INBOUND_PER_MAPPING: i64 = 16_384;
+/// The largest session table (`sessions.capacity_per_core`).
+const MAX_SESSIONS: i64 = 1 << 26;
 
 /// RFC 4787 REQ-5, RFC 5382 REQ-5, RFC 5508 REQ-1: (key, minimum, default).
 const TIMEOUTS: [(&str, i64, i64); 4] = [
@@ -67,6 +73,7 @@ pub(super) fn build_realm(
     }
     let static_mappings = static_mappings(&r.statics, &pool, &inside_net, &p)?;
     let ports = build_ports(r.ports.unwrap_or_default(), &p)?;
+    let limits = build_limits(r.limits.unwrap_or_default(), &p)?;
     let mapping = match r.mapping.as_deref() {
         None => Mapping::EndpointIndependent,
         Some(s) => choice(s, &format!("{p}.mapping"), &MAPPINGS)?,
@@ -88,6 +95,7 @@ pub(super) fn build_realm(
         one_to_one,
         routes,
         ports,
+        limits,
         mapping,
         filtering,
         inbound_refresh: r.inbound_refresh.unwrap_or(false),
@@ -225,6 +233,7 @@ fn routes(raw: &[RawRoute], prefixes: &[Ipv4Net], p: &str) -> Result<Vec<Route>,
 /// The shared external addresses: no reserved block, no overlap within the realm.
 fn pool(raw: &[String], p: &str) -> Result<Vec<AddrRange>, ConfigError> {
     let mut pool: Vec<AddrRange> = Vec::with_capacity(raw.len());
+    let mut addrs = 0u64;
     for (j, s) in raw.iter().enumerate() {
         let f = format!("{p}.pool[{j}]");
         let range = AddrRange::from_str(s).map_err(|e| err(&f, e))?;
@@ -233,6 +242,17 @@ fn pool(raw: &[String], p: &str) -> Result<Vec<AddrRange>, ConfigError> {
         }
         if let Some(k) = pool.iter().position(|o| ranges_overlap(o, &range)) {
             return Err(err(f, format!("{range} overlaps pool[{k}] ({})", pool[k])));
+        }
+        addrs += u64::from(range.len());
+        if addrs > super::MAX_POOL {
+            return Err(err(
+                f,
+                format!(
+                    "{range} makes the pool {addrs} addresses; at most {} per realm (each \
+                     needs about 48 KiB of port state per worker)",
+                    super::MAX_POOL
+                ),
+            ));
         }
         pool.push(range);
     }
@@ -290,6 +310,8 @@ fn static_mappings(
     p: &str,
 ) -> Result<Vec<StaticMapping>, ConfigError> {
     let mut static_mappings: Vec<StaticMapping> = Vec::with_capacity(raw.len());
+    // By (protocol, internal endpoint): a lookup, not a scan, so large tables check fast.
+    let mut seen = std::collections::HashMap::new();
     for (j, s) in raw.iter().enumerate() {
         let sp = format!("{p}.static[{j}]");
         let f = format!("{sp}.protocol");
@@ -307,10 +329,7 @@ fn static_mappings(
         inside_net.check_reachable(*internal.ip(), &f)?;
         // Outbound packets from a statically mapped endpoint use its mapping; two mappings for
         // one internal endpoint would make that choice ambiguous.
-        if let Some(k) = static_mappings
-            .iter()
-            .position(|o| o.protocol == protocol && o.internal == internal)
-        {
+        if let Some(k) = seen.insert((protocol, internal), j) {
             return Err(err(
                 f,
                 format!("{protocol} {internal} is already mapped by static[{k}]"),
@@ -344,6 +363,25 @@ fn build_ports(r: RawPorts, p: &str) -> Result<Ports, ConfigError> {
         policy,
         range,
         per_host_limit,
+    })
+}
+
+fn build_limits(r: RawLimits, p: &str) -> Result<Limits, ConfigError> {
+    let per_host_sessions = int_in(
+        r.per_host_sessions.unwrap_or(DEFAULT_PER_HOST_SESSIONS),
+        &format!("{p}.limits.per_host_sessions"),
+        1,
+        MAX_SESSIONS,
+    )? as u32;
+    let inbound_per_mapping = int_in(
+        r.inbound_per_mapping.unwrap_or(DEFAULT_INBOUND_PER_MAPPING),
+        &format!("{p}.limits.inbound_per_mapping"),
+        1,
+        MAX_SESSIONS,
+    )? as u32;
+    Ok(Limits {
+        per_host_sessions,
+        inbound_per_mapping,
     })
 }
 

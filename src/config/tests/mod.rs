@@ -4,6 +4,7 @@
 
 mod util;
 
+mod bounds;
 mod defaults;
 mod errors;
 mod examples;

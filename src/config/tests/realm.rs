@@ -233,3 +233,30 @@ fn timeouts_respect_rfc_minimums() {
     ));
     assert_eq!(c.realms[0].timeouts.udp, 120);
 }
+
+#[test]
+fn realm_limits() {
+    let c = ok(&doc("", ""));
+    assert_eq!(
+        c.realms[0].limits,
+        Limits {
+            per_host_sessions: 16384,
+            inbound_per_mapping: 16384
+        }
+    );
+    let l = |body: &str| doc("", &format!("[realm.limits]\n{body}"));
+    let c = ok(&l("per_host_sessions = 100\ninbound_per_mapping = 7"));
+    assert_eq!(c.realms[0].limits.per_host_sessions, 100);
+    assert_eq!(c.realms[0].limits.inbound_per_mapping, 7);
+    rejects(
+        &l("per_host_sessions = 0"),
+        "realm[0].limits.per_host_sessions",
+        "out of range 1..=67108864",
+    );
+    rejects(
+        &l("inbound_per_mapping = 67108865"),
+        "realm[0].limits.inbound_per_mapping",
+        "out of range",
+    );
+    rejects(&l("sessions = 5"), "realm[0].limits.sessions", "unknown");
+}

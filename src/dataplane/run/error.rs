@@ -74,6 +74,8 @@ pub enum StartError {
     },
     /// A worker thread could not be started.
     Thread { worker: usize, err: io::Error },
+    /// The engines' tables would not fit in the memory available.
+    Memory(crate::nat::memory::MemoryError),
 }
 
 impl fmt::Display for StartError {
@@ -154,6 +156,7 @@ impl fmt::Display for StartError {
                 write!(f, "registering the socket of {ifname} queue {queue}: {err}")
             }
             StartError::Thread { worker, err } => write!(f, "starting worker {worker}: {err}"),
+            StartError::Memory(e) => write!(f, "{e}"),
         }
     }
 }
@@ -172,6 +175,8 @@ pub enum ReloadError {
     },
     /// A worker no longer takes control messages.
     WorkerGone,
+    /// The new port allocators would not fit in the memory available.
+    Memory(crate::nat::memory::MemoryError),
 }
 
 impl fmt::Display for ReloadError {
@@ -187,6 +192,7 @@ impl fmt::Display for ReloadError {
                 new.join(",")
             ),
             ReloadError::WorkerGone => f.write_str("a worker is gone"),
+            ReloadError::Memory(e) => write!(f, "{e}"),
         }
     }
 }

@@ -137,6 +137,10 @@ impl Gateway {
         let links = resolve_links(cfg)?;
         check_workers(cfg, &links)?;
         warn_kernel_forwarding(&links);
+        if let Some(avail) = crate::nat::memory::available() {
+            let need = crate::nat::memory::MemoryEstimate::of(cfg);
+            need.check_fits(avail).map_err(StartError::Memory)?;
+        }
         let mode = opts.xdp_mode.unwrap_or(dp.xdp_mode);
         // Dropped last on an error below: workers already started stop before their XDP
         // programs detach.

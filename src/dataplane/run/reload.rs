@@ -26,6 +26,10 @@ impl Handle {
                 new: names.iter().map(|n| n.to_string()).collect(),
             });
         }
+        if let Some(avail) = crate::nat::memory::available() {
+            let need = crate::nat::memory::MemoryEstimate::of(cfg);
+            need.check_reload_fits(avail).map_err(ReloadError::Memory)?;
+        }
         // Realms keep their ids (by name), so sessions keep meaning the same realm.
         let mut rules = rules_for(cfg, Some(&self.rules));
         rules.cores = self.rules.cores;

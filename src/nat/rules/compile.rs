@@ -22,6 +22,9 @@ impl RealmRules {
             port_first: 1024,
             port_last: 65535,
             per_host_limit: 0,
+            per_host_sessions: 0,
+            inbound_per_mapping: 0,
+            martian_sources: Vec::new(),
             mapping: Mapping::EndpointIndependent,
             filtering: Filtering::EndpointIndependent,
             inbound_refresh: false,
@@ -150,6 +153,14 @@ fn compile_realms(cfg: &Config, ids: &[u16]) -> Vec<RealmRules> {
             port_first: r.ports.range.first,
             port_last: r.ports.range.last,
             per_host_limit: r.ports.per_host_limit,
+            per_host_sessions: r.limits.per_host_sessions,
+            inbound_per_mapping: r.limits.inbound_per_mapping,
+            martian_sources: r
+                .gateway
+                .map(u32::from)
+                .into_iter()
+                .chain(r.prefixes.iter().filter(|p| p.len <= 30).map(|p| p.last()))
+                .collect(),
             mapping: r.mapping,
             filtering: r.filtering,
             inbound_refresh: r.inbound_refresh,

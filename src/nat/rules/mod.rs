@@ -138,6 +138,13 @@ pub struct RealmRules {
     pub port_first: u16,
     pub port_last: u16,
     pub per_host_limit: u32,
+    /// Sessions per inside host (`[realm.limits]`), per core.
+    pub per_host_sessions: u32,
+    /// Sessions opened from outside per static or 1:1 mapping, per core.
+    pub inbound_per_mapping: u32,
+    /// Source addresses that are never an inside host's: the gateway and the broadcast
+    /// address of every on-link prefix that has one (length <= 30).
+    pub martian_sources: Vec<u32>,
     pub mapping: Mapping,
     pub filtering: Filtering,
     pub inbound_refresh: bool,
@@ -145,7 +152,29 @@ pub struct RealmRules {
     pub timeouts: Timeouts,
 }
 
+/// An address no host may use as its own: this network (0/8), loopback (127/8), multicast
+/// (224/4) or reserved (240/4, the limited broadcast included). As a source it is spoofed or
+/// broken; it never creates a session.
+#[inline]
+pub fn martian(a: u32) -> bool {
+    matches!(a >> 24, 0 | 127) || a >> 28 >= 0xe
+}
+
+/// A destination an inside host may not reach through the NAT: `martian`, except the
+/// limited broadcast, which keeps the path it has (the router's business, not the NAT's).
+#[inline]
+pub fn martian_destination(a: u32) -> bool {
+    martian(a) && a != u32::MAX
+}
+
 impl RealmRules {
+    /// A source no inside host of this realm may send from: `martian`, the realm's gateway
+    /// (natgw itself) or a subnet broadcast address.
+    #[inline]
+    pub fn martian_source(&self, a: u32) -> bool {
+        martian(a) || self.martian_sources.contains(&a)
+    }
+
     #[inline]
     pub fn contains(&self, a: u32) -> bool {
         self.prefixes.iter().any(|p| p.contains(Ipv4Addr::from(a)))

@@ -25,16 +25,8 @@ impl Store {
         if let Some(p) = self.ports.get_mut(mp.key.realm as usize) {
             p.release(mp.ext_index as usize, mp.proto, mp.ext_port, self.now);
         }
-        let h = &mut self.hosts[mp.host as usize];
-        h.mappings -= 1;
-        if h.mappings == 0 {
-            let k = HostKey {
-                realm: h.realm,
-                addr: h.addr,
-            };
-            self.host_tab.remove(&k);
-            self.free_hosts.push(mp.host);
-        }
+        self.hosts[mp.host as usize].mappings -= 1;
+        self.release_host(mp.host);
     }
 
     /// The mapping key of an inside endpoint under the realm's mapping behaviour.
@@ -95,14 +87,21 @@ impl Store {
             return Err(DropReason::SessionTableFull);
         };
         let pidx = key.proto;
-        let Some((ai, port)) = self.choose_port(r, realm, &key, host, remote) else {
+        // A host slot without mappings (only static or 1:1 sessions) has no paired address yet.
+        let paired = host.filter(|&h| self.hosts[h as usize].mappings > 0);
+        let Some((ai, port)) = self.choose_port(r, realm, &key, paired, remote) else {
             self.free_maps.push(mi);
             return Err(DropReason::PortsExhausted);
         };
         let ext_addr = realm.pool[ai];
         self.prefetch_new(&key, (ext_addr, port), remote);
         let h = match host {
-            Some(h) => h,
+            Some(h) => {
+                if paired.is_none() {
+                    self.hosts[h as usize].ext_index = ai as u16;
+                }
+                h
+            }
             None => {
                 let Some(h) = self.free_hosts.pop() else {
                     self.ports[realm.id as usize].release(ai, pidx, port, self.now);
@@ -114,6 +113,7 @@ impl Store {
                     ext_index: ai as u16,
                     addr: key.in_addr,
                     mappings: 0,
+                    sessions: 0,
                 };
                 let _ = self.host_tab.insert(hk, h);
                 h
@@ -132,10 +132,7 @@ impl Store {
             }
             self.ports[realm.id as usize].release(ai, pidx, port, self.now);
             self.free_maps.push(mi);
-            if self.hosts[h as usize].mappings == 0 {
-                self.host_tab.remove(&hk);
-                self.free_hosts.push(h);
-            }
+            self.release_host(h);
             return Err(DropReason::SessionTableFull);
         }
         self.hosts[h as usize].mappings += 1;

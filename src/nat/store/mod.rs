@@ -14,7 +14,7 @@ mod mapping;
 use super::counters::Counters;
 use super::ports::PortAllocator;
 use super::rng::Rng;
-use super::rules::{HostKey, RealmRules, Rules};
+use super::rules::{EndpointKey, HostKey, RealmRules, Rules};
 use super::session::*;
 use super::table::{FlowTable, Key};
 use super::types::DropReason;
@@ -24,6 +24,27 @@ use std::sync::Arc;
 
 /// Expired sessions looked at when the table is full before giving up on a new flow.
 const RECLAIM_TRIES: usize = 64;
+/// Live sessions looked at for an eviction victim (after reclaiming found nothing expired),
+/// and slots at most (free ones are skipped cheaply: slots are read in order).
+const EVICT_TRIES: usize = 32;
+const EVICT_SCAN: usize = 256;
+/// A half-open outbound TCP connection is this many seconds safe from eviction: long enough
+/// for its SYN-ACK (the first SYN retransmission comes after 1 s).
+const HALF_OPEN_GRACE: u32 = 2;
+/// The protocol of a 1:1 mapping's inbound count key: all protocols together.
+const ANY_PROTO: Protocol = Protocol(255);
+
+/// Which sessions may be evicted to make room (see `Store::evict`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Evict {
+    /// For a flow an inside host opens: transitory TCP first, else the most idle UDP/ICMP.
+    Outbound,
+    /// For a flow opened from outside: transitory TCP only. Unsolicited traffic never
+    /// pushes out an inside host's UDP state.
+    Inbound,
+    /// Under a mapping's inbound limit: a transitory TCP session of that same mapping.
+    Rule(EndpointKey),
+}
 /// RFC 6888 REQ-8 / RFC 4787: a freed external port is not reused for this long.
 pub const PORT_HOLD_SECS: u32 = 120;
 /// Held ports cap per realm and core (beyond it ports are freed early, counted).
@@ -45,9 +66,13 @@ pub(crate) struct Store {
     free_hosts: Vec<u32>,
     host_tab: FlowTable<HostKey>,
     filt: FlowTable<FilterKey>,
+    /// Sessions opened from outside per static mapping (its inside endpoint) and per 1:1
+    /// mapping (its inside address, `ANY_PROTO`): `inbound_key`.
+    inbound: FlowTable<EndpointKey>,
     ports: Vec<PortAllocator>,
     rng: Rng,
     sweep_cursor: usize,
+    evict_cursor: usize,
 }
 
 /// What a packet of an existing session tells its state (`Store::track`).
@@ -81,9 +106,64 @@ impl Store {
             free_hosts: (0..cap as u32).rev().collect(),
             host_tab: FlowTable::with_capacity(cap),
             filt: FlowTable::with_capacity(cap),
+            inbound: Self::inbound_table(rules),
             ports: Self::port_allocators(rules, core),
             rng: Rng::from_entropy(),
             sweep_cursor: 0,
+            evict_cursor: 0,
+        }
+    }
+
+    /// What `Store::new(..).memory_bytes()` is for `capacity` session slots (without the
+    /// port allocators, see `port_bytes`) and `mappings` static plus 1:1 mappings: computed,
+    /// not allocated, to check a configuration before it is built.
+    pub fn table_bytes(capacity: u32, mappings: usize) -> usize {
+        use std::mem::size_of;
+        let cap = capacity.max(16) as usize;
+        cap * (size_of::<Session>() + size_of::<MappingSlot>() + size_of::<HostSlot>() + 3 * 4)
+            + FlowTable::<InKey, InVal>::bytes_for(cap)
+            + FlowTable::<OutKey, OutVal>::bytes_for(cap)
+            + FlowTable::<MapInKey>::bytes_for(cap)
+            + FlowTable::<MapOutKey>::bytes_for(cap)
+            + FlowTable::<HostKey>::bytes_for(cap)
+            + FlowTable::<FilterKey>::bytes_for(cap)
+            + FlowTable::<EndpointKey>::bytes_for(mappings.max(1))
+    }
+
+    /// What one core's port allocator for a realm with `pool` addresses takes (as built by
+    /// `port_allocators`), computed.
+    pub fn port_bytes(
+        pool: usize,
+        range: (u16, u16),
+        statics: usize,
+        partition: &dyn super::ports::Partition,
+        cores: usize,
+    ) -> usize {
+        let hold = (pool.saturating_mul(3 * 65536) / cores.max(1)).clamp(1024, HOLD_CAP);
+        PortAllocator::bytes_for(pool.max(1), range.0, range.1, partition, 0, hold, statics)
+    }
+
+    /// Room for a count per static and 1:1 mapping.
+    fn inbound_table(rules: &Rules) -> FlowTable<EndpointKey> {
+        FlowTable::with_capacity((rules.statics.len() + rules.one_to_one.len()).max(1))
+    }
+
+    /// The count an inbound-opened static or 1:1 session is held against.
+    fn inbound_key(s: &Session) -> EndpointKey {
+        if s.flags & flags::ONE_TO_ONE != 0 {
+            EndpointKey {
+                realm: s.realm,
+                proto: ANY_PROTO,
+                port: 0,
+                addr: s.in_addr,
+            }
+        } else {
+            EndpointKey {
+                realm: s.realm,
+                proto: s.proto,
+                port: s.in_port,
+                addr: s.in_addr,
+            }
         }
     }
 
@@ -117,6 +197,7 @@ impl Store {
     /// allocators are rebuilt (this allocates; reloads are rare and not per packet).
     pub fn relayout(&mut self, rules: &Rules) {
         self.clear();
+        self.inbound = Self::inbound_table(rules);
         self.ports = Self::port_allocators(rules, self.core);
     }
 
@@ -154,6 +235,7 @@ impl Store {
             + self.map_out.memory_bytes()
             + self.host_tab.memory_bytes()
             + self.filt.memory_bytes()
+            + self.inbound.memory_bytes()
             + self
                 .ports
                 .iter()
@@ -384,13 +466,153 @@ impl Store {
         }
     }
 
-    /// When the table is full, reclaims expired sessions so a new one fits. Called before a
-    /// new session's mapping is looked up (see `reclaim`); creation fails later if no slot
-    /// came free.
-    pub fn make_session_room(&mut self) {
+    /// When the table is full, reclaims expired sessions so a new one fits, else evicts the
+    /// least valuable session the way conntrack's early drop does (`evict`; `inbound`: the
+    /// new flow comes from outside). Called before a new session's mapping is looked up
+    /// (see `reclaim`); creation fails later if no slot came free.
+    pub fn make_session_room(&mut self, inbound: bool) {
         if self.free_sessions.is_empty() {
             self.reclaim(|e| !e.free_sessions.is_empty());
         }
+        if self.free_sessions.is_empty() {
+            self.evict(if inbound {
+                Evict::Inbound
+            } else {
+                Evict::Outbound
+            });
+        }
+    }
+
+    /// Deletes one session that `mode` allows, looking at no more than `EVICT_TRIES` live
+    /// sessions (`EVICT_SCAN` slots), in slot order from where the last search stopped:
+    /// the first transitory TCP session found (half-open from outside, half-open from
+    /// inside for longer than `HALF_OPEN_GRACE`, closed or reset); failing that, for
+    /// `Outbound`, the UDP/ICMP session with the earliest deadline (the most idle). An
+    /// established TCP connection is never evicted. True if a slot came free.
+    fn evict(&mut self, mode: Evict) -> bool {
+        let n = self.sessions.len();
+        let now = self.now;
+        let mut idle: Option<(u32, u32)> = None;
+        let mut live = 0;
+        for _ in 0..EVICT_SCAN.min(n) {
+            if live == EVICT_TRIES {
+                break;
+            }
+            let i = self.evict_cursor;
+            self.evict_cursor = if i + 1 == n { 0 } else { i + 1 };
+            let s = self.sessions[i];
+            if s.proto == FREE {
+                continue;
+            }
+            live += 1;
+            if let Evict::Rule(k) = mode
+                && (s.flags & flags::INBOUND_COUNTED == 0 || Self::inbound_key(&s) != k)
+            {
+                continue;
+            }
+            if s.proto == Protocol::TCP {
+                let half_open_out = s.flags & flags::INBOUND == 0
+                    && s.tcp & (tcp::RST | tcp::FIN_OUT | tcp::FIN_IN) == 0
+                    && s.created.saturating_add(HALF_OPEN_GRACE) > now;
+                if tcp::is_established(s.tcp) || half_open_out {
+                    continue;
+                }
+                self.delete_session(i as u32);
+                self.counters.sessions_evicted_transitory.inc();
+                return true;
+            }
+            if mode == Evict::Outbound {
+                let d = self.deadline(i as u32);
+                if idle.is_none_or(|(best, _)| d < best) {
+                    idle = Some((d, i as u32));
+                }
+            }
+        }
+        let Some((d, i)) = idle else {
+            return false;
+        };
+        self.delete_session(i);
+        if d <= now {
+            self.counters.sessions_expired.inc();
+        } else {
+            self.counters.sessions_evicted_idle.inc();
+        }
+        true
+    }
+
+    /// Whether an inside host already holds its realm's share of sessions (checked before
+    /// a new flow's mapping is made, so a refused flow costs no port).
+    pub fn host_full(&self, realm: &RealmRules, addr: u32) -> bool {
+        let k = HostKey {
+            realm: realm.id,
+            addr,
+        };
+        self.host_tab
+            .get(&k)
+            .is_some_and(|h| self.hosts[h as usize].sessions >= realm.per_host_sessions)
+    }
+
+    /// The host slot a new session is counted in: its mapping's, or for a static / 1:1
+    /// session found or created by address.
+    fn host_of(&mut self, s: &Session) -> Result<u32, DropReason> {
+        if s.map != NONE {
+            return Ok(self.maps[s.map as usize].host);
+        }
+        let hk = HostKey {
+            realm: s.realm,
+            addr: s.in_addr,
+        };
+        if let Some(h) = self.host_tab.get(&hk) {
+            return Ok(h);
+        }
+        let Some(h) = self.free_hosts.pop() else {
+            return Err(DropReason::SessionTableFull);
+        };
+        self.hosts[h as usize] = HostSlot {
+            realm: s.realm,
+            ext_index: 0,
+            addr: s.in_addr,
+            mappings: 0,
+            sessions: 0,
+        };
+        if self.host_tab.insert(hk, h).is_err() {
+            self.free_hosts.push(h);
+            return Err(DropReason::SessionTableFull);
+        }
+        Ok(h)
+    }
+
+    /// Frees a host slot that holds neither mappings nor sessions.
+    pub(super) fn release_host(&mut self, h: u32) {
+        let hs = self.hosts[h as usize];
+        if hs.mappings == 0 && hs.sessions == 0 {
+            self.host_tab.remove(&HostKey {
+                realm: hs.realm,
+                addr: hs.addr,
+            });
+            self.free_hosts.push(h);
+        }
+    }
+
+    /// Admits a new session under its limits: an inbound static / 1:1 session against its
+    /// mapping's inbound count (evicting a transitory one of the same mapping at the limit),
+    /// any other against its inside host's. Ok: the host slot to count it in, if any.
+    fn admit(&mut self, realm: &RealmRules, s: &Session) -> Result<Option<u32>, DropReason> {
+        if s.flags & flags::INBOUND != 0 && s.map == NONE {
+            let k = Self::inbound_key(s);
+            if self.inbound.get(&k).unwrap_or(0) >= realm.inbound_per_mapping
+                && !self.evict(Evict::Rule(k))
+            {
+                return Err(DropReason::InboundLimit);
+            }
+            return Ok(None);
+        }
+        let h = self.host_of(s)?;
+        if self.hosts[h as usize].sessions >= realm.per_host_sessions {
+            self.release_host(h);
+            return Err(DropReason::PerHostSessions);
+        }
+        Ok(Some(h))
     }
 
     fn session_slot(&mut self) -> Option<u32> {
@@ -403,7 +625,14 @@ impl Store {
         realm: &RealmRules,
         mut s: Session,
     ) -> Result<u32, DropReason> {
+        let host = self.admit(realm, &s)?;
+        let undo_host = |st: &mut Store| {
+            if let Some(h) = host {
+                st.release_host(h);
+            }
+        };
         let Some(i) = self.session_slot() else {
+            undo_host(self);
             return Err(DropReason::SessionTableFull);
         };
         s.created = self.now;
@@ -417,6 +646,7 @@ impl Store {
         };
         if self.in_tab.insert(s.in_key(), iv).is_err() {
             self.free_sessions.push(i);
+            undo_host(self);
             return Err(DropReason::SessionTableFull);
         }
         let ov = OutVal {
@@ -429,7 +659,24 @@ impl Store {
         if self.out_tab.insert(s.out_key(), ov).is_err() {
             self.in_tab.remove(&s.in_key());
             self.free_sessions.push(i);
+            undo_host(self);
             return Err(DropReason::SessionTableFull);
+        }
+        match host {
+            Some(h) => {
+                self.hosts[h as usize].sessions += 1;
+                s.flags |= flags::HOST_COUNTED;
+            }
+            None => {
+                let k = Self::inbound_key(&s);
+                match self.inbound.get_mut(&k) {
+                    Some(c) => *c += 1,
+                    None => {
+                        let _ = self.inbound.insert(k, 1);
+                    }
+                }
+                s.flags |= flags::INBOUND_COUNTED;
+            }
         }
         if s.map != NONE {
             self.maps[s.map as usize].sessions += 1;
@@ -486,6 +733,31 @@ impl Store {
         self.out_tab.remove(&s.out_key());
         self.sessions[i as usize].proto = FREE;
         self.free_sessions.push(i);
+        if s.flags & flags::INBOUND_COUNTED != 0 {
+            let k = Self::inbound_key(&s);
+            match self.inbound.get_mut(&k) {
+                Some(c) if *c > 1 => *c -= 1,
+                _ => {
+                    self.inbound.remove(&k);
+                }
+            }
+        }
+        if s.flags & flags::HOST_COUNTED != 0 {
+            let h = if s.map != NONE {
+                Some(self.maps[s.map as usize].host)
+            } else {
+                self.host_tab.get(&HostKey {
+                    realm: s.realm,
+                    addr: s.in_addr,
+                })
+            };
+            if let Some(h) = h {
+                self.hosts[h as usize].sessions -= 1;
+                // With a mapping the host holds it still; the mapping's removal below
+                // releases the host if it was the last.
+                self.release_host(h);
+            }
+        }
         if s.map == NONE {
             return;
         }
@@ -585,27 +857,64 @@ impl Store {
         assert_eq!(live_maps.len() + self.free_maps.len(), self.maps.len());
         let mut per_host = std::collections::HashMap::<u32, u32>::new();
         for &mi in &live_maps {
-            let mp = &self.maps[mi as usize];
-            assert_eq!(self.map_in.get(&mp.key), Some(mi));
-            assert_eq!(
-                mp.sessions,
-                per_map.get(&mi).copied().unwrap_or(0),
-                "mapping session count"
-            );
-            assert!(mp.sessions > 0, "mapping without sessions kept");
-            if mp.rem0_sessions > 0 {
-                let n = filt.get(&(mi, mp.rem0)).copied().unwrap_or(0);
-                assert!(
-                    mp.rem0_sessions <= n,
-                    "inline filter count without sessions"
-                );
-            }
-            *per_host.entry(mp.host).or_default() += 1;
+            *per_host.entry(self.maps[mi as usize].host).or_default() += 1;
         }
-        assert_eq!(per_host.len(), self.host_tab.len(), "hosts vs host_tab");
-        assert_eq!(per_host.len() + self.free_hosts.len(), self.hosts.len());
-        for (h, n) in &per_host {
-            assert_eq!(self.hosts[*h as usize].mappings, *n, "host mapping count");
+        // Every session is counted once: in its host or in its mapping's inbound count.
+        let mut host_sessions = std::collections::HashMap::<u32, u32>::new();
+        let mut inbound =
+            std::collections::HashMap::<(u16, u8, u16, u32), (EndpointKey, u32)>::new();
+        for &i in &live {
+            let s = &self.sessions[i as usize];
+            let counted = s.flags & (flags::HOST_COUNTED | flags::INBOUND_COUNTED);
+            assert!(
+                counted == flags::HOST_COUNTED || counted == flags::INBOUND_COUNTED,
+                "session counted once: {s:?}"
+            );
+            if counted == flags::INBOUND_COUNTED {
+                assert_eq!(s.map, NONE, "inbound-counted session on a mapping");
+                let k = Self::inbound_key(s);
+                inbound
+                    .entry((k.realm, k.proto.0, k.port, k.addr))
+                    .or_insert((k, 0))
+                    .1 += 1;
+                continue;
+            }
+            let h = if s.map != NONE {
+                self.maps[s.map as usize].host
+            } else {
+                self.host_tab
+                    .get(&HostKey {
+                        realm: s.realm,
+                        addr: s.in_addr,
+                    })
+                    .expect("host of a counted session")
+            };
+            let hs = &self.hosts[h as usize];
+            assert_eq!((hs.realm, hs.addr), (s.realm, s.in_addr), "host of {s:?}");
+            *host_sessions.entry(h).or_default() += 1;
+        }
+        let hosts: std::collections::HashSet<u32> = per_host
+            .keys()
+            .chain(host_sessions.keys())
+            .copied()
+            .collect();
+        assert_eq!(hosts.len(), self.host_tab.len(), "hosts vs host_tab");
+        assert_eq!(hosts.len() + self.free_hosts.len(), self.hosts.len());
+        for h in &hosts {
+            let hs = &self.hosts[*h as usize];
+            let k = HostKey {
+                realm: hs.realm,
+                addr: hs.addr,
+            };
+            assert_eq!(self.host_tab.get(&k), Some(*h), "host_tab of {hs:?}");
+            let m = per_host.get(h).copied().unwrap_or(0);
+            assert_eq!(hs.mappings, m, "host mapping count");
+            let n = host_sessions.get(h).copied().unwrap_or(0);
+            assert_eq!(hs.sessions, n, "host session count");
+        }
+        assert_eq!(inbound.len(), self.inbound.len(), "inbound counts");
+        for (k, n) in inbound.values() {
+            assert_eq!(self.inbound.get(k), Some(*n), "inbound count of {k:?}");
         }
         // Per (mapping, remote): the inline count plus the table's is the number of sessions.
         let mut in_table = 0;

@@ -7,23 +7,26 @@ fn host(i: u32) -> [u8; 4] {
     [10, 0, 0, 10 + (i % 200) as u8]
 }
 
+/// Opens an established TCP connection from `src:sport` to R1:80; returns the external port.
+pub(super) fn established(h: &mut H, src: [u8; 4], sport: u16) -> u16 {
+    let p = h.fwd(&tcp(src, sport, R1, 80, SYN), IN0, fwd_out());
+    h.fwd(&tcp(R1, 80, POOL, p.sport, SYN | ACK), OUTSIDE, fwd_in(src));
+    h.fwd(&tcp(src, sport, R1, 80, ACK), IN0, fwd_out());
+    p.sport
+}
+
 #[test]
 fn session_table_full_then_recovers() {
-    let mut h = H::new(&conf(
-        "",
-        "[realm.timeouts]\nudp = 120",
-        "[sessions]\ncapacity_per_core = 1024",
-    ));
-    // 1024 flows: one inside endpoint per flow.
+    // Established TCP connections are never evicted: a table full of them refuses new flows.
+    let mut h = H::new(&conf("", "", "[sessions]\ncapacity_per_core = 1024"));
     for i in 0..1024u32 {
-        let (v, _) = h.run(&udp(host(i), 2000 + (i / 200) as u16, R1, 53), IN0);
-        assert_eq!(v, fwd_out(), "flow {i}");
+        established(&mut h, host(i), 2000 + (i / 200) as u16);
     }
     assert_eq!(h.e.session_count(), 1024);
     h.drop(&udp(A, 9999, R1, 53), IN0, DropReason::SessionTableFull);
     // A new session on an existing mapping fails too, without hurting the mapping.
     h.drop(
-        &udp(host(0), 2000, R2, 53),
+        &tcp(host(0), 2000, R2, 80, SYN),
         IN0,
         DropReason::SessionTableFull,
     );
@@ -37,16 +40,16 @@ fn session_table_full_then_recovers() {
     h.drop(&udp(R2, 53, POOL, free), OUTSIDE, DropReason::Unsolicited);
     h.at(T0 + 60.0);
     // Existing flows keep working in both directions.
-    let p = h.fwd(&udp(host(0), 2000, R1, 53), IN0, fwd_out());
-    h.fwd(&udp(R1, 53, POOL, p.sport), OUTSIDE, fwd_in(host(0)));
+    let p = h.fwd(&tcp(host(0), 2000, R1, 80, ACK), IN0, fwd_out());
+    h.fwd(&tcp(R1, 80, POOL, p.sport, ACK), OUTSIDE, fwd_in(host(0)));
     h.e.check_invariants();
     // Past the timeout of the others (not of flow 0, refreshed at +60): new flows fit again,
     // even before a sweep has run.
-    h.at(T0 + 121.0);
+    h.at(T0 + 7441.0);
     for i in 0..10u16 {
         h.fwd(&udp(A, 9000 + i, R1, 53), IN0, fwd_out());
     }
-    h.tick(T0 + 122.0);
+    h.tick(T0 + 7442.0);
     assert_eq!(h.e.session_count(), 11);
     h.e.check_invariants();
 }

@@ -3,7 +3,9 @@
 
 mod util;
 
+mod floods;
 mod frag;
+mod hostile;
 mod icmp;
 mod limits;
 mod mapping;

@@ -258,8 +258,13 @@ fn any_frame() -> impl Strategy<Value = FrameSpec> {
         0u8..3,
         (2u8..255).prop_map(|b| [10, 0, 0, b]),
         1u16..,
-        any::<[u8; 4]>().prop_filter("not natgw", |a| {
-            a[0] != 10 && a[0] != 0 && *a != OUT && !(a[0] == 192 && a[1] == 168)
+        any::<[u8; 4]>().prop_filter("not natgw, not martian", |a| {
+            a[0] != 10
+                && a[0] != 0
+                && a[0] != 127
+                && a[0] < 224
+                && *a != OUT
+                && !(a[0] == 192 && a[1] == 168)
         }),
         1u16..,
         2u8..,

@@ -14,7 +14,7 @@ mod umem;
 
 pub use ring::Desc;
 pub use socket::{XdpStatistics, XskConfig, XskSocket, wait_rx_any};
-pub use umem::Umem;
+pub use umem::{BadDesc, Umem};
 
 use std::io;
 

@@ -246,4 +246,77 @@ mod tests {
         std::mem::forget(prod);
         std::mem::forget(cons);
     }
+
+    /// The indexes are free-running u32s: a ring that has moved 2^32 entries keeps working.
+    /// Starts a few entries before the wrap and crosses it in every phase: full ring,
+    /// partial produce, partial consume, empty ring.
+    #[test]
+    fn ring_indices_cross_the_u32_wrap() {
+        for start in [u32::MAX - 5, u32::MAX - 3, u32::MAX, 0u32.wrapping_sub(8)] {
+            let mut mem = Vec::new();
+            let mut prod: Ring<u64> = fake_ring(&mut mem, 8, true);
+            prod.producer().store(start, Ordering::Relaxed);
+            prod.consumer().store(start, Ordering::Relaxed);
+            prod.cached_prod = start;
+            prod.cached_cons = start.wrapping_add(8);
+            let mut cons: Ring<u64> = Ring {
+                map: NonNull::dangling(),
+                map_len: 0,
+                producer: prod.producer,
+                consumer: prod.consumer,
+                flags: prod.flags,
+                descs: prod.descs,
+                mask: 7,
+                size: 8,
+                cached_prod: start,
+                cached_cons: start,
+            };
+            let mut next = 0u64;
+            let mut expect = 0u64;
+            let mut out = [0u64; 16];
+            for round in 0..40u64 {
+                // Produce 1..=8 entries, consume 1..=8: the fill level wanders over 0..=8.
+                let want = (round * 5 % 8 + 1) as usize;
+                let items: Vec<u64> = (next..next + want as u64).collect();
+                let level = next - expect;
+                let n = prod.produce(&items, |&a| a);
+                assert_eq!(
+                    n as u64,
+                    (want as u64).min(8 - level),
+                    "free space at {start}"
+                );
+                next += n as u64;
+                let take = (round * 3 % 8 + 1) as usize;
+                let m = cons.consume(&mut out[..take], |a| a);
+                // The consumer re-reads the producer index only when its cached view is
+                // empty (as libxdp's peek does), so it may see fewer, never more, and
+                // never nothing when there is something.
+                let avail = next - expect;
+                assert!(m as u64 <= (take as u64).min(avail));
+                assert!(m > 0 || avail == 0, "entries lost at the wrap ({start})");
+                for &v in &out[..m] {
+                    assert_eq!(v, expect, "order across the wrap at {start}");
+                    expect += 1;
+                }
+            }
+            while next > expect {
+                let m = cons.consume(&mut out, |a| a);
+                assert!(m > 0);
+                for &v in &out[..m] {
+                    assert_eq!(v, expect);
+                    expect += 1;
+                }
+            }
+            assert_eq!(
+                prod.producer().load(Ordering::Relaxed),
+                start.wrapping_add(next as u32)
+            );
+            assert_eq!(
+                prod.producer().load(Ordering::Relaxed),
+                cons.consumer().load(Ordering::Relaxed)
+            );
+            std::mem::forget(prod);
+            std::mem::forget(cons);
+        }
+    }
 }

@@ -6,9 +6,20 @@ use std::ptr::{self, NonNull};
 use std::sync::atomic::AtomicBool;
 
 use super::invalid;
+use super::ring::Desc;
 use crate::sys;
 
 const HUGE_PAGE: usize = 2 << 20;
+
+/// Why a received descriptor was refused (see [`Umem::check_desc`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BadDesc {
+    /// The address lies outside the area: no frame of this UMEM, nothing to recycle.
+    Address,
+    /// The packet would run past the end of its frame. `chunk` is that frame's start: the
+    /// frame is the caller's again and goes back to its free list.
+    Length { chunk: u64 },
+}
 
 /// The packet buffer area shared with the kernel, cut into equal frames.
 ///
@@ -114,6 +125,24 @@ impl Umem {
         (addr as usize, len.min(avail))
     }
 
+    /// Checks a descriptor from the rx ring against the area: `Ok((chunk, offset, len))`
+    /// with the packet at `chunk + offset`, inside the frame starting at `chunk`. The kernel
+    /// validates what userspace gives it, not the other way round; a descriptor it should
+    /// never produce is refused here, for the caller to count and drop, instead of being
+    /// clipped into a frame that does not hold the packet.
+    #[inline]
+    pub fn check_desc(&self, d: Desc) -> Result<(u64, usize, usize), BadDesc> {
+        if d.addr >= self.len as u64 {
+            return Err(BadDesc::Address);
+        }
+        let chunk = d.addr & !(self.frame_size as u64 - 1);
+        let off = (d.addr - chunk) as usize;
+        if off + d.len as usize > self.frame_size as usize {
+            return Err(BadDesc::Length { chunk });
+        }
+        Ok((chunk, off, d.len as usize))
+    }
+
     /// The bytes at `addr`, at most `len` of them and never past the end of its frame.
     ///
     /// Only meaningful for frames userspace owns (received and not yet handed back):
@@ -181,6 +210,25 @@ mod tests {
         let f = unsafe { u.frame_mut(4096, 4) };
         f.copy_from_slice(&[1, 2, 3, 4]);
         assert_eq!(u.frame(4096, 4), &[1, 2, 3, 4]);
+    }
+
+    #[test]
+    fn descriptors_outside_the_area_or_their_frame_are_refused() {
+        let u = Umem::new(8, 2048).unwrap();
+        let d = |addr, len| Desc { addr, len };
+        assert_eq!(u.check_desc(d(4096 + 256, 1500)), Ok((4096, 256, 1500)));
+        assert_eq!(u.check_desc(d(7 * 2048, 2048)), Ok((7 * 2048, 0, 2048)));
+        assert_eq!(u.check_desc(d(0, 0)), Ok((0, 0, 0)));
+        assert_eq!(u.check_desc(d(8 * 2048, 64)), Err(BadDesc::Address));
+        assert_eq!(u.check_desc(d(u64::MAX, 64)), Err(BadDesc::Address));
+        assert_eq!(
+            u.check_desc(d(2048 + 100, 1949)),
+            Err(BadDesc::Length { chunk: 2048 })
+        );
+        assert_eq!(
+            u.check_desc(d(7 * 2048 + 1, u32::MAX)),
+            Err(BadDesc::Length { chunk: 7 * 2048 })
+        );
     }
 
     #[test]

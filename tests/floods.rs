@@ -1,0 +1,309 @@
+//! State floods through the real binary (issue 10 part 2): a small session table, one inside
+//! host opening sessions to thousands of remote ports, a spoofed SYN flood from outside at a
+//! port forward, and meanwhile every new TCP connection of a second inside host must
+//! succeed. Before the per-host limit and early-drop eviction, the table filled and every
+//! one of those connections failed.
+//!
+//! Needs root and the `ip` command; under `CI=true` a missing prerequisite is a failure.
+//! Run under the shared lock: `CI=true flock /tmp/natgw-netns.lock cargo test --test floods`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use natgw_testbed::lab::api_get;
+use natgw_testbed::netns::prerequisites;
+use natgw_testbed::sockets::internet_checksum;
+use natgw_testbed::{Topology, TopologySpec, run_in_netns};
+
+const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
+
+/// natgw in the gateway namespace; SIGTERM (then SIGKILL) on drop.
+struct Natgw {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl Natgw {
+    fn start(topo: &Topology, config: &str, tag: &str) -> Natgw {
+        let pid = std::process::id();
+        let dir = std::env::temp_dir();
+        let cfg = dir.join(format!("natgw-floods-{tag}-{pid}.toml"));
+        let stderr = dir.join(format!("natgw-floods-{tag}-{pid}.stderr"));
+        std::fs::write(&cfg, config).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", topo.gw_ns(), NATGW, "run", "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting natgw");
+        let mut n = Natgw { child, stderr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while api_get(topo.gw_ns(), "/stats").is_err() {
+            if let Ok(Some(s)) = n.child.try_wait() {
+                panic!("natgw exited ({s}):\n{}", n.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "natgw API silent:\n{}",
+                n.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(&cfg);
+        n
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for Natgw {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stderr);
+    }
+}
+
+/// A TCP SYN from `src:sport` to `dst:dport`, IPv4 header included (for IPPROTO_RAW).
+fn syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let c = internet_checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let t = &mut p[20..];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = 0x02;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(32);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&p[20..]);
+    let c = internet_checksum(&pseudo);
+    p[36..38].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// Sends spoofed SYNs from `net.x` (x random, 10..250) to `dst` until `stop`; counts them.
+fn syn_flood(
+    ns: &str,
+    net: Ipv4Addr,
+    dst: SocketAddrV4,
+    stop: Arc<AtomicBool>,
+    sent: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
+    // SAFETY: plain socket(2); checked below.
+    let fd = run_in_netns(ns, || unsafe {
+        libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)
+    });
+    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    std::thread::spawn(move || {
+        let mut x: u32 = 0x9e37_79b9;
+        // SAFETY: all-zero sockaddr_in is valid; filled below.
+        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+        to.sin_family = libc::AF_INET as libc::sa_family_t;
+        to.sin_addr.s_addr = u32::from(*dst.ip()).to_be();
+        let base = net.octets();
+        while !stop.load(Ordering::Relaxed) {
+            for _ in 0..50 {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                let src = Ipv4Addr::new(base[0], base[1], base[2], 10 + (x % 240) as u8);
+                let p = syn(
+                    src,
+                    1024 + (x >> 16) as u16 % 60000,
+                    *dst.ip(),
+                    dst.port(),
+                    x,
+                );
+                // SAFETY: p and to are valid for the given lengths.
+                unsafe {
+                    libc::sendto(
+                        fd,
+                        p.as_ptr().cast(),
+                        p.len(),
+                        0,
+                        (&to as *const libc::sockaddr_in).cast(),
+                        size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    )
+                };
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // SAFETY: our own fd.
+        unsafe { libc::close(fd) };
+    })
+}
+
+/// The number after `"key":` in a JSON text.
+fn json_u64(json: &str, key: &str) -> u64 {
+    let pat = format!("\"{key}\":");
+    json.find(&pat)
+        .map(|i| {
+            json[i + pat.len()..]
+                .chars()
+                .take_while(|c| c.is_ascii_digit())
+                .collect::<String>()
+        })
+        .and_then(|d| d.parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn new_connections_survive_a_udp_spray_and_a_syn_flood() {
+    let name = "new_connections_survive_a_udp_spray_and_a_syn_flood";
+    if !prerequisites(name) {
+        return;
+    }
+    let mut spec = TopologySpec::new("hdfl");
+    spec.inside_hosts = 2;
+    Topology::cleanup_stale(&spec.tag).unwrap();
+    let topo = Topology::build(&spec).unwrap_or_else(|e| panic!("building {spec:?}: {e}"));
+    let a = topo.hosts()[0].clone();
+    let b = topo.hosts()[1].clone();
+    let pool = topo.pool(0).0;
+    let server = topo.server_addr();
+    // A port forward to host A, and a table of 1024 sessions (the smallest allowed).
+    let config = topo.natgw_config().replacen(
+        "pool = [",
+        &format!(
+            "static = [{{ protocol = \"tcp\", external = \"{pool}:8080\", internal = \"{}:80\" }}]\npool = [",
+            a.addr
+        ),
+        1,
+    ) + "[sessions]\ncapacity_per_core = 1024\n";
+    let natgw = Natgw::start(&topo, &config, &spec.tag);
+
+    // The server: a TCP echo of one line per connection.
+    let listener = run_in_netns(topo.server_ns(), || TcpListener::bind((server, 0))).unwrap();
+    let to = match listener.local_addr().unwrap() {
+        SocketAddr::V4(v) => v,
+        _ => unreachable!(),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = {
+        let stop = Arc::clone(&stop);
+        listener.set_nonblocking(true).unwrap();
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut c, _)) => {
+                        c.set_nonblocking(false).unwrap();
+                        c.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+                        let mut buf = [0u8; 64];
+                        if let Ok(n) = c.read(&mut buf) {
+                            let _ = c.write_all(&buf[..n]);
+                        }
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                }
+            }
+        })
+    };
+
+    // The flood: spoofed SYNs from the server's network at the port forward.
+    let sent = Arc::new(AtomicU64::new(0));
+    let flood = syn_flood(
+        topo.server_ns(),
+        Ipv4Addr::new(192, 168, 2, 0),
+        SocketAddrV4::new(pool, 8080),
+        Arc::clone(&stop),
+        Arc::clone(&sent),
+    );
+    // The spray: host A, one socket, one datagram to each of 3000 ports of the server,
+    // three times over while B connects.
+    let spray = {
+        let stop = Arc::clone(&stop);
+        let sock = run_in_netns(&a.ns, || UdpSocket::bind((a.addr, 0))).unwrap();
+        std::thread::spawn(move || {
+            let mut n = 0u64;
+            for round in 0..3 {
+                for p in 0..3000u16 {
+                    if stop.load(Ordering::Relaxed) {
+                        return n;
+                    }
+                    let _ = sock.send_to(b"spray", (server, 20000 + p));
+                    n += 1;
+                    if p % 100 == 0 {
+                        std::thread::sleep(Duration::from_millis(5 + round));
+                    }
+                }
+            }
+            n
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+
+    let mut failed = Vec::new();
+    for i in 0..20 {
+        let r = run_in_netns(&b.ns, || {
+            TcpStream::connect_timeout(&SocketAddr::V4(to), Duration::from_secs(3))
+        })
+        .and_then(|mut c| {
+            c.set_read_timeout(Some(Duration::from_secs(3)))?;
+            c.write_all(format!("hello {i}").as_bytes())?;
+            let mut buf = [0u8; 64];
+            let n = c.read(&mut buf)?;
+            if &buf[..n] != format!("hello {i}").as_bytes() {
+                return Err(std::io::Error::other("wrong echo"));
+            }
+            Ok(())
+        });
+        if let Err(e) = r {
+            failed.push(format!("connection {i}: {e}"));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    stop.store(true, Ordering::Relaxed);
+    let sprayed = spray.join().unwrap();
+    flood.join().unwrap();
+    echo.join().unwrap();
+    let stats = api_get(topo.gw_ns(), "/stats").unwrap_or_default();
+    let report = format!(
+        "sprayed {sprayed} datagrams, flooded {} SYNs; created {} sessions, evicted {} \
+         transitory and {} idle; /stats: {stats}",
+        sent.load(Ordering::Relaxed),
+        json_u64(&stats, "sessions_created"),
+        json_u64(&stats, "sessions_evicted_transitory"),
+        json_u64(&stats, "sessions_evicted_idle"),
+    );
+    eprintln!("{report}");
+    assert!(
+        failed.is_empty(),
+        "{} of 20 new TCP connections failed: {failed:?}\n{report}\n{}",
+        failed.len(),
+        natgw.stderr()
+    );
+    assert!(
+        sprayed >= 3000 && sent.load(Ordering::Relaxed) > 1000,
+        "{report}"
+    );
+    drop(natgw);
+    drop(topo);
+}
