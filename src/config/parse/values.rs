@@ -62,41 +62,66 @@ pub(super) fn unicast(s: &str, field: &str) -> Result<Ipv4Addr, ConfigError> {
     Ok(a)
 }
 
+/// Why a text is not a prefix or an address range; the parser puts it in a `ConfigError`
+/// with the key path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValueError(String);
+
+impl ValueError {
+    fn new(reason: String) -> ValueError {
+        ValueError(reason)
+    }
+}
+
+impl std::fmt::Display for ValueError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ValueError {}
+
+impl From<ValueError> for String {
+    fn from(e: ValueError) -> String {
+        e.0
+    }
+}
+
 impl FromStr for Ipv4Net {
-    type Err = String;
+    type Err = ValueError;
 
     /// `a.b.c.d/len` with the host bits zero.
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         let s = s.trim();
         let (a, l) = s
             .split_once('/')
-            .ok_or_else(|| format!("{s:?} is not a prefix (a.b.c.d/len)"))?;
+            .ok_or_else(|| ValueError::new(format!("{s:?} is not a prefix (a.b.c.d/len)")))?;
         let addr = Ipv4Addr::from_str(a.trim())
-            .map_err(|_| format!("{s:?}: {a:?} is not an IPv4 address"))?;
+            .map_err(|_| ValueError::new(format!("{s:?}: {a:?} is not an IPv4 address")))?;
         let len = l
             .trim()
             .parse::<u8>()
             .ok()
             .filter(|l| *l <= 32)
-            .ok_or_else(|| format!("{s:?}: prefix length {l:?} is not 0..=32"))?;
+            .ok_or_else(|| ValueError::new(format!("{s:?}: prefix length {l:?} is not 0..=32")))?;
         let net = Ipv4Net { addr, len };
         let base = Ipv4Addr::from(u32::from(addr) & net.mask());
         if base != addr {
-            return Err(format!(
+            return Err(ValueError::new(format!(
                 "{s:?} has host bits set (did you mean {base}/{len}?)"
-            ));
+            )));
         }
         Ok(net)
     }
 }
 
 impl FromStr for AddrRange {
-    type Err = String;
+    type Err = ValueError;
 
     /// One address `a.b.c.d`, an inclusive range `a.b.c.d-e.f.g.h`, or a prefix `a.b.c.d/len`
     /// (every address of it, network and broadcast included: pool addresses are routed to
     /// natgw, not on a link).
-    fn from_str(s: &str) -> Result<Self, String> {
+    fn from_str(s: &str) -> Result<Self, ValueError> {
         let t = s.trim();
         if t.contains('/') {
             let n = Ipv4Net::from_str(t)?;
@@ -107,11 +132,13 @@ impl FromStr for AddrRange {
         }
         let (a, b) = t.split_once('-').unwrap_or((t, t));
         let first = Ipv4Addr::from_str(a.trim())
-            .map_err(|_| format!("{s:?}: {a:?} is not an IPv4 address"))?;
+            .map_err(|_| ValueError::new(format!("{s:?}: {a:?} is not an IPv4 address")))?;
         let last = Ipv4Addr::from_str(b.trim())
-            .map_err(|_| format!("{s:?}: {b:?} is not an IPv4 address"))?;
+            .map_err(|_| ValueError::new(format!("{s:?}: {b:?} is not an IPv4 address")))?;
         if first > last {
-            return Err(format!("{s:?}: first address {first} is after last {last}"));
+            return Err(ValueError::new(format!(
+                "{s:?}: first address {first} is after last {last}"
+            )));
         }
         Ok(AddrRange { first, last })
     }
