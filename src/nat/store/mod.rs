@@ -9,42 +9,23 @@
 //! a mapping by its inside key; both carry the realm's stable id (see `Rules`), never the
 //! position of a realm, a pool address or a static mapping in the configuration file.
 
+#[cfg(test)]
+mod invariants;
+mod limits;
 mod mapping;
+mod slots;
 
 use super::counters::Counters;
 use super::ports::PortAllocator;
 use super::rng::Rng;
 use super::rules::{EndpointKey, HostKey, RealmRules, Rules};
 use super::session::*;
-use super::table::{FlowTable, Key};
+use super::table::FlowTable;
 use super::types::DropReason;
 use crate::config::Filtering;
 use crate::packet::ipv4::Protocol;
 use std::sync::Arc;
 
-/// Expired sessions looked at when the table is full before giving up on a new flow.
-const RECLAIM_TRIES: usize = 64;
-/// Live sessions looked at for an eviction victim (after reclaiming found nothing expired),
-/// and slots at most (free ones are skipped cheaply: slots are read in order).
-const EVICT_TRIES: usize = 32;
-const EVICT_SCAN: usize = 256;
-/// A half-open outbound TCP connection is this many seconds safe from eviction: long enough
-/// for its SYN-ACK (the first SYN retransmission comes after 1 s).
-const HALF_OPEN_GRACE: u32 = 2;
-/// The protocol of a 1:1 mapping's inbound count key: all protocols together.
-const ANY_PROTO: Protocol = Protocol(255);
-
-/// Which sessions may be evicted to make room (see `Store::evict`).
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Evict {
-    /// For a flow an inside host opens: transitory TCP first, else the most idle UDP/ICMP.
-    Outbound,
-    /// For a flow opened from outside: transitory TCP only. Unsolicited traffic never
-    /// pushes out an inside host's UDP state.
-    Inbound,
-    /// Under a mapping's inbound limit: a transitory TCP session of that same mapping.
-    Rule(EndpointKey),
-}
 /// RFC 6888 REQ-8 / RFC 4787: a freed external port is not reused for this long.
 pub const PORT_HOLD_SECS: u32 = 120;
 /// Held ports cap per realm and core (beyond it ports are freed early, counted).
@@ -141,30 +122,6 @@ impl Store {
     ) -> usize {
         let hold = (pool.saturating_mul(3 * 65536) / cores.max(1)).clamp(1024, HOLD_CAP);
         PortAllocator::bytes_for(pool.max(1), range.0, range.1, partition, 0, hold, statics)
-    }
-
-    /// Room for a count per static and 1:1 mapping.
-    fn inbound_table(rules: &Rules) -> FlowTable<EndpointKey> {
-        FlowTable::with_capacity((rules.statics.len() + rules.one_to_one.len()).max(1))
-    }
-
-    /// The count an inbound-opened static or 1:1 session is held against.
-    fn inbound_key(s: &Session) -> EndpointKey {
-        if s.flags & flags::ONE_TO_ONE != 0 {
-            EndpointKey {
-                realm: s.realm,
-                proto: ANY_PROTO,
-                port: 0,
-                addr: s.in_addr,
-            }
-        } else {
-            EndpointKey {
-                realm: s.realm,
-                proto: s.proto,
-                port: s.in_port,
-                addr: s.in_addr,
-            }
-        }
     }
 
     /// One port allocator per realm, with the static mappings' ports reserved.
@@ -307,65 +264,6 @@ impl Store {
         realm.timeout(s.proto, tcp::is_established(s.tcp))
     }
 
-    // ---- the fast path's view: index slots by position -------------------------------
-
-    #[inline(always)]
-    pub fn prefetch_in(&self, hash: u64) {
-        self.in_tab.prefetch(hash)
-    }
-
-    #[inline(always)]
-    pub fn prefetch_out(&self, hash: u64) {
-        self.out_tab.prefetch(hash)
-    }
-
-    /// Where an inside key's slot is, and the table epoch that position is valid in.
-    #[inline(always)]
-    pub fn position_in(&self, k: &InKey, hash: u64) -> Option<(u32, u32)> {
-        let pos = self.in_tab.find(k, hash)?;
-        Some((pos as u32, self.in_tab.epoch()))
-    }
-
-    #[inline(always)]
-    pub fn position_out(&self, k: &OutKey, hash: u64) -> Option<(u32, u32)> {
-        let pos = self.out_tab.find(k, hash)?;
-        Some((pos as u32, self.out_tab.epoch()))
-    }
-
-    /// The slot at `pos` if it still holds `k`: trusted without a key compare while the
-    /// table's epoch is the one the position was found in (no insert, remove or clear since).
-    #[inline(always)]
-    pub fn slot_in(&mut self, pos: u32, epoch: u32, k: &InKey) -> Option<&mut InVal> {
-        let pos = pos as usize;
-        if self.in_tab.epoch() != epoch && self.in_tab.key_at(pos) != k {
-            return None;
-        }
-        Some(self.in_tab.val_at_mut(pos))
-    }
-
-    #[inline(always)]
-    pub fn slot_out(&mut self, pos: u32, epoch: u32, k: &OutKey) -> Option<&mut OutVal> {
-        let pos = pos as usize;
-        if self.out_tab.epoch() != epoch && self.out_tab.key_at(pos) != k {
-            return None;
-        }
-        Some(self.out_tab.val_at_mut(pos))
-    }
-
-    /// A new flow's set-up looks up its mapping and its host next: start both loads.
-    #[inline(always)]
-    pub fn prefetch_setup(&self, realm: &RealmRules, k: &InKey) {
-        let mk = Self::map_key(realm, k.proto, k.in_addr, k.in_port, k.rem_addr, k.rem_port);
-        self.map_in.prefetch(mk.hash());
-        self.host_tab.prefetch(
-            HostKey {
-                realm: k.realm,
-                addr: k.in_addr,
-            }
-            .hash(),
-        );
-    }
-
     /// Looks a session up from inside; an expired one is removed and not returned.
     #[inline]
     pub fn find_in(&mut self, k: &InKey) -> Option<u32> {
@@ -454,134 +352,6 @@ impl Store {
         }
     }
 
-    /// Deletes expired sessions (looking at no more than `RECLAIM_TRIES` slots) until `enough`.
-    /// Deleting a session may delete its mapping, so callers reclaim before they look up the
-    /// mapping a new session will use, never between that lookup and the session's creation.
-    fn reclaim(&mut self, enough: fn(&Store) -> bool) {
-        for _ in 0..RECLAIM_TRIES.min(self.sessions.len()) {
-            if enough(self) {
-                return;
-            }
-            self.examine_next();
-        }
-    }
-
-    /// When the table is full, reclaims expired sessions so a new one fits, else evicts the
-    /// least valuable session the way conntrack's early drop does (`evict`; `inbound`: the
-    /// new flow comes from outside). Called before a new session's mapping is looked up
-    /// (see `reclaim`); creation fails later if no slot came free.
-    pub fn make_session_room(&mut self, inbound: bool) {
-        if self.free_sessions.is_empty() {
-            self.reclaim(|e| !e.free_sessions.is_empty());
-        }
-        if self.free_sessions.is_empty() {
-            self.evict(if inbound {
-                Evict::Inbound
-            } else {
-                Evict::Outbound
-            });
-        }
-    }
-
-    /// Deletes one session that `mode` allows, looking at no more than `EVICT_TRIES` live
-    /// sessions (`EVICT_SCAN` slots), in slot order from where the last search stopped:
-    /// the first transitory TCP session found (half-open from outside, half-open from
-    /// inside for longer than `HALF_OPEN_GRACE`, closed or reset); failing that, for
-    /// `Outbound`, the UDP/ICMP session with the earliest deadline (the most idle). An
-    /// established TCP connection is never evicted. True if a slot came free.
-    fn evict(&mut self, mode: Evict) -> bool {
-        let n = self.sessions.len();
-        let now = self.now;
-        let mut idle: Option<(u32, u32)> = None;
-        let mut live = 0;
-        for _ in 0..EVICT_SCAN.min(n) {
-            if live == EVICT_TRIES {
-                break;
-            }
-            let i = self.evict_cursor;
-            self.evict_cursor = if i + 1 == n { 0 } else { i + 1 };
-            let s = self.sessions[i];
-            if s.proto == FREE {
-                continue;
-            }
-            live += 1;
-            if let Evict::Rule(k) = mode
-                && (s.flags & flags::INBOUND_COUNTED == 0 || Self::inbound_key(&s) != k)
-            {
-                continue;
-            }
-            if s.proto == Protocol::TCP {
-                let half_open_out = s.flags & flags::INBOUND == 0
-                    && s.tcp & (tcp::RST | tcp::FIN_OUT | tcp::FIN_IN) == 0
-                    && s.created.saturating_add(HALF_OPEN_GRACE) > now;
-                if tcp::is_established(s.tcp) || half_open_out {
-                    continue;
-                }
-                self.delete_session(i as u32);
-                self.counters.sessions_evicted_transitory.inc();
-                return true;
-            }
-            if mode == Evict::Outbound {
-                let d = self.deadline(i as u32);
-                if idle.is_none_or(|(best, _)| d < best) {
-                    idle = Some((d, i as u32));
-                }
-            }
-        }
-        let Some((d, i)) = idle else {
-            return false;
-        };
-        self.delete_session(i);
-        if d <= now {
-            self.counters.sessions_expired.inc();
-        } else {
-            self.counters.sessions_evicted_idle.inc();
-        }
-        true
-    }
-
-    /// Whether an inside host already holds its realm's share of sessions (checked before
-    /// a new flow's mapping is made, so a refused flow costs no port).
-    pub fn host_full(&self, realm: &RealmRules, addr: u32) -> bool {
-        let k = HostKey {
-            realm: realm.id,
-            addr,
-        };
-        self.host_tab
-            .get(&k)
-            .is_some_and(|h| self.hosts[h as usize].sessions >= realm.per_host_sessions)
-    }
-
-    /// The host slot a new session is counted in: its mapping's, or for a static / 1:1
-    /// session found or created by address.
-    fn host_of(&mut self, s: &Session) -> Result<u32, DropReason> {
-        if s.map != NONE {
-            return Ok(self.maps[s.map as usize].host);
-        }
-        let hk = HostKey {
-            realm: s.realm,
-            addr: s.in_addr,
-        };
-        if let Some(h) = self.host_tab.get(&hk) {
-            return Ok(h);
-        }
-        let Some(h) = self.free_hosts.pop() else {
-            return Err(DropReason::SessionTableFull);
-        };
-        self.hosts[h as usize] = HostSlot {
-            realm: s.realm,
-            ext_index: 0,
-            addr: s.in_addr,
-            mappings: 0,
-            sessions: 0,
-        };
-        if self.host_tab.insert(hk, h).is_err() {
-            self.free_hosts.push(h);
-            return Err(DropReason::SessionTableFull);
-        }
-        Ok(h)
-    }
-
     /// Frees a host slot that holds neither mappings nor sessions.
     pub(super) fn release_host(&mut self, h: u32) {
         let hs = self.hosts[h as usize];
@@ -592,27 +362,6 @@ impl Store {
             });
             self.free_hosts.push(h);
         }
-    }
-
-    /// Admits a new session under its limits: an inbound static / 1:1 session against its
-    /// mapping's inbound count (evicting a transitory one of the same mapping at the limit),
-    /// any other against its inside host's. Ok: the host slot to count it in, if any.
-    fn admit(&mut self, realm: &RealmRules, s: &Session) -> Result<Option<u32>, DropReason> {
-        if s.flags & flags::INBOUND != 0 && s.map == NONE {
-            let k = Self::inbound_key(s);
-            if self.inbound.get(&k).unwrap_or(0) >= realm.inbound_per_mapping
-                && !self.evict(Evict::Rule(k))
-            {
-                return Err(DropReason::InboundLimit);
-            }
-            return Ok(None);
-        }
-        let h = self.host_of(s)?;
-        if self.hosts[h as usize].sessions >= realm.per_host_sessions {
-            self.release_host(h);
-            return Err(DropReason::PerHostSessions);
-        }
-        Ok(Some(h))
     }
 
     fn session_slot(&mut self) -> Option<u32> {
@@ -808,129 +557,5 @@ impl Store {
                 self.delete_session(i as u32);
             }
         }
-    }
-}
-
-#[cfg(test)]
-impl Store {
-    /// Cross-checks every table against the slots (tests only; O(capacity)).
-    pub fn check_invariants(&self) {
-        let live: Vec<u32> = (0..self.sessions.len() as u32)
-            .filter(|&i| self.sessions[i as usize].proto != FREE)
-            .collect();
-        assert_eq!(live.len(), self.in_tab.len(), "live sessions vs in_tab");
-        assert_eq!(live.len(), self.out_tab.len(), "live sessions vs out_tab");
-        assert_eq!(
-            live.len() + self.free_sessions.len(),
-            self.sessions.len(),
-            "session slots leaked"
-        );
-        let mut per_map = std::collections::HashMap::<u32, u32>::new();
-        let mut filt = std::collections::HashMap::<(u32, u32), u32>::new();
-        for &i in &live {
-            let s = &self.sessions[i as usize];
-            let iv = self.in_tab.get(&s.in_key()).expect("in_tab entry");
-            let ov = self.out_tab.get(&s.out_key()).expect("out_tab entry");
-            assert_eq!(iv.sess & slot::INDEX, i, "in_tab of {s:?}");
-            assert_eq!(ov.sess & slot::INDEX, i, "out_tab of {s:?}");
-            assert_eq!((iv.ext_addr, iv.ext_port), (s.ext_addr, s.ext_port));
-            assert_eq!(
-                (ov.in_addr, ov.in_port, ov.realm),
-                (s.in_addr, s.in_port, s.realm)
-            );
-            assert!(iv.expires >= s.expires && ov.expires >= s.expires, "{s:?}");
-            if s.map != NONE {
-                let mp = &self.maps[s.map as usize];
-                assert_ne!(mp.proto, FREE, "session on a free mapping");
-                assert_eq!((mp.ext_addr, mp.ext_port), (s.ext_addr, s.ext_port));
-                *per_map.entry(s.map).or_default() += 1;
-                if s.flags & flags::FILTER_COUNTED != 0 {
-                    *filt.entry((s.map, s.rem_addr)).or_default() += 1;
-                }
-            }
-        }
-        let live_maps: Vec<u32> = (0..self.maps.len() as u32)
-            .filter(|&i| self.maps[i as usize].proto != FREE)
-            .collect();
-        assert_eq!(live_maps.len(), self.map_in.len(), "mappings vs map_in");
-        assert_eq!(live_maps.len(), self.map_out.len(), "mappings vs map_out");
-        assert_eq!(live_maps.len() + self.free_maps.len(), self.maps.len());
-        let mut per_host = std::collections::HashMap::<u32, u32>::new();
-        for &mi in &live_maps {
-            *per_host.entry(self.maps[mi as usize].host).or_default() += 1;
-        }
-        // Every session is counted once: in its host or in its mapping's inbound count.
-        let mut host_sessions = std::collections::HashMap::<u32, u32>::new();
-        let mut inbound =
-            std::collections::HashMap::<(u16, u8, u16, u32), (EndpointKey, u32)>::new();
-        for &i in &live {
-            let s = &self.sessions[i as usize];
-            let counted = s.flags & (flags::HOST_COUNTED | flags::INBOUND_COUNTED);
-            assert!(
-                counted == flags::HOST_COUNTED || counted == flags::INBOUND_COUNTED,
-                "session counted once: {s:?}"
-            );
-            if counted == flags::INBOUND_COUNTED {
-                assert_eq!(s.map, NONE, "inbound-counted session on a mapping");
-                let k = Self::inbound_key(s);
-                inbound
-                    .entry((k.realm, k.proto.0, k.port, k.addr))
-                    .or_insert((k, 0))
-                    .1 += 1;
-                continue;
-            }
-            let h = if s.map != NONE {
-                self.maps[s.map as usize].host
-            } else {
-                self.host_tab
-                    .get(&HostKey {
-                        realm: s.realm,
-                        addr: s.in_addr,
-                    })
-                    .expect("host of a counted session")
-            };
-            let hs = &self.hosts[h as usize];
-            assert_eq!((hs.realm, hs.addr), (s.realm, s.in_addr), "host of {s:?}");
-            *host_sessions.entry(h).or_default() += 1;
-        }
-        let hosts: std::collections::HashSet<u32> = per_host
-            .keys()
-            .chain(host_sessions.keys())
-            .copied()
-            .collect();
-        assert_eq!(hosts.len(), self.host_tab.len(), "hosts vs host_tab");
-        assert_eq!(hosts.len() + self.free_hosts.len(), self.hosts.len());
-        for h in &hosts {
-            let hs = &self.hosts[*h as usize];
-            let k = HostKey {
-                realm: hs.realm,
-                addr: hs.addr,
-            };
-            assert_eq!(self.host_tab.get(&k), Some(*h), "host_tab of {hs:?}");
-            let m = per_host.get(h).copied().unwrap_or(0);
-            assert_eq!(hs.mappings, m, "host mapping count");
-            let n = host_sessions.get(h).copied().unwrap_or(0);
-            assert_eq!(hs.sessions, n, "host session count");
-        }
-        assert_eq!(inbound.len(), self.inbound.len(), "inbound counts");
-        for (k, n) in inbound.values() {
-            assert_eq!(self.inbound.get(k), Some(*n), "inbound count of {k:?}");
-        }
-        // Per (mapping, remote): the inline count plus the table's is the number of sessions.
-        let mut in_table = 0;
-        for (&(map, rem_addr), &n) in &filt {
-            let mp = &self.maps[map as usize];
-            let inline = if mp.rem0 == rem_addr {
-                mp.rem0_sessions
-            } else {
-                0
-            };
-            assert!(inline <= n, "inline filter count");
-            let k = FilterKey { map, rem_addr };
-            let want = (n > inline).then_some(n - inline);
-            assert_eq!(self.filt.get(&k), want, "filter count");
-            in_table += usize::from(want.is_some());
-        }
-        assert_eq!(in_table, self.filt.len(), "filter entries");
     }
 }
