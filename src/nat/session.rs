@@ -164,24 +164,41 @@ impl Key for FilterKey {
 /// established once both sides sent a SYN; it is transitory while opening, once both sides
 /// sent a FIN, and after a RST (kept for the transitory timeout, not removed).
 pub mod tcp {
-    pub const SYN_OUT: u8 = 1;
-    pub const SYN_IN: u8 = 2;
-    pub const FIN_OUT: u8 = 4;
-    pub const FIN_IN: u8 = 8;
-    pub const RST: u8 = 16;
+    pub const SYN_OUT: u16 = 1;
+    pub const SYN_IN: u16 = 2;
+    pub const FIN_OUT: u16 = 4;
+    pub const FIN_IN: u16 = 8;
+    pub const RST: u16 = 16;
     /// Data seen in both directions without SYNs (session picked up mid-stream).
-    pub const SEEN_OUT: u8 = 32;
-    pub const SEEN_IN: u8 = 64;
+    pub const SEEN_OUT: u16 = 32;
+    pub const SEEN_IN: u16 = 64;
+    /// After both SYNs, a segment with ACK and without SYN (the handshake's third segment),
+    /// or a SYN-ACK from both sides (a simultaneous open). Until then a connection is
+    /// opening, not established (conntrack's SYN_RECV): a spoofed SYN that a listening
+    /// server answers with its SYN-ACK gets no further than that.
+    pub const ACKED: u16 = 128;
+    /// A SYN-ACK seen from inside / from outside.
+    pub const SYNACK_OUT: u16 = 256;
+    pub const SYNACK_IN: u16 = 512;
 
-    pub fn is_established(s: u8) -> bool {
+    const SYNS: u16 = SYN_OUT | SYN_IN;
+
+    pub fn is_established(s: u16) -> bool {
         s & RST == 0
-            && (s & (SYN_OUT | SYN_IN) == SYN_OUT | SYN_IN
-                || s & (SEEN_OUT | SEEN_IN) == SEEN_OUT | SEEN_IN)
+            && (s & (SYNS | ACKED) == SYNS | ACKED
+                || s & SYNS == 0 && s & (SEEN_OUT | SEEN_IN) == SEEN_OUT | SEEN_IN)
             && s & (FIN_OUT | FIN_IN) != FIN_OUT | FIN_IN
     }
 
+    /// Whether a segment without SYN, FIN or RST in a direction already `seen` can change
+    /// nothing: the fast path may take it. Not while a handshake is still open (its third
+    /// segment is one of those).
+    pub fn plain_changes_nothing(s: u16, seen: u16) -> bool {
+        s & seen != 0 && (s & SYNS == 0 || s & ACKED != 0)
+    }
+
     /// Apply a segment's flags (`outbound`: inside to outside).
-    pub fn update(s: u8, flags: u8, outbound: bool) -> u8 {
+    pub fn update(s: u16, flags: u8, outbound: bool) -> u16 {
         use crate::packet::tcp::flags as f;
         let mut s = s;
         if flags & f::RST != 0 {
@@ -193,6 +210,14 @@ pub mod tcp {
                 s = 0;
             }
             s |= if outbound { SYN_OUT } else { SYN_IN };
+            if flags & f::ACK != 0 {
+                s |= if outbound { SYNACK_OUT } else { SYNACK_IN };
+                if s & (SYNACK_OUT | SYNACK_IN) == SYNACK_OUT | SYNACK_IN {
+                    s |= ACKED;
+                }
+            }
+        } else if flags & f::ACK != 0 && s & SYNS == SYNS {
+            s |= ACKED;
         }
         if flags & f::FIN != 0 {
             s |= if outbound { FIN_OUT } else { FIN_IN };
@@ -273,10 +298,10 @@ pub struct Session {
     pub ext_port: u16,
     pub rem_port: u16,
     pub realm: u16,
+    /// TCP state, see [`tcp`].
+    pub tcp: u16,
     pub proto: Protocol,
-    pub tcp: u8,
     pub flags: u8,
-    pub _pad: u8,
     /// Mapping index, or NONE for static and 1:1 sessions.
     pub map: u32,
     /// Seconds (engine clock).
@@ -349,16 +374,41 @@ mod tests {
         let s = update(0, f::SYN, true);
         assert!(!is_established(s));
         let s = update(s, f::SYN | f::ACK, false);
-        assert!(is_established(s));
+        assert!(
+            !is_established(s),
+            "SYN and SYN-ACK alone: still opening (SYN_RECV)"
+        );
         let s = update(s, f::ACK, true);
         assert!(is_established(s));
+    }
+
+    #[test]
+    fn a_spoofed_syn_answered_by_a_listening_server_is_not_established() {
+        // Outside sends a SYN (never its ACK); the inside server answers, retransmitting.
+        let mut s = update(0, f::SYN, false);
+        for _ in 0..3 {
+            s = update(s, f::SYN | f::ACK, true);
+            assert!(!is_established(s));
+            assert!(
+                !plain_changes_nothing(s, SEEN_IN),
+                "the ACK must reach update"
+            );
+        }
+        assert!(is_established(update(s, f::ACK, false)));
     }
 
     #[test]
     fn simultaneous_open_establishes() {
         let s = update(0, f::SYN, true);
         let s = update(s, f::SYN, false);
-        assert!(is_established(s));
+        assert!(!is_established(s));
+        let s = update(s, f::SYN | f::ACK, true);
+        assert!(!is_established(s));
+        let s = update(s, f::SYN | f::ACK, false);
+        assert!(
+            is_established(s),
+            "both SYN-ACKs complete a simultaneous open"
+        );
     }
 
     #[test]
@@ -381,6 +431,8 @@ mod tests {
         let s = update(s, f::SYN, true);
         assert_eq!(s & RST, 0);
         let s = update(s, f::SYN | f::ACK, false);
+        assert!(!is_established(s));
+        let s = update(s, f::ACK, true);
         assert!(is_established(s));
     }
 

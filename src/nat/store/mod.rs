@@ -328,8 +328,8 @@ impl Store {
         } else {
             0
         };
-        let fast_if = |seen: u8| {
-            if !tcp || s.tcp & seen != 0 {
+        let fast_if = |seen: u16| {
+            if !tcp || tcp::plain_changes_nothing(s.tcp, seen) {
                 slot::FAST
             } else {
                 0

@@ -276,3 +276,29 @@ fn a_fresh_outbound_syn_is_not_evicted_before_its_answer() {
     h.fwd(&tcp(R1, 80, POOL, p.sport, SYN | ACK), OUTSIDE, fwd_in(B));
     h.e.check_invariants();
 }
+
+/// A spoofed SYN at a port forward whose inside server is listening: the server's SYN-ACK
+/// (and its retransmissions) do not make the session established, so it keeps the
+/// transitory timeout and stays evictable; the forward's limit is not held for hours.
+#[test]
+fn a_spoofed_syn_answered_by_the_server_stays_transitory() {
+    let mut h = forward(8);
+    for i in 0..8u32 {
+        let src = remote(i);
+        let sport = 40000 + i as u16;
+        h.fwd(&tcp(src, sport, POOL, 8080, SYN), OUTSIDE, fwd_in(SRV));
+        for _ in 0..3 {
+            h.fwd(&tcp(SRV, 80, src, sport, SYN | ACK), IN0, fwd_out());
+        }
+    }
+    let transitory = T0 as u32 + 240;
+    assert!(
+        h.expiries().iter().all(|&e| e <= transitory),
+        "a half-open connection got the established timeout: {:?}",
+        h.expiries()
+    );
+    // The limit is reached, yet a real client gets in by replacing a half-open session.
+    let ok = (0..64).any(|_| h.run(&tcp(R2, 999, POOL, 8080, SYN), OUTSIDE).0 == fwd_in(SRV));
+    assert!(ok, "the forward stayed closed to a real client");
+    h.e.check_invariants();
+}
