@@ -175,33 +175,7 @@ fn new_session(store: &mut Store, r: &Rules, ext: ExtAddr, m: &Meta) -> Result<u
         Protocol::ICMP => m.icmp_type == ECHO_REQUEST,
         _ => true,
     };
-    store.make_session_room(true);
-    let mut one_to_one = 0;
-    let (realm_id, in_addr, in_port, map) = match ext {
-        ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. } => {
-            if let Some(st) = r.static_by_ext(m.proto, m.dst, m.dport) {
-                (st.realm, st.in_addr, st.in_port, NONE)
-            } else if let ExtAddr::Pool { .. } = ext {
-                let Some(mi) = store.mapping_by_ext(m.proto, m.dst, m.dport) else {
-                    return Err(DropReason::Unsolicited);
-                };
-                let mp = *store.mapping(mi);
-                let realm = &r.realms[mp.key.realm as usize];
-                if !store.filter_allows(realm, mi, m.src) {
-                    return Err(DropReason::Filtered);
-                }
-                (mp.key.realm, mp.key.in_addr, mp.key.in_port, mi)
-            } else {
-                return Err(DropReason::Unsolicited);
-            }
-        }
-        ExtAddr::OneToOne { index } => {
-            let o = &r.one_to_one[index as usize];
-            one_to_one = flags::ONE_TO_ONE;
-            (o.realm, o.in_addr, m.dport, NONE)
-        }
-        ExtAddr::Own => return Err(DropReason::NotForUs),
-    };
+    let target = inbound_target(store, r, ext, m)?;
     if !opens {
         return Err(if m.proto == Protocol::TCP {
             DropReason::TcpInvalid
@@ -209,6 +183,15 @@ fn new_session(store: &mut Store, r: &Rules, ext: ExtAddr, m: &Meta) -> Result<u
             DropReason::Unsolicited
         });
     }
+    // Only a frame that opens a session may make room (a full table evicts): stray packets
+    // and scans must not push out live sessions.
+    store.make_session_room(true);
+    // Making room may have deleted the mapping along with its last session: look again.
+    let (realm_id, in_addr, in_port, map, one_to_one) = if target.3 == NONE {
+        target
+    } else {
+        inbound_target(store, r, ext, m)?
+    };
     let realm = &r.realms[realm_id as usize];
     let s = Session {
         in_addr,
@@ -224,4 +207,38 @@ fn new_session(store: &mut Store, r: &Rules, ext: ExtAddr, m: &Meta) -> Result<u
         ..Session::default()
     };
     store.create_or_unwind(realm, s)
+}
+
+/// Where an inbound frame without a session would go: (realm, inside address and port,
+/// mapping or NONE, the 1:1 flag). Changes nothing.
+fn inbound_target(
+    store: &Store,
+    r: &Rules,
+    ext: ExtAddr,
+    m: &Meta,
+) -> Result<(u16, u32, u16, u32, u8), DropReason> {
+    match ext {
+        ExtAddr::Pool { .. } | ExtAddr::StaticOnly { .. } => {
+            if let Some(st) = r.static_by_ext(m.proto, m.dst, m.dport) {
+                Ok((st.realm, st.in_addr, st.in_port, NONE, 0))
+            } else if let ExtAddr::Pool { .. } = ext {
+                let Some(mi) = store.mapping_by_ext(m.proto, m.dst, m.dport) else {
+                    return Err(DropReason::Unsolicited);
+                };
+                let mp = *store.mapping(mi);
+                let realm = &r.realms[mp.key.realm as usize];
+                if !store.filter_allows(realm, mi, m.src) {
+                    return Err(DropReason::Filtered);
+                }
+                Ok((mp.key.realm, mp.key.in_addr, mp.key.in_port, mi, 0))
+            } else {
+                Err(DropReason::Unsolicited)
+            }
+        }
+        ExtAddr::OneToOne { index } => {
+            let o = &r.one_to_one[index as usize];
+            Ok((o.realm, o.in_addr, m.dport, NONE, flags::ONE_TO_ONE))
+        }
+        ExtAddr::Own => Err(DropReason::NotForUs),
+    }
 }

@@ -302,3 +302,32 @@ fn a_spoofed_syn_answered_by_the_server_stays_transitory() {
     assert!(ok, "the forward stayed closed to a real client");
     h.e.check_invariants();
 }
+
+/// At a full table, only a frame that opens a session may make room: a stray ACK from
+/// outside at a port forward is refused without evicting anything.
+#[test]
+fn a_stray_packet_at_a_full_table_evicts_nothing() {
+    let mut h = forward(2048);
+    // Half-open connections from inside fill the table; past their grace they are the
+    // first eviction candidates.
+    for i in 0..1024u32 {
+        let port = 4000 + (i / 200) as u16;
+        h.fwd(&tcp(host(i), port, R1, 80, SYN), IN0, fwd_out());
+    }
+    assert_eq!(h.e.session_count(), 1024);
+    h.at(T0 + 3.0);
+    let evicted = |h: &H| h.e.counters().sessions_evicted_transitory.get();
+    for p in 0..50u16 {
+        h.drop(
+            &tcp(R2, 1000 + p, POOL, 8080, ACK),
+            OUTSIDE,
+            DropReason::TcpInvalid,
+        );
+    }
+    assert_eq!(evicted(&h), 0, "stray packets evicted live sessions");
+    assert_eq!(h.e.session_count(), 1024);
+    // A real SYN at the forward still gets its room.
+    h.fwd(&tcp(R2, 999, POOL, 8080, SYN), OUTSIDE, fwd_in(SRV));
+    assert_eq!(evicted(&h), 1);
+    h.e.check_invariants();
+}
