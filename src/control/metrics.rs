@@ -191,6 +191,7 @@ mod tests {
                     Arc::new(std::sync::atomic::AtomicBool::new(true)),
                 )],
             }),
+            pass: Vec::new(),
         }
     }
 

@@ -196,6 +196,7 @@ mod tests {
             copy_fallbacks: 0,
             interfaces: vec!["eth1".into(), "eth0".into()],
             health: Arc::default(),
+            pass: Vec::new(),
         };
         let st = State {
             handle: Mutex::new(handle),

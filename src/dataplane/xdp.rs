@@ -3,16 +3,23 @@
 //!
 //! The program, per frame:
 //! 1. shorter than an Ethernet header => `XDP_PASS`;
-//! 2. one 802.1Q tag is skipped (the IPv4 header is then at +18 instead of +14);
+//! 2. one 802.1Q tag is skipped (the IPv4 header is then at +18 instead of +14) and its
+//!    VLAN id remembered;
 //! 3. anything but IPv4 (ARP, IPv6, ...) => `XDP_PASS`;
-//! 4. truncated IPv4 header, multicast destination (224.0.0.0/4), or destination address in
-//!    the `pass_addrs` hash map
-//!    (management addresses) => `XDP_PASS`;
-//! 5. otherwise `bpf_redirect_map(xsks_map, rx_queue_index, XDP_DROP)`: the frame goes to
+//! 4. truncated IPv4 header or multicast destination (224.0.0.0/4) => `XDP_PASS`;
+//! 5. the box's own addresses (see [`KernelAddrs`]): destination address in the hash map
+//!    `pass_addrs` with value [`PASS_ANY`] (management addresses, the outside address, the
+//!    limited broadcast) => `XDP_PASS`; with value [`PASS_VLAN`], `XDP_PASS` only if
+//!    (address, VLAN) is in the hash map `pass_vlan` (a realm's gateway and its subnet
+//!    broadcast, on the realm's VLAN). NAT traffic costs the one lookup it always did;
+//! 6. otherwise `bpf_redirect_map(xsks_map, rx_queue_index, XDP_DROP)`: the frame goes to
 //!    the queue's AF_XDP socket. A queue without a registered socket (one no worker serves,
 //!    or one whose socket is not registered yet) drops the frame and counts it in the
 //!    per-CPU array `xdp_drops` (slot [`DROP_UNSERVED_QUEUE`]): NAT traffic never reaches
 //!    the kernel untranslated, where IP forwarding would route it with its inside source.
+//!
+//! What passes is local delivery only: every address in the maps is one of the kernel's
+//! own (or a broadcast it receives), so nothing passed is ever forwarded by the kernel.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -20,15 +27,26 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use std::sync::Arc;
 
+use crate::nat::rules::KernelAddrs;
 use natgw_kernel::bpf::{
     self, AttachMode, BPF_ALU64, BPF_AND, BPF_JEQ, BPF_JGT, BPF_JNE, BPF_K, BPF_MAP_TYPE_HASH,
     BPF_MAP_TYPE_PERCPU_ARRAY, BPF_MAP_TYPE_XSKMAP, HELPER_MAP_LOOKUP_ELEM, HELPER_REDIRECT_MAP,
-    Insn, ProgramBuilder, R0, R1, R2, R3, R4, R5, R6, R10, Size, XDP_DROP, XDP_MD_DATA,
+    Insn, ProgramBuilder, R0, R1, R2, R3, R4, R5, R6, R7, R10, Size, XDP_DROP, XDP_MD_DATA,
     XDP_MD_DATA_END, XDP_MD_RX_QUEUE_INDEX, XDP_PASS, XDP_REDIRECT,
 };
 
-/// Maximum number of management addresses in `pass_addrs`.
-pub const PASS_MAP_MAX_ENTRIES: u32 = 256;
+/// Maximum number of addresses in `pass_addrs` (and of (address, VLAN) pairs in
+/// `pass_vlan`).
+pub const PASS_MAP_MAX_ENTRIES: u32 = 1024;
+
+/// `pass_addrs` value: frames to the address go to the kernel on any VLAN.
+pub const PASS_ANY: u8 = 1;
+/// `pass_addrs` value: frames to the address go to the kernel if (address, VLAN) is in
+/// `pass_vlan`.
+pub const PASS_VLAN: u8 = 2;
+/// The VLAN word of an untagged frame in a `pass_vlan` key (tagged frames: the VLAN id as
+/// the frame carries it, see [`vlan_word`]).
+const UNTAGGED: u32 = 0x1_0000;
 
 /// Slot of the `xdp_drops` map: frames dropped because their receive queue has no AF_XDP
 /// socket.
@@ -48,10 +66,25 @@ const fn be16(v: u16) -> i32 {
     u16::from_ne_bytes(v.to_be_bytes()) as i32
 }
 
+/// The VLAN word of a `pass_vlan` key: the 12-bit id as the program reads it from the tag
+/// (network order, priority bits masked off), [`UNTAGGED`] for untagged frames.
+fn vlan_word(vlan: Option<u16>) -> u32 {
+    vlan.map_or(UNTAGGED, |v| be16(v & 0x0fff) as u32)
+}
+
+/// A `pass_vlan` key: the address as in the packet, then the VLAN word.
+fn vlan_key(a: Ipv4Addr, vlan: Option<u16>) -> [u8; 8] {
+    let mut k = [0u8; 8];
+    k[..4].copy_from_slice(&a.octets());
+    k[4..].copy_from_slice(&vlan_word(vlan).to_ne_bytes());
+    k
+}
+
 /// The redirect program (see the module documentation), referring to the given map fds.
 pub fn redirect_program(
     xsks_map_fd: RawFd,
     pass_map_fd: RawFd,
+    vlan_map_fd: RawFd,
     drops_map_fd: RawFd,
 ) -> io::Result<Vec<Insn>> {
     const ETH_HLEN: i32 = 14;
@@ -64,9 +97,11 @@ pub fn redirect_program(
     let untagged = b.label();
     let unserved = b.label();
     let drop = b.label();
+    let nat = b.label();
 
-    // r6 = ctx (survives helper calls); r2 = data, r3 = data_end.
+    // r6 = ctx, r7 = VLAN word (both survive helper calls); r2 = data, r3 = data_end.
     b.push(Insn::mov64_reg(R6, R1))
+        .push(Insn::mov64_imm(R7, UNTAGGED as i32))
         .push(Insn::ldx(Size::W, R2, R6, XDP_MD_DATA))
         .push(Insn::ldx(Size::W, R3, R6, XDP_MD_DATA_END))
         .push(Insn::mov64_reg(R4, R2))
@@ -79,6 +114,14 @@ pub fn redirect_program(
         .push(Insn::mov64_reg(R4, R2))
         .push(Insn::add64_imm(R4, ETH_HLEN + VLAN_HLEN))
         .jmp_reg_to(BPF_JGT, R4, R3, pass)
+        .push(Insn::ldx(Size::H, R7, R2, 14))
+        .push(Insn::new(
+            BPF_ALU64 | BPF_AND | BPF_K,
+            R7,
+            0,
+            0,
+            be16(0x0fff),
+        ))
         .push(Insn::ldx(Size::H, R5, R2, 16))
         .push(Insn::add64_imm(R2, VLAN_HLEN))
         .bind(untagged)
@@ -98,7 +141,20 @@ pub fn redirect_program(
         .push(Insn::mov64_reg(R2, R10))
         .push(Insn::add64_imm(R2, -4))
         .push(Insn::call(HELPER_MAP_LOOKUP_ELEM))
+        .jmp_imm_to(BPF_JEQ, R0, 0, nat)
+        .push(Insn::ldx(Size::B, R1, R0, 0))
+        .jmp_imm_to(BPF_JEQ, R1, PASS_ANY as i32, pass)
+        .jmp_imm_to(BPF_JNE, R1, PASS_VLAN as i32, nat)
+        // One of the box's addresses on some VLANs: key (address, VLAN word) at fp-16.
+        .push(Insn::ldx(Size::W, R1, R10, -4))
+        .push(Insn::stx(Size::W, R10, R1, -16))
+        .push(Insn::stx(Size::W, R10, R7, -12))
+        .extend(Insn::ld_map_fd(R1, vlan_map_fd))
+        .push(Insn::mov64_reg(R2, R10))
+        .push(Insn::add64_imm(R2, -16))
+        .push(Insn::call(HELPER_MAP_LOOKUP_ELEM))
         .jmp_imm_to(BPF_JNE, R0, 0, pass)
+        .bind(nat)
         .push(Insn::ldx(Size::W, R2, R6, XDP_MD_RX_QUEUE_INDEX))
         .extend(Insn::ld_map_fd(R1, xsks_map_fd))
         // The lower bits of the flags are the verdict when the queue has no socket.
@@ -138,9 +194,68 @@ pub struct XdpProgram {
     link: Option<(OwnedFd, u32, AttachMode)>,
     prog: OwnedFd,
     xsks_map: OwnedFd,
-    pass_map: OwnedFd,
+    pass: PassMaps,
     drops: XdpDrops,
     max_queues: u32,
+}
+
+/// The program's `pass_addrs` and `pass_vlan` maps: what goes to the kernel. Cheap to
+/// clone; the running gateway keeps them to apply a reload.
+#[derive(Clone, Debug)]
+pub struct PassMaps {
+    addrs: Arc<OwnedFd>,
+    vlan: Arc<OwnedFd>,
+}
+
+impl PassMaps {
+    fn value(k: &KernelAddrs, a: Ipv4Addr) -> Option<u8> {
+        if k.any.contains(&a) {
+            Some(PASS_ANY)
+        } else if k.on_vlan.iter().any(|&(b, _)| b == a) {
+            Some(PASS_VLAN)
+        } else {
+            None
+        }
+    }
+
+    /// Changes the maps from passing `old` to passing `new` (at start, `old` is empty).
+    /// Entries are added before the ones that go are removed. Err: the address whose
+    /// update the kernel refused (map full: [`PASS_MAP_MAX_ENTRIES`]).
+    pub fn apply(&self, old: &KernelAddrs, new: &KernelAddrs) -> Result<(), (Ipv4Addr, io::Error)> {
+        for &(a, v) in new.on_vlan.difference(&old.on_vlan) {
+            bpf::map_update(self.vlan.as_fd(), &vlan_key(a, v), &1u8).map_err(|e| (a, e))?;
+        }
+        let addrs = |k: &KernelAddrs| -> std::collections::BTreeSet<Ipv4Addr> {
+            k.any
+                .iter()
+                .copied()
+                .chain(k.on_vlan.iter().map(|&(a, _)| a))
+                .collect()
+        };
+        let (was, now) = (addrs(old), addrs(new));
+        for &a in &now {
+            let v = Self::value(new, a);
+            if v != Self::value(old, a)
+                && let Some(v) = v
+            {
+                let key = u32::from_ne_bytes(a.octets());
+                bpf::map_update(self.addrs.as_fd(), &key, &v).map_err(|e| (a, e))?;
+            }
+        }
+        // An entry already gone is what a delete wants (a retry after a failed apply).
+        let gone = |r: io::Result<()>| match r {
+            Err(e) if e.raw_os_error() != Some(libc::ENOENT) => Err(e),
+            _ => Ok(()),
+        };
+        for &a in was.difference(&now) {
+            let key = u32::from_ne_bytes(a.octets());
+            gone(bpf::map_delete(self.addrs.as_fd(), &key)).map_err(|e| (a, e))?;
+        }
+        for &(a, v) in old.on_vlan.difference(&new.on_vlan) {
+            gone(bpf::map_delete(self.vlan.as_fd(), &vlan_key(a, v))).map_err(|e| (a, e))?;
+        }
+        Ok(())
+    }
 }
 
 /// The program's drop counters (`xdp_drops`), readable while natgw runs; cheap to clone.
@@ -157,8 +272,9 @@ impl XdpDrops {
 }
 
 impl XdpProgram {
-    /// Creates the maps (`xsks_map` with `max_queues` entries, `pass_addrs`) and loads the
-    /// program. A verifier rejection carries the verifier log in the error message.
+    /// Creates the maps (`xsks_map` with `max_queues` entries, `pass_addrs`, `pass_vlan`,
+    /// `xdp_drops`) and loads the program; it passes nothing to the kernel but what is not
+    /// IPv4 until [`PassMaps::apply`] fills its pass maps. A verifier rejection carries the verifier log in the error message.
     pub fn load(max_queues: u32) -> io::Result<Self> {
         if max_queues == 0 {
             return Err(io::Error::new(
@@ -169,10 +285,12 @@ impl XdpProgram {
         let xsks_map = bpf::map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, max_queues, "xsks_map")?;
         let pass_map =
             bpf::map_create(BPF_MAP_TYPE_HASH, 4, 1, PASS_MAP_MAX_ENTRIES, "pass_addrs")?;
+        let vlan_map = bpf::map_create(BPF_MAP_TYPE_HASH, 8, 1, PASS_MAP_MAX_ENTRIES, "pass_vlan")?;
         let drops = bpf::map_create(BPF_MAP_TYPE_PERCPU_ARRAY, 4, 8, DROP_SLOTS, "xdp_drops")?;
         let insns = redirect_program(
             xsks_map.as_raw_fd(),
             pass_map.as_raw_fd(),
+            vlan_map.as_raw_fd(),
             drops.as_raw_fd(),
         )?;
         let prog = bpf::load_xdp_program(&insns, "natgw_xsk")?;
@@ -180,7 +298,10 @@ impl XdpProgram {
             link: None,
             prog,
             xsks_map,
-            pass_map,
+            pass: PassMaps {
+                addrs: Arc::new(pass_map),
+                vlan: Arc::new(vlan_map),
+            },
             drops: XdpDrops {
                 map: Arc::new(drops),
             },
@@ -234,16 +355,21 @@ impl XdpProgram {
         self.link.as_ref().map(|&(_, i, m)| (i, m))
     }
 
-    /// Frames to `a` go to the kernel instead of the sockets.
+    /// Frames to `a` go to the kernel instead of the sockets, on any VLAN.
     pub fn add_pass_addr(&self, a: Ipv4Addr) -> io::Result<()> {
         let key = u32::from_ne_bytes(a.octets());
-        bpf::map_update(self.pass_map.as_fd(), &key, &1u8)
+        bpf::map_update(self.pass.addrs.as_fd(), &key, &PASS_ANY)
     }
 
     /// Undoes [`add_pass_addr`](Self::add_pass_addr).
     pub fn remove_pass_addr(&self, a: Ipv4Addr) -> io::Result<()> {
         let key = u32::from_ne_bytes(a.octets());
-        bpf::map_delete(self.pass_map.as_fd(), &key)
+        bpf::map_delete(self.pass.addrs.as_fd(), &key)
+    }
+
+    /// The maps that say what goes to the kernel.
+    pub fn pass_maps(&self) -> PassMaps {
+        self.pass.clone()
     }
 
     /// Frames received on `queue` go to the AF_XDP socket `xsk_fd` (which must be bound to
@@ -285,7 +411,7 @@ mod tests {
 
     /// A tiny interpreter for the subset of eBPF the redirect program uses, so that its
     /// decisions can be checked without loading it.
-    #[derive(Debug, PartialEq, Eq)]
+    #[derive(Clone, Copy, Debug, PartialEq, Eq)]
     enum Outcome {
         Pass,
         Redirect {
@@ -302,16 +428,34 @@ mod tests {
     const STACK_TOP: u64 = 0x3000_0000;
     /// Where the `xdp_drops` slots live in the interpreter's address space.
     const DROPS: u64 = 0x4000_0000;
+    /// Where the `pass_addrs` values live: entry `i` of `Machine::pass` at `VALUES + i`.
+    const VALUES: u64 = 0x5000_0000;
+    /// What a `pass_vlan` lookup that finds its key returns (the value is never read).
+    const VLAN_HIT: u64 = 0x6000_0000;
     const XSKS_FD: i32 = 100;
     const PASS_FD: i32 = 200;
+    const VLAN_FD: i32 = 250;
     const DROPS_FD: i32 = 300;
 
-    /// A machine state: the frame, its queue, the pass addresses, the queues with a
-    /// registered socket, and the drop counters (which persist across runs).
+    /// A machine state: the frame, its queue, the pass maps, the queues with a registered
+    /// socket, and the drop counters (which persist across runs).
     struct Machine<'a> {
-        pass: &'a [[u8; 4]],
+        /// `pass_addrs`: (address, value).
+        pass: &'a [([u8; 4], u8)],
+        /// `pass_vlan`: (address, VLAN).
+        vlan: &'a [([u8; 4], Option<u16>)],
         sockets: &'a [u32],
         drops: [u64; DROP_SLOTS as usize],
+    }
+
+    /// A machine passing only the management address `a` (on any VLAN).
+    fn mgmt_only(a: &[([u8; 4], u8)]) -> Machine<'_> {
+        Machine {
+            pass: a,
+            vlan: &[],
+            sockets: &[0, 3],
+            drops: [0; DROP_SLOTS as usize],
+        }
     }
 
     fn size_bytes(size: Size) -> usize {
@@ -342,6 +486,7 @@ mod tests {
             let mut redirected = None;
             let mut counted = None;
             let drops = &mut self.drops;
+            let pass = self.pass;
             let load = |addr: u64, size: Size, stack: &[u8; 512], drops: &[u64]| -> u64 {
                 let n = size_bytes(size);
                 let bytes: Vec<u8> = if (CTX..CTX + 24).contains(&addr) {
@@ -364,7 +509,14 @@ mod tests {
                     assert_eq!(n, 8, "counter access must be 64-bit");
                     let o = ((addr - DROPS) / 8) as usize;
                     drops[o].to_le_bytes().to_vec()
+                } else if (VALUES..VALUES + pass.len() as u64).contains(&addr) {
+                    assert_eq!(n, 1, "pass_addrs values are one byte");
+                    vec![pass[(addr - VALUES) as usize].1]
                 } else {
+                    assert!(
+                        (STACK_TOP - 512..STACK_TOP).contains(&addr),
+                        "read outside the stack at {addr:#x}"
+                    );
                     let o = (addr - (STACK_TOP - 512)) as usize;
                     stack[o..o + n].to_vec()
                 };
@@ -430,10 +582,18 @@ mod tests {
                             HELPER_MAP_LOOKUP_ELEM => {
                                 let key = load(r[2], Size::W, &stack, &drops[..]) as u32;
                                 r[0] = match r[1] as i32 {
-                                    PASS_FD => {
-                                        let found =
-                                            self.pass.iter().any(|a| u32::from_ne_bytes(*a) == key);
-                                        if found { 0x5000 } else { 0 }
+                                    PASS_FD => self
+                                        .pass
+                                        .iter()
+                                        .position(|(a, _)| u32::from_ne_bytes(*a) == key)
+                                        .map_or(0, |i| VALUES + i as u64),
+                                    VLAN_FD => {
+                                        let word = load(r[2] + 4, Size::W, &stack, &drops[..]);
+                                        let hit = self.vlan.iter().any(|&(a, v)| {
+                                            u32::from_ne_bytes(a) == key
+                                                && u64::from(vlan_word(v)) == word
+                                        });
+                                        if hit { VLAN_HIT } else { 0 }
                                     }
                                     DROPS_FD if key < DROP_SLOTS => DROPS + 8 * key as u64,
                                     DROPS_FD => 0,
@@ -480,9 +640,15 @@ mod tests {
     }
 
     fn frame(vlan: bool, ethertype: u16, dst: [u8; 4], len_after_l2: usize) -> Vec<u8> {
+        tagged(vlan.then_some(5), ethertype, dst, len_after_l2)
+    }
+
+    /// A frame on VLAN `vlan` (priority bits set, which the program must ignore).
+    fn tagged(vlan: Option<u16>, ethertype: u16, dst: [u8; 4], len_after_l2: usize) -> Vec<u8> {
         let mut f = vec![0u8; 12];
-        if vlan {
-            f.extend_from_slice(&[0x81, 0x00, 0x00, 0x05]);
+        if let Some(v) = vlan {
+            f.extend_from_slice(&[0x81, 0x00]);
+            f.extend_from_slice(&(0xe000 | v).to_be_bytes());
         }
         f.extend_from_slice(&ethertype.to_be_bytes());
         let mut ip = vec![0u8; 20];
@@ -494,7 +660,7 @@ mod tests {
     }
 
     fn program() -> Vec<Insn> {
-        redirect_program(XSKS_FD, PASS_FD, DROPS_FD).unwrap()
+        redirect_program(XSKS_FD, PASS_FD, VLAN_FD, DROPS_FD).unwrap()
     }
 
     #[test]
@@ -506,11 +672,8 @@ mod tests {
         let mgmt = [10, 0, 0, 1];
         let nat = [10, 9, 8, 7];
         let redirect = Outcome::Redirect { queue: 3 };
-        let mut m = Machine {
-            pass: &[mgmt],
-            sockets: &[0, 3],
-            drops: [0; DROP_SLOTS as usize],
-        };
+        let pass = [(mgmt, PASS_ANY)];
+        let mut m = mgmt_only(&pass);
         for vlan in [false, true] {
             assert_eq!(m.run(&p, &frame(vlan, 0x0800, nat, 28), 3), redirect);
             assert_eq!(m.run(&p, &frame(vlan, 0x0800, mgmt, 28), 3), Outcome::Pass);
@@ -547,11 +710,9 @@ mod tests {
         let p = program();
         let mgmt = [10, 0, 0, 1];
         let nat = [10, 9, 8, 7];
-        let mut m = Machine {
-            pass: &[mgmt],
-            sockets: &[0],
-            drops: [0; DROP_SLOTS as usize],
-        };
+        let pass = [(mgmt, PASS_ANY)];
+        let mut m = mgmt_only(&pass);
+        m.sockets = &[0];
         let unserved = Outcome::Drop {
             counted: Some(DROP_UNSERVED_QUEUE),
         };
@@ -573,5 +734,61 @@ mod tests {
             XDP_DROP_REASONS[DROP_UNSERVED_QUEUE as usize].0,
             DROP_UNSERVED_QUEUE
         );
+    }
+
+    /// The box's own addresses: any-VLAN ones pass on every VLAN and untagged; per-VLAN
+    /// ones (a realm's gateway, also when two realms share it) only on their VLAN; the
+    /// same address elsewhere, and everything else, is NAT traffic.
+    #[test]
+    fn own_addresses_per_vlan() {
+        if cfg!(target_endian = "big") {
+            return;
+        }
+        let p = program();
+        let outside = [203, 0, 113, 2];
+        let gw = [10, 0, 0, 1];
+        let bcast = [10, 0, 0, 255];
+        let lone = [10, 7, 0, 1];
+        let nat = [10, 9, 8, 7];
+        let mut m = Machine {
+            pass: &[
+                (outside, PASS_ANY),
+                ([255, 255, 255, 255], PASS_ANY),
+                (gw, PASS_VLAN),
+                (bcast, PASS_VLAN),
+                (lone, PASS_VLAN),
+            ],
+            vlan: &[
+                (gw, Some(100)),
+                (gw, Some(200)),
+                (bcast, Some(100)),
+                (lone, None),
+            ],
+            sockets: &[0],
+            drops: [0; DROP_SLOTS as usize],
+        };
+        let redirect = Outcome::Redirect { queue: 0 };
+        for v in [None, Some(100), Some(200), Some(300), Some(4095)] {
+            let f = |dst| tagged(v, 0x0800, dst, 28);
+            assert_eq!(m.run(&p, &f(outside), 0), Outcome::Pass, "{v:?}");
+            assert_eq!(m.run(&p, &f([255; 4]), 0), Outcome::Pass, "{v:?}");
+            assert_eq!(m.run(&p, &f(nat), 0), redirect, "{v:?}");
+            let gw_here = matches!(v, Some(100 | 200));
+            let want = |yes: bool| if yes { Outcome::Pass } else { redirect };
+            assert_eq!(m.run(&p, &f(gw), 0), want(gw_here), "{v:?}");
+            assert_eq!(m.run(&p, &f(bcast), 0), want(v == Some(100)), "{v:?}");
+            assert_eq!(m.run(&p, &f(lone), 0), want(v.is_none()), "{v:?}");
+        }
+        // An address in pass_addrs with an unknown value is NAT traffic.
+        let odd = [(nat, 7)];
+        m.pass = &odd;
+        assert_eq!(m.run(&p, &frame(false, 0x0800, nat, 28), 0), redirect);
+        assert_eq!(m.drops, [0], "nothing was dropped");
+        // The key layout the maps are filled with matches what the program builds.
+        assert_eq!(
+            vlan_key(Ipv4Addr::from(gw), None)[4..],
+            UNTAGGED.to_ne_bytes()
+        );
+        assert_eq!(vlan_word(Some(0x1005)), vlan_word(Some(5)));
     }
 }

@@ -107,6 +107,12 @@ fn screen(
     if realm.gateway == Some(m.dst) {
         return Err(for_own_inside(cx, realm, f, m));
     }
+    if m.dst == u32::MAX || realm.martian_sources.contains(&m.dst) {
+        // A broadcast (limited, or a realm prefix's): the kernel's (DHCP ...), never NAT
+        // traffic. The XDP program passes them; one that reaches a worker is counted.
+        cx.counters.to_kernel.inc();
+        return Err(Verdict::ToKernel);
+    }
     if realm.martian_source(m.src) {
         return Err(cx.discard(DropReason::MartianSource));
     }

@@ -177,6 +177,13 @@ pub enum ReloadError {
     WorkerGone,
     /// The new port allocators would not fit in the memory available.
     Memory(crate::nat::memory::MemoryError),
+    /// An interface's XDP pass maps refused one of the box's addresses (the maps were put
+    /// back as they were).
+    PassAddr {
+        addr: Ipv4Addr,
+        ifname: String,
+        err: String,
+    },
 }
 
 impl fmt::Display for ReloadError {
@@ -193,6 +200,11 @@ impl fmt::Display for ReloadError {
             ),
             ReloadError::WorkerGone => f.write_str("a worker is gone"),
             ReloadError::Memory(e) => write!(f, "{e}"),
+            ReloadError::PassAddr { addr, ifname, err } => write!(
+                f,
+                "cannot pass {addr} to the kernel on {ifname} (at most {} addresses per interface): {err}",
+                crate::dataplane::xdp::PASS_MAP_MAX_ENTRIES
+            ),
         }
     }
 }

@@ -28,8 +28,9 @@ pub use supervise::{LinkStates, RunError};
 
 use super::neigh::NeighTable;
 use super::worker::{Control, DpCounters};
-use super::xdp::{XdpDrops, XdpProgram};
+use super::xdp::{PassMaps, XdpDrops, XdpProgram};
 use crate::config::{Config, XdpMode};
+use crate::nat::rules::KernelAddrs;
 use crate::nat::{Counters, Rules};
 use attach::{attach_xdp, load_xdp};
 use checks::{check_privileges, check_workers, resolve_links, warn_kernel_forwarding};
@@ -70,6 +71,8 @@ pub struct Handle {
     pub interfaces: Vec<String>,
     /// Per interface: the XDP program's drop counters and whether the link is up.
     pub health: Arc<Health>,
+    /// Per interface (outside first): the XDP program's pass maps and what they hold now.
+    pub pass: Vec<(PassMaps, KernelAddrs)>,
 }
 
 /// What the management plane reads about the interfaces themselves.
@@ -144,8 +147,8 @@ impl Gateway {
         let mode = opts.xdp_mode.unwrap_or(dp.xdp_mode);
         // Dropped last on an error below: workers already started stop before their XDP
         // programs detach.
-        let mut progs = load_xdp(cfg, &links)?;
         let rules = Arc::new(start_rules(cfg, &links.outside));
+        let (mut progs, kernel) = load_xdp(cfg, &rules, &links)?;
         let (neigh, neigh_sock) = open_neighbours(cfg, &links.outside)?;
         let (links_watch, link_up) = LinkWatch::open(&links).map_err(StartError::LinkSocket)?;
         let health = Arc::new(Health {
@@ -172,6 +175,7 @@ impl Gateway {
             copy_fallbacks: 0,
             interfaces: links.all().map(|l| l.name.clone()).collect(),
             health,
+            pass: progs.iter().map(|p| p.pass_maps()).zip(kernel).collect(),
         };
         // Every socket is bound and registered in its interface's redirect map before the
         // program is attached: no frame meets the program on a queue without its socket.

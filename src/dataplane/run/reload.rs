@@ -36,6 +36,24 @@ impl Handle {
         // Read from the NIC at start; without it port choice would stop steering replies to
         // the allocating worker's queue and most traffic would need a handoff.
         rules.rss = self.rules.rss.clone();
+        // What the kernel receives follows the new file (management addresses, gateways),
+        // before the workers get their rules; a refused update puts back what was there.
+        let kernel = rules.kernel_addrs(cfg);
+        for (n, ((maps, old), new)) in self.pass.iter().zip(&kernel).enumerate() {
+            if let Err((addr, err)) = maps.apply(old, new) {
+                for ((maps, old), new) in self.pass.iter().zip(&kernel).take(n + 1) {
+                    let _ = maps.apply(new, old);
+                }
+                return Err(ReloadError::PassAddr {
+                    addr,
+                    ifname: self.interfaces[n].clone(),
+                    err: err.to_string(),
+                });
+            }
+        }
+        for ((_, old), new) in self.pass.iter_mut().zip(kernel) {
+            *old = new;
+        }
         let rules = Arc::new(rules);
         for tx in &self.control {
             tx.send(Control::SetRules(Arc::clone(&rules)))

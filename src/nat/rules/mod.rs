@@ -2,8 +2,10 @@
 //! thread and shared read-only (behind an `Arc`) by every worker; a reload swaps the `Arc`.
 
 mod compile;
+mod own;
 
 pub use compile::{MAX_REALM_ID, realm_ids};
+pub use own::{KernelAddrs, LIMITED_BROADCAST};
 
 use super::ports::Partition;
 use super::table::{FlowTable, Key, hash_words};

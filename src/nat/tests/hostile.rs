@@ -29,9 +29,17 @@ fn martian_destinations_from_inside_create_no_session() {
     }
     assert_eq!(h.e.session_count(), 0);
     assert_eq!(h.e.mapping_count(), 0);
-    // The limited broadcast keeps the path it had (not the NAT's to judge here).
-    let (v, _) = h.run(&udp(A, 68, [255, 255, 255, 255], 67), IN0);
-    assert_ne!(v, Verdict::Drop(DropReason::MartianDestination));
+    // Broadcasts (limited, and the realm's subnet broadcast) are the kernel's (DHCP): never
+    // translated, no session, whatever the source (a DISCOVER comes from 0.0.0.0).
+    for (src, dst) in [
+        (A, [255, 255, 255, 255]),
+        ([0, 0, 0, 0], [255, 255, 255, 255]),
+        (A, [10, 0, 0, 255]),
+    ] {
+        let (v, _) = h.run(&udp(src, 68, dst, 67), IN0);
+        assert_eq!(v, Verdict::ToKernel, "{src:?} -> {dst:?}");
+    }
+    assert_eq!(h.e.session_count(), 0);
     // Ordinary destinations are unaffected.
     h.fwd(&udp(A, 5000, [223, 255, 255, 254], 53), IN0, fwd_out());
     h.e.check_invariants();
