@@ -46,14 +46,16 @@ impl HoldLimits {
     /// The defaults for a worker whose UMEM has `umem_frames` chunks: 64 frames per
     /// neighbour (128 KiB of chunks, the order of the kernel's `unres_qlen_bytes` of
     /// 212992 bytes of buffer), up to 256 frames and 64 neighbours per worker but never
-    /// more than an eighth of the UMEM, and 1 s (the kernel's `retrans_time`).
+    /// more than an eighth of the UMEM, and 3 s: as long as the kernel keeps its own queue
+    /// (three probes `retrans_time` apart, then FAILED), so a lost ARP request or reply
+    /// costs a retry, not the frames; a resolution that fails drops them at once anyway.
     pub fn for_umem(umem_frames: usize) -> HoldLimits {
         let frames = (umem_frames / 8).clamp(1, 256);
         HoldLimits {
             frames,
             neighbours: frames.min(64),
             per_neighbour: frames.min(64),
-            timeout_ns: 1_000_000_000,
+            timeout_ns: 3_000_000_000,
         }
     }
 }
@@ -470,7 +472,7 @@ mod tests {
     fn defaults_follow_the_umem() {
         let d = HoldLimits::for_umem(8192);
         assert_eq!((d.frames, d.neighbours, d.per_neighbour), (256, 64, 64));
-        assert_eq!(d.timeout_ns, 1_000_000_000);
+        assert_eq!(d.timeout_ns, 3_000_000_000);
         let small = HoldLimits::for_umem(128);
         assert_eq!(
             (small.frames, small.neighbours, small.per_neighbour),
