@@ -97,6 +97,10 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
     use natgw::dataplane::run::{
         Gateway, RunOptions, install_reload_handler, install_signal_handlers, signalled,
     };
+    // First of all: SIGHUP reloads (the Unix convention) instead of ending natgw, also
+    // while it reads its configuration and starts (a reload then is served once running).
+    install_signal_handlers();
+    install_reload_handler();
     let cfg = match natgw::config::load(path) {
         Ok(c) => c,
         Err(e) => {
@@ -111,9 +115,6 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
             _ => XdpMode::Auto,
         }),
     };
-    install_signal_handlers();
-    // SIGHUP reloads (the Unix convention) instead of ending natgw, also during start-up.
-    install_reload_handler();
     let gw = match Gateway::start(&cfg, &opts) {
         Ok(g) => g,
         Err(e) => {
