@@ -790,3 +790,26 @@ fn without_its_capabilities_natgw_refuses_naming_them() {
         );
     });
 }
+
+#[test]
+fn without_locked_memory_natgw_refuses_at_start_not_later() {
+    let spec = TopologySpec::new("fw");
+    let Some(mut lab) = Lab::new("no_memlock", spec) else {
+        return;
+    };
+    // The capabilities to set up, but neither CAP_IPC_LOCK nor an unlimited memlock limit:
+    // every allocation after mlockall(MCL_FUTURE) would count against a few MiB.
+    lab.launcher = unprivileged("-all,+net_admin,+net_raw,+bpf");
+    lab.run(|lab| {
+        let s = lab
+            .try_start()
+            .expect_err("natgw started with a finite memlock limit");
+        assert!(!s.success(), "{s}");
+        let err = lab.stderr();
+        assert!(
+            err.contains("the locked-memory limit is finite and natgw lacks CAP_IPC_LOCK")
+                && err.contains("LimitMEMLOCK=infinity"),
+            "{err}"
+        );
+    });
+}

@@ -170,6 +170,17 @@ pub fn lock_memory() -> io::Result<()> {
     Ok(())
 }
 
+/// Whether the locked-memory limit (RLIMIT_MEMLOCK) is unlimited.
+pub fn memlock_unlimited() -> bool {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct, which `r` is.
+    let ok = unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut r) } == 0;
+    ok && r.rlim_cur == libc::RLIM_INFINITY
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

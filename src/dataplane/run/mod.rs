@@ -136,6 +136,7 @@ impl Gateway {
     /// the workers and then attaches XDP.
     pub fn start(cfg: &Config, opts: &RunOptions) -> Result<Gateway, StartError> {
         check_privileges()?;
+        privileges::check_locked_memory()?;
         let dp = &cfg.dataplane;
         let links = resolve_links(cfg)?;
         check_workers(cfg, &links)?;

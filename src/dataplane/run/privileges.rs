@@ -20,6 +20,19 @@ pub(super) const RUNTIME_CAPS: [Cap; 3] = [Cap::NET_ADMIN, Cap::BPF, Cap::IPC_LO
 /// LimitMEMLOCK=infinity (deploy/natgw.service) it is not needed at all.
 const WORKER_CAPS: [Cap; 1] = [Cap::IPC_LOCK];
 
+/// Before anything is set up: the UMEM registration and mlockall(MCL_FUTURE) need locked
+/// memory without a bound (CAP_IPC_LOCK or an unlimited RLIMIT_MEMLOCK). With a finite
+/// limit the UMEM fails with an obscure ENOBUFS, or a later allocation (a reload, a
+/// listing) fails and aborts natgw: refuse at once, saying why.
+pub(super) fn check_locked_memory() -> Result<(), StartError> {
+    if caps::has(Cap::IPC_LOCK) || caps::memlock_unlimited() {
+        return Ok(());
+    }
+    Err(StartError::LockMemory(std::io::Error::other(
+        "the locked-memory limit is finite and natgw lacks CAP_IPC_LOCK",
+    )))
+}
+
 /// Locks memory, then drops every capability but `RUNTIME_CAPS` in the calling (main)
 /// thread. Called last in `Gateway::start`, after the workers were started.
 pub(super) fn after_setup() -> Result<(), StartError> {
