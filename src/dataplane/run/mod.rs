@@ -145,7 +145,7 @@ impl Gateway {
         // Dropped last on an error below: workers already started stop before their XDP
         // programs detach.
         let mut progs = load_xdp(cfg, &links)?;
-        let rules = Arc::new(start_rules(cfg, &links.outside));
+        let rules = Arc::new(start_rules(cfg, &links));
         let (neigh, neigh_sock) = open_neighbours(cfg, &links.outside)?;
         let (links_watch, link_up) = LinkWatch::open(&links).map_err(StartError::LinkSocket)?;
         let health = Arc::new(Health {

@@ -36,6 +36,9 @@ impl Handle {
         // Read from the NIC at start; without it port choice would stop steering replies to
         // the allocating worker's queue and most traffic would need a handoff.
         rules.rss = self.rules.rss.clone();
+        // The interfaces cannot change on reload, and natgw ends when one's MTU changes
+        // (supervise.rs): the MTUs read at start still hold.
+        rules.set_mtus(self.rules.outside_mtu, &self.rules.inside_mtu);
         let rules = Arc::new(rules);
         for tx in &self.control {
             tx.send(Control::SetRules(Arc::clone(&rules)))

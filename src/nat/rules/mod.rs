@@ -7,7 +7,7 @@ pub use compile::{MAX_REALM_ID, realm_ids};
 
 use super::ports::Partition;
 use super::table::{FlowTable, Key, hash_words};
-use crate::config::{Filtering, Ipv4Net, Mapping, PortPolicy, Timeouts};
+use crate::config::{Filtering, Ipv4Net, Mapping, MssClamp, PortPolicy, Timeouts};
 use crate::packet::ipv4::Protocol;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -150,7 +150,14 @@ pub struct RealmRules {
     pub inbound_refresh: bool,
     pub hairpinning: bool,
     pub timeouts: Timeouts,
+    pub mss_clamp: MssClamp,
+    /// The MTU of the link towards this realm's hosts (its interface's, see
+    /// [`Rules::set_mtus`]): the fast path's one compare for inbound packets.
+    pub mtu: usize,
 }
+
+/// An MTU natgw was not told: no limit (the engine without a dataplane, as in its tests).
+pub const NO_MTU: usize = usize::MAX;
 
 /// An address no host may use as its own: this network (0/8), loopback (127/8), multicast
 /// (224/4) or reserved (240/4, the limited broadcast included). As a source it is spoofed or
@@ -188,6 +195,21 @@ impl RealmRules {
             Protocol::ICMP => t.icmp,
             _ if established => t.tcp_established,
             _ => t.tcp_transitory,
+        }
+    }
+    /// The MSS a SYN or SYN-ACK through this realm may carry at most (None: no clamping).
+    /// "auto" is the smaller of the outside link's and the realm link's MTU less 40 bytes
+    /// (at least 536).
+    #[inline]
+    pub fn mss_limit(&self, outside_mtu: usize) -> Option<u16> {
+        match self.mss_clamp {
+            MssClamp::Off => None,
+            MssClamp::Value(v) => Some(v),
+            MssClamp::Auto => {
+                let mtu = self.mtu.min(outside_mtu);
+                // Never below what every IPv4 host must accept (the config's minimum).
+                (mtu != NO_MTU).then(|| mtu.saturating_sub(40).clamp(536, 65495) as u16)
+            }
         }
     }
     /// Next hop towards an inside address: the longest matching inside route, else on-link.
@@ -274,6 +296,12 @@ pub struct Rules {
     pub frag_max_datagrams: u32,
     pub frag_max_held: u32,
     pub frag_timeout: u32,
+    /// Egress MTUs, from the kernel at start ([`Rules::set_mtus`]; [`NO_MTU`] until then):
+    /// the outside link's, and each inside interface's in config order.
+    pub outside_mtu: usize,
+    pub inside_mtu: Vec<usize>,
+    /// The smallest of them: a datagram no larger fits every link.
+    pub min_mtu: usize,
 }
 
 impl Rules {
@@ -379,6 +407,29 @@ impl Rules {
             dst
         } else {
             self.gateway
+        }
+    }
+
+    /// Sets the egress MTUs: the outside link's and each inside interface's (config order).
+    /// A realm on a VLAN gets its interface's MTU: natgw tags the frames itself on the
+    /// parent link, and knows no VLAN device.
+    pub fn set_mtus(&mut self, outside: usize, inside: &[usize]) {
+        self.outside_mtu = outside;
+        self.inside_mtu = inside.to_vec();
+        self.min_mtu = inside.iter().fold(outside, |a, &b| a.min(b));
+        for r in &mut self.realms {
+            r.mtu = inside.get(r.iface as usize).copied().unwrap_or(NO_MTU);
+        }
+    }
+
+    /// The MTU of the link a verdict's frame leaves by.
+    #[inline]
+    pub fn egress_mtu(&self, e: super::types::Egress) -> usize {
+        match e {
+            super::types::Egress::Outside => self.outside_mtu,
+            super::types::Egress::Inside(i) => {
+                self.inside_mtu.get(i as usize).copied().unwrap_or(NO_MTU)
+            }
         }
     }
 
