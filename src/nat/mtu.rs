@@ -84,9 +84,9 @@ pub(super) fn egress(
     if m.proto == Protocol::TCP && m.tcp_flags & tf::SYN != 0 && m.frag != Frag::Later {
         clamp_mss(cx, r, f, m, ingress, egress);
     }
-    let mtu = r.egress_mtu(egress);
     let d = f.data();
     let l3 = l3_of(d);
+    let mtu = r.egress_mtu(egress, (l3 == 18).then(|| read_u16(d, 14) & 0x0fff));
     if d.len().saturating_sub(l3) <= mtu {
         return v;
     }

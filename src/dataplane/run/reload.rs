@@ -1,6 +1,6 @@
 //! Reloading the configuration into a running gateway.
 
-use super::rules::rules_for;
+use super::rules::{rules_for, set_mtus};
 use super::{Handle, ReloadError};
 use crate::config::Config;
 use crate::dataplane::worker::Control;
@@ -38,7 +38,12 @@ impl Handle {
         rules.rss = self.rules.rss.clone();
         // The interfaces cannot change on reload, and natgw ends when one's MTU changes
         // (supervise.rs): the MTUs read at start still hold.
-        rules.set_mtus(self.rules.outside_mtu, &self.rules.inside_mtu);
+        set_mtus(
+            cfg,
+            &mut rules,
+            self.rules.outside_mtu,
+            &self.rules.inside_mtu,
+        );
         let rules = Arc::new(rules);
         for tx in &self.control {
             tx.send(Control::SetRules(Arc::clone(&rules)))

@@ -45,13 +45,34 @@ pub(super) fn start_rules(cfg: &Config, links: &Links) -> Rules {
     let outside = &links.outside;
     let mut rules = rules_for(cfg, None);
     let inside: Vec<usize> = links.inside.iter().map(link_mtu).collect();
-    rules.set_mtus(link_mtu(outside), &inside);
+    set_mtus(cfg, &mut rules, link_mtu(outside), &inside);
     rules.cores = dp.workers.len().max(1);
     rules.rss = rss_steering(
         &outside.name,
         &dp.workers.iter().map(|w| w.queue).collect::<Vec<_>>(),
     );
     rules
+}
+
+/// Sets the egress MTUs of `rules`: the outside link's, each inside interface's, and for a
+/// realm on a VLAN its VLAN device's (`<interface>.<vid>`, as for its neighbours) when that
+/// is smaller.
+pub(super) fn set_mtus(cfg: &Config, rules: &mut Rules, outside: usize, inside: &[usize]) {
+    rules.set_mtus(outside, inside);
+    let vlans: Vec<(u16, u16, u8)> = rules
+        .realms
+        .iter()
+        .filter(|r| !r.retired)
+        .filter_map(|r| Some((r.id, r.vlan?, r.iface)))
+        .collect();
+    for (id, vid, iface) in vlans {
+        let Some(i) = cfg.inside.get(iface as usize) else {
+            continue;
+        };
+        if let Ok(l) = netlink::link_by_name(&format!("{}.{vid}", i.name)) {
+            rules.set_realm_mtu(id, link_mtu(&l));
+        }
+    }
 }
 
 /// A link's MTU; a link that reports none (0) sets no limit.

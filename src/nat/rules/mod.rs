@@ -410,9 +410,9 @@ impl Rules {
         }
     }
 
-    /// Sets the egress MTUs: the outside link's and each inside interface's (config order).
-    /// A realm on a VLAN gets its interface's MTU: natgw tags the frames itself on the
-    /// parent link, and knows no VLAN device.
+    /// Sets the egress MTUs: the outside link's and each inside interface's (config order),
+    /// which is also each realm's (a realm on a VLAN whose VLAN device has a smaller MTU
+    /// gets that through [`Rules::set_realm_mtu`]).
     pub fn set_mtus(&mut self, outside: usize, inside: &[usize]) {
         self.outside_mtu = outside;
         self.inside_mtu = inside.to_vec();
@@ -422,14 +422,24 @@ impl Rules {
         }
     }
 
-    /// The MTU of the link a verdict's frame leaves by.
+    /// Lowers realm `id`'s MTU to `mtu` (its VLAN device's, when that is smaller).
+    pub fn set_realm_mtu(&mut self, id: u16, mtu: usize) {
+        if let Some(r) = self.realms.get_mut(id as usize) {
+            r.mtu = r.mtu.min(mtu);
+            self.min_mtu = self.min_mtu.min(r.mtu);
+        }
+    }
+
+    /// The MTU of the link a frame leaves by: the outside link's, or that of the realm its
+    /// inside interface and VLAN tag name (else the interface's).
     #[inline]
-    pub fn egress_mtu(&self, e: super::types::Egress) -> usize {
+    pub fn egress_mtu(&self, e: super::types::Egress, vlan: Option<u16>) -> usize {
         match e {
             super::types::Egress::Outside => self.outside_mtu,
-            super::types::Egress::Inside(i) => {
-                self.inside_mtu.get(i as usize).copied().unwrap_or(NO_MTU)
-            }
+            super::types::Egress::Inside(i) => match self.realm_for(i, vlan) {
+                Some(r) => r.mtu,
+                None => self.inside_mtu.get(i as usize).copied().unwrap_or(NO_MTU),
+            },
         }
     }
 

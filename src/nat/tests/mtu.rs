@@ -140,6 +140,26 @@ fn frag_needed_goes_back_on_the_senders_vlan() {
 }
 
 #[test]
+fn a_vlan_device_with_a_smaller_mtu_counts_for_its_realm() {
+    let cfg = crate::config::parse(&conf(&format!("vlan = 100\n{UDP_STATIC}"), "", "")).unwrap();
+    let mut r = Rules::new(&cfg, Arc::new(BlockPartition::new(1)));
+    r.set_mtus(1500, &[1500]);
+    r.set_realm_mtu(0, 1300);
+    assert_eq!(r.min_mtu, 1300);
+    let mut h = H::on_core(Arc::new(r), 0);
+    let (v, out) = h.run(&dgram(R1, 40000, POOL, 5353, 1400, true), OUTSIDE);
+    assert_eq!(v, reply(Egress::Outside, GW));
+    assert_eq!(next_hop_mtu(&out), 1300);
+    let (v, first) = h.run(&dgram(R1, 40000, POOL, 5353, 1400, false), OUTSIDE);
+    assert_eq!(v, fwd_in(SRV));
+    let mut frags = vec![first];
+    frags.extend(h.drain().into_iter().map(|(_, f)| f));
+    assert_eq!(frags.len(), 2);
+    assert!(frags.iter().all(|f| ip_header(f).total_len <= 1300));
+    assert_eq!(&reassemble_check(&frags)[8..], &payload(1372)[..]);
+}
+
+#[test]
 fn frag_needed_is_rate_limited_and_never_about_errors_or_later_fragments() {
     let mut h = engine("", 1400, 1500);
     let sent = dgram(A, 5000, R1, 53, 1500, true);
