@@ -260,6 +260,11 @@ fn write_realm(o: &mut String, r: &Realm) {
     let _ = writeln!(o, "filtering = {}", quote(&r.filtering.to_string()));
     let _ = writeln!(o, "inbound_refresh = {}", r.inbound_refresh);
     let _ = writeln!(o, "hairpinning = {}", r.hairpinning);
+    match r.mss_clamp {
+        MssClamp::Off => _ = writeln!(o, "mss_clamp = \"off\""),
+        MssClamp::Auto => _ = writeln!(o, "mss_clamp = \"auto\""),
+        MssClamp::Value(n) => _ = writeln!(o, "mss_clamp = {n}"),
+    }
 
     let _ = writeln!(o, "\n[realm.ports]");
     let _ = writeln!(o, "policy = {}", quote(&r.ports.policy.to_string()));

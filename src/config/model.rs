@@ -256,5 +256,19 @@ pub struct Realm {
     pub filtering: Filtering,
     pub inbound_refresh: bool,
     pub hairpinning: bool,
+    /// TCP MSS clamping of SYN and SYN-ACK segments through this realm (both directions).
+    pub mss_clamp: MssClamp,
     pub timeouts: Timeouts,
+}
+
+/// `mss_clamp`: lower the MSS option of TCP SYN and SYN-ACK segments (PPPoE and tunnel
+/// uplinks, whose MTU is below what the hosts on either side assume).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MssClamp {
+    Off,
+    /// The smaller of the outside link's and the realm's link's MTU, less 40 bytes of IPv4
+    /// and TCP header.
+    Auto,
+    /// At most this many bytes.
+    Value(u16),
 }

@@ -14,7 +14,7 @@ use super::parse::{self, Meta};
 use super::rules::Rules;
 use super::session::Session;
 use super::types::*;
-use super::{in2out, out2in, rewrite};
+use super::{in2out, mtu, out2in, rewrite};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 
@@ -256,17 +256,22 @@ impl Engine {
             }
             Err(Some(reason)) => return cx.discard(reason),
         };
-        if r.forward_only {
-            return forward_only(cx, r, f, &m, ingress);
-        }
-        match ingress {
-            Ingress::Inside(iface) => match r.realm_for(iface, m.vlan) {
-                Some(realm) => in2out::in2out(cx, r, realm, f, m, ingress),
-                None => cx.discard(DropReason::UnknownRealm),
-            },
-            Ingress::Outside => out2in::out2in(cx, r, f, m, false),
-            Ingress::Hairpin => out2in::out2in(cx, r, f, m, true),
-        }
+        // Kept only for a frame larger than some egress link, with DF set: an ICMP error
+        // about it quotes it as it arrived.
+        let arrived = mtu::Arrived::save(r, f.data(), &m);
+        let v = if r.forward_only {
+            forward_only(cx, r, f, &m, ingress)
+        } else {
+            match ingress {
+                Ingress::Inside(iface) => match r.realm_for(iface, m.vlan) {
+                    Some(realm) => in2out::in2out(cx, r, realm, f, m, ingress),
+                    None => cx.discard(DropReason::UnknownRealm),
+                },
+                Ingress::Outside => out2in::out2in(cx, r, f, m, false),
+                Ingress::Hairpin => out2in::out2in(cx, r, f, m, true),
+            }
+        };
+        mtu::egress(cx, r, f, &m, ingress, v, arrived.as_ref())
     }
 
     /// Iterates over live sessions (management plane listing; not for the hot path), each

@@ -179,6 +179,10 @@ pub(super) fn in2out(
     }
     let l3 = p.l3 as usize;
     let ip = f.buf.get_mut(f.off + l3..f.off + f.len)?;
+    // Larger than the outside link takes: the full path fragments it or answers.
+    if ip.len() > r.outside_mtu {
+        return None;
+    }
     if !rewrite::plain::<true>(ip, k.proto, v.ext_addr, v.ext_port) {
         return None;
     }
@@ -208,6 +212,9 @@ pub(super) fn out2in(
     }
     let realm = r.realms.get(v.realm as usize)?;
     let ip = f.buf.get_mut(f.off + p.l3 as usize..f.off + f.len)?;
+    if ip.len() > realm.mtu {
+        return None;
+    }
     if !rewrite::plain::<false>(ip, k.proto, v.in_addr, v.in_port) {
         return None;
     }

@@ -19,6 +19,11 @@ const SCOPE_HAIRPIN: u16 = u16::MAX - 1;
 /// Largest frame a hold slot keeps (4 bytes of headroom for a VLAN tag precede it).
 pub const HOLD_SLOT: usize = 2048;
 const HEADROOM: usize = 4;
+/// Slots for the fragments natgw makes itself of datagrams too large for their egress link
+/// (all but the first, which stays in the frame): they wait in `ready` like released
+/// fragments until the worker drains it, at the latest after its current round. A round of
+/// 1500-byte datagrams onto a 1400-byte link needs one slot per datagram.
+pub const OUT_SLOTS: usize = 128;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
 pub struct FragKey {
@@ -115,6 +120,10 @@ pub struct FragTable {
     held_bufs: Vec<u8>,
     held_free: Vec<u32>,
     held_count: usize,
+    /// Free slots of the egress-fragment pool: `held` and `held_bufs` positions
+    /// `max_held..max_held + OUT_SLOTS`.
+    out_free: Vec<u32>,
+    max_held: usize,
     ready: VecDeque<(u32, Verdict)>,
     timeout: u32,
 }
@@ -137,18 +146,22 @@ impl FragTable {
             free: (0..max_datagrams as u32).rev().collect(),
             index: FlowTable::with_capacity(max_datagrams),
             fifo: VecDeque::with_capacity(max_datagrams),
-            held: vec![Held::default(); max_held],
-            held_bufs: vec![0; max_held * (HOLD_SLOT + HEADROOM)],
+            held: vec![Held::default(); max_held + OUT_SLOTS],
+            held_bufs: vec![0; (max_held + OUT_SLOTS) * (HOLD_SLOT + HEADROOM)],
             held_free: (0..max_held as u32).rev().collect(),
             held_count: 0,
-            ready: VecDeque::with_capacity(max_held),
+            out_free: (max_held as u32..(max_held + OUT_SLOTS) as u32)
+                .rev()
+                .collect(),
+            max_held,
+            ready: VecDeque::with_capacity(max_held + OUT_SLOTS),
             timeout: timeout.max(1),
         }
     }
 
     /// What `new(max_datagrams, max_held, _).memory_bytes()` is, without allocating.
     pub fn bytes_for(max_datagrams: usize, max_held: usize) -> usize {
-        let (d, h) = (max_datagrams.max(1), max_held.max(1));
+        let (d, h) = (max_datagrams.max(1), max_held.max(1) + OUT_SLOTS);
         d * (std::mem::size_of::<Entry>() + 4 + 8)
             + FlowTable::<FragKey>::bytes_for(d)
             + h * (HOLD_SLOT + HEADROOM)
@@ -211,7 +224,7 @@ impl FragTable {
         if self.held_count == 0 {
             return;
         }
-        for i in 0..self.held.len() {
+        for i in 0..self.max_held {
             let h = &mut self.held[i];
             if h.ingress.is_some() && h.expires <= now {
                 h.ingress = None;
@@ -253,8 +266,41 @@ impl FragTable {
             let h = self.held[i as usize];
             let base = i as usize * (HOLD_SLOT + HEADROOM);
             f(&self.held_bufs[base + h.off..base + h.off + h.len], v);
-            self.held_free.push(i);
+            if (i as usize) < self.max_held {
+                self.held_free.push(i);
+            } else {
+                self.out_free.push(i);
+            }
         }
+    }
+
+    /// Free slots for egress fragments.
+    pub(crate) fn out_room(&self) -> usize {
+        self.out_free.len()
+    }
+
+    /// Queues a frame natgw made, the concatenation of `parts`, to leave with verdict `v`
+    /// through `drain_ready`. False, queuing nothing: no free slot, or larger than a slot.
+    pub(crate) fn push_out(&mut self, parts: &[&[u8]], v: Verdict) -> bool {
+        let len: usize = parts.iter().map(|p| p.len()).sum();
+        if len > HOLD_SLOT {
+            return false;
+        }
+        let Some(i) = self.out_free.pop() else {
+            return false;
+        };
+        let mut at = i as usize * (HOLD_SLOT + HEADROOM) + HEADROOM;
+        for p in parts {
+            self.held_bufs[at..at + p.len()].copy_from_slice(p);
+            at += p.len();
+        }
+        self.held[i as usize] = Held {
+            off: HEADROOM,
+            len,
+            ..Held::default()
+        };
+        self.ready.push_back((i, v));
+        true
     }
 }
 
@@ -270,7 +316,7 @@ impl FragTable {
         if self.held_count == 0 {
             return;
         }
-        for i in 0..self.held.len() {
+        for i in 0..self.max_held {
             let h = self.held[i];
             if h.ingress.is_none() || h.key != k {
                 continue;

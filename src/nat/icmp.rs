@@ -164,38 +164,120 @@ pub(super) fn time_exceeded(
     let quote = (m.ihl + 8).min(m.tot);
     let mut q = [0u8; 68];
     q[..quote].copy_from_slice(&f.data()[m.l3..m.l3 + quote]);
-    let new_len = m.l3 + 28 + quote;
-    if f.off + new_len > f.buf.len() {
+    let e = Error {
+        msg_type: icmp::TIME_EXCEEDED,
+        code: 0,
+        rest: 0,
+        src,
+        dst: m.src,
+    };
+    if !e.emit(cx, f, m.l3, &q[..quote]) {
         return cx.discard(DropReason::NoHeadroom);
     }
-    f.len = new_len;
-    let ident = cx.next_ident();
-    let d = &mut f.data_mut()[m.l3..];
-    let (ip, msg) = d.split_at_mut(20);
-    let header = Ipv4Repr {
-        src: Ipv4Addr::from(src),
-        dst: Ipv4Addr::from(m.src),
-        protocol: Protocol::ICMP,
-        payload_len: (8 + quote) as u16,
-        ttl: 64,
-        ident,
-        dont_frag: false,
-        // Internetwork control, as routers send their ICMP errors.
-        tos: 0xc0,
-    };
-    header.emit(&mut Ipv4Packet::new_unchecked(ip));
-    let mut e = IcmpPacket::new_unchecked(&mut msg[..8 + quote]);
-    e.set_msg_type(icmp::TIME_EXCEEDED);
-    e.set_code(0);
-    // The four unused bytes of the header, then the quote (RFC 792).
-    e.set_echo_ident(0);
-    e.set_echo_seq(0);
-    e.data_mut().copy_from_slice(&q[..quote]);
-    e.fill_checksum();
     cx.counters.dropped(DropReason::TtlExceeded);
     cx.counters.replies.inc();
     Verdict::Reply {
         egress,
         next_hop: Ipv4Addr::from(nh),
+    }
+}
+
+/// ICMP Destination Unreachable, code 4 (fragmentation needed and DF set).
+const FRAG_NEEDED: u8 = 4;
+
+/// What a datagram too large for its egress link with DF set was, as it arrived.
+pub(super) struct TooBig<'a> {
+    /// Its IPv4 header and the first 8 bytes of its payload, before translation.
+    pub quote: &'a [u8],
+    /// Its sender.
+    pub src: u32,
+    /// An ICMP error or a non-first fragment: no error is sent about it.
+    pub no_error: bool,
+}
+
+/// Replaces a datagram that does not fit its egress link and may not be fragmented with an
+/// ICMP "fragmentation needed" from `src` back to its sender, carrying the link's MTU
+/// (RFC 1191 section 4, RFC 1812 5.2.7.1), quoting the datagram as the sender sent it, on
+/// `vlan` (the sender's link). Rate limited like every error natgw originates.
+#[allow(clippy::too_many_arguments)]
+pub(super) fn frag_needed(
+    cx: &mut Ctx,
+    f: &mut Frame<'_>,
+    dgram: &TooBig<'_>,
+    mtu: usize,
+    src: u32,
+    vlan: Option<u16>,
+    egress: Egress,
+    nh: u32,
+) -> Verdict {
+    if dgram.no_error || !cx.icmp_token() {
+        return cx.discard(DropReason::FragNeeded);
+    }
+    if !f.set_vlan(vlan) {
+        return cx.discard(DropReason::NoHeadroom);
+    }
+    let l3 = if vlan.is_some() { 18 } else { 14 };
+    let e = Error {
+        msg_type: icmp::DEST_UNREACHABLE,
+        code: FRAG_NEEDED,
+        // The next-hop MTU in the low 16 bits of the unused word.
+        rest: mtu.min(u16::MAX as usize) as u32,
+        src,
+        dst: dgram.src,
+    };
+    if !e.emit(cx, f, l3, dgram.quote) {
+        return cx.discard(DropReason::NoHeadroom);
+    }
+    cx.counters.dropped(DropReason::FragNeeded);
+    cx.counters.replies.inc();
+    Verdict::Reply {
+        egress,
+        next_hop: Ipv4Addr::from(nh),
+    }
+}
+
+/// An ICMP error natgw originates.
+struct Error {
+    msg_type: u8,
+    code: u8,
+    /// The header's second word (unused, or the next-hop MTU).
+    rest: u32,
+    src: u32,
+    dst: u32,
+}
+
+impl Error {
+    /// Replaces the frame's IPv4 packet at `l3` with this error quoting `quote`. False,
+    /// changing nothing: the buffer has no room for it.
+    fn emit(&self, cx: &mut Ctx, f: &mut Frame<'_>, l3: usize, quote: &[u8]) -> bool {
+        let new_len = l3 + 28 + quote.len();
+        if f.off + new_len > f.buf.len() || f.len < l3 {
+            return false;
+        }
+        f.len = new_len;
+        let ident = cx.next_ident();
+        let d = &mut f.data_mut()[l3..];
+        let (ip, msg) = d.split_at_mut(20);
+        let header = Ipv4Repr {
+            src: Ipv4Addr::from(self.src),
+            dst: Ipv4Addr::from(self.dst),
+            protocol: Protocol::ICMP,
+            payload_len: (8 + quote.len()) as u16,
+            ttl: 64,
+            ident,
+            dont_frag: false,
+            // Internetwork control, as routers send their ICMP errors.
+            tos: 0xc0,
+        };
+        header.emit(&mut Ipv4Packet::new_unchecked(ip));
+        let mut e = IcmpPacket::new_unchecked(&mut msg[..8 + quote.len()]);
+        e.set_msg_type(self.msg_type);
+        e.set_code(self.code);
+        // The second word of the header, then the quote (RFC 792).
+        e.set_echo_ident((self.rest >> 16) as u16);
+        e.set_echo_seq(self.rest as u16);
+        e.data_mut().copy_from_slice(quote);
+        e.fill_checksum();
+        true
     }
 }

@@ -3,6 +3,8 @@
 //! Layers, each importing only those below it (no cycles):
 //! - `engine`: the pipeline and the public API;
 //! - `fast`, `in2out` -> `out2in` -> `icmp`: the translation paths, functions over `ctx`;
+//! - `mtu`: the egress MTU (fragmentation needed, fragmentation) and MSS clamping, after
+//!   the full path's translation (`-> icmp`);
 //! - `ctx`: what the paths work on: `store` (sessions, mappings, ports), `frag`, counters;
 //! - `parse` (frames -> `Meta`, through packet/'s views), `rewrite` (every header patch);
 //! - `rules` (the configuration compiled), `ports`, `rss`, `table`, `session`, `mem`, `types`.
@@ -16,6 +18,7 @@ mod icmp;
 mod in2out;
 mod mem;
 pub mod memory;
+mod mtu;
 mod out2in;
 mod parse;
 pub mod ports;

@@ -199,6 +199,101 @@ pub(crate) fn echo_reply(d: &mut [u8], m: &Meta) {
     write_u16(d, c, checksum::update16(read_u16(d, c), old, new));
 }
 
+/// Lowers the MSS option of the TCP segment at `l4` (ending at `end`) to `mss` if it is
+/// larger, patching the TCP checksum (RFC 1624). Options are walked within the header the
+/// data offset gives and within `end`; a malformed option list stops the walk and changes
+/// nothing after it. Returns the old MSS when it was lowered.
+pub(crate) fn clamp_mss(d: &mut [u8], l4: usize, end: usize, mss: u16) -> Option<u16> {
+    let end = end.min(d.len());
+    if l4 + 20 > end {
+        return None;
+    }
+    let hend = (l4 + usize::from(d[l4 + 12] >> 4) * 4).min(end);
+    let mut o = l4 + 20;
+    while o < hend {
+        match d[o] {
+            0 => return None,
+            1 => o += 1,
+            kind => {
+                let len = usize::from(*d.get(o + 1)?);
+                if len < 2 || o + len > hend {
+                    return None;
+                }
+                if kind == 2 && len == 4 {
+                    let old = read_u16(d, o + 2);
+                    if old <= mss {
+                        return None;
+                    }
+                    // The checksum sums 16-bit words from the header's start: an option at an
+                    // odd offset straddles two of them.
+                    let w = l4 + ((o + 2 - l4) & !1);
+                    let words = if (o + 2 - l4).is_multiple_of(2) { 1 } else { 2 };
+                    if w + 2 * words > end {
+                        return None;
+                    }
+                    let before = [read_u16(d, w), read_u16(d, w + 2 * (words - 1))];
+                    write_u16(d, o + 2, mss);
+                    let mut c = Delta::new();
+                    c.add16(before[0], read_u16(d, w));
+                    if words == 2 {
+                        c.add16(before[1], read_u16(d, w + 2));
+                    }
+                    write_u16(d, l4 + 16, c.apply(read_u16(d, l4 + 16)));
+                    return Some(old);
+                }
+                o += len;
+            }
+        }
+    }
+    None
+}
+
+/// Sets the total length and the flags/fragment offset word of the IPv4 header at `l3`
+/// (a fragment natgw cuts: RFC 791), patching the header checksum.
+pub(crate) fn set_fragment(d: &mut [u8], l3: usize, tot: u16, frag: u16) {
+    let mut ipd = Delta::new();
+    ipd.add16(read_u16(d, l3 + 2), tot);
+    ipd.add16(read_u16(d, l3 + 6), frag);
+    write_u16(d, l3 + 2, tot);
+    write_u16(d, l3 + 6, frag);
+    write_u16(d, l3 + 10, ipd.apply(read_u16(d, l3 + 10)));
+}
+
+/// The header of a later fragment of the datagram whose header is `h` (20 to 60 bytes):
+/// the fixed part and only the options whose copied flag is set (RFC 791 section 3.1),
+/// padded with End of Option List to a multiple of 4, checksum filled in. Returns its length;
+/// total length and fragment word are the caller's (`set_fragment`).
+pub(crate) fn later_fragment_header(h: &[u8], out: &mut [u8; 60]) -> usize {
+    out[..20].copy_from_slice(&h[..20]);
+    let mut n = 20;
+    let mut o = 20;
+    while o < h.len() {
+        let kind = h[o];
+        let len = match kind {
+            0 => break,
+            1 => 1,
+            _ => match h.get(o + 1) {
+                Some(&l) if l >= 2 && o + usize::from(l) <= h.len() => usize::from(l),
+                _ => break,
+            },
+        };
+        if kind & 0x80 != 0 {
+            out[n..n + len].copy_from_slice(&h[o..o + len]);
+            n += len;
+        }
+        o += len;
+    }
+    while n % 4 != 0 {
+        out[n] = 0;
+        n += 1;
+    }
+    out[0] = 0x40 | (n / 4) as u8;
+    write_u16(out, 10, 0);
+    let c = checksum::checksum(&out[..n]);
+    write_u16(out, 10, c);
+    n
+}
+
 /// Bytes of the IPv4 header and the first 8 bytes of its payload: all a UDP or ICMP echo
 /// rewrite touches. TCP needs 20 bytes of payload (flags at 13, checksum at 16).
 pub(super) const IP_UDP: usize = 28;

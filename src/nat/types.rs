@@ -165,6 +165,8 @@ drop_reasons! {
     FragmentBufferFull => "fragment_buffer_full", "no room to hold an out-of-order fragment";
     FragmentTimeout => "fragment_timeout", "held fragment whose first fragment never came";
     FragmentTooLarge => "fragment_too_large", "out-of-order fragment larger than a hold slot";
+    FragNeeded => "frag_needed", "datagram with DF set larger than its egress link's MTU (an ICMP fragmentation needed was sent back if allowed)";
+    FragmentOutFull => "fragment_out_full", "datagram larger than its egress link's MTU with no free buffer for its fragments";
     NoHeadroom => "no_headroom", "no room to add a VLAN tag or build a reply";
     TcpInvalid => "tcp_invalid", "TCP segment not valid for the session (e.g. unsolicited non-SYN)";
     ToKernelUnavailable => "to_kernel_unavailable", "frame for the kernel that reached a worker";

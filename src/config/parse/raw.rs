@@ -96,9 +96,18 @@ pub(super) struct RawRealm {
     pub(super) filtering: Option<String>,
     pub(super) inbound_refresh: Option<bool>,
     pub(super) hairpinning: Option<bool>,
+    pub(super) mss_clamp: Option<RawMss>,
     pub(super) ports: Option<RawPorts>,
     pub(super) limits: Option<RawLimits>,
     pub(super) timeouts: Option<RawTimeouts>,
+}
+
+/// `mss_clamp`: a number of bytes or a keyword ("auto", "off").
+#[derive(Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawMss {
+    Bytes(i64),
+    Keyword(String),
 }
 
 #[derive(Deserialize)]

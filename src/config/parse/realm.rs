@@ -6,13 +6,15 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use super::err;
-use super::raw::{RawLimits, RawOneToOne, RawPorts, RawRealm, RawRoute, RawStatic, RawTimeouts};
+use super::raw::{
+    RawLimits, RawMss, RawOneToOne, RawPorts, RawRealm, RawRoute, RawStatic, RawTimeouts,
+};
 use super::values::{choice, ifname, int_in, net, port_range, required, socket, unicast};
 use crate::config::ConfigError;
 use crate::config::display::{FILTERINGS, MAPPINGS, PORT_POLICIES, PROTOCOLS};
 use crate::config::model::{
-    AddrRange, Filtering, InsideInterface, Ipv4Net, Limits, Mapping, OneToOne, PortPolicy,
-    PortRange, Ports, Realm, Route, StaticMapping, Timeouts,
+    AddrRange, Filtering, InsideInterface, Ipv4Net, Limits, Mapping, MssClamp, OneToOne,
+    PortPolicy, PortRange, Ports, Realm, Route, StaticMapping, Timeouts,
 };
 
 const DEFAULT_PORT_RANGE: PortRange = PortRange {
@@ -83,6 +85,7 @@ pub(super) fn build_realm(
         Some(s) => choice(s, &format!("{p}.filtering"), &FILTERINGS)?,
     };
     let timeouts = build_timeouts(r.timeouts.unwrap_or_default(), &p)?;
+    let mss_clamp = mss_clamp(r.mss_clamp, &format!("{p}.mss_clamp"))?;
 
     Ok(Realm {
         name,
@@ -100,8 +103,32 @@ pub(super) fn build_realm(
         filtering,
         inbound_refresh: r.inbound_refresh.unwrap_or(false),
         hairpinning: r.hairpinning.unwrap_or(true),
+        mss_clamp,
         timeouts,
     })
+}
+
+/// The smallest MSS `mss_clamp` may set: 576-byte datagrams (RFC 791), which every IPv4
+/// link carries, less 40 bytes of headers (RFC 9293 3.7.1's default send MSS).
+pub(crate) const MIN_MSS: i64 = 536;
+/// The largest: a 65535-byte datagram less 40 bytes of headers.
+pub(crate) const MAX_MSS: i64 = 65495;
+
+fn mss_clamp(v: Option<RawMss>, field: &str) -> Result<MssClamp, ConfigError> {
+    match v {
+        None => Ok(MssClamp::Off),
+        Some(RawMss::Bytes(n)) => Ok(MssClamp::Value(int_in(n, field, MIN_MSS, MAX_MSS)? as u16)),
+        Some(RawMss::Keyword(s)) => match s.as_str() {
+            "auto" => Ok(MssClamp::Auto),
+            "off" => Ok(MssClamp::Off),
+            _ => Err(err(
+                field,
+                format!(
+                    "{s:?} is neither \"auto\", \"off\" nor a number of bytes ({MIN_MSS}..={MAX_MSS})"
+                ),
+            )),
+        },
+    }
 }
 
 fn realm_name(s: &str, field: &str) -> Result<String, ConfigError> {

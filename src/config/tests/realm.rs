@@ -260,3 +260,36 @@ fn realm_limits() {
     );
     rejects(&l("sessions = 5"), "realm[0].limits.sessions", "unknown");
 }
+
+#[test]
+fn mss_clamp_off_by_default_a_number_auto_or_off() {
+    assert_eq!(ok(&doc("", "")).realms[0].mss_clamp, MssClamp::Off);
+    for (v, want) in [
+        ("1452", MssClamp::Value(1452)),
+        ("536", MssClamp::Value(536)),
+        ("65495", MssClamp::Value(65495)),
+        ("\"auto\"", MssClamp::Auto),
+        ("\"off\"", MssClamp::Off),
+    ] {
+        let c = ok(&doc(&format!("mss_clamp = {v}"), ""));
+        assert_eq!(c.realms[0].mss_clamp, want, "{v}");
+        // What `natgw check` prints reads back the same.
+        assert_eq!(parse(&c.to_toml()), Ok(c.clone()), "{v}");
+    }
+    rejects(
+        &doc("mss_clamp = 535", ""),
+        "realm[0].mss_clamp",
+        "536..=65495",
+    );
+    rejects(
+        &doc("mss_clamp = 65496", ""),
+        "realm[0].mss_clamp",
+        "536..=65495",
+    );
+    rejects(
+        &doc("mss_clamp = \"pmtu\"", ""),
+        "realm[0].mss_clamp",
+        "auto",
+    );
+    rejects(&doc("mss_clamp = true", ""), "realm[0].mss_clamp", "");
+}

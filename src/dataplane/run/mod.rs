@@ -148,7 +148,7 @@ impl Gateway {
         let mode = opts.xdp_mode.unwrap_or(dp.xdp_mode);
         // Dropped last on an error below: workers already started stop before their XDP
         // programs detach.
-        let rules = Arc::new(start_rules(cfg, &links.outside));
+        let rules = Arc::new(start_rules(cfg, &links));
         let (mut progs, kernel) = load_xdp(cfg, &rules, &links)?;
         let (neigh, neigh_sock) = open_neighbours(cfg, &links.outside)?;
         let (links_watch, link_up) = LinkWatch::open(&links).map_err(StartError::LinkSocket)?;

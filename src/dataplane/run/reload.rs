@@ -1,6 +1,6 @@
 //! Reloading the configuration into a running gateway.
 
-use super::rules::rules_for;
+use super::rules::{rules_for, set_mtus};
 use super::{Handle, ReloadError};
 use crate::config::Config;
 use crate::dataplane::worker::Control;
@@ -36,6 +36,14 @@ impl Handle {
         // Read from the NIC at start; without it port choice would stop steering replies to
         // the allocating worker's queue and most traffic would need a handoff.
         rules.rss = self.rules.rss.clone();
+        // The interfaces cannot change on reload, and natgw ends when one's MTU changes
+        // (supervise.rs): the MTUs read at start still hold.
+        set_mtus(
+            cfg,
+            &mut rules,
+            self.rules.outside_mtu,
+            &self.rules.inside_mtu,
+        );
         // What the kernel receives follows the new file (management addresses, gateways),
         // before the workers get their rules; a refused update puts back what was there.
         let kernel = rules.kernel_addrs(cfg);

@@ -35,6 +35,8 @@ impl RealmRules {
                 tcp_transitory: 0,
                 icmp: 0,
             },
+            mss_clamp: crate::config::MssClamp::Off,
+            mtu: NO_MTU,
         }
     }
 }
@@ -78,6 +80,9 @@ impl Rules {
             frag_max_datagrams: cfg.fragments.max_datagrams,
             frag_max_held: cfg.fragments.max_held,
             frag_timeout: cfg.fragments.timeout,
+            outside_mtu: NO_MTU,
+            inside_mtu: vec![NO_MTU; cfg.inside.len()],
+            min_mtu: NO_MTU,
         }
     }
 }
@@ -166,6 +171,8 @@ fn compile_realms(cfg: &Config, ids: &[u16]) -> Vec<RealmRules> {
             inbound_refresh: r.inbound_refresh,
             hairpinning: r.hairpinning,
             timeouts: r.timeouts,
+            mss_clamp: r.mss_clamp,
+            mtu: NO_MTU,
         };
     }
     realms

@@ -9,7 +9,7 @@ pub use own::{KernelAddrs, LIMITED_BROADCAST};
 
 use super::ports::Partition;
 use super::table::{FlowTable, Key, hash_words};
-use crate::config::{Filtering, Ipv4Net, Mapping, PortPolicy, Timeouts};
+use crate::config::{Filtering, Ipv4Net, Mapping, MssClamp, PortPolicy, Timeouts};
 use crate::packet::ipv4::Protocol;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -152,7 +152,14 @@ pub struct RealmRules {
     pub inbound_refresh: bool,
     pub hairpinning: bool,
     pub timeouts: Timeouts,
+    pub mss_clamp: MssClamp,
+    /// The MTU of the link towards this realm's hosts (its interface's, see
+    /// [`Rules::set_mtus`]): the fast path's one compare for inbound packets.
+    pub mtu: usize,
 }
+
+/// An MTU natgw was not told: no limit (the engine without a dataplane, as in its tests).
+pub const NO_MTU: usize = usize::MAX;
 
 /// An address no host may use as its own: this network (0/8), loopback (127/8), multicast
 /// (224/4) or reserved (240/4, the limited broadcast included). As a source it is spoofed or
@@ -190,6 +197,21 @@ impl RealmRules {
             Protocol::ICMP => t.icmp,
             _ if established => t.tcp_established,
             _ => t.tcp_transitory,
+        }
+    }
+    /// The MSS a SYN or SYN-ACK through this realm may carry at most (None: no clamping).
+    /// "auto" is the smaller of the outside link's and the realm link's MTU less 40 bytes
+    /// (at least 536).
+    #[inline]
+    pub fn mss_limit(&self, outside_mtu: usize) -> Option<u16> {
+        match self.mss_clamp {
+            MssClamp::Off => None,
+            MssClamp::Value(v) => Some(v),
+            MssClamp::Auto => {
+                let mtu = self.mtu.min(outside_mtu);
+                // Never below what every IPv4 host must accept (the config's minimum).
+                (mtu != NO_MTU).then(|| mtu.saturating_sub(40).clamp(536, 65495) as u16)
+            }
         }
     }
     /// Next hop towards an inside address: the longest matching inside route, else on-link.
@@ -276,6 +298,12 @@ pub struct Rules {
     pub frag_max_datagrams: u32,
     pub frag_max_held: u32,
     pub frag_timeout: u32,
+    /// Egress MTUs, from the kernel at start ([`Rules::set_mtus`]; [`NO_MTU`] until then):
+    /// the outside link's, and each inside interface's in config order.
+    pub outside_mtu: usize,
+    pub inside_mtu: Vec<usize>,
+    /// The smallest of them: a datagram no larger fits every link.
+    pub min_mtu: usize,
 }
 
 impl Rules {
@@ -381,6 +409,39 @@ impl Rules {
             dst
         } else {
             self.gateway
+        }
+    }
+
+    /// Sets the egress MTUs: the outside link's and each inside interface's (config order),
+    /// which is also each realm's (a realm on a VLAN whose VLAN device has a smaller MTU
+    /// gets that through [`Rules::set_realm_mtu`]).
+    pub fn set_mtus(&mut self, outside: usize, inside: &[usize]) {
+        self.outside_mtu = outside;
+        self.inside_mtu = inside.to_vec();
+        self.min_mtu = inside.iter().fold(outside, |a, &b| a.min(b));
+        for r in &mut self.realms {
+            r.mtu = inside.get(r.iface as usize).copied().unwrap_or(NO_MTU);
+        }
+    }
+
+    /// Lowers realm `id`'s MTU to `mtu` (its VLAN device's, when that is smaller).
+    pub fn set_realm_mtu(&mut self, id: u16, mtu: usize) {
+        if let Some(r) = self.realms.get_mut(id as usize) {
+            r.mtu = r.mtu.min(mtu);
+            self.min_mtu = self.min_mtu.min(r.mtu);
+        }
+    }
+
+    /// The MTU of the link a frame leaves by: the outside link's, or that of the realm its
+    /// inside interface and VLAN tag name (else the interface's).
+    #[inline]
+    pub fn egress_mtu(&self, e: super::types::Egress, vlan: Option<u16>) -> usize {
+        match e {
+            super::types::Egress::Outside => self.outside_mtu,
+            super::types::Egress::Inside(i) => match self.realm_for(i, vlan) {
+                Some(r) => r.mtu,
+                None => self.inside_mtu.get(i as usize).copied().unwrap_or(NO_MTU),
+            },
         }
     }
 

@@ -9,6 +9,7 @@ mod hostile;
 mod icmp;
 mod limits;
 mod mapping;
+mod mtu;
 mod multi;
 mod reload;
 mod robust;
