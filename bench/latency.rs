@@ -483,6 +483,7 @@ fn main() {
         }),
         o.load_core.map_or("any".to_string(), |c| c.to_string())
     );
+    println!("load average at start: {}", loadavg());
     // results[dut][round]
     let mut results: Vec<Vec<RunResult>> = duts.iter().map(|_| Vec::new()).collect();
     let mut seq = 0u64;
@@ -540,7 +541,18 @@ fn main() {
         eprintln!("latency bench failed: {e}");
         std::process::exit(1);
     }
+    println!("load average at the end: {}", loadavg());
     report(&o, &duts, &results);
+}
+
+/// /proc/loadavg's first three fields: how busy the machine was around the measurement.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// The summary: per DUT and load the range over the rounds, then the ratios that issue 9

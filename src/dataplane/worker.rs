@@ -7,7 +7,7 @@ use super::neigh::{NeighState, NeighTable};
 use crate::nat::counters::Counter;
 use crate::nat::{Counters, DropReason, Egress, Engine, Frame, Ingress, Pkt, Rules, Verdict};
 use crossbeam::queue::ArrayQueue;
-use natgw_kernel::wake::{EventFd, MAX_WAIT_FDS, wait_readable};
+use natgw_kernel::wake::{EventFd, MAX_WAIT_FDS, involuntary_switches, wait_readable};
 use natgw_kernel::xsk::{BadDesc, Desc, Umem, XskSocket};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -156,13 +156,23 @@ pub struct Worker {
 /// (polling a little longer would have caught it without a wake-up) and halves when a
 /// sleep was long or ended without traffic. Steady traffic with gaps under
 /// [`SPIN_MAX_NS`] ends up never sleeping; an idle gateway sleeps right after its last
-/// frame plus [`SPIN_MIN_NS`].
+/// frame plus [`SPIN_MIN_NS`]. A worker that is preempted while it polls shares its core
+/// with other work: spinning then only burns its time slice and the scheduler makes it wait
+/// milliseconds, while a thread that sleeps is woken promptly. So preemption drops the
+/// window to the minimum, and it does not grow again for [`SPIN_HOLD_NS`].
 #[derive(Clone, Copy, Debug)]
 struct Spin {
     window: u64,
     /// When the loop last did work (ns since the epoch).
     last_work: u64,
+    /// Involuntary context switches seen at the last check.
+    switches: u64,
+    /// No growth before this (ns since the epoch).
+    hold_until: u64,
 }
+
+/// How long the window stays at its minimum after the worker was preempted.
+pub const SPIN_HOLD_NS: u64 = 1_000_000_000;
 
 /// The shortest spin window: covers the round trip behind the gateway (request out,
 /// answer back) on the test topologies, so a single exchange costs one wake-up, not two.
@@ -176,12 +186,26 @@ impl Spin {
         Spin {
             window: SPIN_MIN_NS,
             last_work: 0,
+            switches: 0,
+            hold_until: 0,
         }
     }
 
-    /// After a sleep of `slept` ns that `traffic` ended (false: the timeout).
-    fn after_sleep(&mut self, traffic: bool, slept: u64) {
-        self.window = if traffic && slept < SPIN_MAX_NS {
+    /// On the housekeeping tick: `switches` preemptions so far (more than one since the
+    /// last tick: the core is shared).
+    fn check_preempted(&mut self, switches: u64, now: u64) {
+        if switches > self.switches.saturating_add(1) {
+            self.window = SPIN_MIN_NS;
+            self.hold_until = now + SPIN_HOLD_NS;
+        }
+        self.switches = switches;
+    }
+
+    /// After a sleep of `slept` ns that `traffic` ended (false: the timeout), at `now`.
+    fn after_sleep(&mut self, traffic: bool, slept: u64, now: u64) {
+        self.window = if now < self.hold_until {
+            SPIN_MIN_NS
+        } else if traffic && slept < SPIN_MAX_NS {
             (self.window * 2).min(SPIN_MAX_NS)
         } else {
             (self.window / 2).max(SPIN_MIN_NS)
@@ -320,6 +344,9 @@ impl Worker {
             if now.saturating_sub(last_tick) > 50_000_000 {
                 last_tick = now;
                 self.engine.tick(now);
+                if !self.busy_poll {
+                    spin.check_preempted(involuntary_switches(), now);
+                }
                 self.control_messages();
                 self.expire_held(now);
                 #[cfg(debug_assertions)]
@@ -332,7 +359,8 @@ impl Worker {
                 && self.ready_to_sleep()
             {
                 let traffic = self.sleep_until_traffic();
-                spin.after_sleep(traffic, self.now_ns().saturating_sub(now));
+                let woke = self.now_ns();
+                spin.after_sleep(traffic, woke.saturating_sub(now), woke);
             }
         }
         // Let queued transmissions finish before the sockets close.
@@ -1168,6 +1196,38 @@ mod tests {
         assert_eq!(w.counters.drops_of(DropReason::NoNeighbour), 2 + 6 + 2 + 3);
         let back: Vec<Vec<u64>> = w.pools.iter().map(|p| sorted(p.free.clone())).collect();
         assert_eq!(back, all, "every chunk back in its own pool, once");
+    }
+
+    /// The spin window grows while traffic keeps coming back soon after each sleep began,
+    /// up to the maximum, and falls back to the minimum once sleeps are long or empty.
+    #[test]
+    fn spin_window_adapts_within_its_bounds() {
+        let mut s = Spin::new();
+        assert_eq!(s.window, SPIN_MIN_NS);
+        for _ in 0..20 {
+            s.after_sleep(true, 300_000, 0);
+        }
+        assert_eq!(
+            s.window, SPIN_MAX_NS,
+            "steady traffic: polls through its gaps"
+        );
+        s.after_sleep(true, SPIN_MAX_NS + 1, 0);
+        assert_eq!(s.window, SPIN_MAX_NS / 2, "a long gap halves it");
+        for _ in 0..20 {
+            s.after_sleep(false, 10_000_000, 0);
+        }
+        assert_eq!(s.window, SPIN_MIN_NS, "idle: back to the minimum");
+        // Preempted: the minimum, held for a while even with steady traffic.
+        s.check_preempted(0, 0);
+        s.after_sleep(true, 300_000, 0);
+        s.check_preempted(1, 1);
+        assert_eq!(s.window, SPIN_MIN_NS * 2, "one switch is noise");
+        s.check_preempted(5, 2);
+        assert_eq!(s.window, SPIN_MIN_NS);
+        s.after_sleep(true, 300_000, 3);
+        assert_eq!(s.window, SPIN_MIN_NS, "held");
+        s.after_sleep(true, 300_000, 3 + SPIN_HOLD_NS);
+        assert_eq!(s.window, SPIN_MIN_NS * 2, "grows again after the hold");
     }
 
     fn sorted(mut v: Vec<u64>) -> Vec<u64> {

@@ -63,6 +63,17 @@ pub fn wait_readable(fds: &[RawFd], timeout_ms: i32) -> bool {
     r > 0
 }
 
+/// How often the calling thread was preempted (involuntary context switches,
+/// `getrusage(RUSAGE_THREAD)`): a polling thread that finds this growing shares its core.
+pub fn involuntary_switches() -> u64 {
+    // SAFETY: a zeroed rusage is valid; getrusage writes only into it.
+    unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_THREAD, &mut u);
+        u.ru_nivcsw as u64
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
