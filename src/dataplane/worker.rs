@@ -7,6 +7,7 @@ use super::neigh::{NeighState, NeighTable};
 use crate::nat::counters::Counter;
 use crate::nat::{Counters, DropReason, Egress, Engine, Frame, Ingress, Pkt, Rules, Verdict};
 use crossbeam::queue::ArrayQueue;
+use natgw_kernel::wake::{EventFd, MAX_WAIT_FDS, involuntary_switches, wait_readable};
 use natgw_kernel::xsk::{BadDesc, Desc, Umem, XskSocket};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -115,6 +116,8 @@ pub struct WorkerShared {
     /// Empty boxes recycled between workers so a handoff never allocates.
     pub handoff_free: Arc<ArrayQueue<Box<HandoffFrame>>>,
     pub stop: Arc<AtomicBool>,
+    /// Wakes the management thread: signalled after a resolution request is queued.
+    pub mgmt_wake: Arc<EventFd>,
 }
 
 pub struct Worker {
@@ -143,6 +146,71 @@ pub struct Worker {
     /// Look the held neighbours up again even if the generation has not changed: a frame
     /// was held after its lookup missed, and the neighbour may have resolved in between.
     hold_recheck: bool,
+}
+
+/// Adaptive polling: how long the loop keeps polling after its last work before it sleeps
+/// in poll(2). A wake-up from poll(2) costs tens of µs (on a VM the idle vCPU halts, and the
+/// waker's IPI goes through the hypervisor), twice per request/response through the
+/// gateway if the loop sleeps between the request and its answer. So the window adapts like
+/// Linux's haltpoll governor: it doubles when traffic came back soon after a sleep began
+/// (polling a little longer would have caught it without a wake-up) and halves when a
+/// sleep was long or ended without traffic. Steady traffic with gaps under
+/// [`SPIN_MAX_NS`] ends up never sleeping; an idle gateway sleeps right after its last
+/// frame plus [`SPIN_MIN_NS`]. A worker that is preempted while it polls shares its core
+/// with other work: spinning then only burns its time slice and the scheduler makes it wait
+/// milliseconds, while a thread that sleeps is woken promptly. So preemption drops the
+/// window to the minimum, and it does not grow again for [`SPIN_HOLD_NS`].
+#[derive(Clone, Copy, Debug)]
+struct Spin {
+    window: u64,
+    /// When the loop last did work (ns since the epoch).
+    last_work: u64,
+    /// Involuntary context switches seen at the last check.
+    switches: u64,
+    /// No growth before this (ns since the epoch).
+    hold_until: u64,
+}
+
+/// How long the window stays at its minimum after the worker was preempted.
+pub const SPIN_HOLD_NS: u64 = 1_000_000_000;
+
+/// The shortest spin window: covers the round trip behind the gateway (request out,
+/// answer back) on the test topologies, so a single exchange costs one wake-up, not two.
+pub const SPIN_MIN_NS: u64 = 200_000;
+/// The longest: traffic with gaps under this keeps the loop polling (a core busy while it
+/// lasts); sparser traffic pays a wake-up per packet instead.
+pub const SPIN_MAX_NS: u64 = 4_000_000;
+
+impl Spin {
+    fn new() -> Spin {
+        Spin {
+            window: SPIN_MIN_NS,
+            last_work: 0,
+            switches: 0,
+            hold_until: 0,
+        }
+    }
+
+    /// On the housekeeping tick: `switches` preemptions so far (more than one since the
+    /// last tick: the core is shared).
+    fn check_preempted(&mut self, switches: u64, now: u64) {
+        if switches > self.switches.saturating_add(1) {
+            self.window = SPIN_MIN_NS;
+            self.hold_until = now + SPIN_HOLD_NS;
+        }
+        self.switches = switches;
+    }
+
+    /// After a sleep of `slept` ns that `traffic` ended (false: the timeout), at `now`.
+    fn after_sleep(&mut self, traffic: bool, slept: u64, now: u64) {
+        self.window = if now < self.hold_until {
+            SPIN_MIN_NS
+        } else if traffic && slept < SPIN_MAX_NS {
+            (self.window * 2).min(SPIN_MAX_NS)
+        } else {
+            (self.window / 2).max(SPIN_MIN_NS)
+        };
+    }
 }
 
 /// Why a held frame was dropped.
@@ -234,7 +302,7 @@ impl Worker {
     /// Runs until the stop flag is raised.
     pub fn run(mut self) {
         let mut sc = Scratch::new(self.batch);
-        let mut idle = 0u32;
+        let mut spin = Spin::new();
         let mut last_tick = 0u64;
         self.refill();
         while !self.shared.stop.load(Ordering::Relaxed) {
@@ -276,19 +344,23 @@ impl Worker {
             if now.saturating_sub(last_tick) > 50_000_000 {
                 last_tick = now;
                 self.engine.tick(now);
+                if !self.busy_poll {
+                    spin.check_preempted(involuntary_switches(), now);
+                }
                 self.control_messages();
                 self.expire_held(now);
                 #[cfg(debug_assertions)]
                 super::fault::check();
             }
             if worked {
-                idle = 0;
-            } else {
-                idle += 1;
-                if !self.busy_poll && idle > 256 {
-                    self.sleep_until_traffic();
-                    idle = 0;
-                }
+                spin.last_work = now;
+            } else if !self.busy_poll
+                && now.saturating_sub(spin.last_work) >= spin.window
+                && self.ready_to_sleep()
+            {
+                let traffic = self.sleep_until_traffic();
+                let woke = self.now_ns();
+                spin.after_sleep(traffic, woke.saturating_sub(now), woke);
             }
         }
         // Let queued transmissions finish before the sockets close.
@@ -799,21 +871,44 @@ impl Worker {
         self.asked_next = (self.asked_next + 1) % self.asked.len();
         if self.shared.resolve.push((ifindex, addr)).is_ok() {
             self.dp.neigh_requests.inc();
+            // At most once a second per neighbour (above): the management thread sleeps
+            // until traffic of its own or this.
+            self.shared.mgmt_wake.signal();
         }
+    }
+
+    /// Whether nothing but new traffic can give the loop work: no frame waits in a transmit
+    /// ring for a kick (copy mode sends a bounded batch per kick; a transient error leaves
+    /// frames behind) and no fill ring waits for a wakeup. Kicks those that do.
+    fn ready_to_sleep(&self) -> bool {
+        let mut ready = true;
+        for p in &self.ports {
+            if p.sock.tx_pending() != 0 {
+                let _ = p.sock.kick_tx();
+                ready = false;
+            }
+            p.sock.wakeup_rx();
+        }
+        ready
     }
 
     /// Adaptive polling: sleep in poll(2) on the sockets, bounded so handoffs (which have no
     /// file descriptor) and housekeeping are never late by more than a few milliseconds.
     /// While frames wait for a next hop the sleep is short too: their neighbour resolves
-    /// without any traffic on our sockets (the ARP reply goes to the kernel).
-    fn sleep_until_traffic(&mut self) {
+    /// without any traffic on our sockets (the ARP reply goes to the kernel). Returns
+    /// whether a socket became readable (false: the timeout).
+    fn sleep_until_traffic(&mut self) -> bool {
         self.dp.idle_sleeps.inc();
         let timeout = if self.shared.handoff.len() > 1 || self.hold.held() != 0 {
             1
         } else {
             10
         };
-        natgw_kernel::xsk::wait_rx_any(self.ports.iter().map(|p| &p.sock), timeout);
+        let mut fds = [-1; MAX_WAIT_FDS];
+        for (f, p) in fds.iter_mut().zip(&self.ports) {
+            *f = p.sock.fd();
+        }
+        wait_readable(&fds[..self.ports.len().min(MAX_WAIT_FDS)], timeout)
     }
 
     fn control_messages(&mut self) {
@@ -895,6 +990,7 @@ mod tests {
             handoff: (0..2).map(|_| Arc::new(ArrayQueue::new(32))).collect(),
             handoff_free,
             stop: Arc::new(AtomicBool::new(false)),
+            mgmt_wake: Arc::new(EventFd::new().unwrap()),
         };
         let (_tx, rx) = crossbeam::channel::bounded(1);
         Worker::new(
@@ -1100,6 +1196,38 @@ mod tests {
         assert_eq!(w.counters.drops_of(DropReason::NoNeighbour), 2 + 6 + 2 + 3);
         let back: Vec<Vec<u64>> = w.pools.iter().map(|p| sorted(p.free.clone())).collect();
         assert_eq!(back, all, "every chunk back in its own pool, once");
+    }
+
+    /// The spin window grows while traffic keeps coming back soon after each sleep began,
+    /// up to the maximum, and falls back to the minimum once sleeps are long or empty.
+    #[test]
+    fn spin_window_adapts_within_its_bounds() {
+        let mut s = Spin::new();
+        assert_eq!(s.window, SPIN_MIN_NS);
+        for _ in 0..20 {
+            s.after_sleep(true, 300_000, 0);
+        }
+        assert_eq!(
+            s.window, SPIN_MAX_NS,
+            "steady traffic: polls through its gaps"
+        );
+        s.after_sleep(true, SPIN_MAX_NS + 1, 0);
+        assert_eq!(s.window, SPIN_MAX_NS / 2, "a long gap halves it");
+        for _ in 0..20 {
+            s.after_sleep(false, 10_000_000, 0);
+        }
+        assert_eq!(s.window, SPIN_MIN_NS, "idle: back to the minimum");
+        // Preempted: the minimum, held for a while even with steady traffic.
+        s.check_preempted(0, 0);
+        s.after_sleep(true, 300_000, 0);
+        s.check_preempted(1, 1);
+        assert_eq!(s.window, SPIN_MIN_NS * 2, "one switch is noise");
+        s.check_preempted(5, 2);
+        assert_eq!(s.window, SPIN_MIN_NS);
+        s.after_sleep(true, 300_000, 3);
+        assert_eq!(s.window, SPIN_MIN_NS, "held");
+        s.after_sleep(true, 300_000, 3 + SPIN_HOLD_NS);
+        assert_eq!(s.window, SPIN_MIN_NS * 2, "grows again after the hold");
     }
 
     fn sorted(mut v: Vec<u64>) -> Vec<u64> {

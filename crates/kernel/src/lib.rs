@@ -7,7 +7,8 @@
 //! - [`netlink`]: rtnetlink links, addresses and the IPv4 neighbour table;
 //! - [`ethtool`]: RSS, channel and offload settings (raw results);
 //! - [`signal`]: SIGTERM/SIGINT as a shutdown request;
-//! - [`sys`]: errno-carrying errors and small syscall helpers.
+//! - [`sys`]: errno-carrying errors and small syscall helpers;
+//! - [`wake`]: an eventfd and poll(2) over several descriptors, to sleep until woken.
 //!
 //! Every call works in the calling thread's network namespace.
 
@@ -17,4 +18,5 @@ pub mod ethtool;
 pub mod netlink;
 pub mod signal;
 pub mod sys;
+pub mod wake;
 pub mod xsk;

@@ -37,14 +37,18 @@ use checks::{check_privileges, check_workers, resolve_links, warn_kernel_forward
 use crossbeam::queue::ArrayQueue;
 use natgw_kernel::bpf::AttachMode;
 use natgw_kernel::netlink::{self, LinkInfo, NeighSocket};
+use natgw_kernel::wake::{EventFd, wait_readable};
 use rules::start_rules;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 use supervise::{LinkWatch, dead_worker};
 use workers::{Shared, spawn_workers};
+
+/// Longest sleep of the management loop between rounds without events (ms).
+const MANAGEMENT_WAIT_MS: i32 = 100;
 
 /// UMEM chunk size: one Ethernet frame up to 1792 bytes after the kernel's 256-byte headroom.
 pub const FRAME_SIZE: u32 = 2048;
@@ -91,6 +95,8 @@ pub struct Gateway {
     workers: Vec<Option<JoinHandle<()>>>,
     stop: Arc<AtomicBool>,
     resolve: Arc<ArrayQueue<(u32, Ipv4Addr)>>,
+    /// Signalled by the workers after they queue a resolution request.
+    mgmt_wake: Arc<EventFd>,
     neigh_sock: NeighSocket,
     links: LinkWatch,
     _progs: Vec<XdpProgram>,
@@ -160,10 +166,12 @@ impl Gateway {
                 .collect(),
             link_up,
         });
+        let mgmt_wake = EventFd::new().map_err(StartError::NeighSocket)?;
         let shared = Shared::new(
             Arc::clone(&neigh),
             dp.workers.len().max(1),
             dp.handoff_queue,
+            mgmt_wake,
         );
         let mut handle = Handle {
             counters: Vec::new(),
@@ -196,6 +204,7 @@ impl Gateway {
                 .collect(),
             stop: shared.stop,
             resolve: shared.resolve,
+            mgmt_wake: shared.mgmt_wake,
             neigh_sock,
             links: links_watch,
             _progs: progs,
@@ -204,6 +213,8 @@ impl Gateway {
 
     /// One round of management work: neighbour events and resolution requests.
     pub fn poll_management(&mut self) {
+        // Before the queue is read: a request queued after this wakes the next wait.
+        self.mgmt_wake.drain();
         let mut evs = Vec::new();
         match self.neigh_sock.poll_events(&mut evs) {
             Ok(_) => {
@@ -243,7 +254,14 @@ impl Gateway {
                 if let Some(e) = dead_worker(&mut self.workers) {
                     return Err(e);
                 }
-                std::thread::sleep(Duration::from_millis(5));
+                // Until a neighbour or link notification, a worker's resolution request, a
+                // signal (it interrupts poll(2) in this, the main, thread) or the timeout,
+                // which bounds how late a dead worker, a signal delivered to another thread
+                // or a reload request is seen.
+                wait_readable(
+                    &[self.neigh_sock.fd(), self.links.fd(), self.mgmt_wake.fd()],
+                    MANAGEMENT_WAIT_MS,
+                );
             }
             Ok(())
         });

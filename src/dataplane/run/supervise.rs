@@ -187,6 +187,11 @@ impl LinkWatch {
         }
     }
 
+    /// The link socket, readable when [`poll`](LinkWatch::poll) has work.
+    pub(super) fn fd(&self) -> std::os::fd::RawFd {
+        self.sock.fd()
+    }
+
     /// Checks every interface by name, as after lost notifications.
     pub(super) fn resync(&mut self) -> Result<(), RunError> {
         for i in 0..self.links.len() {

@@ -9,6 +9,7 @@ use crate::dataplane::worker::{DpCounters, HANDOFF_MTU, HandoffFrame, Worker, Wo
 use crate::dataplane::xdp::XdpProgram;
 use crate::nat::{Counters, Engine, Ingress};
 use crossbeam::queue::ArrayQueue;
+use natgw_kernel::wake::EventFd;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -39,12 +40,20 @@ pub(super) struct Shared {
     handoff: Vec<Arc<ArrayQueue<Box<HandoffFrame>>>>,
     handoff_free: Arc<ArrayQueue<Box<HandoffFrame>>>,
     pub(super) stop: Arc<AtomicBool>,
+    /// The management thread sleeps on it (and its netlink sockets): workers signal it
+    /// after queueing a resolution request.
+    pub(super) mgmt_wake: Arc<EventFd>,
 }
 
 impl Shared {
     /// Handoff queues for `workers` workers and their preallocated frames (none for one
     /// worker, which never hands off).
-    pub(super) fn new(neigh: Arc<NeighTable>, workers: usize, handoff_queue: usize) -> Shared {
+    pub(super) fn new(
+        neigh: Arc<NeighTable>,
+        workers: usize,
+        handoff_queue: usize,
+        mgmt_wake: EventFd,
+    ) -> Shared {
         let handoff = (0..workers)
             .map(|_| Arc::new(ArrayQueue::new(handoff_queue)))
             .collect();
@@ -67,6 +76,7 @@ impl Shared {
             handoff,
             handoff_free,
             stop: Arc::new(AtomicBool::new(false)),
+            mgmt_wake: Arc::new(mgmt_wake),
         }
     }
 
@@ -77,6 +87,7 @@ impl Shared {
             handoff: self.handoff.clone(),
             handoff_free: Arc::clone(&self.handoff_free),
             stop: Arc::clone(&self.stop),
+            mgmt_wake: Arc::clone(&self.mgmt_wake),
         }
     }
 }

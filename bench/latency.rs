@@ -1,0 +1,653 @@
+//! Request/response latency through the real natgw binary (issue 9 part 4).
+//!
+//! One UDP flow with 32-byte payloads from an inside host to an echo server behind the router
+//! of a natgw-testbed topology, through each "device under test" in turn, several rounds,
+//! alternating, in one run:
+//!
+//! - `kernel`: the gateway namespace's own kernel NAT (nftables, `enable_kernel_nat`);
+//! - `<name>/adaptive`, `<name>/busy`: a natgw binary (`--natgw name=path`, default the one
+//!   cargo built) with `dataplane.poll` set to that mode.
+//!
+//! For each DUT and round: natgw's idle CPU (no traffic, summed over its threads from
+//! /proc/<pid>/task/*/schedstat, % of one core), then a closed loop (one request in flight,
+//! back to back: round trips/s) and paced loads (`--rates`, requests/s), each with hdrhistogram
+//! percentiles of the round-trip time. natgw's worker runs on core 0 (the topology's config);
+//! the client and the echo server are pinned to `--load-core` (default: the last core), which
+//! therefore also does the veth softirq work of their sends.
+//!
+//! `--quick`: one short round on a topology of its own, a smoke test for CI (no timing is
+//! asserted; it fails only if traffic does not get through). See bench/README.md.
+
+use hdrhistogram::Histogram;
+use natgw_testbed::lab::api_get;
+use natgw_testbed::{Topology, TopologySpec, run_in_netns};
+use std::fmt::Write as _;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+const ECHO_PORT: u16 = 7777;
+const PAYLOAD: usize = 32;
+/// A request without an answer after this long counts as lost.
+const LOST_AFTER: Duration = Duration::from_millis(100);
+
+#[derive(Clone, Debug)]
+struct Opts {
+    quick: bool,
+    rounds: usize,
+    load_secs: f64,
+    idle_secs: f64,
+    rates: Vec<u32>,
+    natgw: Vec<(String, PathBuf)>,
+    modes: Vec<String>,
+    kernel: bool,
+    /// None: the client and the server are not pinned.
+    load_core: Option<usize>,
+}
+
+fn usage() -> ! {
+    eprintln!(
+        "usage: cargo bench --bench latency -- [--quick] [--rounds N] [--secs S] [--idle-secs S]\n\
+         \x20      [--rates R,R..] [--natgw NAME=PATH].. [--modes adaptive,busy] [--no-kernel]\n\
+         \x20      [--load-core N|any]"
+    );
+    std::process::exit(2)
+}
+
+fn parse_opts() -> Opts {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut o = Opts {
+        quick: false,
+        rounds: 4,
+        load_secs: 3.0,
+        idle_secs: 3.0,
+        rates: vec![200, 2000],
+        natgw: Vec::new(),
+        modes: vec!["adaptive".into(), "busy".into()],
+        kernel: true,
+        load_core: Some(cores.saturating_sub(1)),
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
+        let mut val = || args.next().unwrap_or_else(|| usage());
+        match a.as_str() {
+            "--quick" => o.quick = true,
+            "--rounds" => o.rounds = val().parse().unwrap_or_else(|_| usage()),
+            "--secs" => o.load_secs = val().parse().unwrap_or_else(|_| usage()),
+            "--idle-secs" => o.idle_secs = val().parse().unwrap_or_else(|_| usage()),
+            "--rates" => {
+                o.rates = val()
+                    .split(',')
+                    .filter(|s| !s.is_empty())
+                    .map(|s| s.parse().unwrap_or_else(|_| usage()))
+                    .collect()
+            }
+            "--natgw" => {
+                let v = val();
+                let (name, path) = v.split_once('=').unwrap_or_else(|| usage());
+                o.natgw.push((name.to_string(), PathBuf::from(path)));
+            }
+            "--modes" => o.modes = val().split(',').map(str::to_string).collect(),
+            "--no-kernel" => o.kernel = false,
+            "--load-core" => {
+                o.load_core = match val().as_str() {
+                    "any" => None,
+                    v => Some(v.parse().unwrap_or_else(|_| usage())),
+                }
+            }
+            // cargo bench passes --bench to every harness=false target.
+            "--bench" => {}
+            _ => usage(),
+        }
+    }
+    if o.quick {
+        o.rounds = 1;
+        o.load_secs = 0.4;
+        o.idle_secs = 0.5;
+        o.rates = vec![1000];
+    }
+    if o.natgw.is_empty() {
+        o.natgw
+            .push(("natgw".into(), PathBuf::from(env!("CARGO_BIN_EXE_natgw"))));
+    }
+    o
+}
+
+#[derive(Clone, Debug)]
+enum Dut {
+    Kernel,
+    Natgw {
+        name: String,
+        path: PathBuf,
+        mode: String,
+    },
+}
+
+impl Dut {
+    fn label(&self) -> String {
+        match self {
+            Dut::Kernel => "kernel".into(),
+            Dut::Natgw { name, mode, .. } => format!("{name}/{mode}"),
+        }
+    }
+}
+
+/// One load's result.
+struct Load {
+    /// Round trips per second actually achieved.
+    rate: f64,
+    hist: Histogram<u64>,
+    lost: u64,
+}
+
+struct RunResult {
+    idle_cpu: Option<f64>,
+    /// Each thread's share of `idle_cpu`.
+    idle_threads: Vec<(String, f64)>,
+    /// The closed loop first, then one per `--rates` entry.
+    loads: Vec<Load>,
+}
+
+/// Pins the calling thread to `core` (None: leaves it), with precise sleeps for pacing.
+fn pin_to(core: Option<usize>) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; sched_setaffinity(0, ..)
+    // and PR_SET_TIMERSLACK change only the calling thread.
+    unsafe {
+        if let Some(core) = core {
+            let mut set: libc::cpu_set_t = std::mem::zeroed();
+            libc::CPU_SET(core, &mut set);
+            libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        }
+        libc::prctl(libc::PR_SET_TIMERSLACK, 1, 0, 0, 0);
+    }
+}
+
+/// The echo server: a socket in the server namespace, answered by a thread pinned to
+/// `core` until `stop`.
+fn start_echo(ns: &str, core: Option<usize>, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let sock = run_in_netns(ns, || UdpSocket::bind(("0.0.0.0", ECHO_PORT)))
+        .unwrap_or_else(|e| panic!("binding the echo server: {e}"));
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    std::thread::spawn(move || {
+        pin_to(core);
+        let mut buf = [0u8; 2048];
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok((n, from)) = sock.recv_from(&mut buf) {
+                let _ = sock.send_to(&buf[..n], from);
+            }
+        }
+    })
+}
+
+/// A client socket in `ns`, connected to the echo server.
+fn client(ns: &str, server: Ipv4Addr) -> UdpSocket {
+    let s = run_in_netns(ns, || -> std::io::Result<UdpSocket> {
+        let s = UdpSocket::bind("0.0.0.0:0")?;
+        s.connect(SocketAddrV4::new(server, ECHO_PORT))?;
+        Ok(s)
+    })
+    .unwrap_or_else(|e| panic!("client socket: {e}"));
+    s.set_read_timeout(Some(LOST_AFTER)).unwrap();
+    s
+}
+
+/// One request and its answer; the round trip in ns, None if lost. Stale answers (of an
+/// earlier, lost request) are skipped.
+fn round_trip(s: &UdpSocket, seq: u64) -> Option<u64> {
+    let mut req = [0u8; PAYLOAD];
+    req[..8].copy_from_slice(&seq.to_be_bytes());
+    let t0 = Instant::now();
+    s.send(&req).ok()?;
+    let mut buf = [0u8; 2048];
+    loop {
+        let n = s.recv(&mut buf).ok()?;
+        if n >= 8 && buf[..8] == req[..8] {
+            return Some(t0.elapsed().as_nanos() as u64);
+        }
+        if t0.elapsed() > LOST_AFTER {
+            return None;
+        }
+    }
+}
+
+/// `rate` 0: closed loop. Otherwise one request every 1/rate s (no catch-up bursts when an
+/// answer is late).
+fn drive(s: &UdpSocket, seq: &mut u64, secs: f64, rate: u32, stop: &dyn Fn() -> bool) -> Load {
+    let mut hist = Histogram::<u64>::new_with_bounds(1_000, 10_000_000_000, 3).unwrap();
+    let mut lost = 0;
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let period = if rate == 0 {
+        Duration::ZERO
+    } else {
+        Duration::from_secs_f64(1.0 / rate as f64)
+    };
+    let mut next = start;
+    let mut n = 0u64;
+    while Instant::now() < end && !stop() {
+        if rate != 0 {
+            let now = Instant::now();
+            if next > now {
+                std::thread::sleep(next - now);
+            }
+            next = (next + period).max(Instant::now());
+        }
+        *seq += 1;
+        match round_trip(s, *seq) {
+            Some(ns) => {
+                let _ = hist.record(ns.max(1_000));
+                n += 1;
+            }
+            None => lost += 1,
+        }
+    }
+    Load {
+        rate: n as f64 / start.elapsed().as_secs_f64(),
+        hist,
+        lost,
+    }
+}
+
+/// CPU time of each thread of `pid` (name, ns), from schedstat: exact, unlike the clock
+/// ticks of /proc/<pid>/stat.
+fn thread_cpu_ns(pid: u32) -> Option<Vec<(String, u64)>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = e.ok()?.path();
+        let s = std::fs::read_to_string(dir.join("schedstat")).ok()?;
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let ns = s.split_whitespace().next()?.parse::<u64>().ok()?;
+        v.push((name.trim().to_string(), ns));
+    }
+    v.sort();
+    Some(v)
+}
+
+/// natgw's idle CPU over `secs`: the total and each thread's, % of one core.
+fn idle_cpu_of(pid: u32, secs: f64) -> Option<(f64, Vec<(String, f64)>)> {
+    let t0 = Instant::now();
+    let a = thread_cpu_ns(pid)?;
+    std::thread::sleep(Duration::from_secs_f64(secs));
+    let b = thread_cpu_ns(pid)?;
+    let wall = t0.elapsed().as_nanos() as f64;
+    let per: Vec<(String, f64)> = b
+        .iter()
+        .map(|(n, t)| {
+            let before = a.iter().find(|(m, _)| m == n).map_or(0, |x| x.1);
+            (n.clone(), t.saturating_sub(before) as f64 / wall * 100.0)
+        })
+        .collect();
+    Some((per.iter().map(|x| x.1).sum(), per))
+}
+
+struct NatgwProc {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl NatgwProc {
+    fn start(topo: &Topology, path: &Path, config: &str, tag: &str) -> Result<NatgwProc, String> {
+        let dir = std::env::temp_dir();
+        let pid = std::process::id();
+        let cfg_path = dir.join(format!("natgw-bench-lat-{tag}-{pid}.toml"));
+        let stderr = dir.join(format!("natgw-bench-lat-{tag}-{pid}.stderr"));
+        std::fs::write(&cfg_path, config).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
+        let err = std::fs::File::create(&stderr).map_err(|e| e.to_string())?;
+        // `ip netns exec` execs natgw in place: the child's pid is natgw's.
+        let child = Command::new("ip")
+            .args(["netns", "exec", topo.gw_ns()])
+            .arg(path)
+            .args(["run", "--config"])
+            .arg(&cfg_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e}", path.display()))?;
+        let mut p = NatgwProc { child, stderr };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(s)) = p.child.try_wait() {
+                return Err(format!("natgw exited ({s}):\n{}", p.stderr_text()));
+            }
+            if api_get(topo.gw_ns(), "/stats").is_ok() {
+                return Ok(p);
+            }
+            if Instant::now() > deadline {
+                return Err(format!("natgw's API did not answer:\n{}", p.stderr_text()));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn stderr_text(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for NatgwProc {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own child, not yet reaped.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                let _ = std::fs::remove_file(&self.stderr);
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run_dut(topo: &Topology, dut: &Dut, o: &Opts, seq: &mut u64) -> Result<RunResult, String> {
+    let stop = natgw_kernel::signal::signalled;
+    let mut natgw = None;
+    let mut idle_cpu = None;
+    let mut idle_threads = Vec::new();
+    match dut {
+        Dut::Kernel => topo
+            .enable_kernel_nat()
+            .map_err(|e| format!("kernel NAT: {e}"))?,
+        Dut::Natgw { path, mode, .. } => {
+            let cfg = topo
+                .natgw_config()
+                .replace("poll = \"adaptive\"", &format!("poll = \"{mode}\""));
+            let p = NatgwProc::start(topo, path, &cfg, "q")?;
+            // Start-up work (neighbour dumps, first ARP) out of the way.
+            std::thread::sleep(Duration::from_millis(500));
+            if let Some((total, per)) = idle_cpu_of(p.child.id(), o.idle_secs) {
+                idle_cpu = Some(total);
+                idle_threads = per;
+            }
+            natgw = Some(p);
+        }
+    }
+    let c = client(&topo.hosts()[0].ns, topo.server_addr());
+    // The client runs pinned on a thread of its own: natgw, started from this thread,
+    // must not inherit the pinning.
+    let loads = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            pin_to(o.load_core);
+            // Warm-up: ARP, the session, caches.
+            let warm = drive(&c, seq, if o.quick { 0.1 } else { 0.3 }, 0, &stop);
+            if warm.hist.is_empty() {
+                return None;
+            }
+            let mut loads = vec![drive(&c, seq, o.load_secs, 0, &stop)];
+            for &r in &o.rates {
+                loads.push(drive(&c, seq, o.load_secs, r, &stop));
+            }
+            Some(loads)
+        })
+        .join()
+        .expect("client thread")
+    });
+    let result = if let Some(loads) = loads {
+        Ok(RunResult {
+            idle_cpu,
+            idle_threads,
+            loads,
+        })
+    } else {
+        Err(format!(
+            "{}: no answer at all{}",
+            dut.label(),
+            natgw.as_ref().map_or(String::new(), |p| format!(
+                "\nnatgw stderr:\n{}",
+                p.stderr_text()
+            ))
+        ))
+    };
+    drop(natgw);
+    if matches!(dut, Dut::Kernel) {
+        topo.disable_kernel_nat()
+            .map_err(|e| format!("kernel NAT: {e}"))?;
+    }
+    result
+}
+
+fn us(ns: u64) -> f64 {
+    ns as f64 / 1000.0
+}
+
+fn range(v: &[f64]) -> (f64, f64) {
+    let lo = v.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = v.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    (lo, hi)
+}
+
+fn fmt_range(v: &[f64], digits: usize) -> String {
+    let (lo, hi) = range(v);
+    if v.len() == 1 || (hi - lo).abs() < f64::EPSILON {
+        format!("{lo:.digits$}")
+    } else {
+        format!("{lo:.digits$}–{hi:.digits$}")
+    }
+}
+
+fn load_name(o: &Opts, i: usize) -> String {
+    if i == 0 {
+        "closed loop".into()
+    } else {
+        format!("{}/s", o.rates[i - 1])
+    }
+}
+
+fn main() {
+    let o = parse_opts();
+    natgw_kernel::signal::install_signal_handlers();
+    let nft: &[(&str, &str, &str)] = if o.kernel {
+        &[("nft", "--version", "the `nft` command (nftables)")]
+    } else {
+        &[]
+    };
+    if !natgw_testbed::netns::prerequisites_with("bench latency", nft) {
+        // Outside CI without root or ip: nothing to measure.
+        return;
+    }
+    let tag = if o.quick { "latq" } else { "lat" };
+    let _ = Topology::cleanup_stale(tag);
+    let topo = Topology::build(&TopologySpec::new(tag))
+        .unwrap_or_else(|e| panic!("building the topology: {e}"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let echo = start_echo(topo.server_ns(), o.load_core, Arc::clone(&stop));
+
+    let mut duts = Vec::new();
+    for (name, path) in &o.natgw {
+        for m in &o.modes {
+            duts.push(Dut::Natgw {
+                name: name.clone(),
+                path: path.clone(),
+                mode: m.clone(),
+            });
+        }
+    }
+    if o.kernel {
+        duts.push(Dut::Kernel);
+    }
+    println!(
+        "latency bench: {} round(s), {} s per load, loads: closed loop{}; client and server on \
+         core {}, natgw's worker on core 0",
+        o.rounds,
+        o.load_secs,
+        o.rates.iter().fold(String::new(), |mut s, r| {
+            let _ = write!(s, ", {r}/s");
+            s
+        }),
+        o.load_core.map_or("any".to_string(), |c| c.to_string())
+    );
+    println!("load average at start: {}", loadavg());
+    // results[dut][round]
+    let mut results: Vec<Vec<RunResult>> = duts.iter().map(|_| Vec::new()).collect();
+    let mut seq = 0u64;
+    let mut failed = None;
+    'rounds: for round in 0..o.rounds {
+        // Rotate the order each round, so no DUT always runs first or after the same one.
+        for k in 0..duts.len() {
+            let d = (k + round) % duts.len();
+            if natgw_kernel::signal::signalled() {
+                failed = Some("interrupted".to_string());
+                break 'rounds;
+            }
+            match run_dut(&topo, &duts[d], &o, &mut seq) {
+                Ok(r) => {
+                    let mut line = format!("round {} {:<18}", round + 1, duts[d].label());
+                    if let Some(c) = r.idle_cpu {
+                        let _ = write!(line, " idle {c:5.2}% (");
+                        for (n, t) in &r.idle_threads {
+                            let _ = write!(line, "{n} {t:.2} ");
+                        }
+                        line.pop();
+                        line.push_str(") |");
+                    }
+                    for (i, l) in r.loads.iter().enumerate() {
+                        let _ = write!(
+                            line,
+                            " {}: {:.0} rt/s p50 {:.0} p99 {:.0} p99.9 {:.0} max {:.0} µs{} |",
+                            load_name(&o, i),
+                            l.rate,
+                            us(l.hist.value_at_quantile(0.5)),
+                            us(l.hist.value_at_quantile(0.99)),
+                            us(l.hist.value_at_quantile(0.999)),
+                            us(l.hist.max()),
+                            if l.lost > 0 {
+                                format!(" lost {}", l.lost)
+                            } else {
+                                String::new()
+                            }
+                        );
+                    }
+                    println!("{line}");
+                    results[d].push(r);
+                }
+                Err(e) => {
+                    failed = Some(e);
+                    break 'rounds;
+                }
+            }
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = echo.join();
+    drop(topo);
+    if let Some(e) = failed {
+        eprintln!("latency bench failed: {e}");
+        std::process::exit(1);
+    }
+    println!("load average at the end: {}", loadavg());
+    report(&o, &duts, &results);
+}
+
+/// /proc/loadavg's first three fields: how busy the machine was around the measurement.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The summary: per DUT and load the range over the rounds, then the ratios that issue 9
+/// asks about, per round (adaptive vs busy of the same binary, each vs the kernel).
+fn report(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
+    println!(
+        "\nranges over {} round(s) (µs; rt/s = round trips per second)",
+        o.rounds
+    );
+    println!(
+        "| DUT | load | rt/s | p50 | p99 | p99.9 | max | idle CPU % |\n|---|---|---|---|---|---|---|---|"
+    );
+    let mut json = String::from("{");
+    for (d, dut) in duts.iter().enumerate() {
+        let rs = &results[d];
+        let idle: Vec<f64> = rs.iter().filter_map(|r| r.idle_cpu).collect();
+        for i in 0..=o.rates.len() {
+            let col = |f: &dyn Fn(&Load) -> f64| -> Vec<f64> {
+                rs.iter().map(|r| f(&r.loads[i])).collect()
+            };
+            let rate = col(&|l| l.rate);
+            let q = |p: f64| col(&|l| us(l.hist.value_at_quantile(p)));
+            let max = col(&|l| us(l.hist.max()));
+            println!(
+                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                dut.label(),
+                load_name(o, i),
+                fmt_range(&rate, 0),
+                fmt_range(&q(0.5), 0),
+                fmt_range(&q(0.99), 0),
+                fmt_range(&q(0.999), 0),
+                fmt_range(&max, 0),
+                if i == 0 && !idle.is_empty() {
+                    fmt_range(&idle, 2)
+                } else {
+                    String::new()
+                }
+            );
+            let _ = write!(
+                json,
+                "\"{} {}\":{{\"rt_s\":{:?},\"p50_us\":{:?},\"p99_us\":{:?},\"p999_us\":{:?},\"max_us\":{:?}{}}},",
+                dut.label(),
+                load_name(o, i),
+                rate,
+                q(0.5),
+                q(0.99),
+                q(0.999),
+                max,
+                if i == 0 && !idle.is_empty() {
+                    format!(",\"idle_cpu_pct\":{idle:?}")
+                } else {
+                    String::new()
+                }
+            );
+        }
+    }
+    // Ratios, per round, then their range.
+    let find = |label: &str| duts.iter().position(|d| d.label() == label);
+    let kernel = find("kernel");
+    println!("\nratios per round, as ranges over the rounds");
+    for (name, _) in &o.natgw {
+        let (Some(a), Some(b)) = (
+            find(&format!("{name}/adaptive")),
+            find(&format!("{name}/busy")),
+        ) else {
+            continue;
+        };
+        let n = results[a].len().min(results[b].len());
+        for i in 0..=o.rates.len() {
+            let ratio = |f: &dyn Fn(&Load) -> f64, x: usize, y: usize| -> Vec<f64> {
+                (0..n)
+                    .map(|r| f(&results[x][r].loads[i]) / f(&results[y][r].loads[i]))
+                    .collect()
+            };
+            let p50 = |l: &Load| l.hist.value_at_quantile(0.5) as f64;
+            let p99 = |l: &Load| l.hist.value_at_quantile(0.99) as f64;
+            let rate = |l: &Load| l.rate;
+            let mut line = format!(
+                "{name} {}: adaptive/busy p50 {} p99 {} rt/s {}",
+                load_name(o, i),
+                fmt_range(&ratio(&p50, a, b), 2),
+                fmt_range(&ratio(&p99, a, b), 2),
+                fmt_range(&ratio(&rate, a, b), 2),
+            );
+            if let Some(k) = kernel {
+                let n = n.min(results[k].len());
+                let vs_k: Vec<f64> = (0..n)
+                    .map(|r| results[a][r].loads[i].rate / results[k][r].loads[i].rate)
+                    .collect();
+                let _ = write!(line, "; adaptive/kernel rt/s {}", fmt_range(&vs_k, 2));
+            }
+            println!("{line}");
+        }
+    }
+    json.pop();
+    json.push('}');
+    println!("\nJSON: {json}");
+}
