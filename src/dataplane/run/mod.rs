@@ -102,24 +102,6 @@ pub struct Gateway {
     _progs: Vec<XdpProgram>,
 }
 
-/// Workers started by `Gateway::start`, stopped and joined if a later step fails.
-struct StartedWorkers {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
-}
-
-impl Drop for StartedWorkers {
-    fn drop(&mut self) {
-        if self.threads.is_empty() {
-            return;
-        }
-        self.stop.store(true, Ordering::SeqCst);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-    }
-}
-
 /// The neighbour table filled from a first dump, and the socket that keeps it current.
 /// Resolution of the outside gateway starts at once, so the first packets find it.
 fn open_neighbours(
@@ -188,7 +170,7 @@ impl Gateway {
         };
         // Every socket is bound and registered in its interface's redirect map before the
         // program is attached: no frame meets the program on a queue without its socket.
-        let mut workers = StartedWorkers {
+        let mut workers = workers::Started {
             stop: Arc::clone(&shared.stop),
             threads: spawn_workers(cfg, &links, &progs, &shared, &mut handle)?,
         };

@@ -15,10 +15,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 
-/// The workers `Gateway::start` has spawned so far: stopped and joined if it fails later.
-struct Started {
-    stop: Arc<AtomicBool>,
-    threads: Vec<JoinHandle<()>>,
+/// Workers started so far: stopped and joined if a later step fails (while they are being
+/// spawned, and in `Gateway::start` until it has succeeded).
+pub(super) struct Started {
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) threads: Vec<JoinHandle<()>>,
 }
 
 impl Drop for Started {
