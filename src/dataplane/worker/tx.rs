@@ -30,8 +30,13 @@ impl Worker {
             self.hold_frame(pool, base, off, len, port, ifindex, next_hop);
             return;
         };
-        if self.hold.held() != 0 {
+        if self.hold.held() != 0
+            && (self.hold_recheck || self.shared.neigh.generation() != self.hold_gen)
+        {
             // Frames held for this next hop go first (it resolved since the last check).
+            // With the neighbour table unchanged since the round's `release_held` every
+            // next hop still waited for is unresolved, so this one has nothing held: no
+            // search, even while some unreachable host keeps frames waiting.
             self.release_neighbour(ifindex, next_hop, dst_mac, outs);
         }
         self.emit(pool, base, off, len, port, dst_mac, outs);
