@@ -7,78 +7,19 @@
 //! Needs root and the `ip` command; under `CI=true` a missing prerequisite is a failure.
 //! Run under the shared lock: `CI=true flock /tmp/natgw-netns.lock cargo test --test floods`.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use natgw_testbed::lab::api_get;
 use natgw_testbed::netns::prerequisites;
+use natgw_testbed::process::NatgwProcess;
 use natgw_testbed::sockets::internet_checksum;
 use natgw_testbed::{Topology, TopologySpec, run_in_netns};
 
 const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
-
-/// natgw in the gateway namespace; SIGTERM (then SIGKILL) on drop.
-struct Natgw {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Natgw {
-    fn start(topo: &Topology, config: &str, tag: &str) -> Natgw {
-        let pid = std::process::id();
-        let dir = std::env::temp_dir();
-        let cfg = dir.join(format!("natgw-floods-{tag}-{pid}.toml"));
-        let stderr = dir.join(format!("natgw-floods-{tag}-{pid}.stderr"));
-        std::fs::write(&cfg, config).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", topo.gw_ns(), NATGW, "run", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr).unwrap())
-            .spawn()
-            .expect("starting natgw");
-        let mut n = Natgw { child, stderr };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while api_get(topo.gw_ns(), "/stats").is_err() {
-            if let Ok(Some(s)) = n.child.try_wait() {
-                panic!("natgw exited ({s}):\n{}", n.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "natgw API silent:\n{}",
-                n.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = std::fs::remove_file(&cfg);
-        n
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Natgw {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own unreaped child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.stderr);
-    }
-}
 
 /// A TCP SYN from `src:sport` to `dst:dport`, IPv4 header included (for IPPROTO_RAW).
 fn syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32) -> [u8; 40] {
@@ -198,7 +139,7 @@ fn new_connections_survive_a_udp_spray_and_a_syn_flood() {
         ),
         1,
     ) + "[sessions]\ncapacity_per_core = 1024\n";
-    let natgw = Natgw::start(&topo, &config, &spec.tag);
+    let natgw = NatgwProcess::start(NATGW, &topo, &config, &format!("floods-{}", spec.tag));
 
     // The server: a TCP echo of one line per connection.
     let listener = run_in_netns(topo.server_ns(), || TcpListener::bind((server, 0))).unwrap();

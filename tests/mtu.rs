@@ -9,16 +9,14 @@
 //! Each test has its own topology tag (`m?`). Needs root and `ip`; under `CI=true` a missing
 //! prerequisite is a failure.
 
-use std::fs::File;
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use natgw_testbed::lab::{api_get, stat};
 use natgw_testbed::netns::prerequisites;
+use natgw_testbed::process::NatgwProcess;
 use natgw_testbed::{
     GW_INSIDE_IF, GW_OUTSIDE_IF, ROUTER_GW_IF, SWITCH_UPLINK_IF, Topology, TopologySpec,
     run_in_netns,
@@ -28,63 +26,6 @@ const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
 const SMALL: u32 = 1400;
 /// A UDP payload that makes a 1500-byte datagram.
 const FULL: usize = 1472;
-
-/// natgw in the gateway namespace; SIGTERM (then SIGKILL) on drop.
-struct Natgw {
-    child: Child,
-    stderr: PathBuf,
-}
-
-impl Natgw {
-    fn start(topo: &Topology, config: &str, tag: &str) -> Natgw {
-        let pid = std::process::id();
-        let dir = std::env::temp_dir();
-        let cfg = dir.join(format!("natgw-mtu-{tag}-{pid}.toml"));
-        let stderr = dir.join(format!("natgw-mtu-{tag}-{pid}.stderr"));
-        std::fs::write(&cfg, config).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", topo.gw_ns(), NATGW, "run", "--config"])
-            .arg(&cfg)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(File::create(&stderr).unwrap())
-            .spawn()
-            .expect("starting natgw");
-        let mut n = Natgw { child, stderr };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while api_get(topo.gw_ns(), "/stats").is_err() {
-            if let Ok(Some(s)) = n.child.try_wait() {
-                panic!("natgw exited ({s}):\n{}", n.stderr());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "natgw API silent:\n{}",
-                n.stderr()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = std::fs::remove_file(&cfg);
-        n
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.stderr).unwrap_or_default()
-    }
-}
-
-impl Drop for Natgw {
-    fn drop(&mut self) {
-        // SAFETY: kill(2) on our own unreaped child.
-        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(3);
-        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.stderr);
-    }
-}
 
 /// A topology whose links `small` (namespace, interface) have MTU 1400. None without the
 /// prerequisites (outside CI). Dropping it removes the namespaces.
@@ -220,7 +161,7 @@ fn outside_link_smaller_df_learns_the_mtu_and_non_df_arrives_whole() {
     ) else {
         return;
     };
-    let natgw = Natgw::start(&t, &t.natgw_config(), "mo");
+    let natgw = NatgwProcess::start(NATGW, &t, &t.natgw_config(), "mtu-mo");
     let host = t.hosts()[0].clone();
     let server = SocketAddrV4::new(t.server_addr(), 7000);
     let srv = run_in_netns(t.server_ns(), || UdpSocket::bind(server)).unwrap();
@@ -290,7 +231,7 @@ fn inside_link_smaller_through_a_port_forward() {
         ),
         1,
     );
-    let natgw = Natgw::start(&t, &cfg, "mi");
+    let natgw = NatgwProcess::start(NATGW, &t, &cfg, "mtu-mi");
     let inside = run_in_netns(&host.ns, || UdpSocket::bind(int)).unwrap();
     inside
         .set_read_timeout(Some(Duration::from_millis(300)))
@@ -382,7 +323,7 @@ fn tcp_over_a_smaller_outside_link_with_and_without_mss_clamp() {
         .natgw_config()
         .replacen("[[realm]]\n", "[[realm]]\nmss_clamp = \"auto\"\n", 1);
     {
-        let _natgw = Natgw::start(&t, &cfg, "mt");
+        let _natgw = NatgwProcess::start(NATGW, &t, &cfg, "mtu-mt");
         tcp_transfer(&t, 8000);
         let s = stats(&t);
         assert!(stat(&s, "mss_clamped") >= 2, "SYN and SYN-ACK: {s}");
@@ -392,7 +333,7 @@ fn tcp_over_a_smaller_outside_link_with_and_without_mss_clamp() {
     assert_eq!(learned_mtu(&t, &t.hosts()[0].ns, t.server_addr()), None);
     // Unclamped: the host's 1500-byte segments get "fragmentation needed" and path MTU
     // discovery carries the transfer.
-    let _natgw = Natgw::start(&t, &t.natgw_config(), "mt");
+    let _natgw = NatgwProcess::start(NATGW, &t, &t.natgw_config(), "mtu-mt");
     tcp_transfer(&t, 8001);
     let s = stats(&t);
     assert!(stat(&s, "drop_frag_needed") >= 1, "PMTUD did the work: {s}");

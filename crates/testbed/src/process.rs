@@ -1,0 +1,72 @@
+//! natgw as a process in a topology's gateway namespace, for tests that need nothing more
+//! than "natgw runs with this configuration": started with `ip netns exec`, ready once its
+//! API answers, its stderr in a file that failure messages quote, SIGTERM (then SIGKILL) on
+//! drop.
+
+use crate::Topology;
+use crate::lab::api_get;
+use std::fs::File;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running natgw; stopped on drop.
+pub struct NatgwProcess {
+    child: Child,
+    stderr: PathBuf,
+}
+
+impl NatgwProcess {
+    /// Runs the binary `exe` (a test's `env!("CARGO_BIN_EXE_natgw")`) with `config` in the
+    /// gateway namespace of `topo` and waits up to 10 s for its API; panics with natgw's
+    /// stderr if it exits or stays silent. `name` makes the temporary file names unique.
+    pub fn start(exe: &str, topo: &Topology, config: &str, name: &str) -> NatgwProcess {
+        let pid = std::process::id();
+        let dir = std::env::temp_dir();
+        let cfg = dir.join(format!("natgw-{name}-{pid}.toml"));
+        let stderr = dir.join(format!("natgw-{name}-{pid}.stderr"));
+        std::fs::write(&cfg, config).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", topo.gw_ns(), exe, "run", "--config"])
+            .arg(&cfg)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(File::create(&stderr).unwrap())
+            .spawn()
+            .expect("starting natgw");
+        let mut n = NatgwProcess { child, stderr };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while api_get(topo.gw_ns(), "/stats").is_err() {
+            if let Ok(Some(s)) = n.child.try_wait() {
+                panic!("natgw exited ({s}):\n{}", n.stderr());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "natgw API silent:\n{}",
+                n.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = std::fs::remove_file(&cfg);
+        n
+    }
+
+    /// What natgw has written to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+}
+
+impl Drop for NatgwProcess {
+    fn drop(&mut self) {
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.stderr);
+    }
+}
