@@ -23,29 +23,36 @@ impl Metrics {
         let reg = Registry::new();
         let mut counters: Vec<(&'static str, IntCounterVec)> = Vec::new();
         let mut gauges: Vec<(&'static str, IntGaugeVec)> = Vec::new();
-        // One metric family per counter name, created on first use and registered once.
-        let mut counter = |name: &'static str, help: &'static str| -> IntCounterVec {
-            if let Some((_, c)) = counters.iter().find(|(n, _)| *n == name) {
-                return c.clone();
+        // One metric family per name, created on first use and registered once. The
+        // *_active counters are gauges; everything else only grows.
+        let mut publish = |name: &'static str, help: &'static str, worker: &str, v: u64| {
+            if name.ends_with("_active") {
+                let g = match gauges.iter().find(|(n, _)| *n == name) {
+                    Some((_, g)) => g.clone(),
+                    None => {
+                        let g =
+                            IntGaugeVec::new(Opts::new(format!("natgw_{name}"), help), &["worker"])
+                                .expect("static metric definition");
+                        let _ = reg.register(Box::new(g.clone()));
+                        gauges.push((name, g.clone()));
+                        g
+                    }
+                };
+                g.with_label_values(&[worker]).set(v as i64);
+            } else {
+                let c = match counters.iter().find(|(n, _)| *n == name) {
+                    Some((_, c)) => c.clone(),
+                    None => {
+                        let opts = Opts::new(format!("natgw_{name}_total"), help);
+                        let c = IntCounterVec::new(opts, &["worker"])
+                            .expect("static metric definition");
+                        let _ = reg.register(Box::new(c.clone()));
+                        counters.push((name, c.clone()));
+                        c
+                    }
+                };
+                c.with_label_values(&[worker]).inc_by(v);
             }
-            let c = IntCounterVec::new(Opts::new(format!("natgw_{name}_total"), help), &["worker"])
-                .expect("static metric definition");
-            let _ = reg.register(Box::new(c.clone()));
-            counters.push((name, c.clone()));
-            c
-        };
-        let gauge = |gauges: &mut Vec<(&'static str, IntGaugeVec)>,
-                     name: &'static str,
-                     help: &'static str|
-         -> IntGaugeVec {
-            if let Some((_, g)) = gauges.iter().find(|(n, _)| *n == name) {
-                return g.clone();
-            }
-            let g = IntGaugeVec::new(Opts::new(format!("natgw_{name}"), help), &["worker"])
-                .expect("static metric definition");
-            let _ = reg.register(Box::new(g.clone()));
-            gauges.push((name, g.clone()));
-            g
         };
         let drops = IntCounterVec::new(
             Opts::new("natgw_drops_total", "frames dropped, by reason"),
@@ -55,18 +62,7 @@ impl Metrics {
         let _ = reg.register(Box::new(drops.clone()));
         for (wi, c) in h.counters.iter().enumerate() {
             let w = wi.to_string();
-            c.each(|name, help, v| {
-                // Gauges are the *_active counters; everything else only grows.
-                if name.ends_with("_active") {
-                    gauge(&mut gauges, name, help)
-                        .with_label_values(&[w.as_str()])
-                        .set(v as i64);
-                } else {
-                    counter(name, help)
-                        .with_label_values(&[w.as_str()])
-                        .inc_by(v);
-                }
-            });
+            c.each(|name, help, v| publish(name, help, &w, v));
             for r in DropReason::ALL {
                 drops
                     .with_label_values(&[w.as_str(), r.label()])
@@ -75,17 +71,7 @@ impl Metrics {
         }
         for (wi, d) in h.dp.iter().enumerate() {
             let w = wi.to_string();
-            d.each(|name, help, v| {
-                if name.ends_with("_active") {
-                    gauge(&mut gauges, name, help)
-                        .with_label_values(&[w.as_str()])
-                        .set(v as i64);
-                } else {
-                    counter(name, help)
-                        .with_label_values(&[w.as_str()])
-                        .inc_by(v);
-                }
-            });
+            d.each(|name, help, v| publish(name, help, &w, v));
         }
         self.render_interfaces(&reg, h);
         let up = IntGaugeVec::new(

@@ -108,10 +108,7 @@ impl Worker {
             match self.shared.neigh.state(ifindex, addr) {
                 NeighState::Usable(mac) => self.release_at(i, mac, outs),
                 NeighState::Failed(at) if at > since_gen => {
-                    while let Some(h) = self.hold.pop(i) {
-                        self.drop_held(h, HoldDrop::Failed);
-                    }
-                    self.hold.remove(i);
+                    self.drop_neighbour(i, HoldDrop::Failed)
                 }
                 // Still being resolved, or a failure from before this wait (the kernel
                 // was asked again).
@@ -139,12 +136,17 @@ impl Worker {
     /// At shutdown: every held chunk back to its pool, counted as expired.
     pub(super) fn discard_held(&mut self) {
         for i in (0..self.hold.pending()).rev() {
-            while let Some(h) = self.hold.pop(i) {
-                self.drop_held(h, HoldDrop::Expired);
-            }
-            self.hold.remove(i);
+            self.drop_neighbour(i, HoldDrop::Expired);
         }
         self.dp.neigh_hold_active.set(0);
+    }
+
+    /// Drops every frame held for neighbour `i` and stops waiting for it.
+    fn drop_neighbour(&mut self, i: usize, why: HoldDrop) {
+        while let Some(h) = self.hold.pop(i) {
+            self.drop_held(h, why);
+        }
+        self.hold.remove(i);
     }
 
     /// Asks the management thread to have the kernel resolve `addr` on `ifindex`: at most
