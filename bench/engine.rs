@@ -780,6 +780,7 @@ fn main() {
         format!("setup_{}", count_name(big)),
         "mix_in2out_10k".into(),
         format!("ref_lookup_{}", count_name(big)),
+        format!("list_{}", count_name(big)),
     ]
     .to_vec();
     // An exact case name selects that case only; anything else selects by substring.
@@ -790,12 +791,15 @@ fn main() {
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut setup = None;
+    let mut listing = None;
 
     for n in [1, 10_000, big] {
         let in_name = format!("udp_in2out_{}", count_name(n));
         let out_name = format!("udp_out2in_{}", count_name(n));
+        let list_name = format!("list_{}", count_name(n));
         let want_out = n == big && wanted(&out_name);
-        if !wanted(&in_name) && !want_out {
+        let want_list = n == big && wanted(&list_name);
+        if !wanted(&in_name) && !want_out && !want_list {
             continue;
         }
         let mut e = new_engine(capacity);
@@ -813,6 +817,9 @@ fn main() {
                 Egress::Outside,
             );
             rows.push(row);
+        }
+        if want_list {
+            listing = Some(list_steps(&e, n));
         }
         if want_out {
             let replies: Vec<Flow> = translated.iter().map(reply_to).collect();
@@ -888,6 +895,38 @@ fn main() {
         lookup.as_ref(),
         started.elapsed(),
     );
+    if let Some(l) = listing {
+        println!("{l}");
+    }
+}
+
+/// A management listing of the whole table in the worker's bounded steps (what a worker
+/// spends between two batches per `GET /sessions` step): the slowest step, the median step
+/// and the whole walk.
+fn list_steps(e: &Engine, sessions: usize) -> String {
+    use natgw::nat::listing::Filter;
+    let filter = Filter::default();
+    let mut times = Vec::new();
+    let (mut listed, mut from) = (0usize, Some(0));
+    let all = Instant::now();
+    while let Some(slot) = from {
+        let t = Instant::now();
+        from = e.list_sessions(slot, &filter, |_, s| {
+            listed += 1;
+            std::hint::black_box(s);
+        });
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let total = all.elapsed().as_secs_f64() * 1e3;
+    assert_eq!(listed, sessions, "the walk lists every session");
+    times.sort_by(f64::total_cmp);
+    format!(
+        "list_{}: {} steps, median {:.1} us, max {:.1} us per step, {total:.1} ms for the walk",
+        count_name(sessions),
+        times.len(),
+        times[times.len() / 2],
+        times[times.len() - 1]
+    )
 }
 
 fn report(

@@ -22,7 +22,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use natgw_testbed::lab::api_get;
+use natgw_testbed::lab::{api_get, api_request};
 use natgw_testbed::{RawIcmp, Topology, TopologySpec, ipv4_payload, run_in_netns};
 
 const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
@@ -1434,5 +1434,91 @@ fn three_pings_on_a_fresh_topology_get_three_replies() {
                 .unwrap_or_else(|e| panic!("ping {i} of 3: {e}; /stats: {:?}", lab.stats()));
         }
         assert_eq!(lab.stats().get("drop_no_neighbour"), 0);
+    });
+}
+
+/// The session list through the API: filters chosen in the workers, pages that follow the
+/// `next` cursor across both workers, a refused parameter named, and DELETE with a filter
+/// removing exactly the sessions it names (whose flows then start afresh).
+#[test]
+fn session_listing_filters_pages_and_deletes() {
+    let mut spec = TopologySpec::new("el");
+    spec.inside_hosts = 3;
+    spec.queues = 2;
+    let Some(lab) = Lab::start("listing", spec, |_, c| c) else {
+        return;
+    };
+    lab.run(|lab| {
+        let t = &lab.topo;
+        let echo = UdpEcho::start(t, 7001);
+        let mut flows = Vec::new();
+        for h in t.hosts() {
+            for i in 0..8u16 {
+                let src = SocketAddrV4::new(h.addr, 43000 + i);
+                let sock = udp_socket(&h.ns, src);
+                udp_echo(&sock, echo.addr, b"hello");
+                flows.push((src, sock));
+            }
+        }
+        let all = lab.sessions();
+        let mine: Vec<_> = all.list.iter().filter(|s| s.remote == echo.addr).collect();
+        assert_eq!(mine.len(), 24, "{all:?}");
+
+        // A filter: one inside host's sessions only, with the Get-NetNatSession fields.
+        let h0 = t.hosts()[0].addr;
+        let body = api_get(lab.gw(), &format!("/sessions?inside={h0}&protocol=udp")).unwrap();
+        let one = Sessions::parse(&body);
+        assert_eq!(one.total, 8, "{body}");
+        assert!(one.list.iter().all(|s| *s.inside.ip() == h0), "{body}");
+        for k in [
+            "inside_destination",
+            "external_destination",
+            "state",
+            "created_unix",
+            "idle_secs",
+        ] {
+            assert!(body.contains(&format!("\"{k}\":")), "no {k} in {body}");
+        }
+
+        // Pages of 5 by the cursor: every session once, across both workers.
+        let mut seen = Vec::new();
+        let mut path = format!("/sessions?remote={}&limit=5", echo.addr);
+        for page in 0.. {
+            assert!(page < 10, "more pages than sessions");
+            let body = api_get(lab.gw(), &path).unwrap();
+            let s = Sessions::parse(&body);
+            assert!(s.list.len() <= 5, "{body}");
+            seen.extend(s.list.into_iter().map(|s| s.inside));
+            match json_string(&body, "next") {
+                Some(c) => path = format!("/sessions?remote={}&limit=5&cursor={c}", echo.addr),
+                None => break,
+            }
+        }
+        seen.sort();
+        let mut want: Vec<_> = flows.iter().map(|f| f.0).collect();
+        want.sort();
+        assert_eq!(seen, want, "pages lost or repeated sessions");
+
+        // A bad parameter: 400, naming it.
+        let (code, _, body) = api_request(lab.gw(), "GET", "/sessions?protocol=sctp").unwrap();
+        assert_eq!(code, 400, "{body}");
+        assert!(body.contains("protocol"), "{body}");
+
+        // DELETE one host's sessions.
+        let h1 = t.hosts()[1].addr;
+        let (code, _, body) =
+            api_request(lab.gw(), "DELETE", &format!("/sessions?inside={h1}")).unwrap();
+        assert_eq!(code, 200, "{body}");
+        assert_eq!(json_u64(&body, "removed"), Some(8), "{body}");
+        let after = lab.sessions();
+        assert!(after.list.iter().all(|s| *s.inside.ip() != h1), "{after:?}");
+        let kept = after.list.iter().filter(|s| s.remote == echo.addr).count();
+        assert_eq!(kept, 16, "other hosts' sessions were removed: {after:?}");
+        assert!(lab.stats().get("sessions_deleted") >= 8);
+        // The deleted flows start again.
+        for (src, sock) in flows.iter().filter(|f| *f.0.ip() == h1) {
+            let seen = udp_echo(sock, echo.addr, b"again");
+            assert!(in_pool(*seen.ip(), t.pool(0)), "{src} seen as {seen}");
+        }
     });
 }

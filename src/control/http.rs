@@ -28,6 +28,11 @@ fn respond(mut s: &TcpStream, status: &str, ctype: &str, body: &str) -> std::io:
     )
 }
 
+fn bad_request(s: &TcpStream, err: &str) -> std::io::Result<()> {
+    let body = format!("{{\"ok\":false,\"error\":{}}}", super::json_str(err));
+    respond(s, "400 Bad Request", "application/json", &body)
+}
+
 fn handle(stream: TcpStream, st: &State) -> std::io::Result<()> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     // A client that stops reading (a large /sessions answer fills the socket buffer) must
@@ -75,23 +80,38 @@ fn handle(stream: TcpStream, st: &State) -> std::io::Result<()> {
                 .lock()
                 .map_err(|_| std::io::Error::other("lock"))?
                 .clone();
-            let limit = query
-                .split('&')
-                .find_map(|kv| kv.strip_prefix("limit="))
-                .and_then(|v| v.parse::<usize>().ok())
-                .unwrap_or(usize::MAX);
-            let all = super::sessions(&h);
-            let body: Vec<String> = all.iter().take(limit).map(super::session_json).collect();
-            respond(
-                &stream,
-                "200 OK",
-                JSON,
-                &format!(
-                    "{{\"total\":{},\"sessions\":[{}]}}",
-                    all.len(),
-                    body.join(",")
-                ),
-            )
+            match super::sessions::Query::parse(query, &h) {
+                // Streamed as the workers answer, ended by closing the connection.
+                Ok(q) => {
+                    let mut w = std::io::BufWriter::new(&stream);
+                    write!(
+                        w,
+                        "HTTP/1.1 200 OK\r\nContent-Type: {JSON}\r\nConnection: close\r\n\r\n"
+                    )?;
+                    super::sessions::list(&h, &q, &mut |chunk| w.write_all(chunk.as_bytes()))?;
+                    w.flush()
+                }
+                Err(e) => bad_request(&stream, &e.to_string()),
+            }
+        }
+        ("DELETE", "/sessions") => {
+            let h = st
+                .handle
+                .lock()
+                .map_err(|_| std::io::Error::other("lock"))?
+                .clone();
+            match super::sessions::Query::parse(query, &h) {
+                Ok(q) => {
+                    let n = super::sessions::delete(&h, &q)?;
+                    respond(
+                        &stream,
+                        "200 OK",
+                        JSON,
+                        &format!("{{\"ok\":true,\"removed\":{n}}}"),
+                    )
+                }
+                Err(e) => bad_request(&stream, &e.to_string()),
+            }
         }
         ("POST", "/reload") => match super::reload(st) {
             Ok(m) => respond(
@@ -123,7 +143,7 @@ fn handle(stream: TcpStream, st: &State) -> std::io::Result<()> {
             &stream,
             "200 OK",
             "text/plain",
-            "natgw: /metrics /stats /sessions POST /reload /sessions/clear\n",
+            "natgw: /metrics /stats /sessions DELETE /sessions POST /reload /sessions/clear\n",
         ),
         _ => respond(&stream, "404 Not Found", "text/plain", "not found\n"),
     }

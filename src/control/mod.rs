@@ -4,15 +4,15 @@
 
 mod http;
 pub mod metrics;
+pub mod sessions;
 
 use crate::config::ConfigError;
 use crate::dataplane::run::{self, Handle};
-use crate::dataplane::worker::{Control, SessionInfo};
+use crate::dataplane::worker::Control;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 pub struct State {
     pub handle: Mutex<Handle>,
@@ -39,20 +39,6 @@ pub fn serve(listen: SocketAddr, state: Arc<State>) -> std::io::Result<()> {
         .name("natgw-api".into())
         .spawn(move || http::serve(listener, state))?;
     Ok(())
-}
-
-/// Sessions of every worker (each worker answers between two batches).
-pub fn sessions(h: &Handle) -> Vec<SessionInfo> {
-    let mut all = Vec::new();
-    for tx in &h.control {
-        let (rtx, rrx) = crossbeam::channel::bounded(1);
-        if tx.send(Control::Sessions(rtx)).is_ok()
-            && let Ok(mut v) = rrx.recv_timeout(Duration::from_secs(2))
-        {
-            all.append(&mut v);
-        }
-    }
-    all
 }
 
 /// Why a reload did not happen. The running configuration stays in force.
@@ -109,26 +95,6 @@ pub fn json_str(s: &str) -> String {
     o
 }
 
-pub fn session_json(s: &SessionInfo) -> String {
-    format!(
-        "{{\"core\":{},\"realm\":{},\"protocol\":\"{}\",\"inside\":\"{}:{}\",\"external\":\"{}:{}\",\"remote\":\"{}:{}\",\
-         \"tcp_established\":{},\"age_secs\":{},\"expires_in_secs\":{},\"inbound\":{}}}",
-        s.core,
-        json_str(&s.realm),
-        s.proto.name(),
-        s.inside.0,
-        s.inside.1,
-        s.external.0,
-        s.external.1,
-        s.remote.0,
-        s.remote.1,
-        s.tcp_established,
-        s.age_secs,
-        s.expires_in_secs,
-        s.inbound
-    )
-}
-
 /// All counters summed over workers, as a JSON object.
 pub fn stats_json(h: &Handle) -> String {
     let mut fields: Vec<(String, u64)> = Vec::new();
@@ -175,7 +141,7 @@ mod tests {
         gateway = \"10.0.0.1\"\npool = [\"192.168.1.10\"]\n";
 
     /// A running gateway of two workers on eth1/eth0 (the test holds the workers' ends).
-    fn state(path: PathBuf) -> (State, Vec<crossbeam::channel::Receiver<Control>>) {
+    fn state(path: PathBuf) -> (State, Vec<crate::dataplane::worker::ControlRx>) {
         let cfg = crate::config::parse(CONF).unwrap();
         let mut rules = Rules::new(&cfg, Arc::new(crate::nat::ports::BlockPartition::new(2)));
         rules.rss = Some(RssSteering {
@@ -184,7 +150,9 @@ mod tests {
             udp_ports: true,
             queue_of_core: vec![0, 1],
         });
-        let (txs, rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| crossbeam::channel::bounded(4)).unzip();
+        let (txs, rxs): (Vec<_>, Vec<_>) = (0..2)
+            .map(|_| crate::dataplane::worker::control::channel(4).unwrap())
+            .unzip();
         let handle = Handle {
             counters: (0..2).map(|_| Arc::default()).collect(),
             dp: (0..2).map(|_| Arc::default()).collect(),

@@ -70,6 +70,7 @@ counters! {
     sessions_expired: "sessions removed after their idle timeout",
     sessions_evicted_transitory: "unestablished or closing TCP sessions evicted to make room in a full table (or under an inbound limit)",
     sessions_evicted_idle: "idle UDP/ICMP sessions evicted to make room in a full table",
+    sessions_deleted: "sessions removed by the operator (DELETE /sessions, POST /sessions/clear)",
     mappings_created: "address/port mappings created",
     sessions_active: "sessions in the table (gauge)",
     mappings_active: "mappings in the table (gauge)",

@@ -280,9 +280,33 @@ impl Engine {
         self.cx.store.for_each_session(f)
     }
 
+    /// One bounded step of a session listing from slot `from` (see [`super::listing`]).
+    pub fn list_sessions(
+        &self,
+        from: u32,
+        filter: &super::listing::Filter,
+        f: impl FnMut(u32, &Session),
+    ) -> super::listing::Cursor {
+        self.cx.store.list_step(from, filter, f)
+    }
+
+    /// One bounded step of a session deletion from slot `from`: how many were removed and
+    /// where the next step resumes.
+    pub fn delete_sessions(
+        &mut self,
+        from: u32,
+        filter: &super::listing::Filter,
+    ) -> (u32, super::listing::Cursor) {
+        let (n, next) = self.cx.store.delete_step(from, filter);
+        self.cx.counters.sessions_deleted.add(n as u64);
+        (n, next)
+    }
+
     /// Removes every session (management command).
     pub fn clear_sessions(&mut self) {
-        self.cx.store.clear()
+        let n = self.cx.store.session_count();
+        self.cx.store.clear();
+        self.cx.counters.sessions_deleted.add(n as u64);
     }
 
     /// Frames released from the fragment hold buffer, ready to send: `f(bytes, verdict)`.

@@ -16,6 +16,7 @@ mod fast;
 mod frag;
 mod icmp;
 mod in2out;
+pub mod listing;
 mod mem;
 pub mod memory;
 mod mtu;

@@ -69,7 +69,17 @@ fn stop_requested() -> bool {
 /// GET `path` from natgw's API (127.0.0.1:9180) inside namespace `ns`: the body of a 200
 /// answer; any other status is an error naming it.
 pub fn api_get(ns: &str, path: &str) -> std::io::Result<String> {
-    let path = path.to_string();
+    let (status, head, body) = api_request(ns, "GET", path)?;
+    if status != 200 {
+        return Err(std::io::Error::other(format!("GET {path}: {head}")));
+    }
+    Ok(body)
+}
+
+/// Sends `method path` to natgw's API inside namespace `ns`; returns the status code, the
+/// status line and the body, whatever the status.
+pub fn api_request(ns: &str, method: &str, path: &str) -> std::io::Result<(u16, String, String)> {
+    let (method, path) = (method.to_string(), path.to_string());
     run_in_netns(ns, move || {
         let mut s = TcpStream::connect_timeout(
             &API.parse().expect("static address"),
@@ -79,17 +89,20 @@ pub fn api_get(ns: &str, path: &str) -> std::io::Result<String> {
         s.set_write_timeout(Some(Duration::from_secs(5)))?;
         write!(
             s,
-            "GET {path} HTTP/1.1\r\nHost: natgw\r\nConnection: close\r\n\r\n"
+            "{method} {path} HTTP/1.1\r\nHost: natgw\r\nConnection: close\r\n\r\n"
         )?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         let (head, body) = out
             .split_once("\r\n\r\n")
             .ok_or_else(|| std::io::Error::other(format!("malformed answer: {out:?}")))?;
-        if !head.starts_with("HTTP/1.1 200") {
-            return Err(std::io::Error::other(format!("GET {path}: {head}")));
-        }
-        Ok(body.to_string())
+        let line = head.lines().next().unwrap_or("").to_string();
+        let status = line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .ok_or_else(|| std::io::Error::other(format!("malformed status line: {line:?}")))?;
+        Ok((status, line, body.to_string()))
     })
 }
 

@@ -27,7 +27,7 @@ pub use natgw_kernel::signal::{
 pub use supervise::{LinkStates, RunError};
 
 use super::neigh::NeighTable;
-use super::worker::{Control, DpCounters};
+use super::worker::DpCounters;
 use super::xdp::{PassMaps, XdpDrops, XdpProgram};
 use crate::config::{Config, XdpMode};
 use crate::nat::rules::KernelAddrs;
@@ -64,7 +64,7 @@ pub struct RunOptions {
 pub struct Handle {
     pub counters: Vec<Arc<Counters>>,
     pub dp: Vec<Arc<DpCounters>>,
-    pub control: Vec<crossbeam::channel::Sender<Control>>,
+    pub control: Vec<crate::dataplane::worker::ControlTx>,
     pub rules: Arc<Rules>,
     pub neigh: Arc<NeighTable>,
     pub started: Instant,

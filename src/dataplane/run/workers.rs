@@ -115,7 +115,8 @@ pub(super) fn spawn_workers(
         let counters = Arc::new(Counters::default());
         let dpc = Arc::new(DpCounters::default());
         let engine = Engine::new(wi, Arc::clone(&handle.rules), Arc::clone(&counters));
-        let (tx, rx) = crossbeam::channel::bounded(16);
+        let (tx, rx) = crate::dataplane::worker::control::channel(16)
+            .map_err(|err| StartError::Thread { worker: wi, err })?;
         let worker = Worker::new(
             engine,
             socks.ports,

@@ -2,6 +2,7 @@
 //! engine, fill in link-layer addresses, transmit, recycle frames. The hot path takes no lock,
 //! makes no allocation and makes syscalls only per batch (tx kick, rx wakeup, idle poll).
 
+pub mod control;
 mod handoff;
 mod held;
 mod tx;
@@ -31,27 +32,16 @@ pub struct HandoffFrame {
     pub data: [u8; HANDOFF_MTU],
 }
 
+pub use control::{ControlRx, ControlTx, DeleteStep, ListChunk, ListStep, SessionInfo};
+
 /// Messages from the management thread to a worker.
 pub enum Control {
     SetRules(Arc<Rules>),
-    /// Reply with a snapshot of the worker's sessions.
-    Sessions(crossbeam::channel::Sender<Vec<SessionInfo>>),
+    /// One bounded step of a session listing.
+    Sessions(ListStep),
+    /// One bounded step of a session deletion.
+    DeleteSessions(DeleteStep),
     ClearSessions,
-}
-
-/// A session as the management plane lists it.
-#[derive(Clone, Debug)]
-pub struct SessionInfo {
-    pub core: usize,
-    pub realm: String,
-    pub proto: crate::packet::ipv4::Protocol,
-    pub inside: (Ipv4Addr, u16),
-    pub external: (Ipv4Addr, u16),
-    pub remote: (Ipv4Addr, u16),
-    pub tcp_established: bool,
-    pub age_secs: u32,
-    pub expires_in_secs: u32,
-    pub inbound: bool,
 }
 
 macro_rules! dp_counters {
@@ -129,7 +119,7 @@ pub struct Worker {
     pub ports: Vec<Port>,
     pub pools: Vec<Pool>,
     pub shared: WorkerShared,
-    pub control: crossbeam::channel::Receiver<Control>,
+    pub control: ControlRx,
     pub counters: Arc<Counters>,
     pub dp: Arc<DpCounters>,
     pub batch: usize,
@@ -269,7 +259,7 @@ impl Worker {
         ports: Vec<Port>,
         pools: Vec<Pool>,
         shared: WorkerShared,
-        control: crossbeam::channel::Receiver<Control>,
+        control: ControlRx,
         dp: Arc<DpCounters>,
         batch: usize,
         busy_poll: bool,
@@ -351,10 +341,14 @@ impl Worker {
                 if !self.busy_poll {
                     spin.check_preempted(involuntary_switches(), now);
                 }
-                self.control_messages();
                 self.expire_held(now);
                 #[cfg(debug_assertions)]
                 super::fault::check();
+            }
+            // Every round, not only every tick: a session listing is a thousand small steps
+            // at a million sessions, one per message (two atomic loads when there is none).
+            if !self.control.is_empty() {
+                self.control_messages();
             }
             if worked {
                 spin.last_work = now;
@@ -472,7 +466,10 @@ impl Worker {
         for (f, p) in fds.iter_mut().zip(&self.ports) {
             *f = p.sock.fd();
         }
-        wait_readable(&fds[..self.ports.len().min(MAX_WAIT_FDS)], timeout)
+        // The control channel's wake-up last: the sockets come first in any case.
+        let n = self.ports.len().min(MAX_WAIT_FDS - 1);
+        fds[n] = self.control.fd();
+        wait_readable(&fds[..n + 1], timeout)
     }
 
     fn control_messages(&mut self) {
@@ -480,39 +477,11 @@ impl Worker {
             match m {
                 Control::SetRules(r) => self.engine.set_rules(r),
                 Control::ClearSessions => self.engine.clear_sessions(),
-                Control::Sessions(reply) => {
-                    let _ = reply.send(snapshot(&self.engine));
-                }
+                Control::Sessions(step) => step.answer(&self.engine),
+                Control::DeleteSessions(step) => step.answer(&mut self.engine),
             }
         }
     }
-}
-
-/// The engine's sessions as the management plane lists them.
-pub fn snapshot(engine: &Engine) -> Vec<SessionInfo> {
-    let rules = engine.rules();
-    let now = engine.now_secs();
-    let mut v = Vec::with_capacity(engine.session_count());
-    engine.for_each_session(|s| {
-        v.push(SessionInfo {
-            core: engine.core(),
-            realm: rules
-                .realms
-                .get(s.realm as usize)
-                .map(|r| r.name.clone())
-                .unwrap_or_default(),
-            proto: s.proto,
-            inside: (Ipv4Addr::from(s.in_addr), s.in_port),
-            external: (Ipv4Addr::from(s.ext_addr), s.ext_port),
-            remote: (Ipv4Addr::from(s.rem_addr), s.rem_port),
-            tcp_established: s.proto == crate::packet::ipv4::Protocol::TCP
-                && crate::nat::session::tcp::is_established(s.tcp),
-            age_secs: now.saturating_sub(s.created),
-            expires_in_secs: s.expires.saturating_sub(now),
-            inbound: s.flags & crate::nat::session::flags::INBOUND != 0,
-        })
-    });
-    v
 }
 
 #[cfg(test)]

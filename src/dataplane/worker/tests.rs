@@ -37,7 +37,7 @@ fn worker(batch: usize) -> Worker {
         stop: Arc::new(AtomicBool::new(false)),
         mgmt_wake: Arc::new(EventFd::new().unwrap()),
     };
-    let (_tx, rx) = crossbeam::channel::bounded(1);
+    let (_tx, rx) = super::control::channel(1).unwrap();
     Worker::new(
         engine,
         Vec::new(),

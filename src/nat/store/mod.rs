@@ -16,6 +16,7 @@ mod mapping;
 mod slots;
 
 use super::counters::Counters;
+use super::listing::{self, Filter};
 use super::ports::PortAllocator;
 use super::rng::Rng;
 use super::rules::{EndpointKey, HostKey, RealmRules, Rules};
@@ -548,6 +549,59 @@ impl Store {
                 f(&Session { expires, ..*s })
             }
         }
+    }
+
+    /// One bounded step of a management listing: visits the live sessions that match
+    /// `filter` from slot `from` on (each with its real deadline in `expires`) and returns
+    /// where the next step resumes (see [`crate::nat::listing`]).
+    pub fn list_step(
+        &self,
+        from: u32,
+        filter: &Filter,
+        mut f: impl FnMut(u32, &Session),
+    ) -> listing::Cursor {
+        let end = (from as usize)
+            .saturating_add(listing::STEP_SLOTS as usize)
+            .min(self.sessions.len());
+        let mut live = 0;
+        for i in from as usize..end {
+            let s = &self.sessions[i];
+            if s.proto == FREE {
+                continue;
+            }
+            if live == listing::STEP_LIVE {
+                return Some(i as u32);
+            }
+            live += 1;
+            if !filter.matches(s) {
+                continue;
+            }
+            let expires = self.deadline(i as u32);
+            if expires > self.now {
+                f(i as u32, &Session { expires, ..*s })
+            }
+        }
+        (end < self.sessions.len()).then_some(end as u32)
+    }
+
+    /// One bounded step of a management deletion: removes the sessions that match
+    /// `filter` from slot `from` on; returns how many and where the next step resumes.
+    pub fn delete_step(&mut self, from: u32, filter: &Filter) -> (u32, listing::Cursor) {
+        let end = (from as usize)
+            .saturating_add(listing::STEP_SLOTS as usize)
+            .min(self.sessions.len());
+        let mut removed = 0;
+        for i in from as usize..end {
+            let s = &self.sessions[i];
+            if s.proto != FREE && filter.matches(s) {
+                self.delete_session(i as u32);
+                removed += 1;
+                if removed == listing::STEP_LIVE {
+                    return (removed, Some(i as u32 + 1));
+                }
+            }
+        }
+        (removed, (end < self.sessions.len()).then_some(end as u32))
     }
 
     /// Removes every session (management command).

@@ -8,6 +8,7 @@ mod frag;
 mod hostile;
 mod icmp;
 mod limits;
+mod listing;
 mod mapping;
 mod mtu;
 mod multi;
