@@ -636,6 +636,31 @@ fn debian_package_installs_and_its_unit_starts_natgw() {
     let metrics = api_get(&gw, "/metrics").unwrap();
     assert!(metrics.contains("natgw_in2out_total"), "{metrics}");
 
+    // Installing the package again (an upgrade's maintainer scripts) keeps the edited
+    // conffile and neither stops nor restarts the running gateway.
+    let edited = std::fs::read_to_string(CONFIG).unwrap();
+    let out = ok(Command::new("dpkg").arg("-i").arg(&deb));
+    assert!(
+        !out.contains("installed and enabled, not started"),
+        "an upgrade repeats the first-install note:\n{out}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(CONFIG).unwrap(),
+        edited,
+        "the upgrade replaced the edited {CONFIG}"
+    );
+    assert!(
+        guard.natgw.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the upgrade stopped natgw:\n{}",
+        stderr_of()
+    );
+    assert!(
+        std::fs::read_link(wants).is_ok(),
+        "the upgrade disabled the unit"
+    );
+    topo.ping(&h, server, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("no ping after the upgrade: {e}\n{}", stderr_of()));
+
     // ExecReload= (with $MAINPID), as the unit's user.
     let reload = only("ExecReload").replace("$MAINPID", &pid.to_string());
     ok(&mut launcher.command(None, &reload));
