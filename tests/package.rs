@@ -462,7 +462,42 @@ fn debian_package_installs_and_its_unit_starts_natgw() {
         "natgw has a login shell: {pw:?}"
     );
     assert_eq!(pw[5], "/nonexistent", "natgw has a home: {pw:?}");
-    let gid: u32 = gr[2].parse().unwrap();
+
+    // postinst's fallback: where systemd-sysusers leaves the user missing, adduser makes the
+    // same user. Run the installed postinst again with a systemd-sysusers that does nothing.
+    let shim = std::env::temp_dir().join(format!("natgw-dpk-shim-{}", std::process::id()));
+    std::fs::create_dir_all(&shim).unwrap();
+    let fake = shim.join("systemd-sysusers");
+    std::fs::write(&fake, "#!/bin/sh\nexit 0\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    ok(Command::new("userdel").arg("natgw"));
+    if getent("group", "natgw").is_some() {
+        ok(Command::new("groupdel").arg("natgw"));
+    }
+    let path = format!(
+        "{}:{}",
+        shim.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    ok(Command::new("/var/lib/dpkg/info/natgw.postinst")
+        .args(["configure", "0.1.0-1"])
+        .env("PATH", &path)
+        .env_remove("DPKG_ROOT"));
+    let _ = std::fs::remove_dir_all(&shim);
+    let pw2 = getent("passwd", "natgw").expect("the adduser fallback created no natgw user");
+    let gr2 = getent("group", "natgw").expect("the adduser fallback created no natgw group");
+    assert_eq!(pw2[3], gr2[2], "fallback: primary group: {pw2:?} {gr2:?}");
+    assert_eq!(
+        (pw2[5].as_str(), pw2[6].as_str()),
+        (pw[5].as_str(), pw[6].as_str()),
+        "fallback: home and shell differ from sysusers.d's: {pw2:?} {pw:?}"
+    );
+    let uid: u32 = pw2[2].parse().unwrap();
+    assert!(
+        uid > 0 && uid < 1000,
+        "fallback: not a system user: {pw2:?}"
+    );
+    let gid: u32 = gr2[2].parse().unwrap();
 
     // --- enabled, not started ------------------------------------------------------------
     let wants = "/etc/systemd/system/multi-user.target.wants/natgw.service";
