@@ -331,18 +331,9 @@ impl XdpProgram {
                 "XDP program already attached",
             ));
         }
-        match self.attach(ifindex, AttachMode::Native) {
-            Ok(()) => Ok(AttachMode::Native),
-            Err(native) => self
-                .attach(ifindex, AttachMode::Generic)
-                .map(|()| AttachMode::Generic)
-                .map_err(|generic| {
-                    io::Error::new(
-                        generic.kind(),
-                        format!("native: {native}; generic: {generic}"),
-                    )
-                }),
-        }
+        let (link, mode) = bpf::attach_xdp_auto(self.prog.as_fd(), ifindex)?;
+        self.link = Some((link, ifindex, mode));
+        Ok(mode)
     }
 
     /// Detaches the program (keeps maps and program loaded).

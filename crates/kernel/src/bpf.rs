@@ -550,6 +550,23 @@ pub fn attach_xdp(prog: BorrowedFd<'_>, ifindex: u32, mode: AttachMode) -> io::R
     link_create(prog, ifindex, BPF_XDP, mode.flags())
 }
 
+/// Attaches `prog` to `ifindex` in native mode, falling back to generic mode if the driver
+/// refuses; returns the link (see [`attach_xdp`]) and the mode it got. The error names both
+/// refusals.
+pub fn attach_xdp_auto(prog: BorrowedFd<'_>, ifindex: u32) -> io::Result<(OwnedFd, AttachMode)> {
+    match attach_xdp(prog, ifindex, AttachMode::Native) {
+        Ok(l) => Ok((l, AttachMode::Native)),
+        Err(native) => attach_xdp(prog, ifindex, AttachMode::Generic)
+            .map(|l| (l, AttachMode::Generic))
+            .map_err(|generic| {
+                io::Error::new(
+                    generic.kind(),
+                    format!("native: {native}; generic: {generic}"),
+                )
+            }),
+    }
+}
+
 /// Attaches `prog` to `ifindex` with `attach_type` (e.g. 37 = XDP, 46/47 = tcx ingress/egress)
 /// through a bpf link; closing the returned fd detaches it.
 pub fn link_create(

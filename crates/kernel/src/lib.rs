@@ -4,6 +4,7 @@
 //! - [`bpf`]: eBPF instructions and an assembler, the bpf(2) wrapper, maps, program loading
 //!   and links (XDP, tcx);
 //! - [`xsk`]: AF_XDP UMEM, rings and sockets;
+//! - [`xdp`]: a minimal program steering every IPv4 frame to AF_XDP sockets (bench tools);
 //! - [`netlink`]: rtnetlink links, addresses and the IPv4 neighbour table;
 //! - [`ethtool`]: RSS, channel and offload settings (raw results);
 //! - [`signal`]: SIGTERM/SIGINT as a shutdown request;
@@ -19,4 +20,5 @@ pub mod netlink;
 pub mod signal;
 pub mod sys;
 pub mod wake;
+pub mod xdp;
 pub mod xsk;
