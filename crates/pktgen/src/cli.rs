@@ -1,0 +1,361 @@
+//! The command line: `natgw-bench gen ...` and `natgw-bench sink ...`, each option turned
+//! into [`GenConfig`] / [`SinkConfig`] with errors that name the option.
+
+use std::io;
+use std::net::Ipv4Addr;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::flows::{FlowSet, parse_prefix};
+use crate::frame::{Proto, parse_mac};
+use crate::generator::{DstMac, GenConfig};
+use crate::port::{PortOptions, XskMode, parse_xdp_mode};
+use crate::sink::SinkConfig;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "natgw-bench",
+    about = "AF_XDP packet generator and sink for benchmarking natgw (see bench/README.md)"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Send UDP, TCP SYN or ICMP echo frames over many flows, flat out or at a rate.
+    Gen(GenArgs),
+    /// Count, check and time what arrives; optionally reflect it back.
+    Sink(SinkArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct PortArgs {
+    /// Interface to bind to.
+    #[arg(short = 'i', long = "iface")]
+    pub iface: String,
+    /// Queues (one socket and one thread each), starting at --first-queue.
+    #[arg(long, default_value_t = 1)]
+    pub queues: u32,
+    #[arg(long, default_value_t = 0)]
+    pub first_queue: u32,
+    /// Cores to pin the queue threads to, one per queue: "2,3".
+    #[arg(long, value_delimiter = ',')]
+    pub cores: Vec<usize>,
+    /// AF_XDP mode: auto (zero-copy where the driver can, else copy), copy, zero-copy.
+    #[arg(long, default_value = "auto")]
+    pub xsk_mode: XskMode,
+    /// XDP attach mode for receiving: auto (native, else generic), native, generic.
+    #[arg(long, default_value = "auto")]
+    pub xdp_mode: String,
+    /// Entries per AF_XDP ring (power of two).
+    #[arg(long, default_value_t = 2048)]
+    pub ring_size: u32,
+    /// UMEM frames (2048 bytes each) per queue.
+    #[arg(long, default_value_t = 4096)]
+    pub frames: u32,
+    /// Frames per batch (1-256).
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Write the report as JSON to this file ("-": stdout).
+    #[arg(long)]
+    pub json: Option<String>,
+    /// Seconds between progress lines on stderr (0: none).
+    #[arg(long, default_value_t = 1.0)]
+    pub progress: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GenArgs {
+    #[command(flatten)]
+    pub port: PortArgs,
+    /// udp, tcp-syn or icmp (echo request).
+    #[arg(long, default_value = "udp")]
+    pub proto: Proto,
+    /// Frame size on the wire, FCS included (64 = the minimum Ethernet frame; TCP needs 76).
+    #[arg(long, default_value_t = 64)]
+    pub size: usize,
+    /// First source address and the prefix the hosts must stay in: 10.0.0.100/24.
+    #[arg(long)]
+    pub src: String,
+    /// Inside hosts (source addresses from --src on).
+    #[arg(long, default_value_t = 1)]
+    pub hosts: u32,
+    /// Source ports per host (from --src-port on); flows = hosts x ports.
+    #[arg(long, default_value_t = 1)]
+    pub ports_per_host: u32,
+    /// First source port (ICMP: echo identifier).
+    #[arg(long, default_value_t = 1024)]
+    pub src_port: u16,
+    #[arg(long)]
+    pub dst: Ipv4Addr,
+    #[arg(long, default_value_t = 9)]
+    pub dst_port: u16,
+    /// Destination MAC; without it, the neighbour table's entry for --next-hop.
+    #[arg(long)]
+    pub dst_mac: Option<String>,
+    /// The address whose MAC to resolve (default: --dst; on a routed path the gateway).
+    #[arg(long)]
+    pub next_hop: Option<Ipv4Addr>,
+    /// Source MAC (default: the interface's).
+    #[arg(long)]
+    pub src_mac: Option<String>,
+    /// Packets per second over all queues, "250k", "1.5M"; 0 = flat out.
+    #[arg(long, default_value = "0")]
+    pub rate: String,
+    /// Seconds to send.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Packets to send in total.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Receive what comes back (a reflecting sink, a loop) and measure round trips.
+    #[arg(long)]
+    pub rtt: bool,
+    /// With --rtt: seconds to wait for replies after the last packet.
+    #[arg(long, default_value_t = 0.5)]
+    pub rtt_linger: f64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct SinkArgs {
+    #[command(flatten)]
+    pub port: PortArgs,
+    /// Send every bench frame back (MACs, addresses and ports swapped).
+    #[arg(long)]
+    pub reflect: bool,
+    /// Flow ids tracked for loss and reordering (16 bytes each per queue).
+    #[arg(long, default_value_t = 1 << 20)]
+    pub max_flows: usize,
+    /// Seconds to run.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Stop after this many bench frames.
+    #[arg(long)]
+    pub count: Option<u64>,
+    /// Stop once nothing arrived for this many seconds (after the first frame).
+    #[arg(long)]
+    pub idle: Option<f64>,
+    /// Spin on an empty ring instead of sleeping in poll(2).
+    #[arg(long)]
+    pub busy: bool,
+}
+
+fn invalid(m: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidInput, m)
+}
+
+/// `1000`, `250k`, `1.5M`, `2G` as packets per second.
+pub fn parse_rate(s: &str) -> Result<u64, String> {
+    let (num, mul) = match s.char_indices().last() {
+        Some((i, 'k' | 'K')) => (&s[..i], 1e3),
+        Some((i, 'm' | 'M')) => (&s[..i], 1e6),
+        Some((i, 'g' | 'G')) => (&s[..i], 1e9),
+        _ => (s, 1.0),
+    };
+    let v: f64 = num
+        .parse()
+        .map_err(|_| format!("--rate {s:?}: a number of packets per second, e.g. 250k or 1.5M"))?;
+    if !(v >= 0.0) || !(v * mul).is_finite() || v * mul > 1e12 {
+        return Err(format!("--rate {s:?}: must be 0 (flat out) up to 1e12"));
+    }
+    Ok((v * mul).round() as u64)
+}
+
+fn secs(name: &str, v: Option<f64>) -> Result<Option<Duration>, String> {
+    match v {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s > 0.0 && s < 1e9 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(format!("{name} {s}: a positive number of seconds")),
+    }
+}
+
+fn port_options(p: &PortArgs) -> Result<PortOptions, String> {
+    if !p.ring_size.is_power_of_two() {
+        return Err(format!("--ring-size {}: a power of two", p.ring_size));
+    }
+    Ok(PortOptions {
+        ifname: p.iface.clone(),
+        first_queue: p.first_queue,
+        queues: p.queues,
+        xsk_mode: p.xsk_mode,
+        xdp_mode: parse_xdp_mode(&p.xdp_mode).map_err(|e| format!("--xdp-mode {e}"))?,
+        ring_size: p.ring_size,
+        frames: p.frames,
+    })
+}
+
+fn progress(p: &PortArgs) -> Result<Option<Duration>, String> {
+    if p.progress == 0.0 {
+        Ok(None)
+    } else {
+        secs("--progress", Some(p.progress))
+    }
+}
+
+impl GenArgs {
+    pub fn config(&self) -> Result<GenConfig, String> {
+        let (first, len) = parse_prefix(&self.src).map_err(|e| format!("--src {e}"))?;
+        let flows = FlowSet::new(first, len, self.hosts, self.src_port, self.ports_per_host)?;
+        let dst_mac = match &self.dst_mac {
+            Some(m) => DstMac::Given(parse_mac(m).map_err(|e| format!("--dst-mac {e}"))?),
+            None => DstMac::Resolve(self.next_hop.unwrap_or(self.dst)),
+        };
+        let src_mac = match &self.src_mac {
+            Some(m) => Some(parse_mac(m).map_err(|e| format!("--src-mac {e}"))?),
+            None => None,
+        };
+        let min = self.proto.min_wire_size();
+        if self.size < min {
+            return Err(format!(
+                "--size {}: {} needs at least {min} bytes",
+                self.size, self.proto
+            ));
+        }
+        let cfg = GenConfig {
+            port: port_options(&self.port)?,
+            cores: self.port.cores.clone(),
+            proto: self.proto,
+            wire_size: self.size,
+            src_mac,
+            dst_mac,
+            dst_ip: self.dst,
+            dst_port: self.dst_port,
+            flows,
+            rate: parse_rate(&self.rate)?,
+            duration: secs("--duration", self.duration)?,
+            count: self.count,
+            batch: self.port.batch,
+            rtt: self.rtt,
+            rtt_linger: secs("--rtt-linger", Some(self.rtt_linger))?.unwrap_or_default(),
+            progress: progress(&self.port)?,
+        };
+        if cfg.duration.is_none() && cfg.count.is_none() {
+            return Err("give --duration SECONDS or --count PACKETS".into());
+        }
+        Ok(cfg)
+    }
+}
+
+impl SinkArgs {
+    pub fn config(&self) -> Result<SinkConfig, String> {
+        if self.max_flows == 0 || self.max_flows as u64 > crate::flows::MAX_FLOWS {
+            return Err(format!(
+                "--max-flows {}: 1..={}",
+                self.max_flows,
+                crate::flows::MAX_FLOWS
+            ));
+        }
+        Ok(SinkConfig {
+            port: port_options(&self.port)?,
+            cores: self.port.cores.clone(),
+            reflect: self.reflect,
+            max_flows: self.max_flows,
+            duration: secs("--duration", self.duration)?,
+            count: self.count,
+            idle: secs("--idle", self.idle)?,
+            progress: progress(&self.port)?,
+            busy: self.busy,
+            batch: self.port.batch,
+        })
+    }
+}
+
+fn write_json(path: &Option<String>, text: &str) -> io::Result<()> {
+    match path.as_deref() {
+        None => Ok(()),
+        Some("-") => {
+            print!("{text}");
+            Ok(())
+        }
+        Some(p) => std::fs::write(p, text)
+            .map_err(|e| io::Error::new(e.kind(), format!("--json {p}: {e}"))),
+    }
+}
+
+/// Runs a parsed command line: the tool, then the human summary on stderr and the JSON.
+pub fn run(cli: Cli) -> io::Result<()> {
+    natgw_kernel::signal::install_signal_handlers();
+    let stop = AtomicBool::new(false);
+    match cli.cmd {
+        Cmd::Gen(a) => {
+            let cfg = a.config().map_err(invalid)?;
+            let r = crate::generator::run(&cfg, &stop)?;
+            eprintln!("{}", r.human());
+            write_json(&a.port.json, &r.json().render())
+        }
+        Cmd::Sink(a) => {
+            let cfg = a.config().map_err(invalid)?;
+            let r = crate::sink::run(&cfg, &stop)?;
+            eprintln!("{}", r.human());
+            write_json(&a.port.json, &r.json().render())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse_gen(args: &str) -> Result<GenConfig, String> {
+        let v: Vec<&str> = ["natgw-bench", "gen"]
+            .into_iter()
+            .chain(args.split_whitespace())
+            .collect();
+        match Cli::try_parse_from(v).map_err(|e| e.to_string())?.cmd {
+            Cmd::Gen(g) => g.config(),
+            Cmd::Sink(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn rates_with_suffixes() {
+        assert_eq!(parse_rate("0"), Ok(0));
+        assert_eq!(parse_rate("250k"), Ok(250_000));
+        assert_eq!(parse_rate("1.5M"), Ok(1_500_000));
+        assert_eq!(parse_rate("2G"), Ok(2_000_000_000));
+        assert!(parse_rate("fast").unwrap_err().contains("--rate"));
+        assert!(parse_rate("-1").is_err());
+    }
+
+    #[test]
+    fn gen_options_become_a_config() {
+        let c = parse_gen("-i eth0 --src 10.0.0.100/24 --hosts 100 --ports-per-host 4 --dst 192.168.2.2 \
+                     --rate 10k --duration 2 --queues 2 --cores 0,1")
+        .unwrap();
+        assert_eq!(c.flows.count(), 400);
+        assert_eq!(c.rate, 10_000);
+        assert_eq!(c.duration, Some(Duration::from_secs(2)));
+        assert_eq!(c.dst_mac, DstMac::Resolve("192.168.2.2".parse().unwrap()));
+        assert_eq!(c.cores, vec![0, 1]);
+        let c = parse_gen("-i e --src 10.0.0.1 --dst 10.0.0.2 --count 5 --dst-mac 02:00:00:00:00:01 --proto icmp")
+            .unwrap();
+        assert_eq!(c.dst_mac, DstMac::Given([2, 0, 0, 0, 0, 1]));
+        assert_eq!(c.proto, Proto::Icmp);
+    }
+
+    #[test]
+    fn bad_gen_options_name_the_option() {
+        let base = "-i e --dst 10.0.0.2 --count 1";
+        for (extra, want) in [
+            ("--src 10.0.0.250/24 --hosts 10", "--hosts"),
+            ("--src 10.0.0.1/40", "--src"),
+            ("--src 10.0.0.1 --dst-mac 02:00", "--dst-mac"),
+            ("--src 10.0.0.1 --rate lots", "--rate"),
+            ("--src 10.0.0.1 --proto tcp --size 64", "--size"),
+            ("--src 10.0.0.1 --ring-size 1000", "--ring-size"),
+            ("--src 10.0.0.1 --xdp-mode fast", "--xdp-mode"),
+        ] {
+            let e = parse_gen(&format!("{base} {extra}")).unwrap_err();
+            assert!(e.contains(want), "{extra}: {e}");
+        }
+        assert!(
+            parse_gen("-i e --dst 10.0.0.2 --src 10.0.0.1")
+                .unwrap_err()
+                .contains("--duration")
+        );
+    }
+}
