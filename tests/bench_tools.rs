@@ -1,0 +1,111 @@
+//! The bench generator and sink (crates/pktgen, library API) through natgw on a testbed
+//! topology: a few hundred flows from many inside addresses leave translated to the pool.
+//! Run under the machine-wide lock:
+//! `flock /tmp/natgw-netns.lock cargo test --test bench_tools`.
+
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use natgw_bench::flows::FlowSet;
+use natgw_bench::frame::Proto;
+use natgw_bench::generator::{self, DstMac, GenConfig};
+use natgw_bench::port::{PortOptions, XskMode};
+use natgw_bench::sink::{self, SinkConfig};
+use natgw_testbed::netns::prerequisites;
+use natgw_testbed::process::NatgwProcess;
+use natgw_testbed::{HOST_IF, Topology, TopologySpec, run_in_netns};
+
+fn port(ifname: &str) -> PortOptions {
+    PortOptions {
+        ifname: ifname.into(),
+        first_queue: 0,
+        queues: 1,
+        xsk_mode: XskMode::Auto,
+        xdp_mode: None,
+        ring_size: 2048,
+        frames: 4096,
+    }
+}
+
+#[test]
+fn generator_flows_leave_natgw_from_the_pool() {
+    if !prerequisites("generator_flows_leave_natgw_from_the_pool") {
+        return;
+    }
+    let spec = TopologySpec::new("gnt");
+    let topo = Topology::build(&spec).unwrap_or_else(|e| panic!("building {spec:?}: {e}"));
+    let _natgw = NatgwProcess::start(
+        env!("CARGO_BIN_EXE_natgw"),
+        &topo,
+        &topo.natgw_config(),
+        "bench-tools",
+    );
+    let a = &spec.addressing;
+    let (pool_lo, pool_hi) = topo.pool(0);
+
+    let stop = AtomicBool::new(false);
+    let sink_cfg = SinkConfig {
+        port: port(HOST_IF),
+        cores: Vec::new(),
+        reflect: false,
+        max_flows: 1024,
+        duration: Some(Duration::from_secs(15)),
+        count: None,
+        idle: Some(Duration::from_millis(1500)),
+        progress: None,
+        busy: false,
+        batch: 64,
+    };
+    // 100 inside hosts (10.0.0.100-199, none of them a real namespace: natgw translates
+    // by prefix) with 3 ports each.
+    let gen_cfg = GenConfig {
+        port: port(HOST_IF),
+        cores: Vec::new(),
+        proto: Proto::Udp,
+        wire_size: 64,
+        src_mac: None,
+        dst_mac: DstMac::Resolve(a.inside_gw),
+        dst_ip: topo.server_addr(),
+        dst_port: 7777,
+        flows: FlowSet::new(Ipv4Addr::new(10, 0, 0, 100), 24, 100, 20000, 3).unwrap(),
+        rate: 5000,
+        duration: Some(Duration::from_secs(2)),
+        count: None,
+        batch: 32,
+        rtt: false,
+        rtt_linger: Duration::ZERO,
+        progress: None,
+    };
+    let (sink_rep, gen_rep) = std::thread::scope(|s| {
+        let sink = s.spawn(|| run_in_netns(topo.server_ns(), || sink::run(&sink_cfg, &stop)));
+        // The sink's program is attached within milliseconds; give it a moment.
+        std::thread::sleep(Duration::from_millis(300));
+        let g = run_in_netns(topo.host_ns(0), || generator::run(&gen_cfg, &stop));
+        if g.is_err() {
+            stop.store(true, Ordering::Release);
+        }
+        (sink.join().unwrap(), g)
+    });
+    let g = gen_rep.expect("generator");
+    let r = sink_rep.expect("sink");
+    eprintln!("{}\n{}", g.human(), r.human());
+    assert!(g.sent >= 9000, "5000 pps for 2 s: {}", g.sent);
+    assert!(
+        r.packets as f64 >= 0.95 * g.sent as f64,
+        "sink saw {} of {}",
+        r.packets,
+        g.sent
+    );
+    assert_eq!(r.seq.duplicates, 0);
+    assert_eq!(r.seq.flows_seen, 300, "every flow made it through");
+    assert!(!r.sources.table.is_empty());
+    for &(src, n) in &r.sources.table {
+        assert!(
+            (pool_lo..=pool_hi).contains(&src),
+            "{n} packets from {src}, outside the pool {pool_lo}-{pool_hi}"
+        );
+    }
+    assert_eq!(r.sources.other, 0);
+    assert!(r.latency.p99 > 0 && r.latency.p99 < 100_000_000, "{:?}", r.latency);
+}
