@@ -475,8 +475,9 @@ impl Thread<'_> {
         } else {
             (cfg.rate / self.threads as u64).max(1)
         };
-        // At most ~1 ms or 4 batches of backlog is caught up after a stall.
-        let max_debt = (my_rate / 1000).max(4 * cfg.batch as u64);
+        // At most ~10 ms or 4 batches of backlog is caught up after a stall (a descheduled
+        // thread on a busy machine), so a stall costs a short burst, not the rate.
+        let max_debt = (my_rate / 100).max(4 * cfg.batch as u64);
         let mut pacer = Pacer::new(my_rate, self.start, max_debt);
 
         let ring = cfg.port.ring_size;
