@@ -107,5 +107,9 @@ fn generator_flows_leave_natgw_from_the_pool() {
         );
     }
     assert_eq!(r.sources.other, 0);
-    assert!(r.latency.p99 > 0 && r.latency.p99 < 100_000_000, "{:?}", r.latency);
+    assert!(
+        r.latency.p99 > 0 && r.latency.p99 < 100_000_000,
+        "{:?}",
+        r.latency
+    );
 }

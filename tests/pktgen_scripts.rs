@@ -24,23 +24,72 @@ const CASES: &[(&str, &[&str], &str)] = &[
     (
         "pktgen_nat.sh",
         &[
-            "-i", "eth1", "-d", "192.168.2.2", "-m", "02:00:00:00:00:01", "-s", "10.0.0.0", "-H",
-            "65536", "-P", "16", "-t", "2", "-f", "2", "-z", "64",
+            "-i",
+            "eth1",
+            "-d",
+            "192.168.2.2",
+            "-m",
+            "02:00:00:00:00:01",
+            "-s",
+            "10.0.0.0",
+            "-H",
+            "65536",
+            "-P",
+            "16",
+            "-t",
+            "2",
+            "-f",
+            "2",
+            "-z",
+            "64",
         ],
         "pktgen_nat_1m_flows.txt",
     ),
     (
         "pktgen_nat.sh",
         &[
-            "-i", "eth1", "-d", "192.168.2.2", "-D", "64", "-m", "02:00:00:00:00:01", "-s",
-            "10.1.0.1", "-H", "256", "-P", "1", "-t", "1", "-r", "100000", "-c", "1000000", "-z",
-            "1518", "-S", "-F", "256", "-l", "4",
+            "-i",
+            "eth1",
+            "-d",
+            "192.168.2.2",
+            "-D",
+            "64",
+            "-m",
+            "02:00:00:00:00:01",
+            "-s",
+            "10.1.0.1",
+            "-H",
+            "256",
+            "-P",
+            "1",
+            "-t",
+            "1",
+            "-r",
+            "100000",
+            "-c",
+            "1000000",
+            "-z",
+            "1518",
+            "-S",
+            "-F",
+            "256",
+            "-l",
+            "4",
         ],
         "pktgen_nat_256_flows_paced.txt",
     ),
     (
         "counters.sh",
-        &["-i", "eth1", "-i", "eth2", "-u", "http://127.0.0.1:9100/metrics", "-w", "5"],
+        &[
+            "-i",
+            "eth1",
+            "-i",
+            "eth2",
+            "-u",
+            "http://127.0.0.1:9180/metrics",
+            "-w",
+            "5",
+        ],
         "counters.txt",
     ),
 ];
@@ -54,7 +103,10 @@ fn dry_runs_print_the_expected_pktgen_writes() {
         let got = String::from_utf8(out.stdout).unwrap();
         let want = std::fs::read_to_string(Path::new(DIR).join("expected").join(expected))
             .unwrap_or_else(|e| panic!("{expected}: {e}"));
-        assert_eq!(got, want, "{script} {args:?} differs from expected/{expected}");
+        assert_eq!(
+            got, want,
+            "{script} {args:?} differs from expected/{expected}"
+        );
         // `-n` is the same as DRY_RUN=1.
         let mut with_n = vec!["-n"];
         with_n.extend_from_slice(args);
@@ -70,8 +122,8 @@ fn dry_runs_print_the_expected_pktgen_writes() {
 
 #[test]
 fn the_1m_flow_setup_splits_the_hosts_between_threads() {
-    let want = std::fs::read_to_string(Path::new(DIR).join("expected/pktgen_nat_1m_flows.txt"))
-        .unwrap();
+    let want =
+        std::fs::read_to_string(Path::new(DIR).join("expected/pktgen_nat_1m_flows.txt")).unwrap();
     for line in [
         "echo \"add_device eth1@0\" > /proc/net/pktgen/kpktgend_2",
         "echo \"add_device eth1@1\" > /proc/net/pktgen/kpktgend_3",

@@ -7,7 +7,7 @@
 #   counters.sh -i DEV [-i DEV ...] [-u URL] [-w SECONDS] [-n]
 #
 #   -i DEV      interface to read (repeat for several)
-#   -u URL      natgw's metrics endpoint, e.g. http://127.0.0.1:9100/metrics (natgw box)
+#   -u URL      natgw's metrics endpoint, e.g. http://127.0.0.1:9180/metrics (natgw box)
 #   -w SECONDS  interval (default 10)
 #   -n          dry run: print what would be read instead (also DRY_RUN=1)
 #   -h          this help

@@ -10,8 +10,8 @@ use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use crate::bpf::{
     self, AttachMode, BPF_JGT, BPF_JNE, BPF_MAP_TYPE_XSKMAP, HELPER_REDIRECT_MAP, Insn,
-    ProgramBuilder, R0, R1, R2, R3, R4, Size, XDP_MD_DATA, XDP_MD_DATA_END,
-    XDP_MD_RX_QUEUE_INDEX, XDP_PASS,
+    ProgramBuilder, R0, R1, R2, R3, R4, Size, XDP_MD_DATA, XDP_MD_DATA_END, XDP_MD_RX_QUEUE_INDEX,
+    XDP_PASS,
 };
 
 /// The program: IPv4 (untagged) => `bpf_redirect_map(xsks, rx_queue_index, XDP_PASS)`,

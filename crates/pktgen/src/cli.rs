@@ -159,7 +159,7 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     let v: f64 = num
         .parse()
         .map_err(|_| format!("--rate {s:?}: a number of packets per second, e.g. 250k or 1.5M"))?;
-    if !(v >= 0.0) || !(v * mul).is_finite() || v * mul > 1e12 {
+    if v.is_nan() || v < 0.0 || !(v * mul).is_finite() || v * mul > 1e12 {
         return Err(format!("--rate {s:?}: must be 0 (flat out) up to 1e12"));
     }
     Ok((v * mul).round() as u64)
@@ -323,16 +323,20 @@ mod tests {
 
     #[test]
     fn gen_options_become_a_config() {
-        let c = parse_gen("-i eth0 --src 10.0.0.100/24 --hosts 100 --ports-per-host 4 --dst 192.168.2.2 \
-                     --rate 10k --duration 2 --queues 2 --cores 0,1")
+        let c = parse_gen(
+            "-i eth0 --src 10.0.0.100/24 --hosts 100 --ports-per-host 4 --dst 192.168.2.2 \
+                     --rate 10k --duration 2 --queues 2 --cores 0,1",
+        )
         .unwrap();
         assert_eq!(c.flows.count(), 400);
         assert_eq!(c.rate, 10_000);
         assert_eq!(c.duration, Some(Duration::from_secs(2)));
         assert_eq!(c.dst_mac, DstMac::Resolve("192.168.2.2".parse().unwrap()));
         assert_eq!(c.cores, vec![0, 1]);
-        let c = parse_gen("-i e --src 10.0.0.1 --dst 10.0.0.2 --count 5 --dst-mac 02:00:00:00:00:01 --proto icmp")
-            .unwrap();
+        let c = parse_gen(
+            "-i e --src 10.0.0.1 --dst 10.0.0.2 --count 5 --dst-mac 02:00:00:00:00:01 --proto icmp",
+        )
+        .unwrap();
         assert_eq!(c.dst_mac, DstMac::Given([2, 0, 0, 0, 0, 1]));
         assert_eq!(c.proto, Proto::Icmp);
     }

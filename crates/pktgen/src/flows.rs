@@ -71,10 +71,7 @@ impl FlowSet {
     pub fn flow(&self, f: u32) -> (u32, u16) {
         let host = f % self.hosts;
         let port = f / self.hosts;
-        (
-            u32::from(self.first) + host,
-            self.port_base + port as u16,
-        )
+        (u32::from(self.first) + host, self.port_base + port as u16)
     }
 }
 
@@ -116,11 +113,26 @@ mod tests {
     fn bad_flow_sets_are_refused_with_the_option_named() {
         let a: Ipv4Addr = "10.0.0.200".parse().unwrap();
         assert!(FlowSet::new(a, 24, 56, 1, 1).is_ok());
-        assert!(FlowSet::new(a, 24, 57, 1, 1).unwrap_err().contains("--hosts"));
-        assert!(FlowSet::new(a, 24, 1, 65535, 2).unwrap_err().contains("--src-port"));
+        assert!(
+            FlowSet::new(a, 24, 57, 1, 1)
+                .unwrap_err()
+                .contains("--hosts")
+        );
+        assert!(
+            FlowSet::new(a, 24, 1, 65535, 2)
+                .unwrap_err()
+                .contains("--src-port")
+        );
         assert!(FlowSet::new(a, 24, 0, 1, 1).is_err());
-        assert!(FlowSet::new(a, 8, 1 << 16, 1, 1 << 10).unwrap_err().contains("at most"));
-        assert_eq!(parse_prefix("10.1.0.0/16"), Ok(("10.1.0.0".parse().unwrap(), 16)));
+        assert!(
+            FlowSet::new(a, 8, 1 << 16, 1, 1 << 10)
+                .unwrap_err()
+                .contains("at most")
+        );
+        assert_eq!(
+            parse_prefix("10.1.0.0/16"),
+            Ok(("10.1.0.0".parse().unwrap(), 16))
+        );
         assert!(parse_prefix("10.1.0.0/33").is_err());
         assert!(parse_prefix("10.1.0/16").is_err());
     }

@@ -420,8 +420,7 @@ pub fn parse_mac(s: &str) -> Result<[u8; 6], String> {
         return Err(format!("{s:?}: a MAC address is six hex bytes a:b:c:d:e:f"));
     }
     for (o, p) in m.iter_mut().zip(parts) {
-        *o = u8::from_str_radix(p, 16)
-            .map_err(|_| format!("{s:?}: {p:?} is not a hex byte"))?;
+        *o = u8::from_str_radix(p, 16).map_err(|_| format!("{s:?}: {p:?} is not a hex byte"))?;
     }
     Ok(m)
 }
@@ -462,20 +461,32 @@ mod tests {
         let Some(NetHeaders::Ipv4(ip, _)) = &p.net else {
             panic!("no IPv4")
         };
-        assert_eq!(ip.header_checksum, ip.calc_header_checksum(), "IPv4 checksum");
+        assert_eq!(
+            ip.header_checksum,
+            ip.calc_header_checksum(),
+            "IPv4 checksum"
+        );
         assert!(ip.dont_fragment);
         assert_eq!(ip.total_len as usize, f.len() - ETH_HLEN);
         assert_eq!(ip.destination, [192, 168, 2, 2]);
         let payload = p.payload.slice().to_vec();
         let sport = match (&p.transport, proto) {
             (Some(TransportHeader::Udp(u)), Proto::Udp) => {
-                assert_eq!(u.checksum, u.calc_checksum_ipv4(ip, &payload).unwrap(), "UDP");
+                assert_eq!(
+                    u.checksum,
+                    u.calc_checksum_ipv4(ip, &payload).unwrap(),
+                    "UDP"
+                );
                 assert_eq!(u.destination_port, 9);
                 assert_eq!(u.length as usize, f.len() - ETH_HLEN - IPV4_HLEN);
                 u.source_port
             }
             (Some(TransportHeader::Tcp(t)), Proto::TcpSyn) => {
-                assert_eq!(t.checksum, t.calc_checksum_ipv4(ip, &payload).unwrap(), "TCP");
+                assert_eq!(
+                    t.checksum,
+                    t.calc_checksum_ipv4(ip, &payload).unwrap(),
+                    "TCP"
+                );
                 assert!(t.syn && !t.ack && !t.rst && !t.fin);
                 assert_eq!(t.destination_port, 9);
                 t.source_port
@@ -504,7 +515,13 @@ mod tests {
                     (0x0a00_0064u32, 1024u16, 0u32, 0u32, 1u64),
                     (0x0a00_00ff, 65535, 7, 0xffff_ffff, u64::MAX),
                     (0xffff_ffff, 1, u32::MAX, 12345, 0x0123_4567_89ab_cdef),
-                    (0x0000_0000, 0x8000, 0x8000_0000, 0x8000, 1_700_000_000_000_000_000),
+                    (
+                        0x0000_0000,
+                        0x8000,
+                        0x8000_0000,
+                        0x8000,
+                        1_700_000_000_000_000_000,
+                    ),
                 ] {
                     t.write(&mut buf, src, sport, flow, seq, ts);
                     let (a, p, payload) = check(&buf, proto);
@@ -513,7 +530,10 @@ mod tests {
                     let (b, _) = parse(&buf).unwrap();
                     assert_eq!((b.flow, b.seq, b.ts, b.sport), (flow, seq, ts, sport));
                     assert_eq!(&payload[..2], &MAGIC.to_be_bytes());
-                    assert_eq!(payload.len(), size - FCS_LEN - (ETH_HLEN + IPV4_HLEN + proto.l4_hlen()));
+                    assert_eq!(
+                        payload.len(),
+                        size - FCS_LEN - (ETH_HLEN + IPV4_HLEN + proto.l4_hlen())
+                    );
                 }
             }
         }

@@ -134,7 +134,10 @@ impl GenReport {
         let mut o = Obj::new()
             .s("tool", "natgw-bench gen")
             .s("interface", &self.ifname)
-            .s("xsk_mode", if self.zero_copy { "zero-copy" } else { "copy" })
+            .s(
+                "xsk_mode",
+                if self.zero_copy { "zero-copy" } else { "copy" },
+            )
             .s("xdp_mode", self.xdp_mode)
             .s("proto", self.proto.name())
             .u("frame_size", self.wire_size as u64)
@@ -144,7 +147,10 @@ impl GenReport {
             .u("sent", self.sent)
             .u("bytes", self.bytes)
             .f("pps", self.pps().round())
-            .f("gbps", round3(self.bytes as f64 * 8.0 / self.elapsed_s.max(1e-9) / 1e9));
+            .f(
+                "gbps",
+                round3(self.bytes as f64 * 8.0 / self.elapsed_s.max(1e-9) / 1e9),
+            );
         if let Some((s, l)) = &self.returned {
             o = o.o("returned", seq_json(s)).o("rtt", l.json());
         }
@@ -168,7 +174,9 @@ impl GenReport {
         let full: u64 = self.queues.iter().map(|q| q.tx_full).sum();
         let forgiven: u64 = self.queues.iter().map(|q| q.pacing_forgiven).sum();
         if full > 0 || forgiven > 0 {
-            s += &format!("\n  tx ring full {full} times, {forgiven} packets behind schedule forgiven");
+            s += &format!(
+                "\n  tx ring full {full} times, {forgiven} packets behind schedule forgiven"
+            );
         }
         if let Some((st, l)) = &self.returned {
             s += &format!(
@@ -351,7 +359,10 @@ pub(crate) fn progress(
         {
             next += d.as_nanos() as u64;
             let sent: u64 = live.iter().map(|l| l.sent.load(Ordering::Relaxed)).sum();
-            let recv: u64 = live.iter().map(|l| l.received.load(Ordering::Relaxed)).sum();
+            let recv: u64 = live
+                .iter()
+                .map(|l| l.received.load(Ordering::Relaxed))
+                .sum();
             let dt = (now - last.0) as f64 / 1e9;
             eprintln!(
                 "{what}: {:7.1} s  sent {:>12} ({:>10.0} pps)  received {:>12} ({:>10.0} pps)",
@@ -530,7 +541,11 @@ impl Thread<'_> {
                 // Not queued after all: give the sequence numbers back, newest first.
                 rep.tx_full += 1;
                 for d in descs[k..want].iter().rev() {
-                    cursor = if cursor == 0 { seqs.len() - 1 } else { cursor - 1 };
+                    cursor = if cursor == 0 {
+                        seqs.len() - 1
+                    } else {
+                        cursor - 1
+                    };
                     seqs[cursor] = seqs[cursor].wrapping_sub(1);
                     free.push(d.addr);
                 }

@@ -378,7 +378,9 @@ fn sink_thread(
         let n = qp.sock.recv(&mut descs[..cfg.batch]);
         let now = now_ns();
         if end.is_some_and(|e| now >= e)
-            || cfg.count.is_some_and(|c| total.load(Ordering::Relaxed) >= c)
+            || cfg
+                .count
+                .is_some_and(|c| total.load(Ordering::Relaxed) >= c)
             || (q.bench > 0 && idle_ns.is_some_and(|i| now - last >= i))
         {
             // Frames just taken are still counted below only if we go on: give them back.

@@ -25,7 +25,8 @@ fn num(json: &str, path: &[&str]) -> f64 {
         .chars()
         .take_while(|c| c.is_ascii_digit() || *c == '.')
         .collect();
-    v.parse().unwrap_or_else(|_| panic!("{path:?}: {v:?} in\n{json}"))
+    v.parse()
+        .unwrap_or_else(|_| panic!("{path:?}: {v:?} in\n{json}"))
 }
 
 fn string(json: &str, key: &str) -> String {
@@ -49,8 +50,20 @@ fn run(g: &Netns, s: &Netns, reflect: bool, tag: &str) -> Run {
     let sink_path = dir.join(format!("natgw-bench-{tag}-{pid}-sink.json"));
     let gen_path = dir.join(format!("natgw-bench-{tag}-{pid}-gen.json"));
     let mut sink_args = vec![
-        "netns", "exec", s.name(), BIN, "sink", "-i", "sink0", "--duration", "15", "--idle",
-        "1.5", "--progress", "0", "--json",
+        "netns",
+        "exec",
+        s.name(),
+        BIN,
+        "sink",
+        "-i",
+        "sink0",
+        "--duration",
+        "15",
+        "--idle",
+        "1.5",
+        "--progress",
+        "0",
+        "--json",
     ];
     let sp = sink_path.to_str().unwrap();
     sink_args.push(sp);
@@ -72,9 +85,31 @@ fn run(g: &Netns, s: &Netns, reflect: bool, tag: &str) -> Run {
     }
     let gp = gen_path.to_str().unwrap();
     let mut gen_args = vec![
-        "netns", "exec", g.name(), BIN, "gen", "-i", "gen0", "--src", "10.77.0.100/24",
-        "--hosts", "50", "--ports-per-host", "4", "--dst", "10.77.0.2", "--dst-port", "7777",
-        "--rate", "20k", "--duration", "2", "--progress", "0", "--json", gp,
+        "netns",
+        "exec",
+        g.name(),
+        BIN,
+        "gen",
+        "-i",
+        "gen0",
+        "--src",
+        "10.77.0.100/24",
+        "--hosts",
+        "50",
+        "--ports-per-host",
+        "4",
+        "--dst",
+        "10.77.0.2",
+        "--dst-port",
+        "7777",
+        "--rate",
+        "20k",
+        "--duration",
+        "2",
+        "--progress",
+        "0",
+        "--json",
+        gp,
     ];
     if reflect {
         gen_args.extend(["--rtt", "--proto", "tcp-syn", "--size", "128"]);
@@ -101,7 +136,14 @@ fn gen_to_sink_over_a_veth_pair_one_way_and_reflected() {
     }
     let g = Netns::new(&unique_name("gng"));
     let s = Netns::new(&unique_name("gns"));
-    veth_pair(&g, "gen0", [2, 0, 0, 0x67, 0, 1], &s, "sink0", [2, 0, 0, 0x67, 0, 2]);
+    veth_pair(
+        &g,
+        "gen0",
+        [2, 0, 0, 0x67, 0, 1],
+        &s,
+        "sink0",
+        [2, 0, 0, 0x67, 0, 2],
+    );
     g.add_addr("gen0", "10.77.0.1/24");
     s.add_addr("sink0", "10.77.0.2/24");
 
@@ -110,7 +152,11 @@ fn gen_to_sink_over_a_veth_pair_one_way_and_reflected() {
     let r = run(&g, &s, false, "oneway");
     let sent = num(&r.gen_json, &["sent"]);
     let got = num(&r.sink_json, &["packets"]);
-    assert_eq!(string(&r.gen_json, "xsk_mode"), "copy", "veth has no zero-copy");
+    assert_eq!(
+        string(&r.gen_json, "xsk_mode"),
+        "copy",
+        "veth has no zero-copy"
+    );
     assert!(
         (35_000.0..=45_000.0).contains(&sent),
         "20k pps for 2 s: {sent}\n{}",
@@ -136,7 +182,11 @@ fn gen_to_sink_over_a_veth_pair_one_way_and_reflected() {
     let back = num(&r.gen_json, &["returned", "received"]);
     let reflected = num(&r.sink_json, &["reflected"]);
     assert!(reflected >= 0.95 * sent, "reflected {reflected} of {sent}");
-    assert!(back >= 0.95 * sent, "returned {back} of {sent}\n{}", r.gen_json);
+    assert!(
+        back >= 0.95 * sent,
+        "returned {back} of {sent}\n{}",
+        r.gen_json
+    );
     assert_eq!(num(&r.gen_json, &["returned", "duplicates"]), 0.0);
     let rtt99 = num(&r.gen_json, &["rtt", "p99_ns"]);
     assert!(rtt99 > 0.0 && rtt99 < 50e6, "rtt p99 {rtt99} ns");
