@@ -227,7 +227,7 @@ impl GenConfig {
         if self.batch == 0 || self.batch > MAX_BATCH {
             return Err(invalid(format!("--batch {}: 1..={MAX_BATCH}", self.batch)));
         }
-        if self.wire_size - frame::FCS_LEN > port::FRAME_SIZE as usize {
+        if self.wire_size.saturating_sub(frame::FCS_LEN) > port::FRAME_SIZE as usize {
             return Err(invalid(format!(
                 "--size {}: at most {} (UMEM frame)",
                 self.wire_size,
