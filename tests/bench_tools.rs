@@ -78,9 +78,9 @@ fn generator_flows_leave_natgw_from_the_pool() {
         progress: None,
     };
     let (sink_rep, gen_rep) = std::thread::scope(|s| {
-        let sink = s.spawn(|| run_in_netns(topo.server_ns(), || sink::run(&sink_cfg, &stop)));
-        // The sink's program is attached within milliseconds; give it a moment.
-        std::thread::sleep(Duration::from_millis(300));
+        // Opened (bound and attached) before the generator starts; run from any thread.
+        let opened = run_in_netns(topo.server_ns(), || sink::open(&sink_cfg)).expect("sink");
+        let sink = s.spawn(|| opened.run(&stop));
         let g = run_in_netns(topo.host_ns(0), || generator::run(&gen_cfg, &stop));
         if g.is_err() {
             stop.store(true, Ordering::Release);

@@ -251,8 +251,21 @@ fn invalid(m: String) -> io::Error {
 }
 
 /// Runs the sink in the calling thread's network namespace until the duration, count or
-/// idle limit is reached or `stop` is set.
+/// idle limit is reached or `stop` is set ([`open`], then [`Sink::run`]).
 pub fn run(cfg: &SinkConfig, stop: &AtomicBool) -> io::Result<SinkReport> {
+    open(cfg)?.run(stop)
+}
+
+/// A sink whose sockets are bound and whose program is attached: frames arriving from now
+/// on wait in its rings. A driver opens it (in the sink's namespace), starts the generator,
+/// and runs it (from any thread).
+pub struct Sink {
+    cfg: SinkConfig,
+    ports: port::Ports,
+}
+
+/// Checks `cfg` and opens the sink in the calling thread's network namespace.
+pub fn open(cfg: &SinkConfig) -> io::Result<Sink> {
     if cfg.batch == 0 || cfg.batch > MAX_BATCH {
         return Err(invalid(format!("--batch {}: 1..={MAX_BATCH}", cfg.batch)));
     }
@@ -269,7 +282,21 @@ pub fn run(cfg: &SinkConfig, stop: &AtomicBool) -> io::Result<SinkReport> {
             cfg.port.frames
         )));
     }
-    let mut ports = port::open(&cfg.port, true)?;
+    Ok(Sink {
+        cfg: cfg.clone(),
+        ports: port::open(&cfg.port, true)?,
+    })
+}
+
+impl Sink {
+    /// Receives until the duration, count or idle limit or `stop`.
+    pub fn run(self, stop: &AtomicBool) -> io::Result<SinkReport> {
+        let Sink { cfg, mut ports } = self;
+        collect(&cfg, &mut ports, stop)
+    }
+}
+
+fn collect(cfg: &SinkConfig, ports: &mut port::Ports, stop: &AtomicBool) -> io::Result<SinkReport> {
     let nq = ports.queues.len();
     let live: Vec<Live> = (0..nq).map(|_| Live::default()).collect();
     let total = AtomicU64::new(0);
