@@ -160,7 +160,6 @@ pub struct Template {
     l4_base: u32,
 }
 
-/// Offsets of the fields [`Template::write`] patches.
 impl Template {
     pub fn new(spec: &TemplateSpec) -> Result<Template, String> {
         let min = spec.proto.min_wire_size();
