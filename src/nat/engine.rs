@@ -314,6 +314,12 @@ impl Engine {
         self.cx.frags.drain_ready(f)
     }
 
+    /// A session's `in_tab` slot value (tests).
+    #[cfg(test)]
+    pub(crate) fn in_val(&self, k: &super::session::InKey) -> Option<super::session::InVal> {
+        self.cx.store.in_val(k)
+    }
+
     /// Cross-checks every table against the slots (tests only; O(capacity)).
     #[cfg(test)]
     pub(crate) fn check_invariants(&self) {

@@ -173,7 +173,7 @@ pub(super) fn in2out(
 ) -> Option<Verdict> {
     let now = cx.now();
     let realm = r.realms.get(k.realm as usize)?;
-    let v = cx.store.slot_in(p.pos, p.epoch, k)?;
+    let (v, ext_addr) = cx.store.slot_in(p.pos, p.epoch, k)?;
     if !slot::fast_live(v.sess, v.expires, now) {
         return None;
     }
@@ -183,8 +183,22 @@ pub(super) fn in2out(
     if ip.len() > r.outside_mtu {
         return None;
     }
-    if !rewrite::plain::<true>(ip, k.proto, v.ext_addr, v.ext_port) {
+    if !rewrite::plain::<true>(ip, k.proto, ext_addr, v.ext_port) {
         return None;
+    }
+    if k.proto == Protocol::TCP {
+        // The inside host's receive point, for the check of inbound RST/FIN
+        // (`tcp::inbound_acceptable`), as `Store::track_receiver` keeps it on the full path:
+        // the highest ACK. `classify` saw a whole 20-byte TCP header behind an option-less
+        // IP header; the ports were rewritten, the numbers are untouched.
+        if let Some(t) = ip.get(20..IP_TCP)
+            && t[13] & tcp::flags::ACK != 0
+        {
+            let ack = read_u32(t, 8);
+            if ack.wrapping_sub(v.ack) as i32 > 0 {
+                v.ack = ack;
+            }
+        }
     }
     v.expires = now.saturating_add(realm.timeout(k.proto, v.sess & slot::EST != 0));
     if l3 != 14 {

@@ -55,7 +55,7 @@ pub(super) fn in2out(
     }
     let seen = Seen {
         outbound: true,
-        tcp_flags: (m.proto == Protocol::TCP).then_some(m.tcp_flags),
+        tcp: (m.proto == Protocol::TCP).then(|| m.tcp_seg()),
         refresh: true,
     };
     let s = cx.store.track(si, realm, seen);

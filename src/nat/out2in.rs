@@ -43,13 +43,20 @@ pub(super) fn out2in(
             Err(e) => return cx.discard(e),
         },
     };
+    // A RST or FIN off the inside host's window (a blind reset, RFC 5961) is dropped before
+    // it changes or refreshes anything. The fast path never sees one: RST and FIN segments
+    // are not plain. A hairpin's second half is checked the same way: its sender is an
+    // inside host whose numbers are the ones the receiver acknowledges.
+    if m.proto == Protocol::TCP && !cx.store.tcp_acceptable(si, &m.tcp_seg()) {
+        return cx.discard(DropReason::TcpOutOfWindow);
+    }
     // A hairpin's remote is one of our external addresses: the inside end's replies must
     // hairpin too.
     cx.store.mark_hairpin(si, hairpin);
     let realm = &r.realms[cx.store.session(si).realm as usize];
     let seen = Seen {
         outbound: false,
-        tcp_flags: (m.proto == Protocol::TCP).then_some(m.tcp_flags),
+        tcp: (m.proto == Protocol::TCP).then(|| m.tcp_seg()),
         // RFC 4787 REQ-6: inbound refresh is the operator's choice; TCP follows its state.
         refresh: m.proto == Protocol::TCP || realm.inbound_refresh,
     };

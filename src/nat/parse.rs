@@ -38,6 +38,13 @@ pub(crate) struct Meta {
     pub ident: u16,
     pub icmp_type: u8,
     pub tcp_flags: u8,
+    /// TCP: sequence and acknowledgement numbers, the payload length (by the IP total
+    /// length, so a truncated capture does not shorten it), and for a SYN its window scale
+    /// option (`store::tcp_window`).
+    pub tcp_seq: u32,
+    pub tcp_ack: u32,
+    pub tcp_payload: u16,
+    pub tcp_wscale: Option<u8>,
     pub vlan: Option<u16>,
 }
 
@@ -49,6 +56,17 @@ impl Meta {
                 self.icmp_type,
                 icmp::DEST_UNREACHABLE | icmp::TIME_EXCEEDED | icmp::PARAMETER_PROBLEM
             )
+    }
+
+    /// The TCP segment's fields the state tracking reads.
+    pub fn tcp_seg(&self) -> crate::nat::session::tcp::Seg {
+        crate::nat::session::tcp::Seg {
+            flags: self.tcp_flags,
+            seq: self.tcp_seq,
+            ack: self.tcp_ack,
+            payload: self.tcp_payload,
+            wscale: self.tcp_wscale,
+        }
     }
 
     /// The remote port of an inside frame's session key (its destination port); ICMP
@@ -137,6 +155,12 @@ pub(crate) fn parse(d: &[u8]) -> Result<Meta, Option<DropReason>> {
                 return Err(Some(DropReason::BadL4Header));
             }
             (m.sport, m.dport, m.tcp_flags) = (t.src_port(), t.dst_port(), t.flags());
+            (m.tcp_seq, m.tcp_ack) = (t.seq_number(), t.ack_number());
+            let ip_payload = m.tot.saturating_sub(ihl);
+            m.tcp_payload = ip_payload.saturating_sub(t.header_len()) as u16;
+            if m.tcp_flags & tcp::flags::SYN != 0 {
+                m.tcp_wscale = t.window_scale();
+            }
         }
         Protocol::UDP => {
             let u = UdpPacket::new_checked(l4).map_err(bad_l4)?;

@@ -181,7 +181,82 @@ pub mod tcp {
     pub const SYNACK_OUT: u16 = 256;
     pub const SYNACK_IN: u16 = 512;
 
+    /// An outbound segment with ACK went through the full path: the `InVal::ack` of the
+    /// session is the inside host's receive point (see there). Kept across RST and FIN.
+    pub const ACK_OUT: u16 = 1 << 10;
+    /// Bits 12..16: 14 minus the window scale the inside host announced in its SYN or
+    /// SYN-ACK (RFC 7323), so that the default 0 (no SYN of it seen: a session picked up
+    /// mid-stream, or opened from outside and not answered yet) means the largest, 14.
+    const WS_SHIFT: u16 = 12;
+    const WS_MASK: u16 = 0xf << WS_SHIFT;
+
     const SYNS: u16 = SYN_OUT | SYN_IN;
+
+    /// The fields of a TCP segment that the state tracking reads.
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct Seg {
+        pub flags: u8,
+        pub seq: u32,
+        pub ack: u32,
+        /// Payload bytes (SYN and FIN not counted).
+        pub payload: u16,
+        /// A SYN's window scale option (None: no option, the scale is 0).
+        pub wscale: Option<u8>,
+    }
+
+    /// The window scale the inside host announced (14 if none of its SYNs was seen).
+    pub fn wscale(s: u16) -> u8 {
+        (crate::packet::tcp::MAX_WINDOW_SCALE).saturating_sub(((s & WS_MASK) >> WS_SHIFT) as u8)
+    }
+
+    /// Records the window scale of an outbound SYN (`None`: it had no option, scale 0).
+    pub fn set_wscale(s: u16, ws: Option<u8>) -> u16 {
+        let max = crate::packet::tcp::MAX_WINDOW_SCALE;
+        let field = (max - ws.unwrap_or(0).min(max)) as u16;
+        (s & !WS_MASK) | field << WS_SHIFT
+    }
+
+    /// Whether an inbound segment may change the state (and refresh the session): anything
+    /// but RST and FIN may; those only if acceptable to the inside host, which receives them.
+    /// `rcv` is the session's `InVal::ack`. A spoofed RST or FIN from off the path has to
+    /// guess a sequence number in the window (RFC 5961 section 3; conntrack's
+    /// `tcp_in_window` does the same for every segment).
+    ///
+    /// - Synchronised (`ACK_OUT`): `rcv` is the highest ACK the inside host sent, i.e. what
+    ///   its peer knows of its RCV.NXT. Acceptable if `seq - rcv` (mod 2^32) is at most
+    ///   `65535 << wscale`: the largest window the host can have advertised, so no legitimate
+    ///   RST is refused whatever window it really advertised (its peer sends nothing past
+    ///   the right edge `rcv + window`, and a RST's sequence number is its SND.NXT, or the
+    ///   ACK of the segment it answers). A blind attacker hits one value in 2^32 / (65535 <<
+    ///   wscale): 65536 tries for an unscaled window, 512 at Linux's usual scale 7. Tracking
+    ///   the advertised window itself would tighten this but needs 16 more bits in the slot.
+    ///   A FIN is also acceptable if it ends at most that far below `rcv`: a retransmission
+    ///   of a FIN the inside host acknowledged already (its ACK was lost), which it has to
+    ///   see to acknowledge again.
+    /// - After the inside host's SYN only (`SYN_OUT`, no `ACK_OUT`): `rcv` is its ISN + 1.
+    ///   RFC 9293 SYN-SENT accepts a RST only with an ACK of exactly that; so does this,
+    ///   also for a FIN (none is valid before the handshake).
+    /// - Nothing seen from the inside host (a session opened from outside, not answered
+    ///   yet): no window to check against; the session is transitory anyway and a host in
+    ///   LISTEN ignores a RST (RFC 9293 section 3.10.7.2), so the segment is accepted.
+    pub fn inbound_acceptable(s: u16, rcv: u32, seg: &Seg) -> bool {
+        use crate::packet::tcp::flags as f;
+        if seg.flags & (f::RST | f::FIN) == 0 {
+            return true;
+        }
+        if s & ACK_OUT != 0 {
+            let w = (u16::MAX as u32) << wscale(s);
+            if seg.seq.wrapping_sub(rcv) <= w {
+                return true;
+            }
+            let end = seg.seq.wrapping_add(u32::from(seg.payload) + 1);
+            seg.flags & f::RST == 0 && rcv.wrapping_sub(end) <= w
+        } else if s & SYN_OUT != 0 {
+            seg.flags & f::ACK != 0 && seg.ack == rcv
+        } else {
+            true
+        }
+    }
 
     pub fn is_established(s: u16) -> bool {
         s & RST == 0
@@ -243,17 +318,31 @@ pub mod flags {
 }
 
 /// Fast-path data of a session kept in its `in_tab` slot, next to the key: an established
-/// outbound packet reads and writes only this slot, never the `Session`.
+/// outbound packet reads and writes only this slot (and the small, hot table of external
+/// addresses), never the `Session`.
+///
+/// 16 bytes, so that key and value fill a 32-byte slot, two to a cache line (`mem.rs`). The
+/// external address is held as a 16-bit index into the store's interning table
+/// (`store::extaddr`) to make room for `ack`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct InVal {
     /// Session index and fast-path flags, see [`slot`].
     pub sess: u32,
-    pub ext_addr: u32,
+    /// The external address, as its index in the store's table of external addresses.
+    pub ext_idx: u16,
     pub ext_port: u16,
-    pub _pad: u16,
+    /// TCP: the receive side of the inside host, for the check of inbound RST and FIN
+    /// segments (`tcp::inbound_acceptable`). With `tcp::ACK_OUT` in the session's state, the
+    /// highest acknowledgement number the inside host sent (its RCV.NXT as its peer last
+    /// heard it); before that, after its SYN, its ISN + 1. Written by both in2out paths from
+    /// every outbound segment with ACK: the fast path already writes this slot (`expires`),
+    /// so tracking it costs no cache line.
+    pub ack: u32,
     /// Deadline as refreshed by outbound packets (see [`Session::expires`]).
     pub expires: u32,
 }
+
+const _: () = assert!(std::mem::size_of::<InVal>() == 16);
 
 /// Fast-path data of a session kept in its `out_tab` slot (the inbound twin of [`InVal`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

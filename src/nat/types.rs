@@ -169,6 +169,8 @@ drop_reasons! {
     FragmentOutFull => "fragment_out_full", "datagram larger than its egress link's MTU with no free buffer for its fragments";
     NoHeadroom => "no_headroom", "no room to add a VLAN tag or build a reply";
     TcpInvalid => "tcp_invalid", "TCP segment not valid for the session (e.g. unsolicited non-SYN)";
+    TcpOutOfWindow => "tcp_out_of_window", "inbound TCP RST or FIN whose sequence number is outside the inside host's window (RFC 5961: a blind reset)";
+    ExtAddrTableFull => "ext_addr_table_full", "new session refused: its core's sessions already use 65535 distinct external addresses";
     ToKernelUnavailable => "to_kernel_unavailable", "frame for the kernel that reached a worker";
     HandoffFull => "handoff_full", "owner core's handoff queue full";
     NoNeighbour => "no_neighbour", "next hop not resolved: hold limit reached, timed out or failed";

@@ -1,4 +1,5 @@
-//! TCP segments (RFC 9293). Options are carried but not interpreted.
+//! TCP segments (RFC 9293). Options are carried; only the window scale option is interpreted
+//! ([`TcpPacket::window_scale`]).
 
 use std::net::Ipv4Addr;
 
@@ -7,6 +8,16 @@ use super::ipv4::Protocol;
 use super::{Error, Result, read_u16, read_u32, write_u16, write_u32};
 
 pub const MIN_HEADER_LEN: usize = 20;
+
+/// Option kinds (RFC 9293 section 3.2, RFC 7323).
+pub mod option {
+    pub const END: u8 = 0;
+    pub const NOP: u8 = 1;
+    pub const WINDOW_SCALE: u8 = 3;
+}
+
+/// RFC 7323 section 2.3: a shift count above 14 is used as 14.
+pub const MAX_WINDOW_SCALE: u8 = 14;
 
 pub mod flags {
     pub const FIN: u8 = 0x01;
@@ -124,6 +135,31 @@ impl<T: AsRef<[u8]>> TcpPacket<T> {
         let b = self.buffer.as_ref();
         let end = self.header_len().min(b.len());
         &b[MIN_HEADER_LEN.min(end)..end]
+    }
+
+    /// The window scale option's shift count (clamped to [`MAX_WINDOW_SCALE`]), if the
+    /// options carry one. Walks the options with a bounds check per step: a malformed list
+    /// (a length byte below 2 or past the end) ends the walk with what was found so far,
+    /// never a panic.
+    pub fn window_scale(&self) -> Option<u8> {
+        let mut o = self.options();
+        while let [kind, rest @ ..] = o {
+            match *kind {
+                option::END => return None,
+                option::NOP => o = rest,
+                k => {
+                    let len = usize::from(*rest.first()?);
+                    if len < 2 || len > o.len() {
+                        return None;
+                    }
+                    if k == option::WINDOW_SCALE && len == 3 {
+                        return Some(o[2].min(MAX_WINDOW_SCALE));
+                    }
+                    o = &o[len..];
+                }
+            }
+        }
+        None
     }
 
     pub fn payload(&self) -> &[u8] {
@@ -277,6 +313,47 @@ mod tests {
         assert_eq!(p.checksum(), 0x1234);
         assert_eq!(b[12], 0x50);
         assert_eq!(b[20], 0xEE);
+    }
+
+    fn with_options(opts: &[u8]) -> Vec<u8> {
+        let mut b = sample()[..20].to_vec();
+        b.extend_from_slice(opts);
+        b[12] = ((20 + opts.len()) / 4 << 4) as u8;
+        b
+    }
+
+    #[test]
+    fn window_scale_option() {
+        // A SYN as Linux sends it: MSS, SACK permitted, timestamps, NOP, window scale 7.
+        let linux = [
+            2, 4, 0x05, 0xb4, 4, 2, 8, 10, 0, 0, 0, 1, 0, 0, 0, 0, 1, 3, 3, 7,
+        ];
+        let b = with_options(&linux);
+        assert_eq!(
+            TcpPacket::new_checked(&b[..]).unwrap().window_scale(),
+            Some(7)
+        );
+        for (opts, want) in [
+            (&[1, 1, 3, 3, 14, 0, 0, 0][..], Some(14)),
+            (&[3, 3, 15, 0], Some(MAX_WINDOW_SCALE)),
+            (&[3, 3, 255, 0], Some(MAX_WINDOW_SCALE)),
+            (&[2, 4, 0x05, 0xb4], None),
+            (&[0, 3, 3, 7], None),             // after END-of-list
+            (&[2, 0, 3, 3, 7, 0, 0, 0], None), // length 0: malformed, stop
+            (&[2, 9, 3, 3], None),             // length past the options
+            (&[3, 4, 7, 0], None),             // window scale of the wrong length
+            (&[1, 1, 1, 3], None),             // kind without its length byte
+        ] {
+            let b = with_options(opts);
+            let p = TcpPacket::new_checked(&b[..]).unwrap();
+            assert_eq!(p.window_scale(), want, "{opts:?}");
+        }
+        // A header whose options run past the buffer: the walk sees what is there.
+        let mut b = with_options(&[1, 3, 3, 9]);
+        b[12] = 0xf0;
+        assert_eq!(TcpPacket::new_unchecked(&b[..]).window_scale(), Some(9));
+        b.truncate(22);
+        assert_eq!(TcpPacket::new_unchecked(&b[..]).window_scale(), None);
     }
 
     #[test]

@@ -5,6 +5,11 @@ use crate::nat::rules::{EndpointKey, HostKey};
 use crate::nat::session::*;
 
 impl Store {
+    /// A session's `in_tab` slot value.
+    pub fn in_val(&self, k: &InKey) -> Option<InVal> {
+        self.in_tab.get(k)
+    }
+
     /// Cross-checks every table against the slots (tests only; O(capacity)).
     pub fn check_invariants(&self) {
         let live: Vec<u32> = (0..self.sessions.len() as u32)
@@ -19,13 +24,18 @@ impl Store {
         );
         let mut per_map = std::collections::HashMap::<u32, u32>::new();
         let mut filt = std::collections::HashMap::<(u32, u32), u32>::new();
+        let mut ext_refs = std::collections::HashMap::<u16, u32>::new();
         for &i in &live {
             let s = &self.sessions[i as usize];
             let iv = self.in_tab.get(&s.in_key()).expect("in_tab entry");
             let ov = self.out_tab.get(&s.out_key()).expect("out_tab entry");
             assert_eq!(iv.sess & slot::INDEX, i, "in_tab of {s:?}");
             assert_eq!(ov.sess & slot::INDEX, i, "out_tab of {s:?}");
-            assert_eq!((iv.ext_addr, iv.ext_port), (s.ext_addr, s.ext_port));
+            assert_eq!(
+                (self.ext.addr(iv.ext_idx), iv.ext_port),
+                (s.ext_addr, s.ext_port)
+            );
+            *ext_refs.entry(iv.ext_idx).or_default() += 1;
             assert_eq!(
                 (ov.in_addr, ov.in_port, ov.realm),
                 (s.in_addr, s.in_port, s.realm)
@@ -40,6 +50,17 @@ impl Store {
                     *filt.entry((s.map, s.rem_addr)).or_default() += 1;
                 }
             }
+        }
+        // Every interned external address is held by exactly the sessions naming it.
+        let interned = self.ext.entries_in_use();
+        assert_eq!(interned.len(), ext_refs.len(), "external addresses leaked");
+        assert_eq!(interned.len(), self.ext.len());
+        for (i, _, refs) in interned {
+            assert_eq!(
+                ext_refs.get(&i),
+                Some(&refs),
+                "references of external address {i}"
+            );
         }
         let live_maps: Vec<u32> = (0..self.maps.len() as u32)
             .filter(|&i| self.maps[i as usize].proto != FREE)

@@ -9,6 +9,7 @@
 //! a mapping by its inside key; both carry the realm's stable id (see `Rules`), never the
 //! position of a realm, a pool address or a static mapping in the configuration file.
 
+mod extaddr;
 #[cfg(test)]
 mod invariants;
 mod limits;
@@ -40,6 +41,8 @@ pub(crate) struct Store {
     free_sessions: Vec<u32>,
     in_tab: FlowTable<InKey, InVal>,
     out_tab: FlowTable<OutKey, OutVal>,
+    /// The external addresses of the sessions, interned for `InVal::ext_idx`.
+    ext: extaddr::ExtAddrs,
     maps: super::mem::Table<MappingSlot>,
     free_maps: Vec<u32>,
     map_in: FlowTable<MapInKey>,
@@ -62,8 +65,8 @@ pub(crate) struct Store {
 pub(crate) struct Seen {
     /// Inside to outside.
     pub outbound: bool,
-    /// The segment's flags, for a TCP session.
-    pub tcp_flags: Option<u8>,
+    /// The segment, for a TCP session.
+    pub tcp: Option<tcp::Seg>,
     /// Restart the session's timer (RFC 4787 REQ-6 makes inbound refresh a choice).
     pub refresh: bool,
 }
@@ -80,6 +83,7 @@ impl Store {
             free_sessions: (0..cap as u32).rev().collect(),
             in_tab: FlowTable::with_capacity(cap),
             out_tab: FlowTable::with_capacity(cap),
+            ext: extaddr::ExtAddrs::new(cap),
             maps: super::mem::table(cap, MappingSlot::default()),
             free_maps: (0..cap as u32).rev().collect(),
             map_in: FlowTable::with_capacity(cap),
@@ -105,6 +109,7 @@ impl Store {
         cap * (size_of::<Session>() + size_of::<MappingSlot>() + size_of::<HostSlot>() + 3 * 4)
             + FlowTable::<InKey, InVal>::bytes_for(cap)
             + FlowTable::<OutKey, OutVal>::bytes_for(cap)
+            + extaddr::ExtAddrs::bytes_for(cap)
             + FlowTable::<MapInKey>::bytes_for(cap)
             + FlowTable::<MapOutKey>::bytes_for(cap)
             + FlowTable::<HostKey>::bytes_for(cap)
@@ -189,6 +194,7 @@ impl Store {
                 * 4
             + self.in_tab.memory_bytes()
             + self.out_tab.memory_bytes()
+            + self.ext.memory_bytes()
             + self.map_in.memory_bytes()
             + self.map_out.memory_bytes()
             + self.host_tab.memory_bytes()
@@ -249,8 +255,11 @@ impl Store {
     pub fn track(&mut self, si: u32, realm: &RealmRules, seen: Seen) -> Session {
         let now = self.now;
         let s = &mut self.sessions[si as usize];
-        if let Some(f) = seen.tcp_flags {
-            s.tcp = tcp::update(s.tcp, f, seen.outbound);
+        if let Some(seg) = seen.tcp {
+            s.tcp = tcp::update(s.tcp, seg.flags, seen.outbound);
+            if seen.outbound {
+                s.tcp = Self::track_receiver(&mut self.in_tab, s.in_key(), s.tcp, &seg);
+            }
         }
         if seen.refresh {
             s.expires = now.saturating_add(Self::timeout(realm, s));
@@ -258,6 +267,43 @@ impl Store {
         let s = *s;
         self.publish(si, seen.refresh);
         s
+    }
+
+    /// What an outbound segment tells of the inside host as a receiver, for the check of
+    /// inbound RST and FIN (`tcp::inbound_acceptable`): its window scale from its SYN or
+    /// SYN-ACK, its ISN + 1 from a SYN before anything else, and its acknowledgement number
+    /// (kept in the `in_tab` slot, where `fast::in2out` updates it too). Returns the state.
+    fn track_receiver(
+        in_tab: &mut FlowTable<InKey, InVal>,
+        k: InKey,
+        mut st: u16,
+        seg: &tcp::Seg,
+    ) -> u16 {
+        use crate::packet::tcp::flags as f;
+        let Some(v) = in_tab.get_mut(&k) else {
+            return st;
+        };
+        if seg.flags & f::SYN != 0 {
+            st = tcp::set_wscale(st, seg.wscale);
+        }
+        if seg.flags & f::ACK != 0 {
+            // The highest ACK: a reordered older segment must not pull the window back.
+            if st & tcp::ACK_OUT == 0 || (seg.ack.wrapping_sub(v.ack) as i32) > 0 {
+                v.ack = seg.ack;
+            }
+            st |= tcp::ACK_OUT;
+        } else if seg.flags & f::SYN != 0 && st & tcp::ACK_OUT == 0 {
+            v.ack = seg.seq.wrapping_add(1);
+        }
+        st
+    }
+
+    /// Whether inbound segment `seg` may change TCP session `si` (see
+    /// `tcp::inbound_acceptable`); the full out2in path drops it if not.
+    pub fn tcp_acceptable(&self, si: u32, seg: &tcp::Seg) -> bool {
+        let s = &self.sessions[si as usize];
+        let rcv = self.in_tab.get(&s.in_key()).map_or(0, |v| v.ack);
+        tcp::inbound_acceptable(s.tcp, rcv, seg)
     }
 
     #[inline]
@@ -337,7 +383,15 @@ impl Store {
             }
         };
         let hairpin = s.flags & flags::HAIRPIN != 0;
-        let in_flags = if hairpin { 0 } else { fast_if(tcp::SEEN_OUT) } | est;
+        // Outbound TCP takes the fast path only once the full path has recorded an ACK of
+        // the inside host (`tcp::ACK_OUT`): from then on `InVal::ack` is in the peer's
+        // sequence space, and the fast path only has to keep it at the highest.
+        let ack_known = !tcp || s.tcp & tcp::ACK_OUT != 0;
+        let in_flags = if hairpin || !ack_known {
+            0
+        } else {
+            fast_if(tcp::SEEN_OUT)
+        } | est;
         let out_flags = fast_if(tcp::SEEN_IN) | est;
         if let Some(v) = self.in_tab.get_mut(&s.in_key()) {
             v.sess = si | in_flags;
@@ -385,16 +439,22 @@ impl Store {
             undo_host(self);
             return Err(DropReason::SessionTableFull);
         };
+        let Some(ext_idx) = self.ext.intern(s.ext_addr) else {
+            self.free_sessions.push(i);
+            undo_host(self);
+            return Err(DropReason::ExtAddrTableFull);
+        };
         s.created = self.now;
         s.expires = self.now.saturating_add(Self::timeout(realm, &s));
         let iv = InVal {
             sess: i,
-            ext_addr: s.ext_addr,
+            ext_idx,
             ext_port: s.ext_port,
-            _pad: 0,
+            ack: 0,
             expires: s.expires,
         };
         if self.in_tab.insert(s.in_key(), iv).is_err() {
+            self.ext.release(ext_idx);
             self.free_sessions.push(i);
             undo_host(self);
             return Err(DropReason::SessionTableFull);
@@ -408,6 +468,7 @@ impl Store {
         };
         if self.out_tab.insert(s.out_key(), ov).is_err() {
             self.in_tab.remove(&s.in_key());
+            self.ext.release(ext_idx);
             self.free_sessions.push(i);
             undo_host(self);
             return Err(DropReason::SessionTableFull);
@@ -479,7 +540,9 @@ impl Store {
         if s.proto == FREE {
             return;
         }
-        self.in_tab.remove(&s.in_key());
+        if let Some(v) = self.in_tab.remove(&s.in_key()) {
+            self.ext.release(v.ext_idx);
+        }
         self.out_tab.remove(&s.out_key());
         self.sessions[i as usize].proto = FREE;
         self.free_sessions.push(i);

@@ -33,13 +33,16 @@ impl Store {
 
     /// The slot at `pos` if it still holds `k`: trusted without a key compare while the
     /// table's epoch is the one the position was found in (no insert, remove or clear since).
+    /// With the slot, the external address its `ext_idx` names.
     #[inline(always)]
-    pub fn slot_in(&mut self, pos: u32, epoch: u32, k: &InKey) -> Option<&mut InVal> {
+    pub fn slot_in(&mut self, pos: u32, epoch: u32, k: &InKey) -> Option<(&mut InVal, u32)> {
         let pos = pos as usize;
         if self.in_tab.epoch() != epoch && self.in_tab.key_at(pos) != k {
             return None;
         }
-        Some(self.in_tab.val_at_mut(pos))
+        let v = self.in_tab.val_at_mut(pos);
+        let ext_addr = self.ext.addr(v.ext_idx);
+        Some((v, ext_addr))
     }
 
     #[inline(always)]

@@ -15,4 +15,5 @@ mod multi;
 mod reload;
 mod robust;
 mod rss;
+mod rst;
 mod tcp;
