@@ -5,8 +5,9 @@
 //! that is the 40-byte `Session`, two 32-byte index slots (inside and outside view, each with
 //! the fast-path data of its direction) at <= 50 % load, a
 //! mapping slot and its two index slots, a host slot and its index slot, and the
-//! address-dependent filter slot, plus fixed costs (port bitmaps, fragment table): about 368 bytes
-//! per slot at the default capacity (`Engine::memory_bytes`; the test `memory_per_session` prints it).
+//! address-dependent filter slot, plus fixed costs (port bitmaps, fragment table, the interned
+//! external addresses: at most 65535, `store::extaddr`): about 376 bytes per slot at the default
+//! capacity (`Engine::memory_bytes`; the test `memory_per_session` prints it).
 
 use super::table::{Key, hash_words};
 use crate::packet::ipv4::Protocol;

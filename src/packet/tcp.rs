@@ -318,7 +318,7 @@ mod tests {
     fn with_options(opts: &[u8]) -> Vec<u8> {
         let mut b = sample()[..20].to_vec();
         b.extend_from_slice(opts);
-        b[12] = ((20 + opts.len()) / 4 << 4) as u8;
+        b[12] = (((20 + opts.len()) / 4) << 4) as u8;
         b
     }
 
