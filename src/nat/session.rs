@@ -316,6 +316,9 @@ pub mod flags {
     pub const INBOUND_COUNTED: u8 = 16;
     /// A 1:1 mapping's session (its inbound count is per inside address, any protocol).
     pub const ONE_TO_ONE: u8 = 32;
+    /// In its mapping's list of transitory inbound TCP sessions (`store::limits`): an
+    /// `INBOUND_COUNTED` TCP session that is not established.
+    pub const EVICT_LISTED: u8 = 64;
 }
 
 /// Fast-path data of a session kept in its `in_tab` slot, next to the key: an established

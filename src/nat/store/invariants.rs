@@ -51,6 +51,7 @@ impl Store {
                 }
             }
         }
+        self.check_inbound_lists();
         // Every interned external address is held by exactly the sessions naming it.
         let interned = self.ext.entries_in_use();
         assert_eq!(interned.len(), ext_refs.len(), "external addresses leaked");
@@ -127,7 +128,11 @@ impl Store {
         }
         assert_eq!(inbound.len(), self.inbound.len(), "inbound counts");
         for (k, n) in inbound.values() {
-            assert_eq!(self.inbound.get(k), Some(*n), "inbound count of {k:?}");
+            assert_eq!(
+                self.inbound.get(k).map(|c| c.count),
+                Some(*n),
+                "inbound count of {k:?}"
+            );
         }
         // Per (mapping, remote): the inline count plus the table's is the number of sessions.
         let mut in_table = 0;

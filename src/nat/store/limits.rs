@@ -2,6 +2,10 @@
 //! or 1:1 mapping's inbound limit) and how a full table makes room (expired sessions first,
 //! then the least valuable live one, the way conntrack's early drop does). Every decision
 //! is bounded and counted.
+//!
+//! A mapping at its inbound limit makes room from its own list of transitory TCP sessions
+//! ([`Inbound`]), oldest first: O(1) and certain to find one if the mapping has any, where a
+//! bounded scan of the whole table could miss a flood's half-open sessions among many others.
 
 use super::Store;
 use crate::nat::rules::{EndpointKey, HostKey, RealmRules, Rules};
@@ -22,6 +26,43 @@ const HALF_OPEN_GRACE: u32 = 2;
 /// The protocol of a 1:1 mapping's inbound count key: all protocols together.
 const ANY_PROTO: Protocol = Protocol(255);
 
+/// Per static or 1:1 mapping (the `inbound` table's value): the sessions opened from outside
+/// through it, and the ends of its list of those that are transitory TCP (half-open from
+/// outside, closing, reset) in the order they became so, linked through `Store::inbound_links`
+/// by session index (NONE ends the list).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Inbound {
+    pub count: u32,
+    first: u32,
+    last: u32,
+}
+
+impl Default for Inbound {
+    fn default() -> Self {
+        Inbound {
+            count: 0,
+            first: NONE,
+            last: NONE,
+        }
+    }
+}
+
+impl Inbound {
+    pub fn one() -> Self {
+        Inbound {
+            count: 1,
+            ..Inbound::default()
+        }
+    }
+}
+
+/// A session's neighbours in its mapping's transitory list.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct Link {
+    prev: u32,
+    next: u32,
+}
+
 /// Which sessions may be evicted to make room (see `Store::evict`).
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Evict {
@@ -30,11 +71,113 @@ enum Evict {
     /// For a flow opened from outside: transitory TCP only. Unsolicited traffic never
     /// pushes out an inside host's UDP state.
     Inbound,
-    /// Under a mapping's inbound limit: a transitory TCP session of that same mapping.
+    /// Under a mapping's inbound limit: the oldest transitory TCP session of that same
+    /// mapping (its list in [`Inbound`]).
     Rule(EndpointKey),
 }
 
 impl Store {
+    /// Puts session `si` in its mapping's transitory list or takes it out, as its state now
+    /// says: an inbound-counted TCP session belongs there while it is not established. Called
+    /// on creation and after every TCP state change.
+    pub(super) fn relist(&mut self, si: u32) {
+        let s = self.sessions[si as usize];
+        let want = s.flags & flags::INBOUND_COUNTED != 0
+            && s.proto == Protocol::TCP
+            && !tcp::is_established(s.tcp);
+        let listed = s.flags & flags::EVICT_LISTED != 0;
+        if want == listed {
+            return;
+        }
+        if listed {
+            self.unlist(si, &s);
+            return;
+        }
+        let Some(c) = self.inbound.get_mut(&Self::inbound_key(&s)) else {
+            return;
+        };
+        let last = c.last;
+        if last == NONE {
+            c.first = si;
+        } else {
+            self.inbound_links[last as usize].next = si;
+        }
+        c.last = si;
+        self.inbound_links[si as usize] = Link {
+            prev: last,
+            next: NONE,
+        };
+        self.sessions[si as usize].flags |= flags::EVICT_LISTED;
+    }
+
+    /// Takes listed session `si` (whose record is `s`) out of its mapping's transitory list.
+    pub(super) fn unlist(&mut self, si: u32, s: &Session) {
+        let Link { prev, next } = self.inbound_links[si as usize];
+        if let Some(c) = self.inbound.get_mut(&Self::inbound_key(s)) {
+            if prev == NONE {
+                c.first = next;
+            } else {
+                self.inbound_links[prev as usize].next = next;
+            }
+            if next == NONE {
+                c.last = prev;
+            } else {
+                self.inbound_links[next as usize].prev = prev;
+            }
+        }
+        self.sessions[si as usize].flags &= !flags::EVICT_LISTED;
+    }
+
+    /// Every mapping's transitory list holds exactly its listed sessions, linked both ways,
+    /// and a session is listed exactly when `relist` says it should be (tests).
+    #[cfg(test)]
+    pub(super) fn check_inbound_lists(&self) {
+        let mut seen = 0;
+        for (k, c) in self.inbound.iter() {
+            let (mut prev, mut i) = (NONE, c.first);
+            while i != NONE {
+                let s = &self.sessions[i as usize];
+                assert_ne!(
+                    s.flags & flags::EVICT_LISTED,
+                    0,
+                    "unflagged session {i} listed"
+                );
+                assert_eq!(
+                    Self::inbound_key(s),
+                    k,
+                    "session {i} in another mapping's list"
+                );
+                assert_eq!(
+                    self.inbound_links[i as usize].prev, prev,
+                    "back link of {i}"
+                );
+                seen += 1;
+                assert!(seen <= self.sessions.len(), "a cycle in the list of {k:?}");
+                (prev, i) = (i, self.inbound_links[i as usize].next);
+            }
+            assert_eq!(c.last, prev, "last of {k:?}");
+        }
+        let should = self
+            .sessions
+            .iter()
+            .filter(|s| {
+                s.proto == Protocol::TCP
+                    && s.flags & flags::INBOUND_COUNTED != 0
+                    && !tcp::is_established(s.tcp)
+            })
+            .count();
+        let flagged = self
+            .sessions
+            .iter()
+            .filter(|s| s.proto != FREE && s.flags & flags::EVICT_LISTED != 0)
+            .count();
+        assert_eq!(
+            (seen, flagged),
+            (should, should),
+            "transitory inbound sessions listed"
+        );
+    }
+
     /// Deletes expired sessions (looking at no more than `RECLAIM_TRIES` slots) until `enough`.
     /// Deleting a session may delete its mapping, so callers reclaim before they look up the
     /// mapping a new session will use, never between that lookup and the session's creation.
@@ -64,13 +207,23 @@ impl Store {
         }
     }
 
-    /// Deletes one session that `mode` allows, looking at no more than `EVICT_TRIES` live
+    /// Deletes one session that `mode` allows. For `Rule`: the mapping's oldest transitory
+    /// session, from its list. Otherwise, looking at no more than `EVICT_TRIES` live
     /// sessions (`EVICT_SCAN` slots), in slot order from where the last search stopped:
     /// the first transitory TCP session found (half-open from outside, half-open from
     /// inside for longer than `HALF_OPEN_GRACE`, closed or reset); failing that, for
     /// `Outbound`, the UDP/ICMP session with the earliest deadline (the most idle). An
     /// established TCP connection is never evicted. True if a slot came free.
     fn evict(&mut self, mode: Evict) -> bool {
+        if let Evict::Rule(k) = mode {
+            // The mapping's oldest transitory session, from its list.
+            let Some(si) = self.inbound.get(&k).map(|c| c.first).filter(|&i| i != NONE) else {
+                return false;
+            };
+            self.delete_session(si);
+            self.counters.sessions_evicted_transitory.inc();
+            return true;
+        }
         let n = self.sessions.len();
         let now = self.now;
         let mut idle: Option<(u32, u32)> = None;
@@ -86,11 +239,6 @@ impl Store {
                 continue;
             }
             live += 1;
-            if let Evict::Rule(k) = mode
-                && (s.flags & flags::INBOUND_COUNTED == 0 || Self::inbound_key(&s) != k)
-            {
-                continue;
-            }
             if s.proto == Protocol::TCP {
                 let half_open_out = s.flags & flags::INBOUND == 0
                     && s.tcp & (tcp::RST | tcp::FIN_OUT | tcp::FIN_IN) == 0
@@ -173,7 +321,7 @@ impl Store {
     ) -> Result<Option<u32>, DropReason> {
         if s.flags & flags::INBOUND != 0 && s.map == NONE {
             let k = Self::inbound_key(s);
-            if self.inbound.get(&k).unwrap_or(0) >= realm.inbound_per_mapping
+            if self.inbound.get(&k).map_or(0, |c| c.count) >= realm.inbound_per_mapping
                 && !self.evict(Evict::Rule(k))
             {
                 return Err(DropReason::InboundLimit);
@@ -189,7 +337,7 @@ impl Store {
     }
 
     /// Room for a count per static and 1:1 mapping.
-    pub(super) fn inbound_table(rules: &Rules) -> FlowTable<EndpointKey> {
+    pub(super) fn inbound_table(rules: &Rules) -> FlowTable<EndpointKey, Inbound> {
         FlowTable::with_capacity((rules.statics.len() + rules.one_to_one.len()).max(1))
     }
 

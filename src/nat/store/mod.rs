@@ -53,7 +53,10 @@ pub(crate) struct Store {
     filt: FlowTable<FilterKey>,
     /// Sessions opened from outside per static mapping (its inside endpoint) and per 1:1
     /// mapping (its inside address, `ANY_PROTO`): `inbound_key`.
-    inbound: FlowTable<EndpointKey>,
+    inbound: FlowTable<EndpointKey, limits::Inbound>,
+    /// Per session slot: its links in its mapping's list of transitory inbound sessions
+    /// (`limits::Inbound`), while it has `flags::EVICT_LISTED`.
+    inbound_links: super::mem::Table<limits::Link>,
     ports: Vec<PortAllocator>,
     rng: Rng,
     sweep_cursor: usize,
@@ -93,6 +96,7 @@ impl Store {
             host_tab: FlowTable::with_capacity(cap),
             filt: FlowTable::with_capacity(cap),
             inbound: Self::inbound_table(rules),
+            inbound_links: super::mem::table(cap, limits::Link::default()),
             ports: Self::port_allocators(rules, core),
             rng: Rng::from_entropy(),
             sweep_cursor: 0,
@@ -106,7 +110,11 @@ impl Store {
     pub fn table_bytes(capacity: u32, mappings: usize) -> usize {
         use std::mem::size_of;
         let cap = capacity.max(16) as usize;
-        cap * (size_of::<Session>() + size_of::<MappingSlot>() + size_of::<HostSlot>() + 3 * 4)
+        cap * (size_of::<Session>()
+            + size_of::<MappingSlot>()
+            + size_of::<HostSlot>()
+            + size_of::<limits::Link>()
+            + 3 * 4)
             + FlowTable::<InKey, InVal>::bytes_for(cap)
             + FlowTable::<OutKey, OutVal>::bytes_for(cap)
             + extaddr::ExtAddrs::bytes_for(cap)
@@ -114,7 +122,7 @@ impl Store {
             + FlowTable::<MapOutKey>::bytes_for(cap)
             + FlowTable::<HostKey>::bytes_for(cap)
             + FlowTable::<FilterKey>::bytes_for(cap)
-            + FlowTable::<EndpointKey>::bytes_for(mappings.max(1))
+            + FlowTable::<EndpointKey, limits::Inbound>::bytes_for(mappings.max(1))
     }
 
     /// What one core's port allocator for a realm with `pool` addresses takes (as built by
@@ -188,6 +196,7 @@ impl Store {
         self.sessions.len() * size_of::<Session>()
             + self.maps.len() * size_of::<MappingSlot>()
             + self.hosts.len() * size_of::<HostSlot>()
+            + self.inbound_links.len() * size_of::<limits::Link>()
             + (self.free_sessions.capacity()
                 + self.free_maps.capacity()
                 + self.free_hosts.capacity())
@@ -260,7 +269,9 @@ impl Store {
             if seen.outbound {
                 s.tcp = Self::track_receiver(&mut self.in_tab, s.in_key(), s.tcp, &seg);
             }
+            self.relist(si);
         }
+        let s = &mut self.sessions[si as usize];
         if seen.refresh {
             s.expires = now.saturating_add(Self::timeout(realm, s));
         }
@@ -481,9 +492,9 @@ impl Store {
             None => {
                 let k = Self::inbound_key(&s);
                 match self.inbound.get_mut(&k) {
-                    Some(c) => *c += 1,
+                    Some(c) => c.count += 1,
                     None => {
-                        let _ = self.inbound.insert(k, 1);
+                        let _ = self.inbound.insert(k, limits::Inbound::one());
                     }
                 }
                 s.flags |= flags::INBOUND_COUNTED;
@@ -514,6 +525,7 @@ impl Store {
         // The slots start with no fast-path flags (safe: the full path handles everything);
         // the caller publishes them once the first packet has been applied.
         self.sessions[i as usize] = s;
+        self.relist(i);
         self.counters.sessions_created.inc();
         Ok(i)
     }
@@ -546,10 +558,13 @@ impl Store {
         self.out_tab.remove(&s.out_key());
         self.sessions[i as usize].proto = FREE;
         self.free_sessions.push(i);
+        if s.flags & flags::EVICT_LISTED != 0 {
+            self.unlist(i, &s);
+        }
         if s.flags & flags::INBOUND_COUNTED != 0 {
             let k = Self::inbound_key(&s);
             match self.inbound.get_mut(&k) {
-                Some(c) if *c > 1 => *c -= 1,
+                Some(c) if c.count > 1 => c.count -= 1,
                 _ => {
                     self.inbound.remove(&k);
                 }

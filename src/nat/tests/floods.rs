@@ -331,3 +331,76 @@ fn a_stray_packet_at_a_full_table_evicts_nothing() {
     assert_eq!(evicted(&h), 1);
     h.e.check_invariants();
 }
+
+/// The inbound limit's eviction takes the forward's own oldest transitory session from its
+/// list, however many other sessions the table holds: a bounded scan of the table (32 live
+/// sessions from a shared cursor) found none here and refused every new SYN.
+#[test]
+fn a_forward_at_its_limit_always_finds_its_oldest_half_open_session() {
+    let mut h = forward(4);
+    let evicted = |h: &H| h.e.counters().sessions_evicted_transitory.get();
+    // Six hundred sessions of inside hosts first (the slots a scan would look at first).
+    for i in 0..600u32 {
+        h.fwd(
+            &udp(host(i), 5000 + (i / 200) as u16, remote(i), 53),
+            IN0,
+            fwd_out(),
+        );
+    }
+    // Four half-open connections at the forward fill its limit.
+    for i in 0..4u16 {
+        h.fwd(&tcp(R1, 40000 + i, POOL, 8080, SYN), OUTSIDE, fwd_in(SRV));
+    }
+    for round in 0..20u16 {
+        // Each new SYN pushes out the oldest half-open one.
+        h.fwd(
+            &tcp(R2, 41000 + round, POOL, 8080, SYN),
+            OUTSIDE,
+            fwd_in(SRV),
+        );
+        assert_eq!(evicted(&h), u64::from(round) + 1);
+        assert_eq!(h.e.session_count(), 604);
+    }
+    assert_eq!(h.drops(DropReason::InboundLimit), 0);
+    // The survivors are the four newest; the oldest are gone.
+    h.drop(
+        &tcp(R1, 40000, POOL, 8080, ACK),
+        OUTSIDE,
+        DropReason::TcpInvalid,
+    );
+    h.fwd(&tcp(R2, 41019, POOL, 8080, ACK), OUTSIDE, fwd_in(SRV));
+    h.e.check_invariants();
+}
+
+/// Established inbound connections leave the list (they are never evicted), and come back
+/// to it when they close.
+#[test]
+fn a_forwards_established_connections_are_not_evicted_until_they_close() {
+    let mut h = forward(3);
+    for i in 0..3u16 {
+        h.fwd(&tcp(R1, 40000 + i, POOL, 8080, SYN), OUTSIDE, fwd_in(SRV));
+        h.fwd(&tcp(SRV, 80, R1, 40000 + i, SYN | ACK), IN0, fwd_out());
+        h.fwd(&tcp(R1, 40000 + i, POOL, 8080, ACK), OUTSIDE, fwd_in(SRV));
+    }
+    h.e.check_invariants();
+    h.drop(
+        &tcp(R2, 999, POOL, 8080, SYN),
+        OUTSIDE,
+        DropReason::InboundLimit,
+    );
+    // The second connection closes: now it may make room.
+    h.fwd(&tcp(SRV, 80, R1, 40001, FIN | ACK), IN0, fwd_out());
+    h.fwd(&tcp(R1, 40001, POOL, 8080, FIN | ACK), OUTSIDE, fwd_in(SRV));
+    h.e.check_invariants();
+    h.fwd(&tcp(R2, 999, POOL, 8080, SYN), OUTSIDE, fwd_in(SRV));
+    assert_eq!(h.e.counters().sessions_evicted_transitory.get(), 1);
+    h.drop(
+        &tcp(R1, 40001, POOL, 8080, ACK),
+        OUTSIDE,
+        DropReason::TcpInvalid,
+    );
+    for p in [40000, 40002] {
+        h.fwd(&tcp(R1, p, POOL, 8080, ACK), OUTSIDE, fwd_in(SRV));
+    }
+    h.e.check_invariants();
+}
