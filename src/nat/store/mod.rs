@@ -303,7 +303,11 @@ impl Store {
                 v.ack = seg.ack;
             }
             st |= tcp::ACK_OUT;
-        } else if seg.flags & f::SYN != 0 && st & tcp::ACK_OUT == 0 {
+        } else if seg.flags & f::SYN != 0 {
+            // A SYN without ACK: the host (re)starts a connection and is in SYN-SENT, even on
+            // a session that was synchronised (the same ports reused without a close natgw
+            // saw): the refusal it may get (RST|ACK of ISN + 1) must reach it.
+            st &= !tcp::ACK_OUT;
             v.ack = seg.seq.wrapping_add(1);
         }
         st

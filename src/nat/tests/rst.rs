@@ -220,6 +220,21 @@ fn after_the_syn_only_a_rst_acking_isn_plus_one_is_accepted() {
 }
 
 #[test]
+fn a_new_syn_on_a_synchronised_session_starts_over_from_its_isn() {
+    let mut h = H::std();
+    let port = open(&mut h, None);
+    // The inside host reuses the ports for a new connection (natgw saw no close).
+    let isn = ISN_IN + 0x0100_0000;
+    h.fwd(&seg(A, 4000, R1, 80, SYN, isn, 0, None), IN0, fwd_out());
+    assert_eq!(h.e.in_val(&key(4000)).unwrap().ack, isn + 1);
+    refused(&mut h, &from_remote(port, RST, RCV));
+    // The remote refuses it: the inside host hears of it.
+    let refusal = seg(R1, 80, POOL, port, RST | ACK, 0, isn + 1, None);
+    h.fwd(&refusal, OUTSIDE, fwd_in(A));
+    h.e.check_invariants();
+}
+
+#[test]
 fn sequence_numbers_wrap_around_2_32() {
     let mut h = H::std();
     let port = open(&mut h, None);
