@@ -191,10 +191,10 @@ pub(super) fn in2out(
         // (`tcp::inbound_acceptable`), as `Store::track_receiver` keeps it on the full path:
         // the highest ACK. `classify` saw a whole 20-byte TCP header behind an option-less
         // IP header; the ports were rewritten, the numbers are untouched.
-        if let Some(t) = ip.get(20..IP_TCP)
-            && t[13] & tcp::flags::ACK != 0
+        if let Some(t) = ip.first_chunk::<IP_TCP>()
+            && t[33] & tcp::flags::ACK != 0
         {
-            let ack = read_u32(t, 8);
+            let ack = u32::from_be_bytes([t[28], t[29], t[30], t[31]]);
             if ack.wrapping_sub(v.ack) as i32 > 0 {
                 v.ack = ack;
             }

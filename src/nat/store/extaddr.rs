@@ -31,8 +31,10 @@ impl Key for Addr {
 
 pub(crate) struct ExtAddrs {
     /// By index: the fast path reads this array alone (4 bytes an address, so a pool of 64
-    /// addresses is 4 cache lines, hot).
-    addrs: Box<[u32]>,
+    /// addresses is 4 cache lines, hot). One entry for every `u16`, whatever the capacity,
+    /// so that the fast path's read needs no bounds check (256 KiB; at the default session
+    /// capacity the table has that many entries anyway).
+    addrs: Box<[u32; 1 << 16]>,
     /// By index: sessions holding the address; 0 for a free index.
     refs: Box<[u32]>,
     index: FlowTable<Addr>,
@@ -43,8 +45,12 @@ impl ExtAddrs {
     /// A table for a store of `sessions` session slots.
     pub fn new(sessions: usize) -> ExtAddrs {
         let n = Self::entries(sessions);
+        let addrs: Box<[u32; 1 << 16]> = vec![0u32; 1 << 16]
+            .into_boxed_slice()
+            .try_into()
+            .expect("1 << 16 entries");
         ExtAddrs {
-            addrs: vec![0; n].into_boxed_slice(),
+            addrs,
             refs: vec![0; n].into_boxed_slice(),
             index: FlowTable::with_capacity(n),
             free: (0..n as u16).rev().collect(),
@@ -58,7 +64,7 @@ impl ExtAddrs {
     /// What `new(sessions).memory_bytes()` is, computed.
     pub fn bytes_for(sessions: usize) -> usize {
         let n = Self::entries(sessions);
-        n * (4 + 4 + 2) + FlowTable::<Addr>::bytes_for(n)
+        (1 << 16) * 4 + n * (4 + 2) + FlowTable::<Addr>::bytes_for(n)
     }
 
     pub fn memory_bytes(&self) -> usize {
@@ -99,12 +105,10 @@ impl ExtAddrs {
         self.free.push(i);
     }
 
-    /// The address at an index a live session holds.
+    /// The address at an index a live session holds (any `u16` is in bounds).
     #[inline(always)]
     pub fn addr(&self, i: u16) -> u32 {
-        // An index comes from `intern` and is < len; `get` keeps a stale one from panicking
-        // on the fast path (it would read address 0, which no check accepts as a real one).
-        self.addrs.get(i as usize).copied().unwrap_or(0)
+        self.addrs[i as usize]
     }
 
     /// Addresses interned now (tests).
@@ -116,7 +120,7 @@ impl ExtAddrs {
     /// (index, address, references) of every interned address (tests).
     #[cfg(test)]
     pub fn entries_in_use(&self) -> Vec<(u16, u32, u32)> {
-        (0..self.addrs.len())
+        (0..self.refs.len())
             .filter(|&i| self.refs[i] > 0)
             .map(|i| (i as u16, self.addrs[i], self.refs[i]))
             .collect()
@@ -161,7 +165,7 @@ mod tests {
     #[test]
     fn bounded_by_the_index_width() {
         let t = ExtAddrs::new(1 << 26);
-        assert_eq!(t.addrs.len(), MAX);
+        assert_eq!(t.refs.len(), MAX);
         assert!(t.free.iter().all(|&i| i != u16::MAX));
         assert_eq!(t.memory_bytes(), ExtAddrs::bytes_for(1 << 26));
     }
