@@ -316,6 +316,11 @@ impl Store {
     /// Whether inbound segment `seg` may change TCP session `si` (see
     /// `tcp::inbound_acceptable`); the full out2in path drops it if not.
     pub fn tcp_acceptable(&self, si: u32, seg: &tcp::Seg) -> bool {
+        use crate::packet::tcp::flags as f;
+        if seg.flags & (f::RST | f::FIN) == 0 {
+            // Accepted whatever the window: no need to look the receive point up.
+            return true;
+        }
         let s = &self.sessions[si as usize];
         let rcv = self.in_tab.get(&s.in_key()).map_or(0, |v| v.ack);
         tcp::inbound_acceptable(s.tcp, rcv, seg)
