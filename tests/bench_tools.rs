@@ -114,3 +114,78 @@ fn generator_flows_leave_natgw_from_the_pool() {
         r.latency
     );
 }
+
+/// Busy polling: a burst larger than what one transmit kick sends in copy mode (the kernel
+/// sends a bounded batch per kick) must all leave natgw without waiting for later traffic.
+/// A lone frame 2 s after the burst shows the difference: frames left behind in natgw's
+/// transmit ring would go out with it, 2 s late.
+#[test]
+fn busy_poll_sends_a_whole_burst_without_waiting_for_more_traffic() {
+    if !prerequisites("busy_poll_sends_a_whole_burst_without_waiting_for_more_traffic") {
+        return;
+    }
+    let spec = TopologySpec::new("gnb");
+    let topo = Topology::build(&spec).unwrap_or_else(|e| panic!("building {spec:?}: {e}"));
+    let cfg = topo
+        .natgw_config()
+        .replace("poll = \"adaptive\"", "poll = \"busy\"");
+    assert!(cfg.contains("poll = \"busy\""), "{cfg}");
+    let natgw = NatgwProcess::start(env!("CARGO_BIN_EXE_natgw"), &topo, &cfg, "busy-burst");
+    let a = &spec.addressing;
+    let stop = AtomicBool::new(false);
+    let sink_cfg = SinkConfig {
+        port: port(HOST_IF),
+        cores: Vec::new(),
+        reflect: false,
+        max_flows: 1024,
+        duration: Some(Duration::from_secs(20)),
+        count: None,
+        idle: Some(Duration::from_millis(3000)),
+        progress: None,
+        busy: false,
+        batch: 64,
+    };
+    let burst = |count: u64| GenConfig {
+        port: port(HOST_IF),
+        cores: Vec::new(),
+        proto: Proto::Udp,
+        wire_size: 64,
+        src_mac: None,
+        dst_mac: DstMac::Resolve(a.inside_gw),
+        dst_ip: topo.server_addr(),
+        dst_port: 7777,
+        flows: FlowSet::new(Ipv4Addr::new(10, 0, 0, 100), 24, 16, 20000, 4).unwrap(),
+        rate: 0,
+        duration: None,
+        count: Some(count),
+        batch: 64,
+        rtt: false,
+        rtt_linger: Duration::ZERO,
+        progress: None,
+    };
+    let (sink_rep, sent) = std::thread::scope(|s| {
+        let opened = run_in_netns(topo.server_ns(), || sink::open(&sink_cfg)).expect("sink");
+        let sink = s.spawn(|| opened.run(&stop));
+        let g = run_in_netns(topo.host_ns(0), || generator::run(&burst(50_000), &stop));
+        std::thread::sleep(Duration::from_secs(2));
+        let g2 = run_in_netns(topo.host_ns(0), || generator::run(&burst(1), &stop));
+        if g.is_err() || g2.is_err() {
+            stop.store(true, Ordering::Release);
+        }
+        (sink.join().unwrap(), (g, g2))
+    });
+    let (g, _) = (sent.0.expect("generator"), sent.1.expect("generator"));
+    let r = sink_rep.expect("sink");
+    eprintln!("{}\n{}\n{}", g.human(), r.human(), natgw.stderr());
+    assert!(
+        r.packets > 1000,
+        "the burst did not get through: {}",
+        r.human()
+    );
+    assert!(
+        r.latency.max < 1_500_000_000,
+        "frames of the burst left natgw only with the frame 2 s later (max latency {} ns):\n{}",
+        r.latency.max,
+        r.human()
+    );
+}

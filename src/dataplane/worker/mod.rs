@@ -352,6 +352,10 @@ impl Worker {
             }
             if worked {
                 spin.last_work = now;
+            } else if self.busy_poll {
+                // Copy mode sends a bounded batch per kick: what a burst left in a transmit
+                // ring must not wait for the next traffic (only kicks a ring that holds some).
+                self.kick_pending_tx();
             } else if !self.busy_poll
                 && now.saturating_sub(spin.last_work) >= spin.window
                 && self.ready_to_sleep()
@@ -439,15 +443,23 @@ impl Worker {
     /// ring for a kick (copy mode sends a bounded batch per kick; a transient error leaves
     /// frames behind) and no fill ring waits for a wakeup. Kicks those that do.
     fn ready_to_sleep(&self) -> bool {
-        let mut ready = true;
+        let pending = self.kick_pending_tx();
+        for p in &self.ports {
+            p.sock.wakeup_rx();
+        }
+        !pending
+    }
+
+    /// Kicks every socket whose transmit ring still holds frames; whether any did.
+    fn kick_pending_tx(&self) -> bool {
+        let mut pending = false;
         for p in &self.ports {
             if p.sock.tx_pending() != 0 {
                 let _ = p.sock.kick_tx();
-                ready = false;
+                pending = true;
             }
-            p.sock.wakeup_rx();
         }
-        ready
+        pending
     }
 
     /// Adaptive polling: sleep in poll(2) on the sockets, bounded so handoffs (which have no
