@@ -177,6 +177,16 @@ impl Store {
         self.map_in.len()
     }
 
+    /// Session slots (fixed at construction).
+    pub fn session_capacity(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The port allocator of the realm with id `realm` (metrics).
+    pub fn ports_of(&self, realm: usize) -> Option<&PortAllocator> {
+        self.ports.get(realm)
+    }
+
     /// Bytes of memory held by the tables (fixed at construction).
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
@@ -454,6 +464,7 @@ impl Store {
         // the caller publishes them once the first packet has been applied.
         self.sessions[i as usize] = s;
         self.counters.sessions_created.inc();
+        self.counters.session_opened(s.realm, s.proto);
         Ok(i)
     }
 
@@ -483,6 +494,7 @@ impl Store {
         self.out_tab.remove(&s.out_key());
         self.sessions[i as usize].proto = FREE;
         self.free_sessions.push(i);
+        self.counters.session_closed(s.realm, s.proto);
         if s.flags & flags::INBOUND_COUNTED != 0 {
             let k = Self::inbound_key(&s);
             match self.inbound.get_mut(&k) {
