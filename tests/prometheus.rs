@@ -54,7 +54,10 @@ impl Prometheus {
         let child = Command::new("ip")
             .args(["netns", "exec", ns, "prometheus"])
             .arg(format!("--config.file={}", cfg.display()))
-            .arg(format!("--storage.tsdb.path={}", dir.join("data").display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
             .arg(format!("--web.listen-address={PROM}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -225,7 +228,8 @@ impl Traffic {
                 let Ok((mut c, _)) = listener.accept() else {
                     return;
                 };
-                c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+                c.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
                 let mut buf = [0u8; 65536];
                 while !stop.load(Ordering::Relaxed) {
                     match c.read(&mut buf) {
@@ -321,19 +325,17 @@ fn prometheus_scrapes_natgw_during_traffic() {
     let used = prom.wait_for("sum(natgw_pool_ports_used)", |v| v >= 9.0);
     let usable = prom.wait_for("sum(natgw_pool_ports_usable)", |v| v > 1000.0);
     let ratio = prom.wait_for("max(natgw_pool_use_ratio)", |v| v > 0.0 && v < 1.0);
-    let rx1 = prom.wait_for(
-        "sum(natgw_rx_bytes_total{direction=\"in2out\"})",
-        |v| v > 0.0,
-    );
+    let rx1 = prom.wait_for("sum(natgw_rx_bytes_total{direction=\"in2out\"})", |v| {
+        v > 0.0
+    });
     prom.wait_for("sum(natgw_tx_packets_total{direction=\"in2out\"})", |v| {
         v > 0.0
     });
     // Rising: a later sample (three scrapes on) holds more bytes.
     std::thread::sleep(Duration::from_secs(3));
-    let rx2 = prom.wait_for(
-        "sum(natgw_rx_bytes_total{direction=\"in2out\"})",
-        |v| v > rx1,
-    );
+    let rx2 = prom.wait_for("sum(natgw_rx_bytes_total{direction=\"in2out\"})", |v| {
+        v > rx1
+    });
     prom.wait_for("sum(rate(natgw_rx_packets_total[5s]))", |v| v > 10.0);
     prom.wait_for("sum(natgw_batch_size_count)", |v| v > 0.0);
     let p50 = prom.wait_for(

@@ -6,8 +6,7 @@
 //! test and tests/prometheus.rs check that).
 //!
 //! Per-worker counters are `natgw_<counter>_total{worker}`, drops by reason
-//! `natgw_drops_total{worker,reason}`; the rest is listed in docs/metrics.md's order in
-//! [`Metrics::render`].
+//! `natgw_drops_total{worker,reason}`; docs/metrics.md lists every metric.
 
 use crate::dataplane::run::Handle;
 use crate::dataplane::worker::stats::{PortStats, PublishedHistogram};

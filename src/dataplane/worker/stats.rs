@@ -350,3 +350,78 @@ impl Meter {
         self.pool_cursor = (to < entries.len()).then_some(to);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nat::Counters;
+
+    fn engine(cores: usize) -> Engine {
+        let cfg =
+            crate::config::parse(include_str!("../../../deploy/examples/minimal.toml")).unwrap();
+        let rules = Arc::new(Rules::new(
+            &cfg,
+            Arc::new(crate::nat::ports::BlockPartition::new(cores)),
+        ));
+        Engine::new(0, rules, Arc::new(Counters::default()))
+    }
+
+    #[test]
+    fn histogram_publishes_cumulative_buckets_count_and_sum() {
+        let p = PublishedHistogram::new(BATCH_NS_BOUNDS);
+        let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).unwrap();
+        // 500 ns, 1 µs (on the first bound), 1.5 µs, 7 ms, 1 s (beyond the last bound).
+        let vals = [500, 1_000, 1_500, 7_000_000, 1_000_000_000];
+        for v in vals {
+            h.saturating_record(v);
+        }
+        p.publish(&h, vals.iter().sum());
+        let (b, count, sum) = p.read();
+        assert_eq!(b[0], 2, "<= 1 µs: {b:?}");
+        assert_eq!(b[1], 3, "<= 2 µs: {b:?}");
+        assert_eq!(b[11], 3, "<= 5 ms: {b:?}");
+        assert_eq!(b[12], 4, "<= 10 ms: {b:?}");
+        assert_eq!(count, 5);
+        assert_eq!(sum, vals.iter().sum::<u64>());
+    }
+
+    /// The first tick lays out the pool (one entry per address and protocol) and publishes
+    /// this worker's share of the ports; the busy ratio is busy / all since the last second.
+    #[test]
+    fn tick_publishes_pool_layout_and_busy_ratio() {
+        let e = engine(2);
+        let stats = WorkerStats::new(Vec::new());
+        let mut m = Meter::new();
+        m.account(300, true);
+        m.account(700, false);
+        m.batch(32, 5_000);
+        m.tick(1_000, &e, &stats);
+        let pool = stats.pool();
+        let got: Vec<(Protocol, u64, u64)> = pool
+            .entries
+            .iter()
+            .map(|e| (e.proto, e.used.get(), e.usable.get()))
+            .collect();
+        assert_eq!(pool.entries.len(), 3, "{got:?}");
+        assert!(
+            pool.entries
+                .iter()
+                .all(|x| x.addr == Ipv4Addr::new(192, 168, 1, 10))
+        );
+        // Two cores: this one owns about half of each range.
+        for (proto, used, usable) in &got {
+            assert_eq!(*used, 0);
+            assert!((30_000..=34_000).contains(usable), "{proto:?}: {usable}");
+        }
+        assert!((stats.busy_ratio() - 0.3).abs() < 1e-9);
+        assert_eq!(stats.batch_size.read().1, 1);
+        assert_eq!(stats.heartbeat_ns.get(), 1_000);
+        assert!(stats.tables.sessions_capacity.get() >= 1024);
+        // Not a second later: the ratio stays; a second later it covers only the new time.
+        m.account(1_000, true);
+        m.tick(2_000, &e, &stats);
+        assert!((stats.busy_ratio() - 0.3).abs() < 1e-9);
+        m.tick(1_000_002_000, &e, &stats);
+        assert!((stats.busy_ratio() - 1.0).abs() < 1e-9);
+    }
+}
