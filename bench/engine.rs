@@ -11,6 +11,11 @@
 //!   tables) are advised as transparent huge pages, to measure what huge pages would give the
 //!   engine without changing it.
 //!
+//! - `--scrape MS` (issue 12): a thread renders the Prometheus exposition over the running
+//!   engine's counters every MS milliseconds while the cases run, as natgw's management thread
+//!   does for each scrape; run with and without it, alternating, to see what scraping costs
+//!   the worker (bench/README.md, "Scraping").
+//!
 //! The engine rewrites frames in place, so before each batch the frames are restored from a
 //! pristine template, as if the NIC had delivered fresh ones. That copy is timed on its own with
 //! the same access pattern and subtracted: `engine = total - copy`. The batch buffers stay in L1
@@ -26,8 +31,8 @@ use natgw::packet::{checksum, read_u16, read_u32, write_u16, write_u32};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::Ipv4Addr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const BATCH: usize = 64;
@@ -127,10 +132,59 @@ per_host_limit = 65535
     )
 }
 
+/// The counters of the engine being measured, for the `--scrape` thread.
+static SCRAPED: Mutex<Option<Arc<Counters>>> = Mutex::new(None);
+
 fn new_engine(capacity: usize) -> Engine {
     let cfg = natgw::config::parse(&config(capacity)).expect("benchmark config must parse");
     let rules = Rules::new(&cfg, Arc::new(BlockPartition::new(1)));
-    Engine::new(0, Arc::new(rules), Arc::new(Counters::default()))
+    let counters = Arc::new(Counters::default());
+    if let Ok(mut s) = SCRAPED.lock() {
+        *s = Some(Arc::clone(&counters));
+    }
+    Engine::new(0, Arc::new(rules), counters)
+}
+
+/// `--scrape`: renders natgw's exposition over the current engine's counters (and a worker's
+/// other published figures, two sockets' worth) every `every` until `stop`. Returns the
+/// number of scrapes and their mean time.
+fn scraper(every: Duration, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u64, Duration)> {
+    use natgw::dataplane::worker::DpCounters;
+    use natgw::dataplane::worker::stats::{PortStats, WorkerStats};
+    std::thread::spawn(move || {
+        let cfg = natgw::config::parse(&config(1 << 16)).expect("benchmark config must parse");
+        let rules = Arc::new(Rules::new(&cfg, Arc::new(BlockPartition::new(1))));
+        let dp = Arc::new(DpCounters {
+            stats: WorkerStats::new(vec![PortStats::new(0, 0, None), PortStats::new(1, 0, None)]),
+            ..DpCounters::default()
+        });
+        let metrics = natgw::control::metrics::Metrics::new();
+        let (mut n, mut spent) = (0u64, Duration::ZERO);
+        while !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(every);
+            let Some(c) = SCRAPED.lock().ok().and_then(|s| s.clone()) else {
+                continue;
+            };
+            let h = natgw::dataplane::run::Handle {
+                counters: vec![c],
+                dp: vec![Arc::clone(&dp)],
+                control: Vec::new(),
+                rules: Arc::clone(&rules),
+                neigh: Arc::new(natgw::dataplane::neigh::NeighTable::new(16)),
+                started: Instant::now(),
+                xdp_modes: Vec::new(),
+                copy_fallbacks: 0,
+                interfaces: vec!["bench-out".into(), "bench-in".into()],
+                health: Arc::default(),
+                pass: Vec::new(),
+            };
+            let t = Instant::now();
+            black_box(metrics.render(&h).len());
+            spent += t.elapsed();
+            n += 1;
+        }
+        (n, spent / n.max(1) as u32)
+    })
 }
 
 // ---- frames ---------------------------------------------------------------------------------
@@ -745,6 +799,13 @@ fn main() {
     let profile = args.iter().any(|a| a == "--profile");
     let huge = args.iter().any(|a| a == "--hugepages");
     HUGE_PAGES.store(huge, Ordering::Relaxed);
+    let scrape_ms: Option<u64> = args
+        .iter()
+        .position(|a| a == "--scrape")
+        .and_then(|i| args.get(i + 1))
+        .map(|v| v.parse().expect("--scrape takes milliseconds"));
+    let scrape_stop = Arc::new(AtomicBool::new(false));
+    let scrape = scrape_ms.map(|ms| scraper(Duration::from_millis(ms), Arc::clone(&scrape_stop)));
 
     // Same hash layout on every run.
     natgw::nat::table::set_seed(0x6e61_7467_7762_656e);
@@ -887,6 +948,14 @@ fn main() {
     let lookup =
         wanted(&lookup_name).then(|| (lookup_name, lookup_reference(&plan, big, capacity)));
 
+    scrape_stop.store(true, Ordering::Relaxed);
+    if let (Some(ms), Some(t)) = (scrape_ms, scrape) {
+        let (n, mean) = t.join().expect("scrape thread");
+        println!(
+            "scraped every {ms} ms: {n} renders of the exposition, {:.1} µs each",
+            mean.as_secs_f64() * 1e6
+        );
+    }
     report(
         &plan,
         huge,

@@ -15,6 +15,10 @@
 //! the client and the echo server are pinned to `--load-core` (default: the last core), which
 //! therefore also does the veth softirq work of their sends.
 //!
+//! `--scrape MS,MS..` (issue 12): every natgw DUT once per interval, 0 meaning no scrape: a
+//! thread GETs natgw's `/metrics` every MS milliseconds during the loads, as Prometheus
+//! would, and the summary gives each interval's ratios to the run without scraping.
+//!
 //! `--quick`: one short round on a topology of its own, a smoke test for CI (no timing is
 //! asserted; it fails only if traffic does not get through). See bench/README.md.
 
@@ -46,13 +50,15 @@ struct Opts {
     kernel: bool,
     /// None: the client and the server are not pinned.
     load_core: Option<usize>,
+    /// Scrape intervals (ms) natgw runs with; 0: not scraped.
+    scrape: Vec<u64>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench latency -- [--quick] [--rounds N] [--secs S] [--idle-secs S]\n\
          \x20      [--rates R,R..] [--natgw NAME=PATH].. [--modes adaptive,busy] [--no-kernel]\n\
-         \x20      [--load-core N|any]"
+         \x20      [--load-core N|any] [--scrape MS,MS..]"
     );
     std::process::exit(2)
 }
@@ -69,6 +75,7 @@ fn parse_opts() -> Opts {
         modes: vec!["adaptive".into(), "busy".into()],
         kernel: true,
         load_core: Some(cores.saturating_sub(1)),
+        scrape: vec![0],
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -92,6 +99,12 @@ fn parse_opts() -> Opts {
             }
             "--modes" => o.modes = val().split(',').map(str::to_string).collect(),
             "--no-kernel" => o.kernel = false,
+            "--scrape" => {
+                o.scrape = val()
+                    .split(',')
+                    .map(|s| s.parse().unwrap_or_else(|_| usage()))
+                    .collect()
+            }
             "--load-core" => {
                 o.load_core = match val().as_str() {
                     "any" => None,
@@ -123,6 +136,8 @@ enum Dut {
         name: String,
         path: PathBuf,
         mode: String,
+        /// GET /metrics this often during the loads (ms); 0: never.
+        scrape_ms: u64,
     },
 }
 
@@ -130,7 +145,18 @@ impl Dut {
     fn label(&self) -> String {
         match self {
             Dut::Kernel => "kernel".into(),
-            Dut::Natgw { name, mode, .. } => format!("{name}/{mode}"),
+            Dut::Natgw {
+                name,
+                mode,
+                scrape_ms: 0,
+                ..
+            } => format!("{name}/{mode}"),
+            Dut::Natgw {
+                name,
+                mode,
+                scrape_ms,
+                ..
+            } => format!("{name}/{mode} scrape {scrape_ms}ms"),
         }
     }
 }
@@ -370,6 +396,25 @@ fn run_dut(topo: &Topology, dut: &Dut, o: &Opts, seq: &mut u64) -> Result<RunRes
         }
     }
     let c = client(&topo.hosts()[0].ns, topo.server_addr());
+    let scraping = Arc::new(AtomicBool::new(true));
+    let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let scraper = match dut {
+        Dut::Natgw { scrape_ms, .. } if *scrape_ms > 0 => {
+            let (every, gw) = (Duration::from_millis(*scrape_ms), topo.gw_ns().to_string());
+            let (on, n) = (Arc::clone(&scraping), Arc::clone(&scrapes));
+            Some(std::thread::spawn(move || {
+                while on.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    if api_get(&gw, "/metrics").is_ok_and(|m| m.contains("natgw_rx_packets_total"))
+                    {
+                        n.fetch_add(1, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(every.saturating_sub(t.elapsed()));
+                }
+            }))
+        }
+        _ => None,
+    };
     // The client runs pinned on a thread of its own: natgw, started from this thread,
     // must not inherit the pinning.
     let loads = std::thread::scope(|sc| {
@@ -389,6 +434,13 @@ fn run_dut(topo: &Topology, dut: &Dut, o: &Opts, seq: &mut u64) -> Result<RunRes
         .join()
         .expect("client thread")
     });
+    scraping.store(false, Ordering::Relaxed);
+    if let Some(t) = scraper {
+        let _ = t.join();
+        if scrapes.load(Ordering::Relaxed) == 0 {
+            return Err(format!("{}: no scrape succeeded", dut.label()));
+        }
+    }
     let result = if let Some(loads) = loads {
         Ok(RunResult {
             idle_cpu,
@@ -462,11 +514,14 @@ fn main() {
     let mut duts = Vec::new();
     for (name, path) in &o.natgw {
         for m in &o.modes {
-            duts.push(Dut::Natgw {
-                name: name.clone(),
-                path: path.clone(),
-                mode: m.clone(),
-            });
+            for &scrape_ms in &o.scrape {
+                duts.push(Dut::Natgw {
+                    name: name.clone(),
+                    path: path.clone(),
+                    mode: m.clone(),
+                    scrape_ms,
+                });
+            }
         }
     }
     if o.kernel {
@@ -647,7 +702,53 @@ fn report(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
             println!("{line}");
         }
     }
+    scrape_ratios(o, duts, results);
     json.pop();
     json.push('}');
     println!("\nJSON: {json}");
+}
+
+/// With `--scrape`: per natgw DUT scraped at an interval, its round trips/s, p50 and p99
+/// over the same binary and mode without scraping, per round, as ranges over the rounds.
+fn scrape_ratios(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
+    if o.scrape.iter().all(|&s| s == 0) {
+        return;
+    }
+    println!("\nscraped / not scraped, per round, as ranges over the rounds");
+    for (a, dut) in duts.iter().enumerate() {
+        let Dut::Natgw {
+            name,
+            mode,
+            scrape_ms,
+            ..
+        } = dut
+        else {
+            continue;
+        };
+        if *scrape_ms == 0 {
+            continue;
+        }
+        let Some(b) = duts
+            .iter()
+            .position(|d| d.label() == format!("{name}/{mode}"))
+        else {
+            continue;
+        };
+        let n = results[a].len().min(results[b].len());
+        for i in 0..=o.rates.len() {
+            let ratio = |f: &dyn Fn(&Load) -> f64| -> Vec<f64> {
+                (0..n)
+                    .map(|r| f(&results[a][r].loads[i]) / f(&results[b][r].loads[i]))
+                    .collect()
+            };
+            println!(
+                "{} {}: rt/s {} p50 {} p99 {}",
+                dut.label(),
+                load_name(o, i),
+                fmt_range(&ratio(&|l| l.rate), 3),
+                fmt_range(&ratio(&|l| l.hist.value_at_quantile(0.5) as f64), 3),
+                fmt_range(&ratio(&|l| l.hist.value_at_quantile(0.99) as f64), 3),
+            );
+        }
+    }
 }

@@ -66,7 +66,14 @@ impl std::error::Error for ReloadError {}
 
 /// Loads, validates and applies the configuration file. The running configuration stays in
 /// force on any error. Changes that need new sockets (interfaces, workers) need a restart.
+/// Every attempt is counted in the metrics (`natgw_reloads_total{result}`).
 pub fn reload(state: &State) -> Result<String, ReloadError> {
+    let r = apply_reload(state);
+    state.metrics.reloads.record(r.is_ok());
+    r
+}
+
+fn apply_reload(state: &State) -> Result<String, ReloadError> {
     let cfg = crate::config::load(&state.config_path).map_err(ReloadError::Config)?;
     let mut h = state.handle.lock().map_err(|_| ReloadError::Poisoned)?;
     h.reload(&cfg).map_err(ReloadError::Gateway)?;

@@ -3,7 +3,36 @@
 //! reads them at any time and sums over workers.
 
 use super::types::DropReason;
+use crate::packet::ipv4::Protocol;
+use crossbeam::utils::CachePadded;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Realm ids counted per realm: twice the configuration's 4096 realms, since a reload gives a
+/// new realm an id that no realm of the previous configuration held (`rules::realm_ids`), so
+/// ids stay below that. A session of a realm id beyond it is counted in the totals only.
+pub const REALM_SLOTS: usize = 8192;
+
+/// The protocols sessions are counted by, in slot order.
+pub const SESSION_PROTOCOLS: [Protocol; 3] = [Protocol::TCP, Protocol::UDP, Protocol::ICMP];
+
+/// Sessions of one realm per protocol (`SESSION_PROTOCOLS` order): created and removed
+/// (expired, evicted, cleared, reset) so far; the difference is the sessions in the table.
+/// Two monotonic counters instead of a gauge: each changes at exactly one place, and
+/// the gauge comes out of a subtraction at scrape time.
+#[derive(Default, Debug)]
+pub struct RealmSessions {
+    pub created: [Counter; 3],
+    pub removed: [Counter; 3],
+}
+
+#[inline(always)]
+fn proto_slot(p: Protocol) -> usize {
+    match p {
+        Protocol::TCP => 0,
+        Protocol::UDP => 1,
+        _ => 2,
+    }
+}
 
 #[derive(Default, Debug)]
 pub struct Counter(AtomicU64);
@@ -32,14 +61,20 @@ macro_rules! counters {
         #[derive(Debug)]
         pub struct Counters {
             $(#[doc = $help] pub $name: Counter,)*
-            pub drops: [Counter; DropReason::COUNT],
+            /// Padded (crossbeam's CachePadded, 128-byte aligned): the struct then starts and
+            /// ends on cache lines of its own, which no other worker's counters (or the Arc's
+            /// reference counts, touched whenever the management plane clones its handle) share.
+            pub drops: CachePadded<[Counter; DropReason::COUNT]>,
+            /// Per realm id (below [`REALM_SLOTS`]): sessions created and removed.
+            pub realm_sessions: Box<[RealmSessions]>,
         }
         // By hand: `Default` for arrays stops at 32 elements.
         impl Default for Counters {
             fn default() -> Self {
                 Counters {
                     $($name: Counter::default(),)*
-                    drops: std::array::from_fn(|_| Counter::default()),
+                    drops: CachePadded::new(std::array::from_fn(|_| Counter::default())),
+                    realm_sessions: (0..REALM_SLOTS).map(|_| RealmSessions::default()).collect(),
                 }
             }
         }
@@ -87,5 +122,35 @@ impl Counters {
     }
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().map(Counter::get).sum()
+    }
+
+    /// A session of `realm` (id) and `proto` was created (besides `sessions_created`).
+    #[inline(always)]
+    pub fn session_opened(&self, realm: u16, proto: Protocol) {
+        if let Some(r) = self.realm_sessions.get(usize::from(realm)) {
+            r.created[proto_slot(proto)].inc();
+        }
+    }
+
+    /// A session of `realm` and `proto` left the table, for whatever reason.
+    #[inline(always)]
+    pub fn session_closed(&self, realm: u16, proto: Protocol) {
+        if let Some(r) = self.realm_sessions.get(usize::from(realm)) {
+            r.removed[proto_slot(proto)].inc();
+        }
+    }
+
+    /// (created, in the table now) of `realm` and `SESSION_PROTOCOLS[p]`.
+    pub fn realm_sessions_of(&self, realm: u16, p: usize) -> (u64, u64) {
+        match self.realm_sessions.get(usize::from(realm)) {
+            // Saturating: two relaxed loads may see the counters at slightly different
+            // moments.
+            Some(r) => {
+                let removed = r.removed[p].get();
+                let created = r.created[p].get();
+                (created, created.saturating_sub(removed))
+            }
+            None => (0, 0),
+        }
     }
 }

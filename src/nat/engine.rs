@@ -30,6 +30,18 @@ const SWEEP_PER_TICK: usize = 4096;
 /// Frames per pipeline round (see `process`).
 const ROUND: usize = 32;
 
+/// How full an engine's bounded tables are (`Engine::table_use`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TableUse {
+    pub sessions_capacity: usize,
+    pub frag_datagrams: usize,
+    pub frag_datagrams_capacity: usize,
+    pub frag_held: usize,
+    pub frag_held_capacity: usize,
+    pub frag_out: usize,
+    pub frag_out_capacity: usize,
+}
+
 pub struct Engine {
     rules: Arc<Rules>,
     cx: Ctx,
@@ -69,6 +81,52 @@ impl Engine {
     /// Bytes of memory held by the engine's tables (fixed at construction).
     pub fn memory_bytes(&self) -> usize {
         self.cx.store.memory_bytes() + self.cx.frags.memory_bytes()
+    }
+
+    /// How full the bounded tables are (metrics).
+    pub fn table_use(&self) -> TableUse {
+        let [d, h, o] = self.cx.frags.usage();
+        TableUse {
+            sessions_capacity: self.cx.store.session_capacity(),
+            frag_datagrams: d.0,
+            frag_datagrams_capacity: d.1,
+            frag_held: h.0,
+            frag_held_capacity: h.1,
+            frag_out: o.0,
+            frag_out_capacity: o.1,
+        }
+    }
+
+    /// Port use of every pool address of every realm, for TCP, UDP and ICMP in turn:
+    /// `f(realm id, address, protocol, in use (or on hold, or reserved), this core's share)`.
+    /// Starts at the `from`-th entry of that order, skipping realms before it without work,
+    /// and stops when `f` returns false.
+    pub fn pool_port_use(
+        &self,
+        from: usize,
+        mut f: impl FnMut(u16, std::net::Ipv4Addr, crate::packet::ipv4::Protocol, usize, usize) -> bool,
+    ) {
+        use crate::nat::counters::SESSION_PROTOCOLS;
+        let mut at = 0;
+        for r in &self.rules.realms {
+            let n = r.pool.len() * SESSION_PROTOCOLS.len();
+            if at + n <= from {
+                at += n;
+                continue;
+            }
+            let Some(pa) = self.cx.store.ports_of(usize::from(r.id)) else {
+                at += n;
+                continue;
+            };
+            for (ai, &addr) in r.pool.iter().enumerate() {
+                for p in SESSION_PROTOCOLS {
+                    if at >= from && !f(r.id, addr.into(), p, pa.in_use(ai, p), pa.usable(ai, p)) {
+                        return;
+                    }
+                    at += 1;
+                }
+            }
+        }
     }
 
     /// Translates a batch in place. `now_ns` is a monotonic clock in nanoseconds.

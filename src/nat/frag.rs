@@ -175,6 +175,16 @@ impl FragTable {
             + self.held.len() * (std::mem::size_of::<Held>() + 4 + 8)
     }
 
+    /// (in use, capacity) of the datagram entries, the hold slots for out-of-order
+    /// fragments and the egress-fragment pool.
+    pub fn usage(&self) -> [(usize, usize); 3] {
+        [
+            (self.entries.len() - self.free.len(), self.entries.len()),
+            (self.held_count, self.max_held),
+            (OUT_SLOTS - self.out_free.len(), OUT_SLOTS),
+        ]
+    }
+
     pub fn lookup(&self, k: &FragKey) -> Option<FragAction> {
         self.index.get(k).map(|i| self.entries[i as usize].action)
     }

@@ -417,6 +417,16 @@ impl PortAllocator {
             .sum()
     }
 
+    /// Ports of `proto` on `addr` this core may ever hand out (all classes; reserved ones
+    /// included, as `in_use` counts them): its share of the address's range.
+    pub fn usable(&self, addr: usize, proto: Protocol) -> usize {
+        match index(proto).filter(|_| addr < self.n_addrs) {
+            Some(ICMP) => self.lists[LIST_ICMP].len(),
+            Some(_) => self.lists[LIST_LOW].len() + self.lists[LIST_HIGH].len(),
+            None => 0,
+        }
+    }
+
     /// Free ports of one class (`class_low`: the `1..=1023` class; ignored for ICMP).
     pub fn available(&self, addr: usize, proto: Protocol, class_low: bool) -> usize {
         let Some(proto) = index(proto).filter(|_| addr < self.n_addrs) else {

@@ -5,6 +5,7 @@ use super::sockets::create_sockets;
 use super::{Handle, StartError};
 use crate::config::{Config, PollMode};
 use crate::dataplane::neigh::NeighTable;
+use crate::dataplane::worker::stats::{PortStats, WorkerStats};
 use crate::dataplane::worker::{DpCounters, HANDOFF_MTU, HandoffFrame, Worker, WorkerShared};
 use crate::dataplane::xdp::XdpProgram;
 use crate::nat::{Counters, Engine, Ingress};
@@ -113,7 +114,18 @@ pub(super) fn spawn_workers(
         handle.copy_fallbacks += socks.copy_fallbacks;
         let egress_ports = (0..socks.ports.len()).collect();
         let counters = Arc::new(Counters::default());
-        let dpc = Arc::new(DpCounters::default());
+        // Each socket's traffic counters and a reader of its XDP_STATISTICS for the metrics.
+        // Port i serves interface i (egress_ports).
+        let port_stats = socks
+            .ports
+            .iter()
+            .enumerate()
+            .map(|(i, p)| PortStats::new(i, w.queue, p.sock.stats_reader().ok()))
+            .collect();
+        let dpc = Arc::new(DpCounters {
+            stats: WorkerStats::new(port_stats),
+            ..DpCounters::default()
+        });
         let engine = Engine::new(wi, Arc::clone(&handle.rules), Arc::clone(&counters));
         let (tx, rx) = crate::dataplane::worker::control::channel(16)
             .map_err(|err| StartError::Thread { worker: wi, err })?;

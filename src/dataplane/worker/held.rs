@@ -108,6 +108,7 @@ impl Worker {
             match self.shared.neigh.state(ifindex, addr) {
                 NeighState::Usable(mac) => self.release_at(i, mac, outs),
                 NeighState::Failed(at) if at > since_gen => {
+                    self.dp.neighbour_resolution_failures.inc();
                     self.drop_neighbour(i, HoldDrop::Failed)
                 }
                 // Still being resolved, or a failure from before this wait (the kernel

@@ -5,6 +5,7 @@
 pub mod control;
 mod handoff;
 mod held;
+pub mod stats;
 mod tx;
 
 use super::hold::{Held, HoldLimits, HoldQueue, Push};
@@ -14,6 +15,7 @@ use crate::nat::{Counters, DropReason, Egress, Engine, Frame, Ingress, Pkt, Rule
 use crossbeam::queue::ArrayQueue;
 use natgw_kernel::wake::{EventFd, MAX_WAIT_FDS, involuntary_switches, wait_readable};
 use natgw_kernel::xsk::{BadDesc, Desc, Umem, XskSocket};
+use stats::{Meter, WorkerStats};
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,9 +48,13 @@ pub enum Control {
 
 macro_rules! dp_counters {
     ($($name:ident: $help:literal,)*) => {
-        /// Dataplane counters of one worker (single writer, like the engine's).
+        /// Dataplane counters of one worker (single writer, like the engine's), and what
+        /// else it publishes for the metrics.
         #[derive(Default, Debug)]
-        pub struct DpCounters { $(#[doc = $help] pub $name: Counter,)* }
+        pub struct DpCounters {
+            $(#[doc = $help] pub $name: Counter,)*
+            pub stats: WorkerStats,
+        }
         impl DpCounters {
             pub fn each(&self, mut f: impl FnMut(&'static str, &'static str, u64)) {
                 $(f(stringify!($name), $help, self.$name.get());)*
@@ -70,6 +76,7 @@ dp_counters! {
     neigh_hold_expired: "held frames dropped because their next hop did not resolve in time (also in drops no_neighbour)",
     neigh_hold_failed: "held frames dropped because the kernel failed to resolve their next hop (also in drops no_neighbour)",
     neigh_hold_active: "frames held for their next hop now",
+    neighbour_resolution_failures: "next hops the kernel failed to resolve while frames waited for them",
 }
 
 /// One AF_XDP socket with the interface it serves.
@@ -140,6 +147,8 @@ pub struct Worker {
     /// Look the held neighbours up again even if the generation has not changed: a frame
     /// was held after its lookup missed, and the neighbour may have resolved in between.
     hold_recheck: bool,
+    /// Busy time, batch histograms, pool use: accumulated here, published on the tick.
+    meter: Meter,
 }
 
 /// Adaptive polling: how long the loop keeps polling after its last work before it sleeps
@@ -204,6 +213,22 @@ impl Spin {
         } else {
             (self.window / 2).max(SPIN_MIN_NS)
         };
+    }
+}
+
+/// Marks a worker as running while it lives (cleared also when a panic unwinds `run`).
+struct Running(Arc<DpCounters>);
+
+impl Running {
+    fn new(dp: Arc<DpCounters>) -> Running {
+        dp.stats.running.store(true, Ordering::Relaxed);
+        Running(dp)
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.stats.running.store(false, Ordering::Relaxed);
     }
 }
 
@@ -286,6 +311,7 @@ impl Worker {
             hold: HoldQueue::new(HoldLimits::for_umem(umem_frames)),
             hold_gen: 0,
             hold_recheck: false,
+            meter: Meter::new(),
         }
     }
 
@@ -298,6 +324,14 @@ impl Worker {
         let mut sc = Scratch::new(self.batch);
         let mut spin = Spin::new();
         let mut last_tick = 0u64;
+        let _running = Running::new(Arc::clone(&self.dp));
+        self.dp
+            .stats
+            .tables
+            .neigh_hold_capacity
+            .set(self.hold.limits().frames as u64);
+        // End of the previous round: each round's time is accounted as busy or idle.
+        let mut round_start = self.now_ns();
         self.refill();
         while !self.shared.stop.load(Ordering::Relaxed) {
             let mut worked = false;
@@ -314,6 +348,11 @@ impl Worker {
                 }
                 worked = true;
                 self.dp.rx_batches.inc();
+                if let Some(ps) = self.dp.stats.ports.get(pi) {
+                    ps.rx_packets.add(n as u64);
+                    ps.rx_bytes
+                        .add(sc.descs[..n].iter().map(|d| u64::from(d.len)).sum());
+                }
                 let pool = self.ports[pi].pool;
                 let ingress = self.ports[pi].ingress;
                 sc.pos.clear();
@@ -335,6 +374,8 @@ impl Worker {
             self.transmit(&mut sc);
             self.refill();
             let now = self.now_ns();
+            self.meter.account(now.saturating_sub(round_start), worked);
+            round_start = now;
             if now.saturating_sub(last_tick) > 50_000_000 {
                 last_tick = now;
                 self.engine.tick(now);
@@ -342,6 +383,7 @@ impl Worker {
                     spin.check_preempted(involuntary_switches(), now);
                 }
                 self.expire_held(now);
+                self.meter.tick(now, &self.engine, &self.dp.stats);
                 #[cfg(debug_assertions)]
                 super::fault::check();
             }
@@ -363,6 +405,8 @@ impl Worker {
                 let traffic = self.sleep_until_traffic();
                 let woke = self.now_ns();
                 spin.after_sleep(traffic, woke.saturating_sub(now), woke);
+                self.meter.account(woke.saturating_sub(now), false);
+                round_start = woke;
             }
         }
         // Let queued transmissions finish before the sockets close.
@@ -399,6 +443,8 @@ impl Worker {
         }
         self.engine
             .process(now, &mut sc.pkts, &mut sc.verdicts[..n]);
+        // One more clock read per batch (vDSO, tens of ns): the engine's part of the batch.
+        self.meter.batch(n, self.now_ns().saturating_sub(now));
         for (i, p) in sc.pkts.iter().enumerate() {
             sc.pos[i].1 = p.frame.off;
             sc.pos[i].2 = p.frame.len;

@@ -139,6 +139,11 @@ impl Worker {
             }
             let sent = self.ports[pi].sock.send(&sc.tx);
             self.dp.tx_frames.add(sent as u64);
+            if let Some(ps) = self.dp.stats.ports.get(pi) {
+                ps.tx_packets.add(sent as u64);
+                ps.tx_bytes
+                    .add(sc.tx[..sent].iter().map(|d| u64::from(d.len)).sum());
+            }
             for d in &sc.tx[sent..] {
                 let pool = self.ports[pi].pool;
                 let base = self.pools[pool].chunk(d.addr);

@@ -22,6 +22,25 @@ impl Store {
             self.sessions.len(),
             "session slots leaked"
         );
+        // The metrics' sessions per realm and protocol (created - removed) are the table's.
+        let mut per_realm = std::collections::HashMap::<(u16, usize), u64>::new();
+        for &i in &live {
+            let s = &self.sessions[i as usize];
+            let p = crate::nat::counters::SESSION_PROTOCOLS
+                .iter()
+                .position(|&p| p == s.proto)
+                .unwrap_or(2);
+            *per_realm.entry((s.realm, p)).or_default() += 1;
+        }
+        for realm in 0..crate::nat::counters::REALM_SLOTS as u16 {
+            for p in 0..3 {
+                assert_eq!(
+                    self.counters.realm_sessions_of(realm, p).1,
+                    per_realm.get(&(realm, p)).copied().unwrap_or(0),
+                    "sessions of realm {realm}, protocol slot {p}"
+                );
+            }
+        }
         let mut per_map = std::collections::HashMap::<u32, u32>::new();
         let mut filt = std::collections::HashMap::<(u32, u32), u32>::new();
         let mut ext_refs = std::collections::HashMap::<u16, u32>::new();

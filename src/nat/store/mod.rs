@@ -190,6 +190,16 @@ impl Store {
         self.map_in.len()
     }
 
+    /// Session slots (fixed at construction).
+    pub fn session_capacity(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// The port allocator of the realm with id `realm` (metrics).
+    pub fn ports_of(&self, realm: usize) -> Option<&PortAllocator> {
+        self.ports.get(realm)
+    }
+
     /// Bytes of memory held by the tables (fixed at construction).
     pub fn memory_bytes(&self) -> usize {
         use std::mem::size_of;
@@ -536,6 +546,7 @@ impl Store {
         self.sessions[i as usize] = s;
         self.relist(i);
         self.counters.sessions_created.inc();
+        self.counters.session_opened(s.realm, s.proto);
         Ok(i)
     }
 
@@ -570,6 +581,7 @@ impl Store {
         if s.flags & flags::EVICT_LISTED != 0 {
             self.unlist(i, &s);
         }
+        self.counters.session_closed(s.realm, s.proto);
         if s.flags & flags::INBOUND_COUNTED != 0 {
             let k = Self::inbound_key(&s);
             match self.inbound.get_mut(&k) {

@@ -13,7 +13,7 @@ mod socket;
 mod umem;
 
 pub use ring::Desc;
-pub use socket::{XdpStatistics, XskConfig, XskSocket, wait_rx_any};
+pub use socket::{XdpStatistics, XskConfig, XskSocket, XskStatsReader, wait_rx_any};
 pub use umem::{BadDesc, Umem};
 
 use std::io;

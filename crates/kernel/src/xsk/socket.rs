@@ -363,23 +363,57 @@ impl XskSocket {
 
     /// Socket counters.
     pub fn statistics(&self) -> io::Result<XdpStatistics> {
-        // SAFETY: plain C struct, all-zero is valid.
-        let mut s: libc::xdp_statistics = unsafe { zeroed() };
-        getsockopt(
-            self.fd.as_fd(),
-            libc::XDP_STATISTICS,
-            &mut s,
-            "getsockopt(XDP_STATISTICS)",
-        )?;
-        Ok(XdpStatistics {
-            rx_dropped: s.rx_dropped,
-            rx_invalid_descs: s.rx_invalid_descs,
-            tx_invalid_descs: s.tx_invalid_descs,
-            rx_ring_full: s.rx_ring_full,
-            rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs,
-            tx_ring_empty_descs: s.tx_ring_empty_descs,
+        statistics(self.fd.as_fd())
+    }
+
+    /// A second descriptor of this socket for reading its counters from another thread
+    /// (the management plane, at scrape time) while the owner keeps using the rings.
+    pub fn stats_reader(&self) -> io::Result<XskStatsReader> {
+        Ok(XskStatsReader {
+            fd: self.fd.try_clone()?,
         })
     }
+}
+
+/// Reads an AF_XDP socket's counters (`XDP_STATISTICS`) through a descriptor of its own.
+///
+/// Safe next to the socket's owner: getsockopt(XDP_STATISTICS) only reads counters, under the
+/// socket's own mutex in the kernel (`xsk_getsockopt`), and touches neither the rings nor
+/// the UMEM. (Copy-mode transmit, `sendto`, takes the same mutex: a read delays a kick by
+/// the few loads it holds it for.) Being a dup(2) of the socket, it stays valid whatever the owner does: after the
+/// owner closes its descriptor the numbers just stop changing (the kernel releases the
+/// socket when the last descriptor goes, so keep this one no longer than the program that
+/// redirects to it).
+#[derive(Debug)]
+pub struct XskStatsReader {
+    fd: OwnedFd,
+}
+
+impl XskStatsReader {
+    pub fn statistics(&self) -> io::Result<XdpStatistics> {
+        statistics(self.fd.as_fd())
+    }
+}
+
+/// `XDP_STATISTICS` of the socket `fd`. A kernel before 5.9 fills only the first three
+/// fields (`xdp_statistics_v1`); the others stay 0.
+fn statistics(fd: BorrowedFd<'_>) -> io::Result<XdpStatistics> {
+    // SAFETY: plain C struct, all-zero is valid.
+    let mut s: libc::xdp_statistics = unsafe { zeroed() };
+    getsockopt(
+        fd,
+        libc::XDP_STATISTICS,
+        &mut s,
+        "getsockopt(XDP_STATISTICS)",
+    )?;
+    Ok(XdpStatistics {
+        rx_dropped: s.rx_dropped,
+        rx_invalid_descs: s.rx_invalid_descs,
+        tx_invalid_descs: s.tx_invalid_descs,
+        rx_ring_full: s.rx_ring_full,
+        rx_fill_ring_empty_descs: s.rx_fill_ring_empty_descs,
+        tx_ring_empty_descs: s.tx_ring_empty_descs,
+    })
 }
 
 /// Sleeps in poll(2) until one of the first 8 of `socks` has received descriptors or
