@@ -107,6 +107,7 @@ counters! {
     sessions_evicted_idle: "idle UDP/ICMP sessions evicted to make room in a full table",
     sessions_deleted: "sessions removed by the operator (DELETE /sessions, POST /sessions/clear)",
     mappings_created: "address/port mappings created",
+    sessions_removed_by_reload: "sessions removed because a reload removed their realm, pool address, port forward or 1:1 mapping",
     sessions_active: "sessions in the table (gauge)",
     mappings_active: "mappings in the table (gauge)",
     forwarded_untranslated: "frames routed without translation (forward-only mode)",

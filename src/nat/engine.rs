@@ -232,8 +232,11 @@ impl Engine {
         prep: &[Prep],
     ) -> (u64, u64) {
         let (mut fast_in, mut fast_out) = (0u64, 0u64);
+        // While a reload's walk is under way a slot may belong to a session the reload
+        // removed: the full path checks (store/reload.rs).
+        let allow_fast = !self.cx.store.reconciling();
         for ((p, v), pr) in pkts.iter_mut().zip(verdicts.iter_mut()).zip(prep) {
-            let fast = if pr.fast {
+            let fast = if pr.fast && allow_fast {
                 match pr.lane {
                     Lane::In(k) => fast::in2out(&mut self.cx, rules, &mut p.frame, &k, pr),
                     Lane::Out(k) => fast::out2in(&mut self.cx, rules, &mut p.frame, &k, pr),
@@ -266,17 +269,22 @@ impl Engine {
         self.cx.housekeeping(SWEEP_PER_TICK);
     }
 
-    /// Replaces the rules (configuration reload). Timeouts, filtering, hairpinning and the
-    /// like apply to existing sessions at once. When the translation layout changes (realms,
-    /// their interfaces, prefixes, pools or port ranges, static or 1:1 mappings, the core
-    /// partition), sessions refer to realm ids, pool indices and ports the new rules no longer
-    /// mean the same by: they are all removed and the port allocators rebuilt (this allocates;
-    /// reloads are rare and not per packet).
+    /// Replaces the rules (configuration reload) and reconciles the sessions with them
+    /// (store/reload.rs): a session whose realm, external address and mapping (pool
+    /// address, port forward, 1:1 mapping) still exist stays as it is, with its ports,
+    /// timers and TCP state; sessions of removed things are removed over the next batches
+    /// and counted (`sessions_removed_by_reload`). Filtering, hairpinning and the like
+    /// apply to existing sessions at once, new timeouts from each session's next refresh.
+    /// Allocates (port allocators of changed pools); reloads are rare and not per packet.
+    /// The core partition must not change (the dataplane refuses another worker count).
     pub fn set_rules(&mut self, rules: Arc<Rules>) {
-        if !self.rules.same_layout(&rules) {
-            self.cx.store.relayout(&rules);
-        }
+        self.cx.store.reload(&self.rules, &rules);
         self.rules = rules;
+    }
+
+    /// Whether a reload's reconciliation walk is still under way (tests, benchmarks).
+    pub fn reconciling(&self) -> bool {
+        self.cx.store.reconciling()
     }
 
     /// Which core owns this frame's flow (None: any core may handle it, e.g. a ping to natgw).

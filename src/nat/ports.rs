@@ -290,8 +290,10 @@ impl PortAllocator {
 
     /// Marks `port` permanently used (static mapping). Call it on every core: cores
     /// that do not own the port only remember the reservation, so `release` ignores
-    /// it. False if the port is already in use, held or reserved, or the arguments are
-    /// out of range. Control plane only (may allocate).
+    /// it. A port a dynamic mapping holds or that is on hold is taken over (a reload
+    /// added a port forward on it): the mapping's later release is a no-op and its hold
+    /// ends. False if the port is already reserved or the arguments are out of range.
+    /// Control plane only (may allocate).
     pub fn reserve(&mut self, addr: usize, proto: Protocol, port: u16) -> bool {
         let Some(proto) = index(proto).filter(|_| addr < self.n_addrs) else {
             return false;
@@ -303,10 +305,13 @@ impl PortAllocator {
         let list = class_of(proto, port);
         if let Some(pos) = self.position(list, port) {
             let b = bucket(proto, list);
-            if self.is_used(addr, b, pos) {
-                return false;
+            let (w, bit) = self.word(addr, b, pos);
+            if self.used[w] & bit == 0 {
+                self.set_used(addr, b, pos);
             }
-            self.set_used(addr, b, pos);
+            // Its hold-ring entry stays behind and is skipped by `tick` (the held bit is
+            // what makes an entry count).
+            self.held[w] &= !bit;
         }
         self.reserved.insert(at, key);
         true
@@ -392,13 +397,111 @@ impl PortAllocator {
             }
             let (addr, b, pos) = (e.addr as usize, usize::from(e.bucket), usize::from(e.pos));
             let (w, bit) = self.word(addr, b, pos);
-            self.held[w] &= !bit;
-            self.clear_used(addr, b, pos);
             self.ring_head = (self.ring_head + 1) % self.ring.len();
             self.ring_len -= 1;
+            if self.held[w] & bit == 0 {
+                // The port was reserved while on hold (`reserve`): nothing to free.
+                continue;
+            }
+            self.held[w] &= !bit;
+            self.clear_used(addr, b, pos);
             freed += 1;
         }
         freed
+    }
+
+    /// This allocator for another list of addresses (a reload changed the pool): new
+    /// address `i` was address `from[i]` here, or is new (`None`, every port free). What
+    /// kept addresses had (ports in use, held ports with their deadlines, reservations)
+    /// comes along; what removed addresses had is dropped. The port range and partition
+    /// stay, so the owned-port lists and bitmap layout are the same. The hold ring is
+    /// reused (compacted in place) unless `hold_capacity` asks for a larger one: it can be
+    /// tens of megabytes. Control plane work (allocates the bitmaps; O(addresses * bitmap
+    /// words + hold entries)).
+    pub fn remapped(self, from: &[Option<usize>], hold_capacity: usize) -> PortAllocator {
+        let n = from.len();
+        let wpa = self.words_per_addr;
+        let mut used = vec![0u64; n * wpa].into_boxed_slice();
+        let mut held = vec![0u64; n * wpa].into_boxed_slice();
+        let mut counts = vec![0u32; n * BUCKETS].into_boxed_slice();
+        let mut to = vec![None; self.n_addrs];
+        for (i, f) in from.iter().enumerate() {
+            match f {
+                Some(o) if *o < self.n_addrs => {
+                    to[*o] = Some(i);
+                    used[i * wpa..(i + 1) * wpa]
+                        .copy_from_slice(&self.used[o * wpa..(o + 1) * wpa]);
+                    held[i * wpa..(i + 1) * wpa]
+                        .copy_from_slice(&self.held[o * wpa..(o + 1) * wpa]);
+                    counts[i * BUCKETS..(i + 1) * BUCKETS]
+                        .copy_from_slice(&self.counts[o * BUCKETS..(o + 1) * BUCKETS]);
+                }
+                _ => {
+                    for (b, &off) in self.bucket_off.iter().enumerate() {
+                        let len = self.lists[bucket_list(b)].len();
+                        if len % 64 != 0 {
+                            used[i * wpa + off + len / 64] = !0u64 << (len % 64);
+                        }
+                    }
+                }
+            }
+        }
+        let mut reserved: Vec<u64> = self
+            .reserved
+            .iter()
+            .filter_map(|&k| {
+                let a = to.get((k >> 24) as usize).copied().flatten()?;
+                Some(((a as u64) << 24) | (k & 0xff_ffff))
+            })
+            .collect();
+        reserved.sort_unstable();
+        let (old_head, old_len, old_cap) = (self.ring_head, self.ring_len, self.ring.len());
+        let grow = hold_capacity > old_cap;
+        let (ring, old) = if grow {
+            let fresh = vec![Held::default(); hold_capacity].into_boxed_slice();
+            (fresh, Some(self.ring))
+        } else {
+            (self.ring, None)
+        };
+        let mut out = PortAllocator {
+            n_addrs: n,
+            lists: self.lists,
+            bucket_off: self.bucket_off,
+            words_per_addr: wpa,
+            used,
+            held,
+            counts,
+            reserved,
+            ring,
+            ring_head: if grow { 0 } else { old_head },
+            ring_len: 0,
+            hold_secs: self.hold_secs,
+            hold_overflow: self.hold_overflow,
+            bad_release: self.bad_release,
+            low_fallback: self.low_fallback,
+        };
+        // In order, so deadlines stay sorted; in place the write position never passes
+        // the read position.
+        let cap = out.ring.len();
+        for k in 0..old_len {
+            let from = (old_head + k) % old_cap.max(1);
+            let e = old.as_ref().map_or(out.ring[from], |o| o[from]);
+            let Some(a) = to.get(e.addr as usize).copied().flatten() else {
+                continue;
+            };
+            let (b, pos) = (usize::from(e.bucket), usize::from(e.pos));
+            let (w, bit) = out.word(a, b, pos);
+            if out.held[w] & bit == 0 {
+                continue;
+            }
+            let at = (out.ring_head + out.ring_len) % cap;
+            out.ring[at] = Held {
+                addr: a as u32,
+                ..e
+            };
+            out.ring_len += 1;
+        }
+        out
     }
 
     /// Ports of `proto` on `addr` that are in use, on hold or reserved (owned by this
@@ -890,8 +993,7 @@ mod tests {
         }
         assert_eq!(got.len(), 8);
         assert!(!got.contains(&60003) && !got.contains(&60007));
-        // An allocated port cannot be reserved; releasing a reserved one is a no-op.
-        assert!(!a.reserve(0, Protocol::UDP, 60001));
+        // Releasing a reserved port is a no-op.
         a.release(0, Protocol::UDP, 60003, 0);
         a.tick(10_000, 100);
         assert_eq!(a.in_use(0, Protocol::UDP), 10);
@@ -909,6 +1011,78 @@ mod tests {
             ),
             Some(60003)
         );
+    }
+
+    /// A pool change keeps what the kept addresses had: ports in use, held ports (with
+    /// their deadlines) and reservations move with their address; a removed address's
+    /// go; an added address starts free.
+    #[test]
+    fn remapped_follows_the_addresses() {
+        let mut a = PortAllocator::new(3, 1024, 65535, &BlockPartition::new(1), 0, 120, 16);
+        let mut r = Rng::new(13);
+        let pol = Policy::PreserveThenRandom;
+        for addr in 0..3 {
+            assert_eq!(
+                a.alloc(addr, Protocol::UDP, 5000, pol, &mut r, None),
+                Some(5000)
+            );
+            assert_eq!(
+                a.alloc(addr, Protocol::TCP, 6000, pol, &mut r, None),
+                Some(6000)
+            );
+            a.release(addr, Protocol::TCP, 6000, 100);
+            assert!(a.reserve(addr, Protocol::TCP, 8080));
+        }
+        // Old 2 becomes 0, old 0 becomes 2, old 1 goes, 1 is new.
+        let mut b = a.remapped(&[Some(2), None, Some(0)], 16);
+        for addr in [0, 2] {
+            assert_eq!(b.in_use(addr, Protocol::UDP), 1);
+            assert_eq!(b.in_use(addr, Protocol::TCP), 2, "held and reserved");
+            assert_ne!(
+                b.alloc(addr, Protocol::UDP, 5000, pol, &mut r, None),
+                Some(5000)
+            );
+        }
+        assert_eq!(b.in_use(1, Protocol::UDP), 0);
+        assert_eq!(b.in_use(1, Protocol::TCP), 0);
+        assert_eq!(b.held(), 2, "the removed address's hold went with it");
+        assert_eq!(b.tick(219, 16), 0);
+        assert_eq!(b.tick(220, 16), 2);
+        assert_eq!(b.in_use(0, Protocol::TCP), 1, "the reservation stays");
+        assert!(b.unreserve(2, Protocol::TCP, 8080));
+        assert!(!b.unreserve(1, Protocol::TCP, 8080));
+        b.release(0, Protocol::UDP, 5000, 300);
+        assert_eq!(b.bad_release(), 0);
+    }
+
+    /// A reservation takes over a port a mapping holds or that is on hold: the mapping's
+    /// release and the hold's end leave it reserved.
+    #[test]
+    fn reserve_takes_over_used_and_held_ports() {
+        let mut a = one_core(1024, 65535);
+        let mut r = Rng::new(14);
+        let pol = Policy::PreserveThenRandom;
+        assert_eq!(
+            a.alloc(0, Protocol::UDP, 5353, pol, &mut r, None),
+            Some(5353)
+        );
+        assert!(a.reserve(0, Protocol::UDP, 5353));
+        a.release(0, Protocol::UDP, 5353, 0);
+        assert_eq!(a.in_use(0, Protocol::UDP), 1);
+        assert_eq!(a.held(), 0);
+        assert_eq!(
+            a.alloc(0, Protocol::TCP, 7000, pol, &mut r, None),
+            Some(7000)
+        );
+        a.release(0, Protocol::TCP, 7000, 0);
+        assert!(a.reserve(0, Protocol::TCP, 7000));
+        assert_eq!(a.tick(1000, 16), 0, "a stale hold entry frees nothing");
+        assert_eq!(a.in_use(0, Protocol::TCP), 1);
+        assert_ne!(
+            a.alloc(0, Protocol::TCP, 7000, pol, &mut r, None),
+            Some(7000)
+        );
+        assert_eq!(a.bad_release(), 0);
     }
 
     #[test]

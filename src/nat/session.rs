@@ -433,7 +433,6 @@ pub struct MappingSlot {
     pub key: MapInKey,
     pub ext_addr: u32,
     pub ext_port: u16,
-    pub ext_index: u16,
     pub proto: Protocol,
     pub sessions: u32,
     pub host: u32,
@@ -450,7 +449,9 @@ pub struct MappingSlot {
 #[derive(Clone, Copy, Debug, Default)]
 pub struct HostSlot {
     pub realm: u16,
-    pub ext_index: u16,
+    /// The paired external address (an address, not a pool position: a reload may move
+    /// or remove pool addresses).
+    pub ext_addr: u32,
     pub addr: u32,
     pub mappings: u32,
     /// Sessions with `flags::HOST_COUNTED` (RFC 6888 REQ-4: limit state per subscriber).

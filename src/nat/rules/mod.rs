@@ -444,19 +444,4 @@ impl Rules {
             },
         }
     }
-
-    /// Whether sessions and port allocations made under `self` mean the same under `o`.
-    pub fn same_layout(&self, o: &Rules) -> bool {
-        self.cores == o.cores
-            && self.statics == o.statics
-            && self.one_to_one == o.one_to_one
-            && self.realms.len() == o.realms.len()
-            && self.realms.iter().zip(&o.realms).all(|(a, b)| {
-                (a.retired, a.iface, a.vlan, a.port_first, a.port_last)
-                    == (b.retired, b.iface, b.vlan, b.port_first, b.port_last)
-                    && a.prefixes == b.prefixes
-                    && a.pool == b.pool
-                    && a.mapping == b.mapping
-            })
-    }
 }

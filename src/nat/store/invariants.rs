@@ -85,8 +85,19 @@ impl Store {
         let live_maps: Vec<u32> = (0..self.maps.len() as u32)
             .filter(|&i| self.maps[i as usize].proto != FREE)
             .collect();
-        assert_eq!(live_maps.len(), self.map_in.len(), "mappings vs map_in");
-        assert_eq!(live_maps.len(), self.map_out.len(), "mappings vs map_out");
+        // A mapping a reload detached is in neither index until its sessions are gone.
+        let indexed = live_maps
+            .iter()
+            .filter(|&&i| self.maps[i as usize].key.proto != FREE)
+            .count();
+        assert_eq!(indexed, self.map_in.len(), "mappings vs map_in");
+        assert_eq!(indexed, self.map_out.len(), "mappings vs map_out");
+        for &mi in &live_maps {
+            let mp = &self.maps[mi as usize];
+            if mp.key.proto != FREE {
+                assert_eq!(self.map_in.get(&mp.key), Some(mi), "map_in of {mp:?}");
+            }
+        }
         assert_eq!(live_maps.len() + self.free_maps.len(), self.maps.len());
         let mut per_host = std::collections::HashMap::<u32, u32>::new();
         for &mi in &live_maps {

@@ -299,7 +299,7 @@ impl Store {
         };
         self.hosts[h as usize] = HostSlot {
             realm: s.realm,
-            ext_index: 0,
+            ext_addr: 0,
             addr: s.in_addr,
             mappings: 0,
             sessions: 0,

@@ -11,19 +11,29 @@ use super::Store;
 use crate::config::{Filtering, Mapping, PortPolicy};
 use crate::packet::ipv4::Protocol;
 
+/// The `key.proto` of a detached mapping (`detach_mapping`): no key with it is ever in
+/// `map_in` (sessions are TCP, UDP or ICMP).
+pub(super) const DETACHED: Protocol = FREE;
+
 impl Store {
     pub fn delete_mapping(&mut self, mi: u32) {
         let mp = self.maps[mi as usize];
-        self.map_in.remove(&mp.key);
-        self.map_out.remove(&MapOutKey {
-            proto: mp.proto,
-            port: mp.ext_port,
-            addr: mp.ext_addr,
-        });
+        if mp.key.proto != DETACHED {
+            self.map_in.remove(&mp.key);
+            self.map_out.remove(&MapOutKey {
+                proto: mp.proto,
+                port: mp.ext_port,
+                addr: mp.ext_addr,
+            });
+        }
         self.maps[mi as usize].proto = FREE;
         self.free_maps.push(mi);
-        if let Some(p) = self.ports.get_mut(mp.key.realm as usize) {
-            p.release(mp.ext_index as usize, mp.proto, mp.ext_port, self.now);
+        // By address: a reload may have moved it in the pool, or removed it (nothing to
+        // give back then).
+        if let Some(p) = self.ports.get_mut(mp.key.realm as usize)
+            && let Some(i) = p.index(mp.ext_addr)
+        {
+            p.alloc.release(i, mp.proto, mp.ext_port, self.now);
         }
         self.hosts[mp.host as usize].mappings -= 1;
         self.release_host(mp.host);
@@ -64,7 +74,10 @@ impl Store {
         remote: (u32, u16),
     ) -> Result<u32, DropReason> {
         if let Some(mi) = self.map_in.get(&key) {
-            return Ok(mi);
+            // A mapping a reload removed is detached, and the endpoint gets a new one.
+            if self.recon.is_none() || !self.stale_mapping(mi) {
+                return Ok(mi);
+            }
         }
         if realm.pool.is_empty() {
             return Err(DropReason::PortsExhausted);
@@ -87,8 +100,12 @@ impl Store {
             return Err(DropReason::SessionTableFull);
         };
         let pidx = key.proto;
-        // A host slot without mappings (only static or 1:1 sessions) has no paired address yet.
-        let paired = host.filter(|&h| self.hosts[h as usize].mappings > 0);
+        // A host slot without mappings (only static or 1:1 sessions) has no paired address
+        // yet, nor has one whose address a reload took out of the pool.
+        let ports = &self.ports[realm.id as usize];
+        let paired = host
+            .filter(|&h| self.hosts[h as usize].mappings > 0)
+            .and_then(|h| Some((h, ports.index(self.hosts[h as usize].ext_addr)?)));
         let Some((ai, port)) = self.choose_port(r, realm, &key, paired, remote) else {
             self.free_maps.push(mi);
             return Err(DropReason::PortsExhausted);
@@ -98,19 +115,21 @@ impl Store {
         let h = match host {
             Some(h) => {
                 if paired.is_none() {
-                    self.hosts[h as usize].ext_index = ai as u16;
+                    self.hosts[h as usize].ext_addr = ext_addr;
                 }
                 h
             }
             None => {
                 let Some(h) = self.free_hosts.pop() else {
-                    self.ports[realm.id as usize].release(ai, pidx, port, self.now);
+                    self.ports[realm.id as usize]
+                        .alloc
+                        .release(ai, pidx, port, self.now);
                     self.free_maps.push(mi);
                     return Err(DropReason::SessionTableFull);
                 };
                 self.hosts[h as usize] = HostSlot {
                     realm: realm.id,
-                    ext_index: ai as u16,
+                    ext_addr,
                     addr: key.in_addr,
                     mappings: 0,
                     sessions: 0,
@@ -130,7 +149,9 @@ impl Store {
             if ok {
                 self.map_in.remove(&key);
             }
-            self.ports[realm.id as usize].release(ai, pidx, port, self.now);
+            self.ports[realm.id as usize]
+                .alloc
+                .release(ai, pidx, port, self.now);
             self.free_maps.push(mi);
             self.release_host(h);
             return Err(DropReason::SessionTableFull);
@@ -140,7 +161,6 @@ impl Store {
             key,
             ext_addr,
             ext_port: port,
-            ext_index: ai as u16,
             proto: key.proto,
             sessions: 0,
             host: h,
@@ -161,7 +181,7 @@ impl Store {
         r: &Rules,
         realm: &RealmRules,
         key: &MapInKey,
-        host: Option<u32>,
+        paired: Option<(u32, usize)>,
         remote: (u32, u16),
     ) -> Option<(usize, u16)> {
         let policy = match realm.policy {
@@ -169,10 +189,10 @@ impl Store {
             PortPolicy::Random => Policy::Random,
         };
         let pidx = key.proto;
-        let alloc = &mut self.ports[realm.id as usize];
+        let alloc = &mut self.ports[realm.id as usize].alloc;
         let n = realm.pool.len();
-        let (start, tries) = match host {
-            Some(h) => (self.hosts[h as usize].ext_index as usize, 1),
+        let (start, tries) = match paired {
+            Some((_, ai)) => (ai, 1),
             None => ((key.in_addr as usize).wrapping_mul(0x9e37_79b1) % n, n),
         };
         let core = self.core;
@@ -222,7 +242,28 @@ impl Store {
 
     /// A session's mapping, for out2in filtering.
     pub fn mapping_by_ext(&self, proto: Protocol, addr: u32, port: u16) -> Option<u32> {
-        self.map_out.get(&MapOutKey { proto, port, addr })
+        // A mapping a reload removed is detached (out of `map_out`) when a lookup meets it;
+        // until then an inbound flow must not open a session on it either.
+        self.map_out
+            .get(&MapOutKey { proto, port, addr })
+            .filter(|&mi| self.recon.is_none() || self.mapping_still_belongs(mi))
+    }
+
+    /// Takes a mapping out of both indexes (a reload removed what it was made through):
+    /// no new session finds it and its key may be used by a new mapping, while its
+    /// sessions hold it until they are removed. `key.proto` marks it.
+    pub(super) fn detach_mapping(&mut self, mi: u32) {
+        let mp = self.maps[mi as usize];
+        if mp.key.proto == DETACHED {
+            return;
+        }
+        self.map_in.remove(&mp.key);
+        self.map_out.remove(&MapOutKey {
+            proto: mp.proto,
+            port: mp.ext_port,
+            addr: mp.ext_addr,
+        });
+        self.maps[mi as usize].key.proto = DETACHED;
     }
 
     pub fn mapping(&self, mi: u32) -> &MappingSlot {

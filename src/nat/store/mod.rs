@@ -14,7 +14,10 @@ mod extaddr;
 mod invariants;
 mod limits;
 mod mapping;
+mod reload;
 mod slots;
+
+pub(crate) use reload::RECONCILE_PER_BATCH;
 
 use super::counters::Counters;
 use super::listing::{self, Filter};
@@ -26,6 +29,7 @@ use super::table::FlowTable;
 use super::types::DropReason;
 use crate::config::Filtering;
 use crate::packet::ipv4::Protocol;
+use reload::{RealmPorts, Recon};
 use std::sync::Arc;
 
 /// RFC 6888 REQ-8 / RFC 4787: a freed external port is not reused for this long.
@@ -57,7 +61,10 @@ pub(crate) struct Store {
     /// Per session slot: its links in its mapping's list of transitory inbound sessions
     /// (`limits::Inbound`), while it has `flags::EVICT_LISTED`.
     inbound_links: super::mem::Table<limits::Link>,
-    ports: Vec<PortAllocator>,
+    /// Per realm id: its port allocator, numbering the pool's addresses.
+    ports: Vec<RealmPorts>,
+    /// A reload's reconciliation walk, while under way (`reload.rs`).
+    recon: Option<Recon>,
     rng: Rng,
     sweep_cursor: usize,
     evict_cursor: usize,
@@ -98,6 +105,7 @@ impl Store {
             inbound: Self::inbound_table(rules),
             inbound_links: super::mem::table(cap, limits::Link::default()),
             ports: Self::port_allocators(rules, core),
+            recon: None,
             rng: Rng::from_entropy(),
             sweep_cursor: 0,
             evict_cursor: 0,
@@ -136,40 +144,37 @@ impl Store {
     ) -> usize {
         let hold = (pool.saturating_mul(3 * 65536) / cores.max(1)).clamp(1024, HOLD_CAP);
         PortAllocator::bytes_for(pool.max(1), range.0, range.1, partition, 0, hold, statics)
+            + FlowTable::<super::rules::AddrKey>::bytes_for(pool.max(1))
+            + pool * 4
+    }
+
+    /// Hold-ring entries of a realm's allocator with `pool` addresses.
+    fn hold_capacity(pool: usize, cores: usize) -> usize {
+        (pool * 3 * 65536 / cores.max(1)).clamp(1024, HOLD_CAP)
     }
 
     /// One port allocator per realm, with the static mappings' ports reserved.
-    fn port_allocators(rules: &Rules, core: usize) -> Vec<PortAllocator> {
+    fn port_allocators(rules: &Rules, core: usize) -> Vec<RealmPorts> {
         rules
             .realms
             .iter()
             .map(|r| {
-                let hold = (r.pool.len() * 3 * 65536 / rules.cores).clamp(1024, HOLD_CAP);
-                let mut pa = PortAllocator::new(
-                    r.pool.len().max(1),
-                    r.port_first,
-                    r.port_last,
+                let mut pa = RealmPorts::new(
+                    &r.pool,
+                    (r.port_first, r.port_last),
                     rules.partition.as_ref(),
                     core,
                     PORT_HOLD_SECS,
-                    hold,
+                    Self::hold_capacity(r.pool.len(), rules.cores),
                 );
                 for s in rules.statics.iter().filter(|s| s.realm == r.id) {
-                    if let Some(i) = r.pool.iter().position(|a| *a == s.ext_addr) {
-                        pa.reserve(i, s.proto, s.ext_port);
+                    if let Some(i) = pa.index(s.ext_addr) {
+                        pa.alloc.reserve(i, s.proto, s.ext_port);
                     }
                 }
                 pa
             })
             .collect()
-    }
-
-    /// New rules with another translation layout: every session goes and the port
-    /// allocators are rebuilt (this allocates; reloads are rare and not per packet).
-    pub fn relayout(&mut self, rules: &Rules) {
-        self.clear();
-        self.inbound = Self::inbound_table(rules);
-        self.ports = Self::port_allocators(rules, self.core);
     }
 
     /// The store's clock, seconds.
@@ -222,20 +227,23 @@ impl Store {
             + self
                 .ports
                 .iter()
-                .map(PortAllocator::memory_bytes)
+                .map(RealmPorts::memory_bytes)
                 .sum::<usize>()
     }
 
-    /// Bounded housekeeping: examines `budget` sessions for expiry, releases held ports,
-    /// updates the gauges.
+    /// Bounded housekeeping: advances a reload's reconciliation walk, examines `budget`
+    /// sessions for expiry, releases held ports, updates the gauges.
     pub fn housekeeping(&mut self, budget: usize) {
+        if self.recon.is_some() {
+            self.reconcile(RECONCILE_PER_BATCH);
+        }
         let n = self.sessions.len();
         for _ in 0..budget.min(n) {
             self.examine_next();
         }
         let now = self.now;
         for p in &mut self.ports {
-            p.tick(now, budget);
+            p.alloc.tick(now, budget);
         }
         self.counters.sessions_active.set(self.in_tab.len() as u64);
         self.counters.mappings_active.set(self.map_in.len() as u64);
@@ -342,10 +350,15 @@ impl Store {
     }
 
     /// Looks a session up from inside; an expired one is removed and not returned.
+    /// While a reload's walk is under way, a session that no longer belongs is removed
+    /// and not returned either.
     #[inline]
     pub fn find_in(&mut self, k: &InKey) -> Option<u32> {
         let v = self.in_tab.get(k)?;
         let si = v.sess & slot::INDEX;
+        if self.recon.is_some() && self.stale(si) {
+            return None;
+        }
         if v.expires > self.now {
             return Some(si);
         }
@@ -356,6 +369,9 @@ impl Store {
     pub fn find_out(&mut self, k: &OutKey) -> Option<u32> {
         let v = self.out_tab.get(k)?;
         let si = v.sess & slot::INDEX;
+        if self.recon.is_some() && self.stale(si) {
+            return None;
+        }
         if v.expires > self.now {
             return Some(si);
         }
@@ -553,8 +569,10 @@ impl Store {
     /// A session found for an ICMP error, unless it has expired: an expired session the
     /// sweep has not reached yet is gone all the same, and is left for the sweep (an error
     /// never deletes a session itself).
-    pub fn live(&self, found: Option<u32>) -> Option<u32> {
-        found.filter(|&i| self.deadline(i) > self.now)
+    pub fn live(&mut self, found: Option<u32>) -> Option<u32> {
+        let i = found.filter(|&i| self.deadline(i) > self.now)?;
+        // Unless a reload removed what it was made through.
+        (self.recon.is_none() || !self.stale(i)).then_some(i)
     }
 
     /// Creates a session; a mapping created for it alone is removed again if that fails.

@@ -158,7 +158,9 @@ impl H {
         assert_eq!(v, Verdict::Drop(r));
         assert_eq!(self.e.counters().drops_of(r), before + 1, "{r:?} counted");
         if r != DropReason::TtlExceeded {
-            assert_eq!(self.e.session_count(), sessions, "a drop created state");
+            // Not more: the batch's housekeeping may remove sessions (expiry, a reload's
+            // reconciliation walk).
+            assert!(self.e.session_count() <= sessions, "a drop created state");
         }
     }
     pub fn drops(&self, r: DropReason) -> u64 {
