@@ -154,6 +154,7 @@ fn scraper(every: Duration, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u
     std::thread::spawn(move || {
         let cfg = natgw::config::parse(&config(1 << 16)).expect("benchmark config must parse");
         let rules = Arc::new(Rules::new(&cfg, Arc::new(BlockPartition::new(1))));
+        let cfg = Arc::new(cfg);
         let dp = Arc::new(DpCounters {
             stats: WorkerStats::new(vec![PortStats::new(0, 0, None), PortStats::new(1, 0, None)]),
             ..DpCounters::default()
@@ -177,6 +178,8 @@ fn scraper(every: Duration, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<(u
                 interfaces: vec!["bench-out".into(), "bench-in".into()],
                 health: Arc::default(),
                 pass: Vec::new(),
+                config: Arc::clone(&cfg),
+                generation: 1,
             };
             let t = Instant::now();
             black_box(metrics.render(&h).len());

@@ -140,7 +140,7 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
     // SIGHUP takes the same path as POST /reload; a refused file keeps the running
     // configuration, and natgw keeps running either way.
     let reload = || match natgw::control::reload(&state) {
-        Ok(m) => eprintln!("natgw: SIGHUP: {m}"),
+        Ok(m) => eprintln!("natgw: SIGHUP: {}", m.message),
         Err(e) => eprintln!("natgw: SIGHUP: reload refused, the running configuration stays: {e}"),
     };
     match gw.run_until(signalled, reload) {

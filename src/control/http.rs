@@ -118,7 +118,11 @@ fn handle(stream: TcpStream, st: &State) -> std::io::Result<()> {
                 &stream,
                 "200 OK",
                 JSON,
-                &format!("{{\"ok\":true,\"message\":{}}}", super::json_str(&m)),
+                &format!(
+                    "{{\"ok\":true,\"generation\":{},\"message\":{}}}",
+                    m.generation,
+                    super::json_str(&m.message)
+                ),
             ),
             Err(e) => respond(
                 &stream,

@@ -776,6 +776,8 @@ mod tests {
             xdp_modes: Vec::new(),
             copy_fallbacks: 0,
             interfaces: vec!["eth1".into(), "eth0".into()],
+            config: Arc::new(cfg.clone()),
+            generation: 1,
             health: Arc::new(crate::dataplane::run::Health {
                 xdp_drops: Vec::new(),
                 link_up: vec![(

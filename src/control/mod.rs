@@ -64,20 +64,35 @@ impl fmt::Display for ReloadError {
 
 impl std::error::Error for ReloadError {}
 
-/// Loads, validates and applies the configuration file. The running configuration stays in
-/// force on any error. Changes that need new sockets (interfaces, workers) need a restart.
+/// An applied reload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reloaded {
+    /// The configuration generation now in force (1 at start).
+    pub generation: u64,
+    pub message: String,
+}
+
+/// Loads, validates and applies the configuration file (SIGHUP and `POST /reload`): the
+/// answer comes once every worker has applied it. The running configuration stays in force
+/// on any error; keys that need a restart are refused by name (`run::restart_only`).
 /// Every attempt is counted in the metrics (`natgw_reloads_total{result}`).
-pub fn reload(state: &State) -> Result<String, ReloadError> {
+pub fn reload(state: &State) -> Result<Reloaded, ReloadError> {
     let r = apply_reload(state);
     state.metrics.reloads.record(r.is_ok());
     r
 }
 
-fn apply_reload(state: &State) -> Result<String, ReloadError> {
+fn apply_reload(state: &State) -> Result<Reloaded, ReloadError> {
     let cfg = crate::config::load(&state.config_path).map_err(ReloadError::Config)?;
     let mut h = state.handle.lock().map_err(|_| ReloadError::Poisoned)?;
-    h.reload(&cfg).map_err(ReloadError::Gateway)?;
-    Ok(format!("reloaded {} realm(s)", cfg.realms.len()))
+    let generation = h.reload(&cfg).map_err(ReloadError::Gateway)?;
+    Ok(Reloaded {
+        generation,
+        message: format!(
+            "reloaded {} realm(s), configuration generation {generation}",
+            cfg.realms.len()
+        ),
+    })
 }
 
 pub fn clear_sessions(h: &Handle) {
@@ -128,9 +143,10 @@ pub fn stats_json(h: &Handle) -> String {
         .map(|(n, v)| format!("{}:{v}", json_str(n)))
         .collect();
     format!(
-        "{{\"workers\":{},\"uptime_secs\":{},{}}}",
+        "{{\"workers\":{},\"uptime_secs\":{},\"generation\":{},{}}}",
         h.control.len(),
         h.started.elapsed().as_secs(),
+        h.generation,
         body.join(",")
     )
 }
@@ -140,6 +156,7 @@ mod tests {
     use super::*;
     use crate::nat::rss::{DEFAULT_KEY, Rss};
     use crate::nat::rules::{RssSteering, Rules};
+    use std::time::Duration;
 
     const CONF: &str = "[outside]\ninterface = \"eth1\"\naddress = \"192.168.1.2\"\n\
         gateway = \"192.168.1.1\"\n[[inside]]\ninterface = \"eth0\"\n\
@@ -172,6 +189,8 @@ mod tests {
             interfaces: vec!["eth1".into(), "eth0".into()],
             health: Arc::default(),
             pass: Vec::new(),
+            config: Arc::new(cfg),
+            generation: 1,
         };
         let st = State {
             handle: Mutex::new(handle),
@@ -201,18 +220,98 @@ mod tests {
             "nothing sent to the workers"
         );
 
-        // The same interfaces: applied, with the NIC's RSS steering kept.
-        std::fs::write(&path, CONF).unwrap();
-        reload(&st).unwrap();
+        // Keys only a restart applies: refused by path, nothing sent, nothing changed.
+        for (from, to, key) in [
+            (
+                "[dataplane]",
+                "[sessions]\ncapacity_per_core = 4096\n[dataplane]",
+                "sessions.capacity_per_core",
+            ),
+            (
+                "[dataplane]",
+                "[fragments]\ntimeout = 9\n[dataplane]",
+                "fragments.timeout",
+            ),
+            (
+                "[dataplane]",
+                "[control]\nlisten = \"127.0.0.1:9999\"\n[dataplane]",
+                "control.listen",
+            ),
+            (
+                "[dataplane]\n",
+                "[dataplane]\npoll = \"busy\"\n",
+                "dataplane.poll",
+            ),
+            ("core = 1,", "core = 3,", "dataplane.workers"),
+            (
+                "pool = [",
+                "ports = { range = \"2000-3000\" }\npool = [",
+                "realm[0].ports.range",
+            ),
+        ] {
+            std::fs::write(&path, CONF.replace(from, to)).unwrap();
+            let e = reload(&st).unwrap_err().to_string();
+            assert!(
+                e.starts_with(key) && e.contains("needs a restart"),
+                "{key}: {e}"
+            );
+            assert!(Arc::ptr_eq(&st.handle.lock().unwrap().rules, &before));
+            assert_eq!(st.handle.lock().unwrap().generation, 1);
+            assert!(
+                rxs.iter().all(|r| r.is_empty()),
+                "{key}: sent to the workers"
+            );
+        }
+
+        // The same interfaces: applied once every worker has acknowledged, with the NIC's
+        // RSS steering kept and the next generation.
+        std::fs::write(&path, format!("{CONF}hairpinning = false\n")).unwrap();
+        let (done, got) = std::thread::scope(|sc| {
+            let workers: Vec<_> = rxs
+                .iter()
+                .map(|r| {
+                    sc.spawn(move || {
+                        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+                        loop {
+                            match r.try_recv() {
+                                Ok(Control::SetRules {
+                                    rules,
+                                    generation,
+                                    ack,
+                                }) => {
+                                    ack.send(generation).unwrap();
+                                    return rules;
+                                }
+                                Ok(_) => panic!("another message than the new rules"),
+                                Err(_) => {
+                                    assert!(std::time::Instant::now() < deadline, "no rules");
+                                    std::thread::sleep(Duration::from_millis(1));
+                                }
+                            }
+                        }
+                    })
+                })
+                .collect();
+            let done = reload(&st).unwrap();
+            let got: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+            (done, got)
+        });
+        assert_eq!(done.generation, 2);
+        assert!(done.message.contains("generation 2"), "{}", done.message);
         let after = Arc::clone(&st.handle.lock().unwrap().rules);
         assert!(!Arc::ptr_eq(&after, &before));
         assert!(after.rss.is_some(), "RSS steering lost on reload");
-        for r in &rxs {
-            match r.try_recv() {
-                Ok(Control::SetRules(got)) => assert!(Arc::ptr_eq(&got, &after)),
-                _ => panic!("worker did not get the new rules"),
-            }
+        for w in got {
+            assert!(Arc::ptr_eq(&w, &after));
         }
+        assert!(stats_json(&st.handle.lock().unwrap()).contains("\"generation\":2,"));
+
+        // A worker that never answers: an error naming it and the generation.
+        let e = reload(&st).unwrap_err().to_string();
+        assert!(
+            e.contains("worker 0 did not apply configuration generation 3"),
+            "{e}"
+        );
         let _ = std::fs::remove_file(&path);
     }
 }

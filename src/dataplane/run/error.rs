@@ -166,15 +166,17 @@ impl std::error::Error for StartError {}
 /// Why a reload was refused. The running configuration stays in force.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ReloadError {
-    /// The new configuration has another number of workers.
-    WorkerCount,
+    /// A key changed that only a restart can apply (`reload::restart_only`): its path and
+    /// why. Nothing was changed.
+    NeedsRestart { key: String, reason: &'static str },
     /// The new configuration binds other interfaces (or orders them differently).
     Interfaces {
         running: Vec<String>,
         new: Vec<String>,
     },
-    /// A worker no longer takes control messages.
-    WorkerGone,
+    /// A worker did not take or acknowledge configuration `generation` in time (it is
+    /// stuck or gone; natgw ends on a dead worker). The other workers may have applied it.
+    NotApplied { worker: usize, generation: u64 },
     /// The new port allocators would not fit in the memory available.
     Memory(crate::nat::memory::MemoryError),
     /// An interface's XDP pass maps refused one of the box's addresses (the maps were put
@@ -189,16 +191,21 @@ pub enum ReloadError {
 impl fmt::Display for ReloadError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            ReloadError::WorkerCount => {
-                f.write_str("dataplane.workers: changing the worker count needs a restart")
-            }
+            ReloadError::NeedsRestart { key, reason } => write!(
+                f,
+                "{key}: changing it needs a restart ({reason}); nothing was changed"
+            ),
             ReloadError::Interfaces { running, new } => write!(
                 f,
                 "outside/inside interfaces: changing them ({} -> {}) needs a restart",
                 running.join(","),
                 new.join(",")
             ),
-            ReloadError::WorkerGone => f.write_str("a worker is gone"),
+            ReloadError::NotApplied { worker, generation } => write!(
+                f,
+                "worker {worker} did not apply configuration generation {generation} within \
+                 2 s (stuck or gone; the other workers may have applied it)"
+            ),
             ReloadError::Memory(e) => write!(f, "{e}"),
             ReloadError::PassAddr { addr, ifname, err } => write!(
                 f,

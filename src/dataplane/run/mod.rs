@@ -24,6 +24,7 @@ pub use error::{ReloadError, StartError};
 pub use natgw_kernel::signal::{
     install_reload_handler, install_signal_handlers, signalled, take_reload_request,
 };
+pub use reload::restart_only;
 pub use supervise::{LinkStates, RunError};
 
 use super::neigh::NeighTable;
@@ -77,6 +78,11 @@ pub struct Handle {
     pub health: Arc<Health>,
     /// Per interface (outside first): the XDP program's pass maps and what they hold now.
     pub pass: Vec<(PassMaps, KernelAddrs)>,
+    /// The running configuration: a reload compares the new file with it (keys that need a
+    /// restart) and replaces it.
+    pub config: Arc<Config>,
+    /// The configuration generation: 1 at start, one more per applied reload.
+    pub generation: u64,
 }
 
 /// What the management plane reads about the interfaces themselves.
@@ -167,6 +173,8 @@ impl Gateway {
             interfaces: links.all().map(|l| l.name.clone()).collect(),
             health,
             pass: progs.iter().map(|p| p.pass_maps()).zip(kernel).collect(),
+            config: Arc::new(cfg.clone()),
+            generation: 1,
         };
         // Every socket is bound and registered in its interface's redirect map before the
         // program is attached: no frame meets the program on a queue without its socket.

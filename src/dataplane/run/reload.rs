@@ -5,16 +5,22 @@ use super::{Handle, ReloadError};
 use crate::config::Config;
 use crate::dataplane::worker::Control;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long the workers have to apply new rules. A worker answers between two batches
+/// (microseconds); one that does not within this is stuck or dead, and the supervisor
+/// ends natgw on a dead worker anyway.
+const APPLY_DEADLINE: Duration = Duration::from_secs(2);
 
 impl Handle {
-    /// Applies `cfg` to the running gateway: its rules are built as at start (on-link
-    /// prefixes of the outside link read again) and handed to every worker; the core count
-    /// and the NIC's RSS steering read at start are kept. Changes that need new sockets
-    /// (interfaces, workers) are refused.
-    pub fn reload(&mut self, cfg: &Config) -> Result<(), ReloadError> {
-        if cfg.dataplane.workers.len() != self.control.len() {
-            return Err(ReloadError::WorkerCount);
-        }
+    /// Applies `cfg` to the running gateway and returns its configuration generation
+    /// (the one at start is 1). Everything that can refuse is checked before anything
+    /// changes: keys that need a restart ([`restart_only`]), the memory of the new port
+    /// allocators, the XDP pass maps (put back as they were if one refuses). Then every
+    /// worker gets the new rules and the call returns only once each has applied them.
+    /// The rules are built as at start (on-link prefixes of the outside link read again);
+    /// the core count and the NIC's RSS steering read at start are kept.
+    pub fn reload(&mut self, cfg: &Config) -> Result<u64, ReloadError> {
         // The workers' sockets and their Inside(i) numbering are fixed at start: a realm on an
         // interface added or moved would send frames to a port the workers do not have.
         let names: Vec<&str> = std::iter::once(cfg.outside.name.as_str())
@@ -25,6 +31,9 @@ impl Handle {
                 running: self.interfaces.clone(),
                 new: names.iter().map(|n| n.to_string()).collect(),
             });
+        }
+        if let Some((key, reason)) = restart_only(&self.config, cfg) {
+            return Err(ReloadError::NeedsRestart { key, reason });
         }
         if let Some(avail) = crate::nat::memory::available() {
             let need = crate::nat::memory::MemoryEstimate::of(cfg);
@@ -63,11 +72,115 @@ impl Handle {
             *old = new;
         }
         let rules = Arc::new(rules);
-        for tx in &self.control {
-            tx.send(Control::SetRules(Arc::clone(&rules)))
-                .map_err(|_| ReloadError::WorkerGone)?;
+        let generation = self.generation + 1;
+        // From here on the new configuration is the running one: the pass maps have it,
+        // and a worker that took the rules cannot be made to give them back.
+        self.rules = Arc::clone(&rules);
+        self.config = Arc::new(cfg.clone());
+        self.generation = generation;
+        let deadline = Instant::now() + APPLY_DEADLINE;
+        let mut acks = Vec::with_capacity(self.control.len());
+        for (worker, tx) in self.control.iter().enumerate() {
+            let (ack, done) = crossbeam::channel::bounded(1);
+            let m = Control::SetRules {
+                rules: Arc::clone(&rules),
+                generation,
+                ack,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            tx.send_timeout(m, left)
+                .map_err(|_| ReloadError::NotApplied { worker, generation })?;
+            acks.push(done);
         }
-        self.rules = rules;
-        Ok(())
+        for (worker, done) in acks.iter().enumerate() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match done.recv_timeout(left) {
+                Ok(g) if g == generation => {}
+                _ => return Err(ReloadError::NotApplied { worker, generation }),
+            }
+        }
+        Ok(generation)
     }
+}
+
+/// The first key (its path) whose change from `running` to `new` the running gateway
+/// cannot apply, and why. Every key of the configuration is either here or applied live
+/// (docs/config.md lists both); interfaces are checked by the caller.
+pub fn restart_only(running: &Config, new: &Config) -> Option<(String, &'static str)> {
+    let (a, b) = (&running.dataplane, &new.dataplane);
+    const SOCKETS: &str = "the workers, their cores, queues and AF_XDP sockets are set up at start";
+    let dataplane = [
+        ("dataplane.workers", a.workers != b.workers, SOCKETS),
+        (
+            "dataplane.xdp_mode",
+            a.xdp_mode != b.xdp_mode,
+            "the XDP program is attached at start",
+        ),
+        (
+            "dataplane.poll",
+            a.poll != b.poll,
+            "the workers' poll loops are started at start",
+        ),
+        (
+            "dataplane.batch_size",
+            a.batch_size != b.batch_size,
+            SOCKETS,
+        ),
+        ("dataplane.ring_size", a.ring_size != b.ring_size, SOCKETS),
+        (
+            "dataplane.umem_frames",
+            a.umem_frames != b.umem_frames,
+            SOCKETS,
+        ),
+        (
+            "dataplane.handoff_queue",
+            a.handoff_queue != b.handoff_queue,
+            "the handoff queues between workers are allocated at start",
+        ),
+        (
+            "dataplane.forward_only",
+            a.forward_only != b.forward_only,
+            "switching between translating and forwarding would strand every session",
+        ),
+        (
+            "sessions.capacity_per_core",
+            running.sessions != new.sessions,
+            "the session tables are allocated at start",
+        ),
+        (
+            "fragments.max_datagrams",
+            running.fragments.max_datagrams != new.fragments.max_datagrams,
+            "the fragment tables are allocated at start",
+        ),
+        (
+            "fragments.max_held",
+            running.fragments.max_held != new.fragments.max_held,
+            "the fragment tables are allocated at start",
+        ),
+        (
+            "fragments.timeout",
+            running.fragments.timeout != new.fragments.timeout,
+            "the fragment tables take it at start",
+        ),
+        (
+            "control.listen",
+            running.control != new.control,
+            "the API listener is bound at start",
+        ),
+    ];
+    if let Some((key, _, why)) = dataplane.iter().find(|(_, changed, _)| *changed) {
+        return Some((key.to_string(), why));
+    }
+    // A realm is the same realm by name (its id, and so its sessions, follow the name).
+    for (i, r) in new.realms.iter().enumerate() {
+        if let Some(o) = running.realms.iter().find(|o| o.name == r.name)
+            && o.ports.range != r.ports.range
+        {
+            return Some((
+                format!("realm[{i}].ports.range"),
+                "the realm's ports in use are tracked in bitmaps over its range",
+            ));
+        }
+    }
+    None
 }

@@ -49,6 +49,18 @@ impl ControlTx {
         self.wake.signal();
         Ok(())
     }
+
+    /// Like `send`, giving up after `timeout` while the channel stays full (a reload must
+    /// answer even when a worker is stuck).
+    pub fn send_timeout(
+        &self,
+        m: Control,
+        timeout: std::time::Duration,
+    ) -> Result<(), crossbeam::channel::SendTimeoutError<Control>> {
+        self.tx.send_timeout(m, timeout)?;
+        self.wake.signal();
+        Ok(())
+    }
 }
 
 impl ControlRx {

@@ -38,7 +38,12 @@ pub use control::{ControlRx, ControlTx, DeleteStep, ListChunk, ListStep, Session
 
 /// Messages from the management thread to a worker.
 pub enum Control {
-    SetRules(Arc<Rules>),
+    /// Apply new rules, then acknowledge with their configuration generation.
+    SetRules {
+        rules: Arc<Rules>,
+        generation: u64,
+        ack: crossbeam::channel::Sender<u64>,
+    },
     /// One bounded step of a session listing.
     Sessions(ListStep),
     /// One bounded step of a session deletion.
@@ -533,7 +538,14 @@ impl Worker {
     fn control_messages(&mut self) {
         while let Ok(m) = self.control.try_recv() {
             match m {
-                Control::SetRules(r) => self.engine.set_rules(r),
+                Control::SetRules {
+                    rules,
+                    generation,
+                    ack,
+                } => {
+                    self.engine.set_rules(rules);
+                    let _ = ack.send(generation);
+                }
                 Control::ClearSessions => self.engine.clear_sessions(),
                 Control::Sessions(step) => step.answer(&self.engine),
                 Control::DeleteSessions(step) => step.answer(&mut self.engine),

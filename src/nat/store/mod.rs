@@ -202,7 +202,7 @@ impl Store {
 
     /// The port allocator of the realm with id `realm` (metrics).
     pub fn ports_of(&self, realm: usize) -> Option<&PortAllocator> {
-        self.ports.get(realm)
+        self.ports.get(realm).map(|p| &p.alloc)
     }
 
     /// Bytes of memory held by the tables (fixed at construction).
