@@ -439,7 +439,7 @@ impl PortAllocator {
                 _ => {
                     for (b, &off) in self.bucket_off.iter().enumerate() {
                         let len = self.lists[bucket_list(b)].len();
-                        if len % 64 != 0 {
+                        if !len.is_multiple_of(64) {
                             used[i * wpa + off + len / 64] = !0u64 << (len % 64);
                         }
                     }

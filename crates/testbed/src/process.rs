@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 pub struct NatgwProcess {
     child: Child,
     stderr: PathBuf,
+    config: PathBuf,
 }
 
 impl NatgwProcess {
@@ -34,7 +35,11 @@ impl NatgwProcess {
             .stderr(File::create(&stderr).unwrap())
             .spawn()
             .expect("starting natgw");
-        let mut n = NatgwProcess { child, stderr };
+        let mut n = NatgwProcess {
+            child,
+            stderr,
+            config: cfg,
+        };
         let deadline = Instant::now() + Duration::from_secs(10);
         while api_get(topo.gw_ns(), "/stats").is_err() {
             if let Ok(Some(s)) = n.child.try_wait() {
@@ -47,8 +52,19 @@ impl NatgwProcess {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = std::fs::remove_file(&cfg);
         n
+    }
+
+    /// The configuration file natgw was started with (a reload reads it again); removed
+    /// on drop.
+    pub fn config_path(&self) -> &std::path::Path {
+        &self.config
+    }
+
+    /// Sends `sig` to natgw (`ip netns exec` execs it: the child is natgw itself).
+    pub fn signal(&self, sig: libc::c_int) {
+        // SAFETY: kill(2) on our own unreaped child.
+        unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
     }
 
     /// What natgw has written to stderr so far.
@@ -68,5 +84,6 @@ impl Drop for NatgwProcess {
         let _ = self.child.kill();
         let _ = self.child.wait();
         let _ = std::fs::remove_file(&self.stderr);
+        let _ = std::fs::remove_file(&self.config);
     }
 }
