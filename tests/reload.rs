@@ -194,7 +194,6 @@ fn reloads_keep_sessions_and_apply_additions_at_once() {
         }
     };
     echoes(&mut conn, 5, "before any reload");
-    eprintln!("reload test: step 1");
 
     // An idle UDP mapping: host A to the server, which learns the external endpoint.
     let srv = udp(topo.server_ns(), SocketAddrV4::new(server, 7001));
@@ -215,7 +214,6 @@ fn reloads_keep_sessions_and_apply_additions_at_once() {
     std::fs::write(&path, &added).unwrap();
     natgw.signal(libc::SIGHUP);
     logged(&natgw, "configuration generation 2");
-    eprintln!("reload test: step 2");
     echoes(&mut conn, 5, "after the SIGHUP reload");
     srv.send_to(b"later", ext).unwrap();
     assert!(
@@ -245,7 +243,6 @@ fn reloads_keep_sessions_and_apply_additions_at_once() {
     let s = stats();
     assert_eq!(stat(&s, "generation"), 2);
     assert_eq!(stat(&s, "sessions_removed_by_reload"), 0, "{s}");
-    eprintln!("reload test: step 3");
 
     // Reload 2, by POST /reload: answered once applied, with the generation.
     std::fs::write(&path, added.replace("udp = 600", "udp = 900")).unwrap();
@@ -256,7 +253,6 @@ fn reloads_keep_sessions_and_apply_additions_at_once() {
         "{body}"
     );
     echoes(&mut conn, 5, "after POST /reload");
-    eprintln!("reload test: step 4");
     srv.send_to(b"later2", ext).unwrap();
     assert!(
         receives(&host, b"later2", Duration::from_secs(3)).is_some(),
@@ -290,7 +286,6 @@ fn reloads_keep_sessions_and_apply_additions_at_once() {
         3,
         "a refused reload changed it"
     );
-    eprintln!("reload test: step 5");
     echoes(&mut conn, 5, "after the refused reloads");
     srv.send_to(b"query2", SocketAddrV4::new(p0, 5353)).unwrap();
     assert!(
