@@ -568,10 +568,10 @@ impl Store {
 
     /// A session found for an ICMP error, unless it has expired: an expired session the
     /// sweep has not reached yet is gone all the same, and is left for the sweep (an error
-    /// never deletes a session itself).
+    /// never deletes a session for expiry). One a reload removed what it was made through
+    /// of is removed now, like any lookup does during the reload's walk.
     pub fn live(&mut self, found: Option<u32>) -> Option<u32> {
         let i = found.filter(|&i| self.deadline(i) > self.now)?;
-        // Unless a reload removed what it was made through.
         (self.recon.is_none() || !self.stale(i)).then_some(i)
     }
 
