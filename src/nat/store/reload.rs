@@ -117,8 +117,12 @@ impl Store {
             self.reconcile(usize::MAX);
         }
         let mut drop_dynamic = vec![false; new.realms.len()];
-        let mut old_ports = std::mem::take(&mut self.ports);
+        let mut old_ports: Vec<Option<RealmPorts>> = std::mem::take(&mut self.ports)
+            .into_iter()
+            .map(Some)
+            .collect();
         let mut ports = Vec::with_capacity(new.realms.len());
+        let mut kept = vec![false; new.realms.len()];
         for r in &new.realms {
             let hold = Self::hold_capacity(r.pool.len(), new.cores);
             let range = (r.port_first, r.port_last);
@@ -129,10 +133,7 @@ impl Store {
             let prev = old_ports
                 .get_mut(r.id as usize)
                 .filter(|_| same_realm)
-                .map(|p| {
-                    let empty = RealmPorts::new(&[], (1024, 1023), new.partition.as_ref(), 0, 0, 0);
-                    std::mem::replace(p, empty)
-                });
+                .and_then(Option::take);
             let fresh = || {
                 RealmPorts::new(
                     &r.pool,
@@ -143,7 +144,7 @@ impl Store {
                     hold,
                 )
             };
-            let (mut p, kept) = match prev {
+            let (p, k) = match prev {
                 Some(p) if p.range == range && p.pool == r.pool => (p, true),
                 Some(p) if p.range == range => (p.repooled(&r.pool, hold), true),
                 Some(_) => {
@@ -154,25 +155,29 @@ impl Store {
                 }
                 None => (fresh(), false),
             };
-            // Forwards removed from this realm give their ports back, added ones take
-            // theirs (from a dynamic mapping too, which the walk then removes).
-            if kept {
-                for s in old.statics.iter().filter(|s| s.realm == r.id) {
-                    if !has_static(new, s)
-                        && let Some(i) = p.index(s.ext_addr)
-                    {
-                        p.alloc.unreserve(i, s.proto, s.ext_port);
-                    }
-                }
-            }
-            for s in new.statics.iter().filter(|s| s.realm == r.id) {
-                if (!kept || !has_static(old, s))
-                    && let Some(i) = p.index(s.ext_addr)
-                {
-                    p.alloc.reserve(i, s.proto, s.ext_port);
-                }
-            }
+            kept[r.id as usize] = k;
             ports.push(p);
+        }
+        // Forwards removed from a kept allocator's realm give their ports back, added ones
+        // (all of a new allocator's) take theirs, from a dynamic mapping too, which the
+        // walk then removes. One pass over each list of forwards.
+        for s in &old.statics {
+            if kept.get(s.realm as usize) == Some(&true) && !has_static(new, s) {
+                let p = &mut ports[s.realm as usize];
+                if let Some(i) = p.index(s.ext_addr) {
+                    p.alloc.unreserve(i, s.proto, s.ext_port);
+                }
+            }
+        }
+        for s in &new.statics {
+            let Some(p) = ports.get_mut(s.realm as usize) else {
+                continue;
+            };
+            if (!kept[s.realm as usize] || !has_static(old, s))
+                && let Some(i) = p.index(s.ext_addr)
+            {
+                p.alloc.reserve(i, s.proto, s.ext_port);
+            }
         }
         self.ports = ports;
         self.inbound = self.resized_inbound(new);
