@@ -740,6 +740,8 @@ fn handle() -> (Handle, bool) {
             link_up: vec![("lo".into(), Arc::new(AtomicBool::new(true)))],
         }),
         pass: Vec::new(),
+        config: Arc::new(cfg),
+        generation: 1,
     };
     (h, have_xdp)
 }
