@@ -293,6 +293,11 @@ fn reloads_keep_sessions_and_apply_additions_at_once() {
         "the forward is gone after a refused reload"
     );
     assert_eq!(stat(&stats(), "sessions_removed_by_reload"), 0);
+    let metrics = api_get(topo.gw_ns(), "/metrics").unwrap();
+    assert!(
+        metrics.lines().any(|l| l == "natgw_config_generation 3"),
+        "the generation in the metrics"
+    );
 
     drop(conn);
     echo_server.join().unwrap();

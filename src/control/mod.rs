@@ -79,6 +79,15 @@ pub struct Reloaded {
 pub fn reload(state: &State) -> Result<Reloaded, ReloadError> {
     let r = apply_reload(state);
     state.metrics.reloads.record(r.is_ok());
+    // The gateway numbers the generations (`natgw_config_generation`); one that some
+    // workers did not acknowledge is in force all the same.
+    match &r {
+        Ok(done) => state.metrics.reloads.set_generation(done.generation),
+        Err(ReloadError::Gateway(run::ReloadError::NotApplied { generation, .. })) => {
+            state.metrics.reloads.set_generation(*generation)
+        }
+        Err(_) => {}
+    }
     r
 }
 
