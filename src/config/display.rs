@@ -198,7 +198,20 @@ impl Config {
         let _ = writeln!(o, "timeout = {}", fr.timeout);
 
         let _ = writeln!(o, "\n[control]");
-        let _ = writeln!(o, "listen = {}", quote(&self.control.listen.to_string()));
+        let ct = &self.control;
+        let _ = writeln!(o, "listen = {}", quote(&ct.listen.to_string()));
+        let _ = writeln!(o, "socket = {}", quote(&ct.socket.to_string_lossy()));
+        if let Some(g) = &ct.socket_group {
+            let _ = writeln!(o, "socket_group = {}", quote(g));
+        }
+        if let Some(t) = &ct.token_file {
+            let _ = writeln!(o, "token_file = {}", quote(&t.to_string_lossy()));
+        }
+        let _ = writeln!(o, "max_connections = {}", ct.max_connections);
+        let _ = writeln!(o, "max_header_bytes = {}", ct.max_header_bytes);
+        let _ = writeln!(o, "max_body_bytes = {}", ct.max_body_bytes);
+        let _ = writeln!(o, "request_timeout = {}", ct.request_timeout);
+        let _ = writeln!(o, "idle_timeout = {}", ct.idle_timeout);
 
         for r in &self.realms {
             write_realm(&mut o, r);

@@ -144,10 +144,32 @@ pub struct Fragments {
     pub timeout: u32,
 }
 
+/// Where the CLI finds natgw by default; systemd's `RuntimeDirectory=natgw` creates /run/natgw
+/// (deploy/natgw.service).
+pub const DEFAULT_SOCKET: &str = "/run/natgw/natgw.sock";
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Control {
     /// Listen address of the HTTP API and Prometheus endpoint.
     pub listen: std::net::SocketAddr,
+    /// The Unix socket the CLI talks to; every endpoint is served there (its file mode and
+    /// group are the authentication).
+    pub socket: std::path::PathBuf,
+    /// Group of the socket (mode 0660), by name or number; None: natgw's own group.
+    pub socket_group: Option<String>,
+    /// File holding the bearer token that opens the non-public endpoints over TCP; None:
+    /// over TCP only /metrics, /healthz and /readyz answer.
+    pub token_file: Option<std::path::PathBuf>,
+    /// Connections open at once, per listener; more are closed at once (after idle ones).
+    pub max_connections: u32,
+    /// Largest request head (request line and headers), bytes.
+    pub max_header_bytes: u32,
+    /// Largest request body, bytes.
+    pub max_body_bytes: u32,
+    /// One deadline for a whole request, from its first byte to the end of the answer, s.
+    pub request_timeout: u32,
+    /// How long a connection may wait for its (next) request, seconds.
+    pub idle_timeout: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

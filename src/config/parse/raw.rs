@@ -73,6 +73,14 @@ pub(super) struct RawFragments {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawControl {
     pub(super) listen: Option<String>,
+    pub(super) socket: Option<String>,
+    pub(super) socket_group: Option<String>,
+    pub(super) token_file: Option<String>,
+    pub(super) max_connections: Option<i64>,
+    pub(super) max_header_bytes: Option<i64>,
+    pub(super) max_body_bytes: Option<i64>,
+    pub(super) request_timeout: Option<i64>,
+    pub(super) idle_timeout: Option<i64>,
 }
 
 #[derive(Deserialize)]

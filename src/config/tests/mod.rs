@@ -5,6 +5,7 @@
 mod util;
 
 mod bounds;
+mod control;
 mod defaults;
 mod errors;
 mod examples;
