@@ -108,6 +108,15 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    // Before the gateway starts: a port in use, another natgw on the socket or a bad token
+    // file stops natgw before it attaches anything.
+    let api = match natgw::control::Api::open(&cfg.control) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("natgw: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let opts = RunOptions {
         xdp_mode: xdp_mode.map(|m| match m {
             "native" => XdpMode::Native,
@@ -133,10 +142,17 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
         gw.workers(),
         modes.join(" ")
     );
-    let state = natgw::control::State::new(gw.handle.clone(), path.to_path_buf());
-    if let Err(e) = natgw::control::serve(cfg.control.listen, std::sync::Arc::clone(&state)) {
-        eprintln!("natgw: control API on {}: {e}", cfg.control.listen);
-    }
+    let listen = cfg.control.listen;
+    let state = natgw::control::State::new(gw.handle.clone(), path.to_path_buf(), cfg);
+    // Removed when natgw stops (dropped at the end of this function).
+    let _socket = match api.serve(std::sync::Arc::clone(&state)) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("natgw: control API on {listen}: {e}");
+            gw.shutdown();
+            return ExitCode::FAILURE;
+        }
+    };
     // SIGHUP takes the same path as POST /reload; a refused file keeps the running
     // configuration, and natgw keeps running either way.
     let reload = || match natgw::control::reload(&state) {

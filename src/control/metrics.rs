@@ -786,6 +786,7 @@ mod tests {
                 )],
             }),
             pass: Vec::new(),
+            alive: Vec::new(),
         }
     }
 

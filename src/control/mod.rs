@@ -1,18 +1,30 @@
-//! The management plane: a small HTTP API on `control.listen` serving Prometheus metrics,
-//! counters, the session list, configuration reload and session clearing. It reads the
-//! workers' single-writer counters and talks to the workers only over their control channels.
+//! The management plane: the API on `control.listen` (HTTP) and on `control.socket` (the
+//! CLI's Unix socket) serving Prometheus metrics, health, counters, the session list, the
+//! mappings, configuration reload and session clearing. `http.rs` is the server (limits,
+//! authentication, routing), `listen.rs` opens its listeners; this file and `sessions.rs`
+//! have what each endpoint does. It reads the workers' single-writer counters and talks to
+//! the workers only over their control channels.
 
 mod http;
+mod listen;
 pub mod metrics;
 pub mod sessions;
 
-use crate::config::ConfigError;
+pub use http::Api;
+pub use listen::{ListenError, SocketFile};
+
+use crate::config::{Config, ConfigError};
 use crate::dataplane::run::{self, Handle};
 use crate::dataplane::worker::Control;
 use std::fmt;
-use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A worker whose loop has not stamped its heartbeat for this long is not ready (as for
+/// `natgw_ready`).
+const HEARTBEAT_STALE: Duration = Duration::from_secs(2);
 
 pub struct State {
     pub handle: Mutex<Handle>,
@@ -32,13 +44,12 @@ impl State {
     }
 }
 
-/// Starts the HTTP API on its own thread. Fails only if the address cannot be bound.
-pub fn serve(listen: SocketAddr, state: Arc<State>) -> std::io::Result<()> {
-    let listener = std::net::TcpListener::bind(listen)?;
-    std::thread::Builder::new()
-        .name("natgw-api".into())
-        .spawn(move || http::serve(listener, state))?;
-    Ok(())
+impl State {
+    /// A copy of the handle (its fields are shared: counters, channels), so that no request
+    /// holds the lock while it works.
+    pub fn handle(&self) -> Option<Handle> {
+        self.handle.lock().ok().map(|h| h.clone())
+    }
 }
 
 /// Why a reload did not happen. The running configuration stays in force.
@@ -108,6 +119,126 @@ pub fn clear_sessions(h: &Handle) {
     for tx in &h.control {
         let _ = tx.send(Control::ClearSessions);
     }
+}
+
+/// `/readyz`: every worker's loop running (its heartbeat fresh), XDP attached to every
+/// interface, every interface up. Err: each reason it is not ready.
+pub fn readiness(h: &Handle) -> Result<(), Vec<String>> {
+    let mut why = Vec::new();
+    let now_ns = h.started.elapsed().as_nanos() as u64;
+    for (i, d) in h.dp.iter().enumerate() {
+        let hb = d.stats.heartbeat_ns.get();
+        if !d.stats.running.load(Ordering::Relaxed) {
+            why.push(format!("worker {i} is not running"));
+        } else if hb == 0 || now_ns.saturating_sub(hb) >= HEARTBEAT_STALE.as_nanos() as u64 {
+            why.push(format!(
+                "worker {i} has not gone round its loop for {} s",
+                HEARTBEAT_STALE.as_secs()
+            ));
+        }
+    }
+    if h.dp.is_empty() {
+        why.push("no worker runs".to_string());
+    }
+    for name in &h.interfaces {
+        if !h.xdp_modes.iter().any(|(n, _)| n == name) {
+            why.push(format!("XDP is not attached to {name}"));
+        }
+    }
+    for (name, up) in &h.health.link_up {
+        if !up.load(Ordering::Relaxed) {
+            why.push(format!("interface {name} is down"));
+        }
+    }
+    if why.is_empty() { Ok(()) } else { Err(why) }
+}
+
+/// `GET /status`: what `natgw status` shows besides the counters of `/stats`.
+pub fn status_json(h: &Handle) -> String {
+    let ifaces: Vec<String> = h
+        .interfaces
+        .iter()
+        .map(|name| {
+            let mode = h
+                .xdp_modes
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, m)| json_str(&format!("{m:?}").to_lowercase()))
+                .unwrap_or_else(|| "null".into());
+            let up = h
+                .health
+                .link_up
+                .iter()
+                .find(|(n, _)| n == name)
+                .is_some_and(|(_, u)| u.load(Ordering::Relaxed));
+            format!(
+                "{{\"name\":{},\"xdp_mode\":{mode},\"up\":{up}}}",
+                json_str(name)
+            )
+        })
+        .collect();
+    let (ready, reasons) = match readiness(h) {
+        Ok(()) => (true, Vec::new()),
+        Err(r) => (false, r),
+    };
+    let reasons: Vec<String> = reasons.iter().map(|r| json_str(r)).collect();
+    let alive = h
+        .dp
+        .iter()
+        .filter(|d| d.stats.running.load(Ordering::Relaxed))
+        .count();
+    format!(
+        "{{\"version\":{},\"uptime_secs\":{},\"generation\":{},\"workers\":{},\
+         \"workers_alive\":{alive},\"copy_fallbacks\":{},\"interfaces\":[{}],\"ready\":{ready},\
+         \"not_ready\":[{}]}}",
+        json_str(env!("CARGO_PKG_VERSION")),
+        h.started.elapsed().as_secs(),
+        h.generation,
+        h.control.len(),
+        h.copy_fallbacks,
+        ifaces.join(","),
+        reasons.join(",")
+    )
+}
+
+/// `GET /mappings`: the static forwards and 1:1 mappings of the configuration in force, per
+/// realm.
+pub fn mappings_json(cfg: &Config) -> String {
+    let realms: Vec<String> = cfg
+        .realms
+        .iter()
+        .map(|r| {
+            let st: Vec<String> = r
+                .static_mappings
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{{\"protocol\":\"{}\",\"external\":\"{}\",\"internal\":\"{}\"}}",
+                        m.protocol.name(),
+                        m.external,
+                        m.internal
+                    )
+                })
+                .collect();
+            let one: Vec<String> = r
+                .one_to_one
+                .iter()
+                .map(|m| {
+                    format!(
+                        "{{\"external\":\"{}\",\"internal\":\"{}\"}}",
+                        m.external, m.internal
+                    )
+                })
+                .collect();
+            format!(
+                "{{\"realm\":{},\"static\":[{}],\"one_to_one\":[{}]}}",
+                json_str(&r.name),
+                st.join(","),
+                one.join(",")
+            )
+        })
+        .collect();
+    format!("{{\"realms\":[{}]}}", realms.join(","))
 }
 
 /// Minimal JSON string escaping for the API's hand-written JSON.
@@ -207,6 +338,51 @@ mod tests {
             metrics: metrics::Metrics::new(),
         };
         (st, rxs)
+    }
+
+    #[test]
+    fn mappings_of_the_config() {
+        let cfg = crate::config::parse(&CONF.replace(
+            "pool = [\"192.168.1.10\"]\n",
+            "pool = [\"192.168.1.10\"]\n\
+             static = [{ protocol = \"tcp\", external = \"192.168.1.10:80\", internal = \"10.0.0.5:8080\" }]\n\
+             one_to_one = [{ external = \"192.168.1.11\", internal = \"10.0.0.9\" }]\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            mappings_json(&cfg),
+            "{\"realms\":[{\"realm\":\"r\",\"static\":[{\"protocol\":\"tcp\",\
+             \"external\":\"192.168.1.10:80\",\"internal\":\"10.0.0.5:8080\"}],\
+             \"one_to_one\":[{\"external\":\"192.168.1.11\",\"internal\":\"10.0.0.9\"}]}]}"
+        );
+    }
+
+    #[test]
+    fn readiness_names_what_is_missing() {
+        let (st, _rxs) = state(std::env::temp_dir().join("natgw-ready-unused.toml"));
+        let mut h = st.handle.lock().unwrap().clone();
+        let why = readiness(&h).unwrap_err();
+        assert!(why.iter().any(|w| w == "worker 0 is not running"), "{why:?}");
+        assert!(why.iter().any(|w| w == "XDP is not attached to eth0"), "{why:?}");
+        h.xdp_modes = vec![
+            ("eth1".into(), natgw_kernel::bpf::AttachMode::Native),
+            ("eth0".into(), natgw_kernel::bpf::AttachMode::Generic),
+        ];
+        let now = h.started.elapsed().as_nanos() as u64;
+        for d in &h.dp {
+            d.stats.running.store(true, Ordering::Relaxed);
+            d.stats.heartbeat_ns.set(now.max(1));
+        }
+        h.dp[1].stats.running.store(false, Ordering::Relaxed);
+        assert_eq!(readiness(&h).unwrap_err(), vec!["worker 1 is not running"]);
+        h.dp[1].stats.running.store(true, Ordering::Relaxed);
+        assert_eq!(readiness(&h), Ok(()));
+        let s = status_json(&h);
+        assert!(
+            s.contains("{\"name\":\"eth0\",\"xdp_mode\":\"generic\",\"up\":false}"),
+            "{s}"
+        );
+        assert!(s.contains("\"ready\":true") && s.contains("\"generation\":1"), "{s}");
     }
 
     #[test]

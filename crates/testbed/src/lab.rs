@@ -60,50 +60,88 @@ fn io_context(what: &str) -> impl FnOnce(std::io::Error) -> LabError + '_ {
     move |e| LabError::Io(format!("{what}: {e}"))
 }
 
-const API: &str = "127.0.0.1:9180";
-
 fn stop_requested() -> bool {
     signal::signalled()
 }
 
-/// GET `path` from natgw's API (127.0.0.1:9180) inside namespace `ns`: the body of a 200
-/// answer; any other status is an error naming it.
+/// The Unix socket (`control.socket`) of the natgw that runs in gateway namespace `gw_ns`:
+/// one per topology, so that tests running at once never meet on natgw's default socket.
+/// [`TopologySpec::natgw_config`](crate::TopologySpec::natgw_config) sets it.
+///
+/// Their directory is created here, world-writable and sticky like /tmp itself, so that a
+/// natgw that tests run as an unprivileged user can create its socket in it.
+pub fn control_socket(gw_ns: &str) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join("natgw-testbed");
+    let _ = std::fs::create_dir(&dir);
+    let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777));
+    dir.join(format!("{gw_ns}.sock"))
+}
+
+/// GET `path` from the API of the natgw in namespace `ns`, over its Unix socket
+/// ([`control_socket`]; every endpoint is open there): the body of a 200 answer; any other
+/// status is an error naming it.
 pub fn api_get(ns: &str, path: &str) -> std::io::Result<String> {
     let (status, head, body) = api_request(ns, "GET", path)?;
     if status != 200 {
-        return Err(std::io::Error::other(format!("GET {path}: {head}")));
+        return Err(std::io::Error::other(format!("GET {path}: {head} {body}")));
     }
     Ok(body)
 }
 
-/// Sends `method path` to natgw's API inside namespace `ns`; returns the status code, the
-/// status line and the body, whatever the status.
+/// Sends `method path` to the API of the natgw in namespace `ns` over its Unix socket;
+/// returns the status code, the status line and the body (de-chunked), whatever the status.
+/// A POST carries `Content-Type: application/json`, as natgw asks of it.
 pub fn api_request(ns: &str, method: &str, path: &str) -> std::io::Result<(u16, String, String)> {
-    let (method, path) = (method.to_string(), path.to_string());
-    run_in_netns(ns, move || {
-        let mut s = TcpStream::connect_timeout(
-            &API.parse().expect("static address"),
-            Duration::from_secs(2),
-        )?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.set_write_timeout(Some(Duration::from_secs(5)))?;
-        write!(
-            s,
-            "{method} {path} HTTP/1.1\r\nHost: natgw\r\nConnection: close\r\n\r\n"
-        )?;
-        let mut out = String::new();
-        s.read_to_string(&mut out)?;
-        let (head, body) = out
-            .split_once("\r\n\r\n")
-            .ok_or_else(|| std::io::Error::other(format!("malformed answer: {out:?}")))?;
-        let line = head.lines().next().unwrap_or("").to_string();
-        let status = line
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .ok_or_else(|| std::io::Error::other(format!("malformed status line: {line:?}")))?;
-        Ok((status, line, body.to_string()))
-    })
+    let mut s = std::os::unix::net::UnixStream::connect(control_socket(ns))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let ctype = if method == "POST" {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: natgw\r\nConnection: close\r\n{ctype}\r\n"
+    )?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out)?;
+    let out = String::from_utf8_lossy(&out);
+    let (head, body) = out
+        .split_once("\r\n\r\n")
+        .ok_or_else(|| std::io::Error::other(format!("malformed answer: {out:?}")))?;
+    let line = head.lines().next().unwrap_or("").to_string();
+    let status = line
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("malformed status line: {line:?}")))?;
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        dechunk(body)?
+    } else {
+        body.to_string()
+    };
+    Ok((status, line, body))
+}
+
+/// A chunked body (RFC 9112 7.1) as one string.
+fn dechunk(mut body: &str) -> std::io::Result<String> {
+    let bad = || std::io::Error::other("malformed chunked body");
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").ok_or_else(bad)?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
+            .map_err(|_| bad())?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..size).ok_or_else(bad)?);
+        body = rest.get(size + 2..).ok_or_else(bad)?;
+    }
 }
 
 /// A number field of the flat /stats JSON object.

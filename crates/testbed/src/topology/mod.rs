@@ -270,6 +270,6 @@ impl Topology {
     }
 }
 
-fn prefix(tag: &str) -> String {
+pub(crate) fn prefix(tag: &str) -> String {
     format!("ngw-{tag}")
 }

@@ -252,6 +252,9 @@ fn natgw_config(spec: &TopologySpec) -> String {
         .collect();
     let _ = writeln!(s, "[dataplane]\nworkers = [{}]", workers.join(", "));
     let _ = writeln!(s, "xdp_mode = \"auto\"\npoll = \"adaptive\"\n");
+    // natgw's default socket is one for the whole machine; tests run at once.
+    let socket = crate::lab::control_socket(&format!("{}-gw", super::prefix(&spec.tag)));
+    let _ = writeln!(s, "[control]\nsocket = \"{}\"\n", socket.display());
     for t in 0..spec.tenants() {
         let name = match (spec.vlans, t) {
             (false, _) => "lab",
