@@ -1,5 +1,8 @@
 //! natgw command line: `check` validates a configuration; `run` starts the gateway; `lab`
-//! builds a namespace topology and pushes real traffic through natgw.
+//! builds a namespace topology and pushes real traffic through natgw; `status`, `sessions`,
+//! `reload`, `drops` and `mappings` talk to a running natgw (src/cli/).
+
+mod cli;
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -10,6 +13,8 @@ use std::process::ExitCode;
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
+    #[command(flatten)]
+    connect: cli::Connect,
 }
 
 #[derive(Subcommand)]
@@ -43,6 +48,8 @@ enum Cmd {
         #[arg(long, value_parser = ["auto", "native", "generic"])]
         xdp_mode: Option<String>,
     },
+    #[command(flatten)]
+    Control(cli::Command),
 }
 
 fn main() -> ExitCode {
@@ -62,6 +69,7 @@ fn main() -> ExitCode {
             }
         },
         Cmd::Run { config, xdp_mode } => run(&config, xdp_mode.as_deref()),
+        Cmd::Control(c) => cli::run(&cli.connect, &c),
         Cmd::Lab {
             hosts,
             workers,

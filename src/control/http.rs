@@ -546,6 +546,10 @@ async fn accept_loop<L: Accept>(listener: L, via: Via, ctx: Arc<Ctx>, slots: Arc
             Arc::clone(&slots),
             slot,
         ));
+        // Let the new connection read what it was sent before the next accept: a request
+        // already in its socket takes it out of the idle ones a burst of new connections
+        // would close.
+        tokio::task::yield_now().await;
     }
 }
 

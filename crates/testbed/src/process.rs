@@ -1,10 +1,11 @@
 //! natgw as a process in a topology's gateway namespace, for tests that need nothing more
 //! than "natgw runs with this configuration": started with `ip netns exec`, ready once its
-//! API answers, its stderr in a file that failure messages quote, SIGTERM (then SIGKILL) on
-//! drop.
+//! API answers on the topology's own Unix socket ([`control_socket`], set by the generated
+//! configuration), its stderr in a file that failure messages quote, SIGTERM (then SIGKILL)
+//! on drop.
 
 use crate::Topology;
-use crate::lab::api_get;
+use crate::lab::{api_get, control_socket};
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -14,13 +15,17 @@ use std::time::{Duration, Instant};
 pub struct NatgwProcess {
     child: Child,
     stderr: PathBuf,
+    /// The configuration file, kept until natgw stops (a reload reads it again).
     config: PathBuf,
+    socket: PathBuf,
 }
 
 impl NatgwProcess {
     /// Runs the binary `exe` (a test's `env!("CARGO_BIN_EXE_natgw")`) with `config` in the
     /// gateway namespace of `topo` and waits up to 10 s for its API; panics with natgw's
     /// stderr if it exits or stays silent. `name` makes the temporary file names unique.
+    /// `config` should set `control.socket` to the topology's [`control_socket`], as
+    /// `natgw_config()` does.
     pub fn start(exe: &str, topo: &Topology, config: &str, name: &str) -> NatgwProcess {
         let pid = std::process::id();
         let dir = std::env::temp_dir();
@@ -35,10 +40,12 @@ impl NatgwProcess {
             .stderr(File::create(&stderr).unwrap())
             .spawn()
             .expect("starting natgw");
+        let socket = control_socket(topo.gw_ns());
         let mut n = NatgwProcess {
             child,
             stderr,
             config: cfg,
+            socket,
         };
         let deadline = Instant::now() + Duration::from_secs(10);
         while api_get(topo.gw_ns(), "/stats").is_err() {
@@ -65,6 +72,16 @@ impl NatgwProcess {
     pub fn signal(&self, sig: libc::c_int) {
         // SAFETY: kill(2) on our own unreaped child.
         unsafe { libc::kill(self.child.id() as libc::pid_t, sig) };
+    }
+
+    /// natgw's Unix socket.
+    pub fn socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// natgw's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// What natgw has written to stderr so far.
