@@ -295,6 +295,34 @@ fn without_a_token_file_tcp_serves_only_metrics_and_health() {
         200,
         "\"total\"",
     );
+    // The whole exposition, the API's counters after the workers', is one valid document.
+    let text = over_tcp(ns, "GET", "/metrics", "").body;
+    assert!(
+        text.contains("natgw_api_connections_active{listener=\"unix\"}"),
+        "{text}"
+    );
+    match Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(mut c) => {
+            c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+            let out = c.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "promtool: {}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Err(e) => assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "promtool is required under CI: {e}"
+        ),
+    }
 }
 
 #[test]
