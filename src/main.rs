@@ -117,7 +117,12 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
         }
     };
     // Before the gateway starts: a port in use, another natgw on the socket or a bad token
-    // file stops natgw before it attaches anything.
+    // file stops natgw before it attaches anything (but after the refusals for missing
+    // privileges, which say more).
+    if let Err(e) = natgw::dataplane::run::preflight() {
+        eprintln!("natgw: {e}");
+        return ExitCode::FAILURE;
+    }
     let api = match natgw::control::Api::open(&cfg.control) {
         Ok(a) => a,
         Err(e) => {

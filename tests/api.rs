@@ -768,3 +768,71 @@ fn cli_against_a_running_natgw() {
         3
     );
 }
+
+/// CPU time (user + system, clock ticks) of natgw's thread named `name`.
+fn thread_cpu(pid: u32, name: &str) -> Option<u64> {
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let dir = t.ok()?.path();
+        let comm = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        if comm.trim() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).ok()?;
+        // The fields after the command, which is in parentheses.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let f: Vec<&str> = rest.split(' ').collect();
+        return Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?);
+    }
+    None
+}
+
+#[test]
+fn accept_backs_off_when_natgw_runs_out_of_descriptors() {
+    let Some(t) = topology("accept_backs_off_when_natgw_runs_out_of_descriptors", "apg") else {
+        return;
+    };
+    let cfg = config(&t, "max_connections = 4096\nidle_timeout = 2");
+    let natgw = NatgwProcess::start(NATGW, &t, &cfg, "apg");
+    let pid = natgw.pid();
+    // A descriptor limit a little above what natgw holds now.
+    let open = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let limit = format!("--nofile={}:{}", open + 16, open + 16);
+    let out = Command::new("prlimit")
+        .args(["--pid", &pid.to_string(), &limit])
+        .output()
+        .expect("prlimit (util-linux)");
+    assert!(out.status.success(), "{out:?}");
+    // More connections than natgw has descriptors left: the kernel completes them (the
+    // backlog), natgw's accept(2) fails with EMFILE until the first ones time out.
+    let before = thread_cpu(pid, "natgw-api").expect("natgw-api thread");
+    let conns: Vec<TcpStream> = run_in_netns(t.gw_ns(), || {
+        (0..100)
+            .filter_map(|_| TcpStream::connect(API).ok())
+            .collect()
+    });
+    assert!(conns.len() > 32, "{} connections", conns.len());
+    std::thread::sleep(Duration::from_millis(1500));
+    let spent = thread_cpu(pid, "natgw-api").unwrap() - before;
+    // Clock ticks (100 a second): a spinning accept loop would take ~150.
+    assert!(
+        spent < 30,
+        "the API thread used {spent} ticks in 1.5 s while accept failed"
+    );
+    drop(conns);
+    // Once the descriptors are back the API answers again, and says what happened.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let m = loop {
+        match api_get(t.gw_ns(), "/metrics") {
+            Ok(m) => break m,
+            Err(e) => assert!(Instant::now() < deadline, "API silent after EMFILE: {e}"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let errors = metric(&m, "natgw_api_accept_errors_total{listener=\"tcp\"}");
+    eprintln!("{spent} ticks while out of descriptors, {errors} accept errors");
+    assert!(errors > 0, "no accept error counted:\n{m}");
+    assert!(errors < 200, "accept failed {errors} times: no back-off");
+    drop(natgw);
+}

@@ -94,6 +94,14 @@ pub struct Health {
     pub link_up: LinkStates,
 }
 
+/// The checks of the machine that need no configuration (capabilities, locked memory), as
+/// [`Gateway::start`] makes them first: `natgw run` makes them before it opens its API too,
+/// so that their refusals come before any about the API's listeners.
+pub fn preflight() -> Result<(), StartError> {
+    check_privileges()?;
+    privileges::check_locked_memory()
+}
+
 /// A running gateway.
 pub struct Gateway {
     pub handle: Handle,
