@@ -723,13 +723,7 @@ fn simple_content_type(v: Option<&HeaderValue>) -> bool {
 }
 
 /// Authentication for `ep` over `via`: None to go on, or the refusal.
-fn authorize(
-    ctx: &Ctx,
-    via: Via,
-    ep: Endpoint,
-    open: bool,
-    req: &Request<Incoming>,
-) -> Option<Response<Body>> {
+fn authorize(ctx: &Ctx, via: Via, open: bool, req: &Request<Incoming>) -> Option<Response<Body>> {
     let auth = req.headers().get(header::AUTHORIZATION);
     if via == Via::Tcp && !open {
         let Some(token) = &ctx.token else {
@@ -772,7 +766,6 @@ fn authorize(
             ),
         ));
     }
-    let _ = ep;
     None
 }
 
@@ -824,7 +817,7 @@ async fn answer(
         }
         return r;
     };
-    if let Some(r) = authorize(ctx, via, ep, open, &req) {
+    if let Some(r) = authorize(ctx, via, open, &req) {
         ctx.bump(via, |c| &c.denied_total);
         return r;
     }
