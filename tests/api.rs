@@ -379,7 +379,7 @@ fn oversized_and_malformed_requests_get_4xx() {
     assert_eq!(a.status, 405, "{a:?}");
     assert!(a.head.contains("allow: get"), "{a:?}");
     let bad = over_unix(sock, "GET", "/sessions?proto=sctp", "");
-    expect(&bad, 400, "proto=\\\"sctp\\\"");
+    expect(&bad, 400, "is not tcp, udp or icmp");
     let m = api_get(ns, "/metrics").unwrap();
     let malformed = m
         .lines()
@@ -695,7 +695,10 @@ fn cli_against_a_running_natgw() {
     assert_eq!(out, "0 of 0 session(s)\n");
     let (code, _, err) = cli(&[&s[..], &["sessions", "--inside", "10.0.0"]].concat());
     assert_eq!(code, 1, "natgw refuses a bad filter: {err}");
-    assert!(err.contains("inside="), "{err}");
+    assert!(
+        err.contains("inside: \"10.0.0\" is not an IPv4 address"),
+        "{err}"
+    );
 
     let (code, out, _) = cli(&[&s[..], &["drops"]].concat());
     assert_eq!(code, 0);

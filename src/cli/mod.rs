@@ -82,6 +82,9 @@ pub struct SessionArgs {
     /// At most this many (the total that match is printed too).
     #[arg(long, default_value_t = 1000)]
     limit: usize,
+    /// Continue a listing where the last page ended (its `next`).
+    #[arg(long)]
+    cursor: Option<String>,
 }
 
 /// What went wrong, and the exit code it gives.
@@ -178,11 +181,12 @@ fn execute(connect: &Connect, cmd: &Command) -> Result<(), Failure> {
             let limit = Some(a.limit.to_string());
             let q = query(&[
                 ("realm", &a.realm),
-                ("proto", &a.proto),
+                ("protocol", &a.proto),
                 ("inside", &a.inside),
                 ("external", &a.external),
                 ("remote", &a.remote),
                 ("limit", &limit),
+                ("cursor", &a.cursor),
             ]);
             let v = c.get_json(&format!("/sessions?{q}"))?;
             if connect.json {
@@ -342,11 +346,13 @@ fn sessions_text(v: &Value) -> String {
     ]);
     for s in list.into_iter().flatten() {
         let state = match (
+            s.get("state").and_then(Value::as_str),
             s.get("protocol").and_then(Value::as_str),
             s.get("tcp_established").and_then(Value::as_bool),
         ) {
-            (Some("tcp"), Some(true)) => "established",
-            (Some("tcp"), _) => "transitory",
+            (Some(st), _, _) => st,
+            (None, Some("tcp"), Some(true)) => "established",
+            (None, Some("tcp"), _) => "transitory",
             _ => "-",
         };
         let inbound = s.get("inbound").and_then(Value::as_bool) == Some(true);
@@ -367,8 +373,12 @@ fn sessions_text(v: &Value) -> String {
         ]);
     }
     let shown = list.map_or(0, Vec::len);
+    let more = match v.get("next").and_then(Value::as_str) {
+        Some(c) => format!(" (more: --cursor {c})"),
+        None => String::new(),
+    };
     format!(
-        "{}{shown} of {} session(s)\n",
+        "{}{shown} of {} session(s){more}\n",
         if shown > 0 { t.render() } else { String::new() },
         num(v, "total")
     )

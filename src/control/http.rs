@@ -863,12 +863,7 @@ async fn answer(
     }
 }
 
-async fn dispatch(
-    ctx: &Arc<Ctx>,
-    slot: &Arc<Slot>,
-    ep: Endpoint,
-    query: String,
-) -> Response<Body> {
+async fn dispatch(ctx: &Arc<Ctx>, slot: &Arc<Slot>, ep: Endpoint, query: String) -> Response<Body> {
     use super::*;
     match ep {
         Endpoint::Healthz => full(StatusCode::OK, "text/plain", "ok\n"),

@@ -340,48 +340,6 @@ mod tests {
         (st, rxs)
     }
 
-    fn info(realm: &str, proto: crate::packet::ipv4::Protocol) -> SessionInfo {
-        let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
-        SessionInfo {
-            core: 0,
-            realm: realm.into(),
-            proto,
-            inside: (a("10.0.0.5"), 4000),
-            external: (a("192.168.1.10"), 4000),
-            remote: (a("192.168.2.2"), 53),
-            tcp_established: false,
-            age_secs: 1,
-            expires_in_secs: 299,
-            inbound: false,
-        }
-    }
-
-    #[test]
-    fn session_filters() {
-        use crate::packet::ipv4::Protocol;
-        let s = info("office", Protocol::UDP);
-        let f = |q: &str| SessionFilter::parse(q).unwrap();
-        assert!(f("").matches(&s));
-        assert!(f("realm=office&proto=udp&inside=10.0.0.5&remote=192.168.2.2:53").matches(&s));
-        assert!(f("external=192.168.1.10:4000&limit=5").matches(&s));
-        assert!(!f("proto=tcp").matches(&s));
-        assert!(!f("inside=10.0.0.5:4001").matches(&s));
-        assert!(!f("realm=of%66ice+x").matches(&s));
-        assert_eq!(f("realm=a%20b").realm.as_deref(), Some("a b"));
-        assert_eq!(f("limit=7").limit, Some(7));
-        for (q, e) in [
-            ("proto=sctp", "expected tcp, udp or icmp"),
-            ("inside=10.0.0", "expected a.b.c.d or a.b.c.d:port"),
-            ("remote=1.2.3.4:x", "remote="),
-            ("limit=-1", "limit="),
-            ("colour=red", "unknown parameter \"colour\""),
-            ("realm=%zz", "bad %-escape"),
-        ] {
-            let got = SessionFilter::parse(q).unwrap_err();
-            assert!(got.contains(e), "{q}: {got}");
-        }
-    }
-
     #[test]
     fn mappings_of_the_config() {
         let cfg = crate::config::parse(&CONF.replace(
