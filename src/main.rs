@@ -156,7 +156,7 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
         modes.join(" ")
     );
     let listen = cfg.control.listen;
-    let state = natgw::control::State::new(gw.handle.clone(), path.to_path_buf(), cfg);
+    let state = natgw::control::State::new(gw.handle.clone(), path.to_path_buf());
     // Removed when natgw stops (dropped at the end of this function).
     let _socket = match api.serve(std::sync::Arc::clone(&state)) {
         Ok(s) => s,

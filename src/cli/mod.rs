@@ -295,7 +295,11 @@ fn status_text(status: &Value, stats: &Value) -> String {
         format!("no: {}", why.join("; "))
     };
     o += &format!("ready        {ready}\n");
-    if let Some(g) = stats.get("generation").and_then(Value::as_u64) {
+    if let Some(g) = status
+        .get("generation")
+        .or_else(|| stats.get("generation"))
+        .and_then(Value::as_u64)
+    {
         o += &format!("generation   {g}\n");
     }
     let mut first = true;

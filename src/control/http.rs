@@ -947,17 +947,21 @@ async fn dispatch(ctx: &Arc<Ctx>, slot: &Arc<Slot>, ep: Endpoint, query: String)
             .await
         }
         Endpoint::Mappings => {
-            blocking(ctx, |st| match st.config.lock() {
-                Ok(c) => json(StatusCode::OK, mappings_json(&c)),
-                Err(_) => no_handle(),
+            blocking(ctx, |st| match st.handle() {
+                Some(h) => json(StatusCode::OK, mappings_json(&h.config)),
+                None => no_handle(),
             })
             .await
         }
         Endpoint::Reload => {
             blocking(ctx, |st| match reload(st) {
-                Ok(m) => json(
+                Ok(done) => json(
                     StatusCode::OK,
-                    format!("{{\"ok\":true,\"message\":{}}}", json_str(&m)),
+                    format!(
+                        "{{\"ok\":true,\"generation\":{},\"message\":{}}}",
+                        done.generation,
+                        json_str(&done.message)
+                    ),
                 ),
                 Err(ReloadError::Poisoned) => no_handle(),
                 Err(e) => error(StatusCode::BAD_REQUEST, &e.to_string()),

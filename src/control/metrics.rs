@@ -786,7 +786,6 @@ mod tests {
                 )],
             }),
             pass: Vec::new(),
-            alive: Vec::new(),
         }
     }
 
