@@ -6,5 +6,6 @@
 pub mod config;
 pub mod control;
 pub mod dataplane;
+pub mod log;
 pub mod nat;
 pub mod packet;

@@ -58,8 +58,11 @@ fn main() -> ExitCode {
         Cmd::Check { config, quiet } => match natgw::config::load(&config) {
             Ok(c) => {
                 if !quiet {
-                    print!("{}", c.to_toml());
-                    print!("\n{}", natgw::nat::memory::MemoryEstimate::of(&c));
+                    use std::io::Write;
+                    // Not print!: a closed pipe (`natgw check ... | head`) is not a panic.
+                    let mut out = std::io::stdout().lock();
+                    let _ = write!(out, "{}", c.to_toml());
+                    let _ = write!(out, "\n{}", natgw::nat::memory::MemoryEstimate::of(&c));
                 }
                 ExitCode::SUCCESS
             }
@@ -109,10 +112,11 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
     // while it reads its configuration and starts (a reload then is served once running).
     install_signal_handlers();
     install_reload_handler();
+    natgw::log::init();
     let cfg = match natgw::config::load(path) {
         Ok(c) => c,
         Err(e) => {
-            eprintln!("natgw: {}: {e}", path.display());
+            tracing::error!("{}: {e}", path.display());
             return ExitCode::FAILURE;
         }
     };
@@ -120,13 +124,13 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
     // file stops natgw before it attaches anything (but after the refusals for missing
     // privileges, which say more).
     if let Err(e) = natgw::dataplane::run::preflight() {
-        eprintln!("natgw: {e}");
+        tracing::error!("{e}");
         return ExitCode::FAILURE;
     }
     let api = match natgw::control::Api::open(&cfg.control) {
         Ok(a) => a,
         Err(e) => {
-            eprintln!("natgw: {e}");
+            tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
@@ -140,7 +144,7 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
     let gw = match Gateway::start(&cfg, &opts) {
         Ok(g) => g,
         Err(e) => {
-            eprintln!("natgw: {e}");
+            tracing::error!("{e}");
             return ExitCode::FAILURE;
         }
     };
@@ -150,8 +154,9 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
         .iter()
         .map(|(i, m)| format!("{i}={m:?}"))
         .collect();
-    eprintln!(
-        "natgw: running with {} worker(s), XDP {}",
+    tracing::info!(
+        workers = gw.workers(),
+        "running with {} worker(s), XDP {}",
         gw.workers(),
         modes.join(" ")
     );
@@ -161,7 +166,7 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
     let _socket = match api.serve(std::sync::Arc::clone(&state)) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("natgw: control API on {listen}: {e}");
+            tracing::error!("control API on {listen}: {e}");
             gw.shutdown();
             return ExitCode::FAILURE;
         }
@@ -169,19 +174,17 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
     // SIGHUP takes the same path as POST /reload; a refused file keeps the running
     // configuration, and natgw keeps running either way.
     let reload = || match natgw::control::reload(&state) {
-        Ok(m) => eprintln!("natgw: SIGHUP: {}", m.message),
-        Err(e) => eprintln!("natgw: SIGHUP: reload refused, the running configuration stays: {e}"),
+        Ok(m) => tracing::info!(generation = m.generation, "SIGHUP: {}", m.message),
+        Err(e) => tracing::warn!("SIGHUP: reload refused, the running configuration stays: {e}"),
     };
     match gw.run_until(signalled, reload) {
         Ok(()) => {
-            eprintln!("natgw: stopped");
+            tracing::info!("stopped");
             ExitCode::SUCCESS
         }
         Err(e) => {
             // Non-zero, so that the service manager (Restart=on-failure) starts natgw again.
-            eprintln!(
-                "natgw: stopping: {e}; exiting with a failure status so that it is restarted"
-            );
+            tracing::error!("stopping: {e}; exiting with a failure status so that it is restarted");
             ExitCode::FAILURE
         }
     }

@@ -417,8 +417,8 @@ fn unserved_queue_refuses_start_and_nothing_leaks() {
         lab.set_config(&two_workers);
         lab.start();
         assert!(
-            lab.stderr()
-                .contains("warning: the kernel forwards IPv4 on eth-out, eth-in"),
+            lab.stderr().lines().any(|l| l.contains(" WARN ")
+                && l.contains("natgw: the kernel forwards IPv4 on eth-out, eth-in")),
             "no forwarding warning: {}",
             lab.stderr()
         );

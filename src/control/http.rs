@@ -460,12 +460,12 @@ impl Api {
                         Ok(l) => {
                             tokio::spawn(accept_loop(l, Via::Unix, Arc::clone(&ctx), us));
                         }
-                        Err(e) => eprintln!("natgw: control.socket: {e}"),
+                        Err(e) => tracing::error!("control.socket: {e}"),
                     }
                     match tokio::net::TcpListener::from_std(tcp) {
                         Ok(l) => accept_loop(l, Via::Tcp, ctx, ts).await,
                         Err(e) => {
-                            eprintln!("natgw: control.listen: {e}");
+                            tracing::error!("control.listen: {e}");
                             std::future::pending::<()>().await
                         }
                     }

@@ -148,8 +148,8 @@ pub(super) fn warn_kernel_forwarding(links: &Links) {
         .map(|l| l.name.as_str())
         .collect();
     if !on.is_empty() {
-        eprintln!(
-            "natgw: warning: the kernel forwards IPv4 on {} (net.ipv4.ip_forward or \
+        tracing::warn!(
+            "the kernel forwards IPv4 on {} (net.ipv4.ip_forward or \
              net.ipv4.conf.<interface>.forwarding is 1): traffic that reaches the kernel there \
              (before natgw starts, after it stops, to a management address) is routed \
              untranslated. natgw does not need kernel forwarding: set net.ipv4.ip_forward=0, \

@@ -45,6 +45,6 @@ pub(super) fn after_setup() -> Result<(), StartError> {
 pub(super) fn worker_drops_all() {
     if let Err(e) = caps::limit_thread(&WORKER_CAPS) {
         // Dropping never needs a privilege; if the kernel refuses anyway, say so.
-        eprintln!("natgw: a worker could not drop its capabilities: {e}");
+        tracing::error!("a worker could not drop its capabilities: {e}");
     }
 }

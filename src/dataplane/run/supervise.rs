@@ -247,10 +247,11 @@ impl LinkWatch {
                     let now = running(l);
                     if w.up.swap(now, Ordering::Relaxed) != now {
                         if now {
-                            eprintln!("natgw: {} interface {} is up again", w.role, s.name);
+                            tracing::info!(interface = %s.name, "{} interface {} is up again", w.role, s.name);
                         } else {
-                            eprintln!(
-                                "natgw: {} interface {} is down ({}); natgw stays bound to it \
+                            tracing::warn!(
+                                interface = %s.name,
+                                "{} interface {} is down ({}); natgw stays bound to it \
                                  and forwards again when it comes back",
                                 w.role,
                                 s.name,
