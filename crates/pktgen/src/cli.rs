@@ -30,6 +30,83 @@ pub enum Cmd {
     Gen(GenArgs),
     /// Count, check and time what arrives; optionally reflect it back.
     Sink(SinkArgs),
+    /// natgw beside the kernel's NAT and a raw AF_XDP forwarder on a namespace topology:
+    /// Mpps at the sink and CPU per packet, one run (bench/README.md, "The comparison").
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// The natgw binary.
+    #[arg(long, default_value = "target/release/natgw")]
+    pub natgw: std::path::PathBuf,
+    /// A few hundred ms per DUT: natgw busy, kernel masquerade, raw forwarder; 1 and 1k
+    /// flows; 64 bytes; nothing written unless --out is given.
+    #[arg(long)]
+    pub smoke: bool,
+    /// DUTs, comma-separated (default: all; see `compare::ALL_DUTS` names).
+    #[arg(long, value_delimiter = ',')]
+    pub duts: Vec<String>,
+    /// Flow counts, comma-separated (multiples of 16, or fewer than 16).
+    #[arg(long, value_delimiter = ',')]
+    pub flows: Vec<u64>,
+    /// Frame sizes in bytes as the generator's --size, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<usize>,
+    /// Seconds of each measured phase (fractions allowed).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Directory for <date>-<host>.json and .md.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Topology tag (namespaces ngw-<tag>-...).
+    #[arg(long, default_value = "cm")]
+    pub tag: String,
+    #[arg(long)]
+    pub gen_core: Option<usize>,
+    #[arg(long)]
+    pub dut_core: Option<usize>,
+}
+
+impl CompareArgs {
+    pub fn options(&self) -> Result<crate::compare::CompareOptions, String> {
+        use crate::compare::CompareOptions;
+        let mut o = if self.smoke {
+            CompareOptions::smoke(self.natgw.clone())
+        } else {
+            CompareOptions::full(self.natgw.clone())
+        };
+        if !self.duts.is_empty() {
+            o.duts = self
+                .duts
+                .iter()
+                .map(|d| d.parse().map_err(|e| format!("--duts: {e}")))
+                .collect::<Result<_, String>>()?;
+        }
+        if !self.flows.is_empty() {
+            o.flows = self.flows.clone();
+        }
+        if !self.sizes.is_empty() {
+            o.sizes = self.sizes.clone();
+        }
+        if let Some(d) = self.duration {
+            if !(d > 0.0 && d <= 600.0) {
+                return Err(format!("--duration {d}: 0-600 s"));
+            }
+            o.duration = Duration::from_secs_f64(d);
+        }
+        if self.out.is_some() {
+            o.out_dir = self.out.clone();
+        }
+        o.tag = self.tag.clone();
+        if let Some(c) = self.gen_core {
+            o.gen_core = c;
+        }
+        if let Some(c) = self.dut_core {
+            o.dut_core = c;
+        }
+        Ok(o)
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -293,6 +370,12 @@ pub fn run(cli: Cli) -> io::Result<()> {
             eprintln!("{}", r.human());
             write_json(&a.port.json, &r.json().render())
         }
+        Cmd::Compare(a) => {
+            let o = a.options().map_err(invalid)?;
+            let r = crate::compare::run(&o).map_err(io::Error::other)?;
+            println!("{}", r.markdown());
+            Ok(())
+        }
     }
 }
 
@@ -307,7 +390,7 @@ mod tests {
             .collect();
         match Cli::try_parse_from(v).map_err(|e| e.to_string())?.cmd {
             Cmd::Gen(g) => g.config(),
-            Cmd::Sink(_) => unreachable!(),
+            Cmd::Sink(_) | Cmd::Compare(_) => unreachable!(),
         }
     }
 
