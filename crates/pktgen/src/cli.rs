@@ -65,6 +65,8 @@ pub struct CompareArgs {
     #[arg(long)]
     pub gen_core: Option<usize>,
     #[arg(long)]
+    pub sink_core: Option<usize>,
+    #[arg(long)]
     pub dut_core: Option<usize>,
 }
 
@@ -101,6 +103,9 @@ impl CompareArgs {
         o.tag = self.tag.clone();
         if let Some(c) = self.gen_core {
             o.gen_core = c;
+        }
+        if let Some(c) = self.sink_core {
+            o.sink_core = c;
         }
         if let Some(c) = self.dut_core {
             o.dut_core = c;

@@ -78,6 +78,12 @@ impl Dut {
     }
 }
 
+impl Dut {
+    fn is_kernel(self) -> bool {
+        matches!(self, Dut::Kernel | Dut::KernelRps | Dut::KernelFlowtable)
+    }
+}
+
 impl std::str::FromStr for Dut {
     type Err = String;
     fn from_str(s: &str) -> Result<Dut, String> {
@@ -103,12 +109,20 @@ pub struct CompareOptions {
     pub sizes: Vec<usize>,
     /// Length of each measured phase.
     pub duration: Duration,
-    /// Core of the generator and sink threads.
+    /// Core of the generator thread.
     pub gen_core: usize,
+    /// Core of the sink thread.
+    pub sink_core: usize,
     /// Core of natgw's worker, the raw forwarder and the kernel's RPS target.
     pub dut_core: usize,
     /// Where `<date>-<host>.json` and `.md` go (`None`: not written).
     pub out_dir: Option<PathBuf>,
+    /// New-session test: this many flows, each sent once (0: not run).
+    pub new_session_flows: u64,
+    /// Zero-loss search at (this many flows, the first frame size) (`None`: not run).
+    pub zero_loss_flows: Option<u64>,
+    /// Length of each zero-loss trial.
+    pub trial: Duration,
 }
 
 impl CompareOptions {
@@ -123,8 +137,12 @@ impl CompareOptions {
             sizes: vec![64, 1500],
             duration: Duration::from_secs(3),
             gen_core: 0,
+            sink_core: 0,
             dut_core: if cores > 1 { 1 } else { 0 },
             out_dir: Some(PathBuf::from("bench/results")),
+            new_session_flows: 200_000,
+            zero_loss_flows: Some(1024),
+            trial: Duration::from_secs(1),
         }
     }
 
@@ -137,6 +155,8 @@ impl CompareOptions {
             sizes: vec![64],
             duration: Duration::from_millis(300),
             out_dir: None,
+            new_session_flows: 0,
+            zero_loss_flows: None,
             ..CompareOptions::full(natgw)
         }
     }
@@ -193,6 +213,9 @@ pub struct Measured {
     pub received: u64,
     pub sink_pps: f64,
     pub loss: f64,
+    /// Frames the sink's sockets lost (rx_dropped + rx_ring_full + fill ring empty): loss
+    /// at the sink, not at the DUT.
+    pub sink_dropped: u64,
     pub cpu: Cpu,
     pub zero_copy: bool,
 }
@@ -208,7 +231,37 @@ impl Measured {
     }
 }
 
+/// The new-session test: every packet of the run a new flow.
+#[derive(Clone, Debug)]
+pub struct NewSessions {
+    pub dut: Dut,
+    pub flows: u64,
+    pub sent: u64,
+    pub gen_pps: f64,
+    /// Distinct flows that reached the sink.
+    pub sessions: u64,
+    /// `sessions` / the generator's sending time.
+    pub per_s: f64,
+    pub cpu: Cpu,
+}
+
+/// The zero-loss search at one point: the highest rate of the binary search with loss
+/// below 0.1 %, and every trial (rate, loss).
+#[derive(Clone, Debug)]
+pub struct ZeroLoss {
+    pub dut: Dut,
+    pub flows: u64,
+    pub size: usize,
+    pub rate: u64,
+    pub trials: Vec<(u64, f64)>,
+}
+
+/// Loss below this is "zero" (RFC 2544 asks for none; a loaded shared VM drops the odd frame).
+pub const ZERO_LOSS: f64 = 0.001;
+
 pub struct Report {
+    pub new_sessions: Vec<Result<NewSessions, (Dut, String)>>,
+    pub zero_loss: Vec<Result<ZeroLoss, (Dut, String)>>,
     pub machine: Vec<(&'static str, String)>,
     pub options: CompareOptions,
     pub rows: Vec<Row>,
@@ -340,7 +393,7 @@ pub fn spec(tag: &str) -> TopologySpec {
 /// fewer than 16 flows: one host with that many ports).
 pub fn flow_set(flows: u64) -> Result<FlowSet, String> {
     let per = if flows >= 16 { 16 } else { flows.max(1) };
-    if flows % per != 0 {
+    if !flows.is_multiple_of(per) {
         return Err(format!(
             "{flows} flows: a multiple of 16 (or fewer than 16)"
         ));
@@ -357,6 +410,13 @@ pub fn flow_set(flows: u64) -> Result<FlowSet, String> {
 struct Ctx<'a> {
     o: &'a CompareOptions,
     topo: &'a Topology,
+}
+
+#[derive(Default)]
+struct Results {
+    rows: Vec<Row>,
+    new_sessions: Vec<Result<NewSessions, (Dut, String)>>,
+    zero_loss: Vec<Result<ZeroLoss, (Dut, String)>>,
 }
 
 impl Ctx<'_> {
@@ -391,7 +451,8 @@ impl Ctx<'_> {
 
     fn gen_cfg(
         &self,
-        flows: u64,
+        flows: FlowSet,
+        rate: u64,
         size: usize,
         duration: Option<Duration>,
         count: Option<u64>,
@@ -405,8 +466,8 @@ impl Ctx<'_> {
             dst_mac: DstMac::Resolve(self.topo.spec().addressing.inside_gw),
             dst_ip: self.topo.server_addr(),
             dst_port: 7777,
-            flows: flow_set(flows).expect("checked in run"),
-            rate: 0,
+            flows,
+            rate,
             duration,
             count,
             batch: 64,
@@ -419,7 +480,7 @@ impl Ctx<'_> {
     fn sink(&self, flows: u64, limit: Duration) -> SinkConfig {
         SinkConfig {
             port: xport(HOST_IF),
-            cores: vec![self.o.gen_core],
+            cores: vec![self.o.sink_core],
             reflect: false,
             max_flows: flows as usize,
             duration: Some(limit),
@@ -467,15 +528,17 @@ impl Ctx<'_> {
     ) -> Result<Measured, String> {
         // Preliminary phase: every flow twice, flat out (sessions / conntrack entries set
         // up before the measured phase, RFC 9693).
+        let set = flow_set(flows)?;
         let warm = self.gen_cfg(
-            flows,
+            set,
+            0,
             size,
             Some(Duration::from_secs(20)),
             Some(2 * flows.max(5000)),
         );
         let (wg, ws, ()) = self.phase(&warm, &self.sink(flows, Duration::from_secs(30)), || ())?;
         let _ = (wg, ws);
-        let g = self.gen_cfg(flows, size, Some(self.o.duration), None);
+        let g = self.gen_cfg(set, 0, size, Some(self.o.duration), None);
         let before = snap(task);
         let (g, s, after) = self.phase(
             &g,
@@ -499,26 +562,168 @@ impl Ctx<'_> {
                 0.0
             },
             loss,
+            sink_dropped: s
+                .queues
+                .iter()
+                .filter_map(|q| q.xdp_stats)
+                .map(|x| x.rx_dropped + x.rx_ring_full + x.rx_fill_ring_empty_descs)
+                .sum(),
             cpu,
             zero_copy: g.zero_copy && s.zero_copy,
         })
     }
 
-    fn all_points(&self, dut: Dut, task: &DutTask, rows: &mut Vec<Row>) {
+    /// Every packet a new flow (sources from 10.2.0.0, used by nothing else), once each,
+    /// flat out, before the DUT has seen any of them.
+    fn new_sessions(&self, dut: Dut, task: &DutTask) -> Result<NewSessions, String> {
+        let n = self.o.new_session_flows;
+        let set = FlowSet::new(Ipv4Addr::new(10, 2, 0, 0), 14, (n / 16) as u32, 10000, 16)?;
+        if dut.is_kernel() {
+            self.wait_conntrack_empty();
+        }
+        let size = self.o.sizes.first().copied().unwrap_or(64);
+        let g = self.gen_cfg(
+            set,
+            0,
+            size,
+            Some(Duration::from_secs(30)),
+            Some(set.count()),
+        );
+        let before = snap(task);
+        let (g, s, after) =
+            self.phase(&g, &self.sink(set.count(), Duration::from_secs(40)), || {
+                snap(task)
+            })?;
+        let cpu = cpu_between(before, after, task);
+        let per_s = if g.elapsed_s > 0.0 {
+            s.seq.flows_seen as f64 / g.elapsed_s
+        } else {
+            0.0
+        };
+        eprintln!(
+            "compare: {:<22} new sessions: {} of {} flows through, {:.0} sessions/s (offered {:.0}/s)",
+            dut.name(),
+            s.seq.flows_seen,
+            set.count(),
+            per_s,
+            g.pps()
+        );
+        Ok(NewSessions {
+            dut,
+            flows: set.count(),
+            sent: g.sent,
+            gen_pps: g.pps(),
+            sessions: s.seq.flows_seen,
+            per_s,
+            cpu,
+        })
+    }
+
+    /// Earlier kernel DUTs' conntrack entries (unreplied UDP: 30 s) must be gone before the
+    /// new-session test; up to 40 s.
+    fn wait_conntrack_empty(&self) {
+        let deadline = Instant::now() + Duration::from_secs(40);
+        while Instant::now() < deadline {
+            let n = self
+                .topo
+                .exec(
+                    self.topo.gw_ns(),
+                    &["cat", "/proc/sys/net/netfilter/nf_conntrack_count"],
+                )
+                .ok()
+                .and_then(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                });
+            if n.is_none_or(|n| n < 100) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Binary search on the rate between 0 and `hi` pps (the flat-out rate), 7 trials;
+    /// the flows' sessions exist already (the throughput point before it).
+    fn zero_loss(&self, dut: Dut, flows: u64, size: usize, hi: u64) -> Result<ZeroLoss, String> {
+        let set = flow_set(flows)?;
+        let (mut lo, mut hi) = (0u64, hi);
+        let mut best = 0;
+        let mut trials = Vec::new();
+        for _ in 0..7 {
+            let rate = (lo + hi) / 2;
+            if rate < 1000 || natgw_kernel::signal::signalled() {
+                break;
+            }
+            let g = self.gen_cfg(set, rate, size, Some(self.o.trial), None);
+            let (g, s, ()) = self.phase(
+                &g,
+                &self.sink(flows, self.o.trial * 3 + Duration::from_secs(5)),
+                || (),
+            )?;
+            let loss = if g.sent > 0 {
+                1.0 - s.packets.min(g.sent) as f64 / g.sent as f64
+            } else {
+                1.0
+            };
+            // The rate actually offered: a descheduled generator sends less than asked.
+            trials.push((g.pps() as u64, loss));
+            if loss < ZERO_LOSS {
+                best = best.max(g.pps() as u64);
+                lo = rate;
+            } else {
+                hi = rate;
+            }
+        }
+        eprintln!(
+            "compare: {:<22} zero-loss rate at {flows} flows {size} B: {:.3} Mpps ({} trials)",
+            dut.name(),
+            best as f64 / 1e6,
+            trials.len()
+        );
+        Ok(ZeroLoss {
+            dut,
+            flows,
+            size,
+            rate: best,
+            trials,
+        })
+    }
+
+    fn all_points(&self, dut: Dut, task: &DutTask, res: &mut Results) {
+        if self.o.new_session_flows > 0 {
+            let r = self.new_sessions(dut, task).map_err(|e| (dut, e));
+            res.new_sessions.push(r);
+        }
         for &flows in &self.o.flows {
             for &size in &self.o.sizes {
-                let result = self.measure(dut, task, flows, size);
+                let result = if natgw_kernel::signal::signalled() {
+                    Err("interrupted".to_string())
+                } else {
+                    self.measure(dut, task, flows, size)
+                };
                 match &result {
                     Ok(m) => eprintln!(
-                        "compare: {:<22} {flows:>8} flows {size:>4} B: {:.3} Mpps at the sink (sent {:.3} Mpps, loss {:.2} %), DUT CPU {:.0} ns/packet",
+                        "compare: {:<22} {flows:>8} flows {size:>4} B: {:.3} Mpps at the sink (sent {:.3} Mpps, loss {:.2} %, {} lost in the sink's rings), DUT CPU {:.0} ns/packet",
                         dut.name(),
                         m.sink_pps / 1e6,
                         m.gen_pps / 1e6,
                         m.loss * 100.0,
+                        m.sink_dropped,
                         m.ns_per_packet()
                     ),
                     Err(e) => eprintln!("compare: {} {flows} flows {size} B: {e}", dut.name()),
                 }
+                let zl =
+                    self.o.zero_loss_flows == Some(flows) && self.o.sizes.first() == Some(&size);
+                if let (true, Ok(m)) = (zl, &result) {
+                    let z = self
+                        .zero_loss(dut, flows, size, m.gen_pps as u64)
+                        .map_err(|e| (dut, e));
+                    res.zero_loss.push(z);
+                }
+                let rows = &mut res.rows;
                 rows.push(Row {
                     dut,
                     flows,
@@ -529,8 +734,9 @@ impl Ctx<'_> {
         }
     }
 
-    fn skip_all(&self, dut: Dut, why: &str, rows: &mut Vec<Row>) {
+    fn skip_all(&self, dut: Dut, why: &str, res: &mut Results) {
         eprintln!("compare: {} skipped: {why}", dut.name());
+        let rows = &mut res.rows;
         for &flows in &self.o.flows {
             for &size in &self.o.sizes {
                 rows.push(Row {
@@ -543,7 +749,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn run_dut(&self, dut: Dut, rows: &mut Vec<Row>) {
+    fn run_dut(&self, dut: Dut, rows: &mut Results) {
         match dut {
             Dut::NatgwBusy | Dut::NatgwAdaptive | Dut::NatgwForward => {
                 let exe = self.o.natgw.to_string_lossy().into_owned();
@@ -588,7 +794,7 @@ impl Ctx<'_> {
         }
     }
 
-    fn run_forwarder(&self, rows: &mut Vec<Row>) -> Result<(), String> {
+    fn run_forwarder(&self, rows: &mut Results) -> Result<(), String> {
         let gw = self.topo.gw_ns().to_string();
         let router = self.topo.spec().addressing.router_outside;
         let mac = try_run_in_netns(&gw, || -> io::Result<[u8; 6]> {
@@ -686,6 +892,9 @@ fn host() -> String {
 /// Builds the topology, measures every DUT and returns the report (written to `out_dir`
 /// when given).
 pub fn run(o: &CompareOptions) -> Result<Report, String> {
+    // SIGINT/SIGTERM end the generator's phase and skip the remaining points, so that the
+    // topology and natgw are cleaned up.
+    natgw_kernel::signal::install_signal_handlers();
     for &f in &o.flows {
         flow_set(f)?;
     }
@@ -713,15 +922,15 @@ pub fn run(o: &CompareOptions) -> Result<Report, String> {
         ],
     );
     let ctx = Ctx { o, topo: &topo };
-    let mut rows = Vec::new();
+    let mut res = Results::default();
     for &d in &o.duts {
-        ctx.run_dut(d, &mut rows);
+        ctx.run_dut(d, &mut res);
     }
     let notes = vec![
         format!(
-            "cores: generator and sink threads on core {}, natgw's worker / the raw forwarder / the kernel's RPS target on core {}; \
+            "cores: generator thread on core {}, sink thread on core {}, natgw's worker / the raw forwarder / the kernel's RPS target on core {}; \
              the kernel without RPS forwards in the softirq of the core that sent (the generator's)",
-            o.gen_core, o.dut_core
+            o.gen_core, o.sink_core, o.dut_core
         ),
         "DUT CPU = the DUT's process (natgw) or thread (raw forwarder) utime+stime + softirq time of all cores from /proc/stat; \
          kernel DUTs: softirq time of all cores. Softirq time includes the bridge, router and sink-side veth work, the same for every DUT. \
@@ -729,10 +938,14 @@ pub fn run(o: &CompareOptions) -> Result<Report, String> {
             .to_string(),
         "throughput at the sink = bench frames at the sink / the generator's sending time, the generator flat out".to_string(),
     ];
+    let mut machine = machine;
+    machine.push(("loadavg_at_end", read("/proc/loadavg").trim().to_string()));
     let report = Report {
         machine,
         options: o.clone(),
-        rows,
+        rows: res.rows,
+        new_sessions: res.new_sessions,
+        zero_loss: res.zero_loss,
         notes,
     };
     drop(topo);
@@ -783,6 +996,7 @@ impl Report {
                         .u("received", x.received)
                         .f("sink_pps", x.sink_pps)
                         .f("loss", x.loss)
+                        .u("sink_dropped", x.sink_dropped)
                         .b("zero_copy", x.zero_copy)
                         .f("dut_ns_per_packet", x.ns_per_packet())
                         .o("cpu", x.cpu.json()),
@@ -790,10 +1004,56 @@ impl Report {
                 })
             })
             .collect();
+        let ns = self
+            .new_sessions
+            .iter()
+            .map(|r| {
+                Value::Obj(match r {
+                    Ok(n) => Obj::new()
+                        .s("dut", n.dut.name())
+                        .u("flows", n.flows)
+                        .u("sent", n.sent)
+                        .f("generator_pps", n.gen_pps)
+                        .u("sessions", n.sessions)
+                        .f("sessions_per_s", n.per_s)
+                        .o("cpu", n.cpu.json()),
+                    Err((d, e)) => Obj::new().s("dut", d.name()).s("skipped", e.clone()),
+                })
+            })
+            .collect();
+        let zl = self
+            .zero_loss
+            .iter()
+            .map(|r| {
+                Value::Obj(match r {
+                    Ok(z) => Obj::new()
+                        .s("dut", z.dut.name())
+                        .u("flows", z.flows)
+                        .u("frame_size", z.size as u64)
+                        .u("zero_loss_pps", z.rate)
+                        .v(
+                            "trials",
+                            Value::Arr(
+                                z.trials
+                                    .iter()
+                                    .map(|(r, l)| {
+                                        Value::Obj(Obj::new().u("offered_pps", *r).f("loss", *l))
+                                    })
+                                    .collect(),
+                            ),
+                        ),
+                    Err((d, e)) => Obj::new().s("dut", d.name()).s("skipped", e.clone()),
+                })
+            })
+            .collect();
         Obj::new()
             .o("machine", m)
+            .v("new_sessions", Value::Arr(ns))
+            .f("zero_loss_max_loss", ZERO_LOSS)
+            .v("zero_loss", Value::Arr(zl))
             .f("duration_s", self.options.duration.as_secs_f64())
             .u("generator_core", self.options.gen_core as u64)
+            .u("sink_core", self.options.sink_core as u64)
             .u("dut_core", self.options.dut_core as u64)
             .v(
                 "notes",
@@ -817,9 +1077,9 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| flows | bytes | DUT | Mpps at sink | offered Mpps | loss % | DUT CPU ns/pkt | Mpps / kernel | Mpps / raw | ns/pkt / kernel | ns/pkt / raw |"
+            "| flows | bytes | DUT | Mpps at sink | offered Mpps | loss % | sink ring drops | DUT CPU ns/pkt | Mpps / kernel | Mpps / raw | ns/pkt / kernel | ns/pkt / raw |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
         let ratio = |a: f64, b: Option<f64>| match b {
             Some(b) if b > 0.0 && a.is_finite() && b.is_finite() => format!("{:.2}", a / b),
             _ => "-".into(),
@@ -838,11 +1098,12 @@ impl Report {
                         Ok(m) => {
                             let _ = writeln!(
                                 s,
-                                "| {flows} | {size} | {} | {:.3} | {:.3} | {:.2} | {:.0} | {} | {} | {} | {} |",
+                                "| {flows} | {size} | {} | {:.3} | {:.3} | {:.2} | {} | {:.0} | {} | {} | {} | {} |",
                                 r.dut.name(),
                                 m.sink_pps / 1e6,
                                 m.gen_pps / 1e6,
                                 m.loss * 100.0,
+                                m.sink_dropped,
                                 m.ns_per_packet(),
                                 ratio(m.sink_pps, k.map(|x| x.sink_pps)),
                                 ratio(m.sink_pps, raw.map(|x| x.sink_pps)),
@@ -856,6 +1117,80 @@ impl Report {
                                 skipped.push(line);
                             }
                         }
+                    }
+                }
+            }
+        }
+        if !self.new_sessions.is_empty() {
+            let k = self.new_sessions.iter().find_map(|r| match r {
+                Ok(n) if n.dut == Dut::Kernel => Some(n.per_s),
+                _ => None,
+            });
+            let _ = writeln!(
+                s,
+                "\nNew sessions (every packet a new flow, each flow once, flat out):\n\n\
+                 | DUT | flows | offered /s | sessions through | sessions/s | / kernel | DUT CPU ns/session |\n\
+                 |---|---|---|---|---|---|---|"
+            );
+            for r in &self.new_sessions {
+                match r {
+                    Ok(n) => {
+                        let _ = writeln!(
+                            s,
+                            "| {} | {} | {:.0} | {} | {:.0} | {} | {:.0} |",
+                            n.dut.name(),
+                            n.flows,
+                            n.gen_pps,
+                            n.sessions,
+                            n.per_s,
+                            ratio(n.per_s, k),
+                            if n.sessions > 0 {
+                                n.cpu.dut() as f64 / n.sessions as f64
+                            } else {
+                                f64::NAN
+                            }
+                        );
+                    }
+                    Err((d, e)) => {
+                        let _ = writeln!(s, "| {} | not measured: {e} | | | | | |", d.name());
+                    }
+                }
+            }
+        }
+        if !self.zero_loss.is_empty() {
+            let k = self.zero_loss.iter().find_map(|r| match r {
+                Ok(z) if z.dut == Dut::Kernel => Some(z.rate as f64),
+                _ => None,
+            });
+            let _ = writeln!(
+                s,
+                "\nZero-loss rate (binary search, 7 trials of {:.1} s, loss < {} %):\n\n\
+                 | DUT | flows | bytes | zero-loss Mpps | / kernel | trials (offered Mpps: loss %) |\n\
+                 |---|---|---|---|---|---|",
+                self.options.trial.as_secs_f64(),
+                ZERO_LOSS * 100.0
+            );
+            for r in &self.zero_loss {
+                match r {
+                    Ok(z) => {
+                        let t: Vec<String> = z
+                            .trials
+                            .iter()
+                            .map(|(r, l)| format!("{:.3}: {:.2}", *r as f64 / 1e6, l * 100.0))
+                            .collect();
+                        let _ = writeln!(
+                            s,
+                            "| {} | {} | {} | {:.3} | {} | {} |",
+                            z.dut.name(),
+                            z.flows,
+                            z.size,
+                            z.rate as f64 / 1e6,
+                            ratio(z.rate as f64, k),
+                            t.join(", ")
+                        );
+                    }
+                    Err((d, e)) => {
+                        let _ = writeln!(s, "| {} | not measured: {e} | | | | |", d.name());
                     }
                 }
             }
