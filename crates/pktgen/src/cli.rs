@@ -66,6 +66,15 @@ pub struct CompareArgs {
     pub gen_core: Option<usize>,
     #[arg(long)]
     pub sink_core: Option<usize>,
+    /// natgw's sessions.capacity_per_core (default: room for every flow set of the run).
+    #[arg(long)]
+    pub capacity: Option<u64>,
+    /// Flows of the new-session test (0: not run).
+    #[arg(long)]
+    pub new_session_flows: Option<u64>,
+    /// Flow count of the zero-loss search (0: not run).
+    #[arg(long)]
+    pub zero_loss_flows: Option<u64>,
     #[arg(long)]
     pub dut_core: Option<usize>,
 }
@@ -103,6 +112,20 @@ impl CompareArgs {
         o.tag = self.tag.clone();
         if let Some(c) = self.gen_core {
             o.gen_core = c;
+        }
+        if self.capacity.is_some() {
+            o.capacity = self.capacity;
+        }
+        if let Some(n) = self.new_session_flows {
+            if !n.is_multiple_of(16) || n > 1 << 20 {
+                return Err(format!(
+                    "--new-session-flows {n}: a multiple of 16, at most 2^20"
+                ));
+            }
+            o.new_session_flows = n;
+        }
+        if let Some(n) = self.zero_loss_flows {
+            o.zero_loss_flows = (n > 0).then_some(n);
         }
         if let Some(c) = self.sink_core {
             o.sink_core = c;

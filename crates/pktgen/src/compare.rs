@@ -123,6 +123,9 @@ pub struct CompareOptions {
     pub zero_loss_flows: Option<u64>,
     /// Length of each zero-loss trial.
     pub trial: Duration,
+    /// natgw's `sessions.capacity_per_core` (`None`: room for every flow set of the run,
+    /// 1.25 x their sum as a power of two, at least 2^18).
+    pub capacity: Option<u64>,
 }
 
 impl CompareOptions {
@@ -143,6 +146,7 @@ impl CompareOptions {
             new_session_flows: 200_000,
             zero_loss_flows: Some(1024),
             trial: Duration::from_secs(1),
+            capacity: None,
         }
     }
 
@@ -218,6 +222,11 @@ pub struct Measured {
     pub sink_dropped: u64,
     pub cpu: Cpu,
     pub zero_copy: bool,
+    /// Frames the DUT itself dropped during the point (its warm-up included): natgw's
+    /// `drop_*` counters, the raw forwarder's tx-ring-full drops; `None` for the kernel.
+    pub dut_drops: Option<u64>,
+    /// natgw's `GET /stats` (or the forwarder's counters) at the end of the point.
+    pub dut_stats: Option<String>,
 }
 
 impl Measured {
@@ -420,12 +429,13 @@ struct Results {
 }
 
 impl Ctx<'_> {
-    fn natgw_config(&self, dut: Dut) -> String {
-        // Every flow set of the run may still be in the table: room for all of them.
-        let total: u64 = self.o.flows.iter().sum();
-        let cap = (total + total / 4)
-            .next_power_of_two()
-            .clamp(1 << 18, 1 << 26);
+    fn natgw_config(&self, dut: Dut, flows: u64) -> String {
+        // natgw starts afresh for each point: room for its flows.
+        let cap = self.o.capacity.unwrap_or_else(|| {
+            (flows + flows / 4)
+                .next_power_of_two()
+                .clamp(1 << 18, 1 << 26)
+        });
         let poll = if dut == Dut::NatgwAdaptive {
             "adaptive"
         } else {
@@ -519,13 +529,7 @@ impl Ctx<'_> {
         Ok((g, s, snap))
     }
 
-    fn measure(
-        &self,
-        dut: Dut,
-        task: &DutTask,
-        flows: u64,
-        size: usize,
-    ) -> Result<Measured, String> {
+    fn measure(&self, task: &DutTask, flows: u64, size: usize) -> Result<Measured, String> {
         // Preliminary phase: every flow twice, flat out (sessions / conntrack entries set
         // up before the measured phase, RFC 9693).
         let set = flow_set(flows)?;
@@ -551,7 +555,6 @@ impl Ctx<'_> {
         } else {
             0.0
         };
-        let _ = dut;
         Ok(Measured {
             sent: g.sent,
             gen_pps: g.pps(),
@@ -570,6 +573,8 @@ impl Ctx<'_> {
                 .sum(),
             cpu,
             zero_copy: g.zero_copy && s.zero_copy,
+            dut_drops: None,
+            dut_stats: None,
         })
     }
 
@@ -691,75 +696,35 @@ impl Ctx<'_> {
         })
     }
 
-    fn all_points(&self, dut: Dut, task: &DutTask, res: &mut Results) {
-        if self.o.new_session_flows > 0 {
-            let r = self.new_sessions(dut, task).map_err(|e| (dut, e));
-            res.new_sessions.push(r);
+    /// Sets up `dut` for a point of `flows` flows, runs `f` with where its CPU time is read,
+    /// and tears it down again: every point starts from a fresh DUT (natgw restarted, the
+    /// forwarder reopened, the kernel's rules reloaded), and the DUTs take turns point by
+    /// point, so that a machine whose load changes over the run (other work on a shared
+    /// box) hits every DUT alike instead of whichever ran during the busy minutes.
+    fn with_dut<T>(
+        &self,
+        dut: Dut,
+        flows: u64,
+        f: &mut dyn FnMut(&DutTask) -> Result<T, String>,
+    ) -> Result<(T, Option<String>), String> {
+        if natgw_kernel::signal::signalled() {
+            return Err("interrupted".into());
         }
-        for &flows in &self.o.flows {
-            for &size in &self.o.sizes {
-                let result = if natgw_kernel::signal::signalled() {
-                    Err("interrupted".to_string())
-                } else {
-                    self.measure(dut, task, flows, size)
-                };
-                match &result {
-                    Ok(m) => eprintln!(
-                        "compare: {:<22} {flows:>8} flows {size:>4} B: {:.3} Mpps at the sink (sent {:.3} Mpps, loss {:.2} %, {} lost in the sink's rings), DUT CPU {:.0} ns/packet",
-                        dut.name(),
-                        m.sink_pps / 1e6,
-                        m.gen_pps / 1e6,
-                        m.loss * 100.0,
-                        m.sink_dropped,
-                        m.ns_per_packet()
-                    ),
-                    Err(e) => eprintln!("compare: {} {flows} flows {size} B: {e}", dut.name()),
-                }
-                let zl =
-                    self.o.zero_loss_flows == Some(flows) && self.o.sizes.first() == Some(&size);
-                if let (true, Ok(m)) = (zl, &result) {
-                    let z = self
-                        .zero_loss(dut, flows, size, m.gen_pps as u64)
-                        .map_err(|e| (dut, e));
-                    res.zero_loss.push(z);
-                }
-                let rows = &mut res.rows;
-                rows.push(Row {
-                    dut,
-                    flows,
-                    size,
-                    result,
-                });
-            }
-        }
-    }
-
-    fn skip_all(&self, dut: Dut, why: &str, res: &mut Results) {
-        eprintln!("compare: {} skipped: {why}", dut.name());
-        let rows = &mut res.rows;
-        for &flows in &self.o.flows {
-            for &size in &self.o.sizes {
-                rows.push(Row {
-                    dut,
-                    flows,
-                    size,
-                    result: Err(why.to_string()),
-                });
-            }
-        }
-    }
-
-    fn run_dut(&self, dut: Dut, rows: &mut Results) {
         match dut {
             Dut::NatgwBusy | Dut::NatgwAdaptive | Dut::NatgwForward => {
                 let exe = self.o.natgw.to_string_lossy().into_owned();
-                let p = NatgwProcess::start(&exe, self.topo, &self.natgw_config(dut), dut.name());
-                self.all_points(dut, &DutTask::Process(p.pid()), rows);
+                let p = NatgwProcess::start(
+                    &exe,
+                    self.topo,
+                    &self.natgw_config(dut, flows),
+                    dut.name(),
+                );
+                let r = f(&DutTask::Process(p.pid()))?;
+                let stats = natgw_testbed::lab::api_get(self.topo.gw_ns(), "/stats")
+                    .map_err(|e| format!("GET /stats: {e}"))?;
+                Ok((r, Some(stats)))
             }
-            Dut::RawForwarder => match self.run_forwarder(rows) {
-                Ok(()) => {}
-                Err(e) => self.skip_all(dut, &format!("raw forwarder: {e}"), rows),
-            },
+            Dut::RawForwarder => self.with_forwarder(f),
             Dut::Kernel | Dut::KernelRps | Dut::KernelFlowtable => {
                 let t = self.topo;
                 let set_up = || -> io::Result<()> {
@@ -772,33 +737,35 @@ impl Ctx<'_> {
                     }
                     Ok(())
                 };
-                match set_up() {
-                    Ok(()) => self.all_points(dut, &DutTask::None, rows),
-                    Err(e) => self.skip_all(dut, &format!("setting up: {e}"), rows),
-                }
+                let r = match set_up() {
+                    Ok(()) => f(&DutTask::None),
+                    Err(e) => Err(format!(
+                        "setting up: {}",
+                        e.to_string().lines().next().unwrap_or("")
+                    )),
+                };
                 let _ = t.set_gateway_rps("0");
                 if let Err(e) = t.disable_kernel_nat() {
                     eprintln!("compare: disabling the kernel NAT: {e}");
                 }
-                // Conntrack entries of this DUT must not help the next one.
-                let _ = t.exec(t.gw_ns(), &["conntrack", "-F"]);
+                r.map(|r| (r, None))
             }
-            Dut::Testpmd => {
-                let why = if on_path("dpdk-testpmd") {
-                    "dpdk-testpmd is installed but its net_af_xdp run is not implemented yet"
-                } else {
-                    "dpdk-testpmd is not installed (Debian's dpdk package; not installed in CI)"
-                };
-                self.skip_all(dut, why, rows);
-            }
+            Dut::Testpmd => Err(if on_path("dpdk-testpmd") {
+                "dpdk-testpmd is installed but its net_af_xdp run is not implemented yet".into()
+            } else {
+                "dpdk-testpmd is not installed (Debian's dpdk package; not installed in CI)".into()
+            }),
         }
     }
 
-    fn run_forwarder(&self, rows: &mut Results) -> Result<(), String> {
+    fn with_forwarder<T>(
+        &self,
+        f: &mut dyn FnMut(&DutTask) -> Result<T, String>,
+    ) -> Result<(T, Option<String>), String> {
         let gw = self.topo.gw_ns().to_string();
         let router = self.topo.spec().addressing.router_outside;
         let mac = try_run_in_netns(&gw, || -> io::Result<[u8; 6]> {
-            let l = natgw_testbed_link(GW_OUTSIDE_IF)?;
+            let l = natgw_kernel::netlink::link_by_name(GW_OUTSIDE_IF)?.ifindex;
             port::resolve_mac(l, router, Duration::from_secs(3))
         })
         .map_err(|e| e.to_string())?
@@ -830,28 +797,118 @@ impl Ctx<'_> {
             std::thread::sleep(Duration::from_millis(10));
         }
         let t = tid.load(Ordering::Acquire);
-        if t != 0 {
-            self.all_points(Dut::RawForwarder, &DutTask::Thread(t), rows);
-        }
+        let r = if t != 0 {
+            Some(f(&DutTask::Thread(t)))
+        } else {
+            None
+        };
         stop.store(true, Ordering::Release);
-        let r = h
+        let rep = h
             .join()
             .map_err(|_| "forwarder thread panicked".to_string())?
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        eprintln!(
-            "compare: raw forwarder: {} received, {} forwarded, {} tx full, zero-copy {}, XDP {}",
-            r.received, r.forwarded, r.tx_full, r.zero_copy, r.xdp_mode
+            .map_err(|e| format!("raw forwarder: {e}"))?;
+        let stats = format!(
+            "{{\"received\":{},\"forwarded\":{},\"drop_tx_full\":{},\"drop_bad_desc\":{},\"zero_copy\":{},\"xdp_mode\":\"{}\"}}",
+            rep.received, rep.forwarded, rep.tx_full, rep.bad_desc, rep.zero_copy, rep.xdp_mode
         );
-        if t == 0 {
-            return Err("the forwarder did not start within 5 s".into());
+        match r {
+            Some(r) => Ok((r?, Some(stats))),
+            None => Err("the forwarder did not start within 5 s".into()),
         }
-        Ok(())
+    }
+
+    fn log_point(&self, dut: Dut, flows: u64, size: usize, r: &Result<Measured, String>) {
+        match r {
+            Ok(m) => eprintln!(
+                "compare: {:<22} {flows:>8} flows {size:>4} B: {:.3} Mpps at the sink (sent {:.3} Mpps, loss {:.2} %, {} lost in the sink's rings, DUT drops {}), DUT CPU {:.0} ns/packet",
+                dut.name(),
+                m.sink_pps / 1e6,
+                m.gen_pps / 1e6,
+                m.loss * 100.0,
+                m.sink_dropped,
+                m.dut_drops.map_or("-".into(), |d| d.to_string()),
+                m.ns_per_packet()
+            ),
+            Err(e) => eprintln!("compare: {} {flows} flows {size} B: {e}", dut.name()),
+        }
+    }
+
+    /// Every point, each DUT in turn: the new-session test, then every (flows, size), the
+    /// zero-loss search right after its throughput point (on the same DUT instance, whose
+    /// sessions are then set up).
+    fn run_all(&self, res: &mut Results) {
+        if self.o.new_session_flows > 0 {
+            for &dut in &self.o.duts {
+                let r = self
+                    .with_dut(dut, self.o.new_session_flows, &mut |t| {
+                        self.new_sessions(dut, t)
+                    })
+                    .map(|(n, _)| n)
+                    .map_err(|e| (dut, e));
+                if let Err((_, e)) = &r {
+                    eprintln!("compare: {} new sessions: {e}", dut.name());
+                }
+                res.new_sessions.push(r);
+            }
+        }
+        for &flows in &self.o.flows {
+            for &size in &self.o.sizes {
+                let zl =
+                    self.o.zero_loss_flows == Some(flows) && self.o.sizes.first() == Some(&size);
+                for &dut in &self.o.duts {
+                    let mut z = None;
+                    let r = self
+                        .with_dut(dut, flows, &mut |t| {
+                            let m = self.measure(t, flows, size)?;
+                            if zl {
+                                z = Some(
+                                    self.zero_loss(dut, flows, size, m.gen_pps as u64)
+                                        .map_err(|e| (dut, e)),
+                                );
+                            }
+                            Ok(m)
+                        })
+                        .map(|(mut m, stats)| {
+                            m.dut_drops = stats.as_deref().map(sum_drops);
+                            m.dut_stats = stats;
+                            m
+                        });
+                    self.log_point(dut, flows, size, &r);
+                    if zl {
+                        res.zero_loss.push(z.unwrap_or_else(|| {
+                            Err((dut, r.as_ref().err().cloned().unwrap_or_default()))
+                        }));
+                    }
+                    res.rows.push(Row {
+                        dut,
+                        flows,
+                        size,
+                        result: r,
+                    });
+                }
+            }
+        }
     }
 }
 
-fn natgw_testbed_link(name: &str) -> io::Result<u32> {
-    Ok(natgw_kernel::netlink::link_by_name(name)?.ifindex)
+/// The sum of every top-level `"drop_*": N` of a stats JSON (natgw's /stats, the
+/// forwarder's counters): frames the DUT itself dropped, by any reason.
+fn sum_drops(stats: &str) -> u64 {
+    let mut total = 0;
+    let mut rest = stats;
+    while let Some(i) = rest.find("\"drop_") {
+        rest = &rest[i + 1..];
+        let Some(colon) = rest.find(':') else { break };
+        let num: String = rest[colon + 1..]
+            .trim_start()
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect();
+        total += num.parse::<u64>().unwrap_or(0);
+        rest = &rest[colon + 1..];
+    }
+    total
 }
 
 fn on_path(cmd: &str) -> bool {
@@ -923,9 +980,7 @@ pub fn run(o: &CompareOptions) -> Result<Report, String> {
     );
     let ctx = Ctx { o, topo: &topo };
     let mut res = Results::default();
-    for &d in &o.duts {
-        ctx.run_dut(d, &mut res);
-    }
+    ctx.run_all(&mut res);
     let notes = vec![
         format!(
             "cores: generator thread on core {}, sink thread on core {}, natgw's worker / the raw forwarder / the kernel's RPS target on core {}; \
@@ -999,6 +1054,8 @@ impl Report {
                         .u("sink_dropped", x.sink_dropped)
                         .b("zero_copy", x.zero_copy)
                         .f("dut_ns_per_packet", x.ns_per_packet())
+                        .v("dut_drops", x.dut_drops.map_or(Value::Null, Value::U))
+                        .s("dut_stats", x.dut_stats.clone().unwrap_or_default())
                         .o("cpu", x.cpu.json()),
                     Err(e) => o.s("skipped", e.clone()),
                 })
@@ -1077,9 +1134,9 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "| flows | bytes | DUT | Mpps at sink | offered Mpps | loss % | sink ring drops | DUT CPU ns/pkt | Mpps / kernel | Mpps / raw | ns/pkt / kernel | ns/pkt / raw |"
+            "| flows | bytes | DUT | Mpps at sink | offered Mpps | loss % | sink ring drops | DUT drops | DUT CPU ns/pkt | Mpps / kernel | Mpps / raw | ns/pkt / kernel | ns/pkt / raw |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
         let ratio = |a: f64, b: Option<f64>| match b {
             Some(b) if b > 0.0 && a.is_finite() && b.is_finite() => format!("{:.2}", a / b),
             _ => "-".into(),
@@ -1098,12 +1155,13 @@ impl Report {
                         Ok(m) => {
                             let _ = writeln!(
                                 s,
-                                "| {flows} | {size} | {} | {:.3} | {:.3} | {:.2} | {} | {:.0} | {} | {} | {} | {} |",
+                                "| {flows} | {size} | {} | {:.3} | {:.3} | {:.2} | {} | {} | {:.0} | {} | {} | {} | {} |",
                                 r.dut.name(),
                                 m.sink_pps / 1e6,
                                 m.gen_pps / 1e6,
                                 m.loss * 100.0,
                                 m.sink_dropped,
+                                m.dut_drops.map_or("-".into(), |d| d.to_string()),
                                 m.ns_per_packet(),
                                 ratio(m.sink_pps, k.map(|x| x.sink_pps)),
                                 ratio(m.sink_pps, raw.map(|x| x.sink_pps)),
@@ -1232,6 +1290,13 @@ mod tests {
         assert!(flow_set(1000).is_err(), "not a multiple of 16");
         assert!(flow_set(1 << 22).is_err(), "hosts leave the /14");
         assert!(spec("cmu").validate().is_ok());
+    }
+
+    #[test]
+    fn drops_are_summed_from_stats() {
+        let s = r#"{"rx_frames":10,"drop_tx_full":37102,"drop_no_route": 5,"workers":[{"x":1}]}"#;
+        assert_eq!(sum_drops(s), 37107);
+        assert_eq!(sum_drops("{}"), 0);
     }
 
     #[test]
