@@ -739,10 +739,19 @@ impl Ctx<'_> {
                 };
                 let r = match set_up() {
                     Ok(()) => f(&DutTask::None),
-                    Err(e) => Err(format!(
-                        "setting up: {}",
-                        e.to_string().lines().next().unwrap_or("")
-                    )),
+                    Err(e) => {
+                        let e = e.to_string();
+                        let first = e.lines().next().unwrap_or("");
+                        Err(
+                            if dut == Dut::KernelFlowtable && e.contains("No such file") {
+                                format!(
+                                    "this kernel has no nftables flowtables (nf_flow_table): {first}"
+                                )
+                            } else {
+                                format!("setting up: {first}")
+                            },
+                        )
+                    }
                 };
                 let _ = t.set_gateway_rps("0");
                 if let Err(e) = t.disable_kernel_nat() {
