@@ -418,7 +418,48 @@ mod tests {
             .collect();
         match Cli::try_parse_from(v).map_err(|e| e.to_string())?.cmd {
             Cmd::Gen(g) => g.config(),
-            Cmd::Sink(_) | Cmd::Compare(_) => unreachable!(),
+            _ => unreachable!(),
+        }
+    }
+
+    fn parse_compare(args: &str) -> Result<crate::compare::CompareOptions, String> {
+        let v: Vec<&str> = ["natgw-bench", "compare"]
+            .into_iter()
+            .chain(args.split_whitespace())
+            .collect();
+        match Cli::try_parse_from(v).map_err(|e| e.to_string())?.cmd {
+            Cmd::Compare(c) => c.options(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn compare_options() {
+        use crate::compare::Dut;
+        let o = parse_compare("--smoke").unwrap();
+        assert_eq!(o.duts, vec![Dut::NatgwBusy, Dut::Kernel, Dut::RawForwarder]);
+        assert_eq!(
+            (o.flows.clone(), o.sizes.clone()),
+            (vec![1, 1024], vec![64])
+        );
+        assert!(o.out_dir.is_none() && o.new_session_flows == 0 && o.zero_loss_flows.is_none());
+        let o = parse_compare(
+            "--duts natgw-adaptive,kernel-masquerade-rps --flows 1,16 --sizes 1500 \
+             --duration 0.5 --out /tmp/x --zero-loss-flows 0 --capacity 4096",
+        )
+        .unwrap();
+        assert_eq!(o.duts, vec![Dut::NatgwAdaptive, Dut::KernelRps]);
+        assert_eq!(o.duration, Duration::from_millis(500));
+        assert_eq!(o.zero_loss_flows, None);
+        assert_eq!(o.capacity, Some(4096));
+        assert_eq!(o.new_session_flows, 200_000, "the full run's default");
+        for (args, want) in [
+            ("--duts natgw", "--duts"),
+            ("--duration 0", "--duration"),
+            ("--new-session-flows 1000", "--new-session-flows"),
+        ] {
+            let e = parse_compare(args).unwrap_err();
+            assert!(e.contains(want), "{args}: {e}");
         }
     }
 

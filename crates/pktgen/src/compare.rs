@@ -12,8 +12,10 @@
 //! - raw forwarder: its thread's utime+stime (`/proc/self/task/<tid>/stat`);
 //! - this process (generator + sink threads, forwarder excluded).
 //!
-//! A DUT's cost ("DUT CPU") is its own process/thread time plus the softirq time of all
-//! cores; for the kernel DUTs (no process of their own) the softirq time of all cores.
+//! A DUT's cost ("DUT CPU") is its own process/thread time plus the softirq time of the
+//! other cores (the softirq on its own core runs in its context, in its stime already: this
+//! kernel accounts by tick, charging such a tick to both); for the kernel DUTs (no process
+//! of their own) the softirq time of all cores.
 //! The softirq time also holds the kernel's work for the rest of the path (the switch's
 //! bridge, the router's forwarding, the veth receive of the sink), the same for every DUT,
 //! so differences between DUTs are the DUTs' own; the raw numbers are all in the JSON.
@@ -175,6 +177,8 @@ pub struct Cpu {
     pub irq: u64,
     pub steal: u64,
     pub idle: u64,
+    /// Softirq time of the DUT's core (part of `softirq`).
+    pub dut_core_softirq: u64,
     /// The DUT's own process or thread (utime+stime), 0 for the kernel DUTs.
     pub dut_process: u64,
     /// This process (generator and sink threads; the forwarder's thread subtracted).
@@ -182,9 +186,16 @@ pub struct Cpu {
 }
 
 impl Cpu {
-    /// What the module doc calls "DUT CPU".
+    /// What the module doc calls "DUT CPU". Without IRQ time accounting a softirq tick
+    /// that lands in a task is charged both to the task's stime and to the core's softirq:
+    /// for a DUT with a process of its own (which spins on its core, so the softirq there
+    /// runs in its context) the DUT core's softirq is in its stime already.
     pub fn dut(&self) -> u64 {
-        self.dut_process + self.softirq
+        if self.dut_process > 0 {
+            self.dut_process + self.softirq.saturating_sub(self.dut_core_softirq)
+        } else {
+            self.softirq
+        }
     }
 
     fn json(&self) -> Obj {
@@ -194,6 +205,7 @@ impl Cpu {
             .u("softirq_ns", self.softirq)
             .u("irq_ns", self.irq)
             .u("steal_ns", self.steal)
+            .u("dut_core_softirq_ns", self.dut_core_softirq)
             .u("idle_ns", self.idle)
             .u("dut_process_ns", self.dut_process)
             .u("bench_process_ns", self.bench_process)
@@ -291,11 +303,15 @@ fn clk_tck_ns() -> u64 {
     1_000_000_000 / if t > 0 { t as u64 } else { 100 }
 }
 
-/// The `cpu` line of /proc/stat (all cores): user+nice, system, idle+iowait, irq, softirq,
-/// steal, in ns.
-fn proc_stat() -> [u64; 6] {
+/// The `cpu` line of /proc/stat (all cores, `core` None) or `cpu<core>`'s: user+nice,
+/// system, idle+iowait, irq, softirq, steal, in ns.
+fn proc_stat(core: Option<usize>) -> [u64; 6] {
     let s = read("/proc/stat");
-    let line = s.lines().find(|l| l.starts_with("cpu ")).unwrap_or("");
+    let want = match core {
+        None => "cpu ".to_string(),
+        Some(c) => format!("cpu{c} "),
+    };
+    let line = s.lines().find(|l| l.starts_with(&want)).unwrap_or("");
     let v: Vec<u64> = line
         .split_whitespace()
         .skip(1)
@@ -337,18 +353,21 @@ enum DutTask {
 #[derive(Clone, Copy)]
 struct Snap {
     stat: [u64; 6],
+    /// Softirq time of the DUT's core.
+    dut_core_softirq: u64,
     dut: u64,
     me: u64,
 }
 
-fn snap(t: &DutTask) -> Snap {
+fn snap(t: &DutTask, dut_core: usize) -> Snap {
     let dut = match t {
         DutTask::None => 0,
         DutTask::Process(p) => task_cpu(&p.to_string()),
         DutTask::Thread(tid) => task_cpu(&format!("self/task/{tid}")),
     };
     Snap {
-        stat: proc_stat(),
+        stat: proc_stat(None),
+        dut_core_softirq: proc_stat(Some(dut_core))[4],
         dut,
         me: task_cpu("self"),
     }
@@ -357,6 +376,7 @@ fn snap(t: &DutTask) -> Snap {
 fn cpu_between(a: Snap, b: Snap, t: &DutTask) -> Cpu {
     let d = |i: usize| b.stat[i].saturating_sub(a.stat[i]);
     let dut = b.dut.saturating_sub(a.dut);
+    let dut_core_softirq = b.dut_core_softirq.saturating_sub(a.dut_core_softirq);
     let me = b.me.saturating_sub(a.me);
     Cpu {
         user: d(0),
@@ -365,6 +385,7 @@ fn cpu_between(a: Snap, b: Snap, t: &DutTask) -> Cpu {
         irq: d(3),
         softirq: d(4),
         steal: d(5),
+        dut_core_softirq,
         dut_process: dut,
         bench_process: if matches!(t, DutTask::Thread(_)) {
             me.saturating_sub(dut)
@@ -543,11 +564,11 @@ impl Ctx<'_> {
         let (wg, ws, ()) = self.phase(&warm, &self.sink(flows, Duration::from_secs(30)), || ())?;
         let _ = (wg, ws);
         let g = self.gen_cfg(set, 0, size, Some(self.o.duration), None);
-        let before = snap(task);
+        let before = snap(task, self.o.dut_core);
         let (g, s, after) = self.phase(
             &g,
             &self.sink(flows, self.o.duration * 3 + Duration::from_secs(5)),
-            || snap(task),
+            || snap(task, self.o.dut_core),
         )?;
         let cpu = cpu_between(before, after, task);
         let loss = if g.sent > 0 {
@@ -594,10 +615,10 @@ impl Ctx<'_> {
             Some(Duration::from_secs(30)),
             Some(set.count()),
         );
-        let before = snap(task);
+        let before = snap(task, self.o.dut_core);
         let (g, s, after) =
             self.phase(&g, &self.sink(set.count(), Duration::from_secs(40)), || {
-                snap(task)
+                snap(task, self.o.dut_core)
             })?;
         let cpu = cpu_between(before, after, task);
         let per_s = if g.elapsed_s > 0.0 {
@@ -996,8 +1017,8 @@ pub fn run(o: &CompareOptions) -> Result<Report, String> {
              the kernel without RPS forwards in the softirq of the core that sent (the generator's)",
             o.gen_core, o.sink_core, o.dut_core
         ),
-        "DUT CPU = the DUT's process (natgw) or thread (raw forwarder) utime+stime + softirq time of all cores from /proc/stat; \
-         kernel DUTs: softirq time of all cores. Softirq time includes the bridge, router and sink-side veth work, the same for every DUT. \
+        "DUT CPU = the DUT's process (natgw) or thread (raw forwarder) utime+stime + softirq time of the other cores from /proc/stat \
+         (softirq on the DUT's core runs in its context and is in its stime already); kernel DUTs: softirq time of all cores. Softirq time includes the bridge, router and sink-side veth work, the same for every DUT. \
          Tick-sampled (no IRQ time accounting): +-10 ms per core and phase."
             .to_string(),
         "throughput at the sink = bench frames at the sink / the generator's sending time, the generator flat out".to_string(),
@@ -1326,7 +1347,7 @@ mod tests {
         }
         assert!(x > 0);
         assert!(task_cpu("self") > 0);
-        let s = proc_stat();
+        let s = proc_stat(None);
         assert!(s.iter().sum::<u64>() > 0);
     }
 }
