@@ -30,6 +30,111 @@ pub enum Cmd {
     Gen(GenArgs),
     /// Count, check and time what arrives; optionally reflect it back.
     Sink(SinkArgs),
+    /// natgw beside the kernel's NAT and a raw AF_XDP forwarder on a namespace topology:
+    /// Mpps at the sink and CPU per packet, one run (bench/README.md, "The comparison").
+    Compare(CompareArgs),
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CompareArgs {
+    /// The natgw binary.
+    #[arg(long, default_value = "target/release/natgw")]
+    pub natgw: std::path::PathBuf,
+    /// A few hundred ms per DUT: natgw busy, kernel masquerade, raw forwarder; 1 and 1k
+    /// flows; 64 bytes; nothing written unless --out is given.
+    #[arg(long)]
+    pub smoke: bool,
+    /// DUTs, comma-separated (default: all; see `compare::ALL_DUTS` names).
+    #[arg(long, value_delimiter = ',')]
+    pub duts: Vec<String>,
+    /// Flow counts, comma-separated (multiples of 16, or fewer than 16).
+    #[arg(long, value_delimiter = ',')]
+    pub flows: Vec<u64>,
+    /// Frame sizes in bytes as the generator's --size, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    pub sizes: Vec<usize>,
+    /// Seconds of each measured phase (fractions allowed).
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Directory for <date>-<host>.json and .md.
+    #[arg(long)]
+    pub out: Option<std::path::PathBuf>,
+    /// Topology tag (namespaces ngw-<tag>-...).
+    #[arg(long, default_value = "cm")]
+    pub tag: String,
+    #[arg(long)]
+    pub gen_core: Option<usize>,
+    #[arg(long)]
+    pub sink_core: Option<usize>,
+    /// natgw's sessions.capacity_per_core (default: room for every flow set of the run).
+    #[arg(long)]
+    pub capacity: Option<u64>,
+    /// Flows of the new-session test (0: not run).
+    #[arg(long)]
+    pub new_session_flows: Option<u64>,
+    /// Flow count of the zero-loss search (0: not run).
+    #[arg(long)]
+    pub zero_loss_flows: Option<u64>,
+    #[arg(long)]
+    pub dut_core: Option<usize>,
+}
+
+impl CompareArgs {
+    pub fn options(&self) -> Result<crate::compare::CompareOptions, String> {
+        use crate::compare::CompareOptions;
+        let mut o = if self.smoke {
+            CompareOptions::smoke(self.natgw.clone())
+        } else {
+            CompareOptions::full(self.natgw.clone())
+        };
+        if !self.duts.is_empty() {
+            o.duts = self
+                .duts
+                .iter()
+                .map(|d| d.parse().map_err(|e| format!("--duts: {e}")))
+                .collect::<Result<_, String>>()?;
+        }
+        if !self.flows.is_empty() {
+            o.flows = self.flows.clone();
+        }
+        if !self.sizes.is_empty() {
+            o.sizes = self.sizes.clone();
+        }
+        if let Some(d) = self.duration {
+            if !(d > 0.0 && d <= 600.0) {
+                return Err(format!("--duration {d}: 0-600 s"));
+            }
+            o.duration = Duration::from_secs_f64(d);
+        }
+        if self.out.is_some() {
+            o.out_dir = self.out.clone();
+        }
+        o.tag = self.tag.clone();
+        if let Some(c) = self.gen_core {
+            o.gen_core = c;
+        }
+        if self.capacity.is_some() {
+            o.capacity = self.capacity;
+        }
+        if let Some(n) = self.new_session_flows {
+            if !n.is_multiple_of(16) || n > 1 << 20 {
+                return Err(format!(
+                    "--new-session-flows {n}: a multiple of 16, at most 2^20"
+                ));
+            }
+            o.new_session_flows = n;
+        }
+        if let Some(n) = self.zero_loss_flows {
+            o.zero_loss_flows = (n > 0).then_some(n);
+        }
+        if let Some(c) = self.sink_core {
+            o.sink_core = c;
+        }
+        if let Some(c) = self.dut_core {
+            o.dut_core = c;
+        }
+        Ok(o)
+    }
 }
 
 #[derive(Args, Debug, Clone)]
@@ -293,6 +398,12 @@ pub fn run(cli: Cli) -> io::Result<()> {
             eprintln!("{}", r.human());
             write_json(&a.port.json, &r.json().render())
         }
+        Cmd::Compare(a) => {
+            let o = a.options().map_err(invalid)?;
+            let r = crate::compare::run(&o).map_err(io::Error::other)?;
+            println!("{}", r.markdown());
+            Ok(())
+        }
     }
 }
 
@@ -307,7 +418,48 @@ mod tests {
             .collect();
         match Cli::try_parse_from(v).map_err(|e| e.to_string())?.cmd {
             Cmd::Gen(g) => g.config(),
-            Cmd::Sink(_) => unreachable!(),
+            _ => unreachable!(),
+        }
+    }
+
+    fn parse_compare(args: &str) -> Result<crate::compare::CompareOptions, String> {
+        let v: Vec<&str> = ["natgw-bench", "compare"]
+            .into_iter()
+            .chain(args.split_whitespace())
+            .collect();
+        match Cli::try_parse_from(v).map_err(|e| e.to_string())?.cmd {
+            Cmd::Compare(c) => c.options(),
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn compare_options() {
+        use crate::compare::Dut;
+        let o = parse_compare("--smoke").unwrap();
+        assert_eq!(o.duts, vec![Dut::NatgwBusy, Dut::Kernel, Dut::RawForwarder]);
+        assert_eq!(
+            (o.flows.clone(), o.sizes.clone()),
+            (vec![1, 1024], vec![64])
+        );
+        assert!(o.out_dir.is_none() && o.new_session_flows == 0 && o.zero_loss_flows.is_none());
+        let o = parse_compare(
+            "--duts natgw-adaptive,kernel-masquerade-rps --flows 1,16 --sizes 1500 \
+             --duration 0.5 --out /tmp/x --zero-loss-flows 0 --capacity 4096",
+        )
+        .unwrap();
+        assert_eq!(o.duts, vec![Dut::NatgwAdaptive, Dut::KernelRps]);
+        assert_eq!(o.duration, Duration::from_millis(500));
+        assert_eq!(o.zero_loss_flows, None);
+        assert_eq!(o.capacity, Some(4096));
+        assert_eq!(o.new_session_flows, 200_000, "the full run's default");
+        for (args, want) in [
+            ("--duts natgw", "--duts"),
+            ("--duration 0", "--duration"),
+            ("--new-session-flows 1000", "--new-session-flows"),
+        ] {
+            let e = parse_compare(args).unwrap_err();
+            assert!(e.contains(want), "{args}: {e}");
         }
     }
 

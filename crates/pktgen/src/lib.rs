@@ -10,10 +10,13 @@
 //! `frame.rs` builds the templates and parses/reflects frames, `flows.rs` maps flow ids to
 //! source addresses and ports, `pace.rs` paces by the clock, `track.rs` does the sequence
 //! accounting, `latency.rs` the histogram, `port.rs` the AF_XDP sockets, `generator.rs` and
-//! `sink.rs` the two tools, `json.rs` their reports, `cli.rs` the command line.
+//! `sink.rs` the two tools, `json.rs` their reports, `cli.rs` the command line; `forwarder.rs` is the raw AF_XDP
+//! forwarder and `compare.rs` the side-by-side comparison (`natgw-bench compare`).
 
 pub mod cli;
+pub mod compare;
 pub mod flows;
+pub mod forwarder;
 pub mod frame;
 pub mod generator;
 pub mod json;
