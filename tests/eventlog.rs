@@ -244,7 +244,10 @@ fn mappings_are_logged_to_file_and_syslog_and_a_stalled_logger_only_loses_record
         let (line, msg) = find(&syslog, &mut seen, &file, &e, Duration::from_secs(5));
         // RFC 3339 with milliseconds, UTC.
         let t = field(&line, "time").unwrap();
-        assert!(t.len() == 24 && t.ends_with('Z') && &t[19..20] == ".", "{line}");
+        assert!(
+            t.len() == 24 && t.ends_with('Z') && &t[19..20] == ".",
+            "{line}"
+        );
         assert_eq!(msg.split(' ').nth(1), Some(t), "{msg}");
     }
 
@@ -257,10 +260,28 @@ fn mappings_are_logged_to_file_and_syslog_and_a_stalled_logger_only_loses_record
         inside: SocketAddrV4::new(host.addr, id),
         external: None,
     };
-    find(&syslog, &mut seen, &file, &icmp("APMADD"), Duration::from_secs(5));
+    find(
+        &syslog,
+        &mut seen,
+        &file,
+        &icmp("APMADD"),
+        Duration::from_secs(5),
+    );
     let t0 = Instant::now();
-    find(&syslog, &mut seen, &file, &icmp("SDEL"), Duration::from_secs(90));
-    find(&syslog, &mut seen, &file, &icmp("APMDEL"), Duration::from_secs(5));
+    find(
+        &syslog,
+        &mut seen,
+        &file,
+        &icmp("SDEL"),
+        Duration::from_secs(90),
+    );
+    find(
+        &syslog,
+        &mut seen,
+        &file,
+        &icmp("APMDEL"),
+        Duration::from_secs(5),
+    );
     assert!(
         t0.elapsed() >= Duration::from_secs(50),
         "the ICMP mapping was deleted before its timeout ({:?})",

@@ -76,7 +76,11 @@ fn masks(cfg: &Config, rules: &Rules) -> Vec<u8> {
             let l = r.log;
             (if l.mappings { mask::MAPPINGS } else { 0 })
                 | (if l.sessions { mask::SESSIONS } else { 0 })
-                | (if l.destinations { mask::DESTINATIONS } else { 0 })
+                | (if l.destinations {
+                    mask::DESTINATIONS
+                } else {
+                    0
+                })
                 | (if l.exhaustion { mask::EXHAUSTION } else { 0 })
         })
         .collect()
@@ -140,15 +144,16 @@ struct Out {
 }
 
 fn open(e: &EventLog) -> Out {
-    let file = e.file.as_ref().and_then(|p| {
-        match OpenOptions::new().create(true).append(true).open(p) {
-            Ok(f) => Some(BufWriter::with_capacity(64 * 1024, f)),
-            Err(err) => {
-                eprintln!("natgw: eventlog: {}: {err}", p.display());
-                None
-            }
-        }
-    });
+    let file =
+        e.file.as_ref().and_then(
+            |p| match OpenOptions::new().create(true).append(true).open(p) {
+                Ok(f) => Some(BufWriter::with_capacity(64 * 1024, f)),
+                Err(err) => {
+                    eprintln!("natgw: eventlog: {}: {err}", p.display());
+                    None
+                }
+            },
+        );
     let syslog = e.syslog.as_ref().and_then(|p| {
         let s = UnixDatagram::unbound().ok()?;
         s.set_write_timeout(Some(SYSLOG_TIMEOUT)).ok()?;
@@ -218,7 +223,11 @@ fn run(sh: &Shared) {
                 if want_syslog {
                     line.clear();
                     syslog(&mut line, &r, t, realm, &host, pid);
-                    match out.syslog.as_ref().map(|(s, p)| s.send_to(line.as_bytes(), p)) {
+                    match out
+                        .syslog
+                        .as_ref()
+                        .map(|(s, p)| s.send_to(line.as_bytes(), p))
+                    {
                         Some(Ok(_)) => {
                             STATS.records[SYSLOG].fetch_add(1, Relaxed);
                         }

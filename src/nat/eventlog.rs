@@ -138,7 +138,9 @@ impl Sink {
 
     #[inline(always)]
     fn mask(&self, realm: u16) -> u8 {
-        self.masks.get(usize::from(realm)).map_or(0, |m| m.load(Relaxed))
+        self.masks
+            .get(usize::from(realm))
+            .map_or(0, |m| m.load(Relaxed))
     }
 
     #[inline(always)]
@@ -149,7 +151,31 @@ impl Sink {
         }
     }
 
-    /// Hook: a dynamic mapping was created or is being removed.
+    /// Hook: a dynamic mapping was created.
+    #[inline(always)]
+    pub fn mapping_add(&self, m: &MappingSlot) {
+        self.mapping(Kind::MappingAdd, m)
+    }
+
+    /// Hook: a dynamic mapping is being removed.
+    #[inline(always)]
+    pub fn mapping_del(&self, m: &MappingSlot) {
+        self.mapping(Kind::MappingDel, m)
+    }
+
+    /// Hook: a session was created.
+    #[inline(always)]
+    pub fn session_add(&self, s: &Session) {
+        self.session(Kind::SessionAdd, s)
+    }
+
+    /// Hook: a session is being removed.
+    #[inline(always)]
+    pub fn session_del(&self, s: &Session) {
+        self.session(Kind::SessionDel, s)
+    }
+
+    /// A dynamic mapping was created or is being removed.
     #[inline(always)]
     pub fn mapping(&self, kind: Kind, m: &MappingSlot) {
         if self.on.load(Relaxed) {
@@ -175,7 +201,7 @@ impl Sink {
         });
     }
 
-    /// Hook: a session was created or is being removed.
+    /// A session was created or is being removed.
     #[inline(always)]
     pub fn session(&self, kind: Kind, s: &Session) {
         if self.on.load(Relaxed) {
@@ -277,7 +303,11 @@ mod tests {
         let s = Sink::default();
         s.mapping(Kind::MappingAdd, &slot());
         assert_eq!(s.pop(), None);
-        assert_eq!(s.lost.get(), 0, "logging off loses nothing: it records nothing");
+        assert_eq!(
+            s.lost.get(),
+            0,
+            "logging off loses nothing: it records nothing"
+        );
         let mut masks = vec![0u8; 4];
         masks[2] = mask::MAPPINGS;
         s.configure(4, &masks);
@@ -288,7 +318,9 @@ mod tests {
         s.mapping(Kind::MappingAdd, &slot());
         let r = s.pop().unwrap();
         assert_eq!(
-            (r.kind, r.in_addr, r.in_port, r.ext_addr, r.ext_port, r.proto),
+            (
+                r.kind, r.in_addr, r.in_port, r.ext_addr, r.ext_port, r.proto
+            ),
             (Kind::MappingAdd, 0x0a00_0002, 4000, 0xc0a8_010a, 5000, 17)
         );
     }

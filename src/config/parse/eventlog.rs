@@ -31,10 +31,7 @@ const DEFAULT_RING: i64 = 16384;
 fn path(v: Option<String>, field: &str) -> Result<Option<PathBuf>, ConfigError> {
     match v {
         None => Ok(None),
-        Some(s) if !s.starts_with('/') => Err(err(
-            field,
-            format!("{s:?} is not an absolute path"),
-        )),
+        Some(s) if !s.starts_with('/') => Err(err(field, format!("{s:?} is not an absolute path"))),
         Some(s) => Ok(Some(PathBuf::from(s))),
     }
 }
@@ -142,16 +139,31 @@ mod tests {
     #[test]
     fn errors_name_the_key() {
         let out = "[eventlog]\nfile = \"/tmp/e.jsonl\"\n";
-        let e = err_of(&format!("[realm.log]\nevents = [\"mappings\", \"nat\"]\n{out}"));
+        let e = err_of(&format!(
+            "[realm.log]\nevents = [\"mappings\", \"nat\"]\n{out}"
+        ));
         assert!(e.starts_with("realm[0].log.events[1]: "), "{e}");
-        let e = err_of(&format!("[realm.log]\nevents = [\"mappings\", \"mappings\"]\n{out}"));
-        assert!(e.starts_with("realm[0].log.events[1]: ") && e.contains("twice"), "{e}");
-        let e = err_of(&format!("[realm.log]\nevents = [\"mappings\"]\ndestinations = true\n{out}"));
+        let e = err_of(&format!(
+            "[realm.log]\nevents = [\"mappings\", \"mappings\"]\n{out}"
+        ));
+        assert!(
+            e.starts_with("realm[0].log.events[1]: ") && e.contains("twice"),
+            "{e}"
+        );
+        let e = err_of(&format!(
+            "[realm.log]\nevents = [\"mappings\"]\ndestinations = true\n{out}"
+        ));
         assert!(e.starts_with("realm[0].log.destinations: "), "{e}");
         let e = err_of("[realm.log]\nevents = [\"mappings\"]\n");
-        assert!(e.starts_with("realm[0].log: ") && e.contains("no output"), "{e}");
+        assert!(
+            e.starts_with("realm[0].log: ") && e.contains("no output"),
+            "{e}"
+        );
         let e = err_of("[eventlog]\nfile = \"events.jsonl\"\n");
-        assert!(e.starts_with("eventlog.file: ") && e.contains("absolute"), "{e}");
+        assert!(
+            e.starts_with("eventlog.file: ") && e.contains("absolute"),
+            "{e}"
+        );
         let e = err_of("[eventlog]\nring = 1000\n");
         assert!(e.starts_with("eventlog.ring: "), "{e}");
         let e = err_of("[eventlog]\nfiles = \"/x\"\n");

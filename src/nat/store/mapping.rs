@@ -2,7 +2,6 @@
 //! the per-host limit, port preservation or a bounded random search, RSS-aware port choice),
 //! the address-dependent filter, and removing a mapping with its host and port.
 
-use super::super::eventlog::Kind;
 use super::super::ports::Policy;
 use super::super::rules::{HostKey, RealmRules, Rules};
 use super::super::session::*;
@@ -19,7 +18,7 @@ pub(super) const DETACHED: Protocol = FREE;
 impl Store {
     pub fn delete_mapping(&mut self, mi: u32) {
         let mp = self.maps[mi as usize];
-        self.counters.eventlog.mapping(Kind::MappingDel, &mp);
+        self.counters.eventlog.mapping_del(&mp);
         if mp.key.proto != DETACHED {
             self.map_in.remove(&mp.key);
             self.map_out.remove(&MapOutKey {
@@ -172,7 +171,7 @@ impl Store {
             rem0_sessions: 0,
         };
         self.counters.mappings_created.inc();
-        self.counters.eventlog.mapping(Kind::MappingAdd, &self.maps[mi as usize]);
+        self.counters.eventlog.mapping_add(&self.maps[mi as usize]);
         Ok(mi)
     }
 

@@ -563,7 +563,7 @@ impl Store {
         self.relist(i);
         self.counters.sessions_created.inc();
         self.counters.session_opened(s.realm, s.proto);
-        self.counters.eventlog.session(super::eventlog::Kind::SessionAdd, &s);
+        self.counters.eventlog.session_add(&s);
         Ok(i)
     }
 
@@ -601,7 +601,7 @@ impl Store {
             self.unlist(i, &s);
         }
         self.counters.session_closed(s.realm, s.proto);
-        self.counters.eventlog.session(super::eventlog::Kind::SessionDel, &s);
+        self.counters.eventlog.session_del(&s);
         if s.flags & flags::INBOUND_COUNTED != 0 {
             let k = Self::inbound_key(&s);
             match self.inbound.get_mut(&k) {
