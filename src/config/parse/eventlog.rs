@@ -134,6 +134,10 @@ mod tests {
             c.eventlog.syslog.as_deref(),
             Some(std::path::Path::new("/dev/log"))
         );
+        // `natgw check` shows it, and what it shows reads back the same.
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        let plain = parse(BASE).unwrap();
+        assert_eq!(parse(&plain.to_toml()).unwrap(), plain);
     }
 
     #[test]
