@@ -3,7 +3,7 @@
 //! in for /dev/log). UDP and ICMP from an inside host create mappings and sessions: their
 //! APMADD/SADD records name the inside and the external endpoint the server saw, the
 //! protocol and the realm, in both outputs. The ICMP session expires after its timeout and
-//! its deletion records appear. Then the test stops reading its syslog socket (a stuck
+//! its deletion records appear. A moved-away file is reopened on reload (logrotate). Then the test stops reading its syslog socket (a stuck
 //! syslog daemon): while an inside host opens thousands of flows, forwarding goes on and
 //! `natgw_eventlog_lost_total` rises.
 //!
@@ -297,6 +297,33 @@ fn mappings_are_logged_to_file_and_syslog_and_a_stalled_logger_only_loses_record
         external: Some(external),
     };
     find(&syslog, &mut seen, &file, &e, Duration::from_secs(5));
+
+    // logrotate: the file is moved away and natgw told to reload (SIGHUP takes the same
+    // path); it reopens the file even though this reload is refused (NatgwProcess has
+    // removed the configuration file), and the next record goes to a new file.
+    let rotated = dir.join("events.jsonl.1");
+    std::fs::rename(&file, &rotated).unwrap();
+    let _ = api_request(topo.gw_ns(), "POST", "/reload").unwrap();
+    let udp2 = run_in_netns(&host.ns, || UdpSocket::bind((host.addr, 0))).unwrap();
+    udp2.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let inside2 = match udp2.local_addr().unwrap() {
+        SocketAddr::V4(v) => v,
+        _ => unreachable!(),
+    };
+    let external2 = echo(&udp2, srv_addr).expect("no UDP echo after the reload");
+    let e = Expect {
+        event: "APMADD",
+        proto: 17,
+        inside: inside2,
+        external: Some(external2),
+    };
+    find(&syslog, &mut seen, &file, &e, Duration::from_secs(5));
+    let old = std::fs::read_to_string(&rotated).unwrap();
+    assert!(
+        !old.lines().any(|l| e.json_matches(l)),
+        "written to the rotated file:\n{old}"
+    );
 
     // 3. The syslog daemon stalls: the test stops reading. Thousands of new flows fill its
     // socket, then the logger's rings; forwarding goes on, and the lost records are counted.
