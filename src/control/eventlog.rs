@@ -149,7 +149,7 @@ fn open(e: &EventLog) -> Out {
             |p| match OpenOptions::new().create(true).append(true).open(p) {
                 Ok(f) => Some(BufWriter::with_capacity(64 * 1024, f)),
                 Err(err) => {
-                    eprintln!("natgw: eventlog: {}: {err}", p.display());
+                    tracing::warn!("eventlog: {}: {err}", p.display());
                     None
                 }
             },
