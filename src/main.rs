@@ -162,6 +162,9 @@ fn run(path: &std::path::Path, xdp_mode: Option<&str>) -> ExitCode {
     );
     let listen = cfg.control.listen;
     let state = natgw::control::State::new(gw.handle.clone(), path.to_path_buf());
+    if let Err(e) = natgw::control::eventlog::start(&cfg, &gw.handle) {
+        tracing::error!("eventlog: {e}");
+    }
     // Removed when natgw stops (dropped at the end of this function).
     let _socket = match api.serve(std::sync::Arc::clone(&state)) {
         Ok(s) => s,

@@ -213,6 +213,20 @@ impl Config {
         let _ = writeln!(o, "request_timeout = {}", ct.request_timeout);
         let _ = writeln!(o, "idle_timeout = {}", ct.idle_timeout);
 
+        let e = &self.eventlog;
+        let _ = writeln!(o, "\n[eventlog]");
+        for (key, p) in [("file", &e.file), ("syslog", &e.syslog)] {
+            match p {
+                Some(p) => {
+                    let _ = writeln!(o, "{key} = {}", quote(&p.display().to_string()));
+                }
+                None => {
+                    let _ = writeln!(o, "# {key}: none");
+                }
+            }
+        }
+        let _ = writeln!(o, "ring = {}", e.ring);
+
         for r in &self.realms {
             write_realm(&mut o, r);
         }
@@ -294,6 +308,20 @@ fn write_realm(o: &mut String, r: &Realm) {
     let _ = writeln!(o, "tcp_established = {}", t.tcp_established);
     let _ = writeln!(o, "tcp_transitory = {}", t.tcp_transitory);
     let _ = writeln!(o, "icmp = {}", t.icmp);
+
+    let l = &r.log;
+    let events: Vec<&str> = [
+        (l.mappings, "mappings"),
+        (l.sessions, "sessions"),
+        (l.exhaustion, "exhaustion"),
+    ]
+    .iter()
+    .filter(|(on, _)| *on)
+    .map(|(_, n)| *n)
+    .collect();
+    let _ = writeln!(o, "\n[realm.log]");
+    let _ = writeln!(o, "events = {}", list(&events));
+    let _ = writeln!(o, "destinations = {}", l.destinations);
 }
 
 #[cfg(test)]

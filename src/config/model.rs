@@ -63,7 +63,34 @@ pub struct Config {
     pub sessions: Sessions,
     pub fragments: Fragments,
     pub control: Control,
+    /// `[eventlog]`: the NAT event log's outputs (docs/eventlog.md); what is logged is per
+    /// realm (`Realm::log`).
+    pub eventlog: EventLog,
     pub realms: Vec<Realm>,
+}
+
+/// `[eventlog]`: where the NAT event log goes. Without a realm that logs, nothing is written.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct EventLog {
+    /// JSON lines, appended; reopened on SIGHUP and reload (logrotate).
+    pub file: Option<std::path::PathBuf>,
+    /// RFC 5424 syslog over this unix datagram socket (normally /dev/log).
+    pub syslog: Option<std::path::PathBuf>,
+    /// Records each worker's ring holds for the logger (a power of two).
+    pub ring: u32,
+}
+
+/// `[realm.log]`: which events of a realm are logged; all off by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct RealmLog {
+    /// Dynamic mapping creation and deletion (APMADD/APMDEL).
+    pub mappings: bool,
+    /// Session creation and deletion (SADD/SDEL).
+    pub sessions: bool,
+    /// Session records carry the destination (endpoint-dependent logging).
+    pub destinations: bool,
+    /// Address and port exhaustion (AEXH/PEXH), rate-limited.
+    pub exhaustion: bool,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -281,6 +308,8 @@ pub struct Realm {
     /// TCP MSS clamping of SYN and SYN-ACK segments through this realm (both directions).
     pub mss_clamp: MssClamp,
     pub timeouts: Timeouts,
+    /// `[realm.log]`: the realm's NAT event log (off by default).
+    pub log: RealmLog,
 }
 
 /// `mss_clamp`: lower the MSS option of TCP SYN and SYN-ACK segments (PPPoE and tunnel

@@ -261,6 +261,7 @@ impl Metrics {
         self.render_pool(&mut f, h);
         self.render_interfaces(&mut f, h);
         self.render_process(&mut f, h);
+        render_eventlog(&mut f, h);
         f.encode()
     }
 
@@ -682,6 +683,41 @@ impl Metrics {
         );
     }
 }
+/// The NAT event log (docs/eventlog.md): records lost per worker ring, exhaustion records
+/// left out by the rate limit, and what the logger wrote per output.
+fn render_eventlog(f: &mut Families, h: &Handle) {
+    for (wi, c) in h.counters.iter().enumerate() {
+        let w = wi.to_string();
+        f.counter(
+            "natgw_eventlog_lost_total",
+            "NAT event log records dropped because the worker's ring was full (logger slow or stalled)",
+            &[("worker", &w)],
+            c.eventlog.lost.get(),
+        );
+        f.counter(
+            "natgw_eventlog_suppressed_total",
+            "NAT event log exhaustion records left out by the rate limit (one per address and second)",
+            &[("worker", &w)],
+            c.eventlog.suppressed.get(),
+        );
+    }
+    let st = &super::eventlog::STATS;
+    for (i, out) in super::eventlog::OUTPUTS.iter().enumerate() {
+        f.counter(
+            "natgw_eventlog_records_total",
+            "NAT event log records written, by output (file, syslog)",
+            &[("output", out)],
+            st.records[i].load(Relaxed),
+        );
+        f.counter(
+            "natgw_eventlog_write_errors_total",
+            "NAT event log records an output failed to write, by output (file, syslog)",
+            &[("output", out)],
+            st.errors[i].load(Relaxed),
+        );
+    }
+}
+
 /// `natgw_<name>_total` of a per-worker counter.
 fn counter_name(n: &str) -> String {
     format!("natgw_{n}_total")

@@ -5,6 +5,7 @@
 //! have what each endpoint does. It reads the workers' single-writer counters and talks to
 //! the workers only over their control channels.
 
+pub mod eventlog;
 mod http;
 mod listen;
 pub mod metrics;
@@ -89,6 +90,7 @@ pub struct Reloaded {
 /// Every attempt is counted in the metrics (`natgw_reloads_total{result}`).
 pub fn reload(state: &State) -> Result<Reloaded, ReloadError> {
     let r = apply_reload(state);
+    eventlog::reopen();
     state.metrics.reloads.record(r.is_ok());
     // The gateway numbers the generations (`natgw_config_generation`); one that some
     // workers did not acknowledge is in force all the same.
@@ -106,6 +108,7 @@ fn apply_reload(state: &State) -> Result<Reloaded, ReloadError> {
     let cfg = crate::config::load(&state.config_path).map_err(ReloadError::Config)?;
     let mut h = state.handle.lock().map_err(|_| ReloadError::Poisoned)?;
     let generation = h.reload(&cfg).map_err(ReloadError::Gateway)?;
+    eventlog::configure(&cfg, &h.rules);
     Ok(Reloaded {
         generation,
         message: format!(

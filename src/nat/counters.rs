@@ -67,6 +67,8 @@ macro_rules! counters {
             pub drops: CachePadded<[Counter; DropReason::COUNT]>,
             /// Per realm id (below [`REALM_SLOTS`]): sessions created and removed.
             pub realm_sessions: Box<[RealmSessions]>,
+            /// The NAT event log's ring and masks (`nat::eventlog`): off until configured.
+            pub eventlog: super::eventlog::Sink,
         }
         // By hand: `Default` for arrays stops at 32 elements.
         impl Default for Counters {
@@ -75,6 +77,7 @@ macro_rules! counters {
                     $($name: Counter::default(),)*
                     drops: CachePadded::new(std::array::from_fn(|_| Counter::default())),
                     realm_sessions: (0..REALM_SLOTS).map(|_| RealmSessions::default()).collect(),
+                    eventlog: Default::default(),
                 }
             }
         }

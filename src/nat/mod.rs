@@ -12,6 +12,7 @@
 pub mod counters;
 mod ctx;
 mod engine;
+pub mod eventlog;
 mod fast;
 mod frag;
 mod icmp;

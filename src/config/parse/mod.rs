@@ -14,6 +14,7 @@
 mod checks;
 mod control;
 mod dataplane;
+mod eventlog;
 mod interfaces;
 mod limits;
 mod raw;
@@ -57,6 +58,7 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     let sessions = limits::build_sessions(raw.sessions.unwrap_or_default())?;
     let fragments = limits::build_fragments(raw.fragments.unwrap_or_default())?;
     let control = control::build_control(raw.control.unwrap_or_default())?;
+    let eventlog = eventlog::build_eventlog(raw.eventlog.unwrap_or_default())?;
 
     if raw.realm.is_empty() {
         return Err(err("realm", "at least one [[realm]] is required"));
@@ -79,6 +81,7 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     checks::check_externals(&outside, &realms)?;
     checks::check_statics(&realms)?;
     checks::check_mapping_counts(&realms)?;
+    eventlog::check_outputs(&eventlog, &realms)?;
 
     Ok(Config {
         outside,
@@ -87,6 +90,7 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
         sessions,
         fragments,
         control,
+        eventlog,
         realms,
     })
 }

@@ -13,6 +13,7 @@ pub(super) struct RawConfig {
     pub(super) sessions: Option<RawSessions>,
     pub(super) fragments: Option<RawFragments>,
     pub(super) control: Option<RawControl>,
+    pub(super) eventlog: Option<super::eventlog::RawEventLog>,
     #[serde(default)]
     pub(super) realm: Vec<RawRealm>,
 }
@@ -108,6 +109,7 @@ pub(super) struct RawRealm {
     pub(super) ports: Option<RawPorts>,
     pub(super) limits: Option<RawLimits>,
     pub(super) timeouts: Option<RawTimeouts>,
+    pub(super) log: Option<super::eventlog::RawRealmLog>,
 }
 
 /// `mss_clamp`: a number of bytes or a keyword ("auto", "off").

@@ -105,6 +105,7 @@ pub(super) fn build_realm(
         hairpinning: r.hairpinning.unwrap_or(true),
         mss_clamp,
         timeouts,
+        log: super::eventlog::build_realm_log(r.log, &p)?,
     })
 }
 

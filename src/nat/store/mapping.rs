@@ -18,6 +18,7 @@ pub(super) const DETACHED: Protocol = FREE;
 impl Store {
     pub fn delete_mapping(&mut self, mi: u32) {
         let mp = self.maps[mi as usize];
+        self.counters.eventlog.mapping_del(&mp);
         if mp.key.proto != DETACHED {
             self.map_in.remove(&mp.key);
             self.map_out.remove(&MapOutKey {
@@ -107,6 +108,8 @@ impl Store {
             .filter(|&h| self.hosts[h as usize].mappings > 0)
             .and_then(|h| Some((h, ports.index(self.hosts[h as usize].ext_addr)?)));
         let Some((ai, port)) = self.choose_port(r, realm, &key, paired, remote) else {
+            let pa = paired.map(|(h, _)| self.hosts[h as usize].ext_addr);
+            self.counters.eventlog.exhausted(&key, pa, self.now);
             self.free_maps.push(mi);
             return Err(DropReason::PortsExhausted);
         };
@@ -168,6 +171,7 @@ impl Store {
             rem0_sessions: 0,
         };
         self.counters.mappings_created.inc();
+        self.counters.eventlog.mapping_add(&self.maps[mi as usize]);
         Ok(mi)
     }
 

@@ -563,6 +563,7 @@ impl Store {
         self.relist(i);
         self.counters.sessions_created.inc();
         self.counters.session_opened(s.realm, s.proto);
+        self.counters.eventlog.session_add(&s);
         Ok(i)
     }
 
@@ -600,6 +601,7 @@ impl Store {
             self.unlist(i, &s);
         }
         self.counters.session_closed(s.realm, s.proto);
+        self.counters.eventlog.session_del(&s);
         if s.flags & flags::INBOUND_COUNTED != 0 {
             let k = Self::inbound_key(&s);
             match self.inbound.get_mut(&k) {

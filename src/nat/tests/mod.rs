@@ -3,6 +3,7 @@
 
 mod util;
 
+mod eventlog;
 mod floods;
 mod frag;
 mod hostile;
