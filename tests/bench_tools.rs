@@ -28,6 +28,44 @@ fn port(ifname: &str) -> PortOptions {
     }
 }
 
+/// A sink on the server's link that stops after `idle` without frames.
+fn sink_config(idle: Duration) -> SinkConfig {
+    SinkConfig {
+        port: port(HOST_IF),
+        cores: Vec::new(),
+        reflect: false,
+        max_flows: 1024,
+        duration: Some(Duration::from_secs(20)),
+        count: None,
+        idle: Some(idle),
+        progress: None,
+        busy: false,
+        batch: 64,
+    }
+}
+
+/// UDP from `flows` on host 0's link to the server, through natgw's inside address.
+fn udp_to_server(topo: &Topology, spec: &TopologySpec, flows: FlowSet) -> GenConfig {
+    GenConfig {
+        port: port(HOST_IF),
+        cores: Vec::new(),
+        proto: Proto::Udp,
+        wire_size: 64,
+        src_mac: None,
+        dst_mac: DstMac::Resolve(spec.addressing.inside_gw),
+        dst_ip: topo.server_addr(),
+        dst_port: 7777,
+        flows,
+        rate: 0,
+        duration: None,
+        count: None,
+        batch: 64,
+        rtt: false,
+        rtt_linger: Duration::ZERO,
+        progress: None,
+    }
+}
+
 #[test]
 fn generator_flows_leave_natgw_from_the_pool() {
     if !prerequisites("generator_flows_leave_natgw_from_the_pool") {
@@ -41,41 +79,18 @@ fn generator_flows_leave_natgw_from_the_pool() {
         &topo.natgw_config(),
         "bench-tools",
     );
-    let a = &spec.addressing;
     let (pool_lo, pool_hi) = topo.pool(0);
 
     let stop = AtomicBool::new(false);
-    let sink_cfg = SinkConfig {
-        port: port(HOST_IF),
-        cores: Vec::new(),
-        reflect: false,
-        max_flows: 1024,
-        duration: Some(Duration::from_secs(15)),
-        count: None,
-        idle: Some(Duration::from_millis(1500)),
-        progress: None,
-        busy: false,
-        batch: 64,
-    };
+    let sink_cfg = sink_config(Duration::from_millis(1500));
     // 100 inside hosts (10.0.0.100-199, none of them a real namespace: natgw translates
-    // by prefix) with 3 ports each.
+    // by prefix) with 3 ports each, 5000 pps for 2 s.
+    let flows = FlowSet::new(Ipv4Addr::new(10, 0, 0, 100), 24, 100, 20000, 3).unwrap();
     let gen_cfg = GenConfig {
-        port: port(HOST_IF),
-        cores: Vec::new(),
-        proto: Proto::Udp,
-        wire_size: 64,
-        src_mac: None,
-        dst_mac: DstMac::Resolve(a.inside_gw),
-        dst_ip: topo.server_addr(),
-        dst_port: 7777,
-        flows: FlowSet::new(Ipv4Addr::new(10, 0, 0, 100), 24, 100, 20000, 3).unwrap(),
         rate: 5000,
         duration: Some(Duration::from_secs(2)),
-        count: None,
         batch: 32,
-        rtt: false,
-        rtt_linger: Duration::ZERO,
-        progress: None,
+        ..udp_to_server(&topo, &spec, flows)
     };
     let (sink_rep, gen_rep) = std::thread::scope(|s| {
         // Opened (bound and attached) before the generator starts; run from any thread.
@@ -108,8 +123,10 @@ fn generator_flows_leave_natgw_from_the_pool() {
         );
     }
     assert_eq!(r.sources.other, 0);
+    // A sanity bound on the measurement (one clock, stamps in ns), not a performance
+    // claim: a loaded machine delays frames by milliseconds, never by seconds.
     assert!(
-        r.latency.p99 > 0 && r.latency.p99 < 100_000_000,
+        r.latency.p99 > 0 && r.latency.p99 < 5_000_000_000,
         "{:?}",
         r.latency
     );
@@ -117,8 +134,8 @@ fn generator_flows_leave_natgw_from_the_pool() {
 
 /// Busy polling: a burst larger than what one transmit kick sends in copy mode (the kernel
 /// sends a bounded batch per kick) must all leave natgw without waiting for later traffic.
-/// A lone frame 2 s after the burst shows the difference: frames left behind in natgw's
-/// transmit ring would go out with it, 2 s late.
+/// A lone frame 3 s after the burst shows the difference: frames left behind in natgw's
+/// transmit ring would go out with it, 3 s late.
 #[test]
 fn busy_poll_sends_a_whole_burst_without_waiting_for_more_traffic() {
     if !prerequisites("busy_poll_sends_a_whole_burst_without_waiting_for_more_traffic") {
@@ -131,43 +148,21 @@ fn busy_poll_sends_a_whole_burst_without_waiting_for_more_traffic() {
         .replace("poll = \"adaptive\"", "poll = \"busy\"");
     assert!(cfg.contains("poll = \"busy\""), "{cfg}");
     let natgw = NatgwProcess::start(env!("CARGO_BIN_EXE_natgw"), &topo, &cfg, "busy-burst");
-    let a = &spec.addressing;
     let stop = AtomicBool::new(false);
-    let sink_cfg = SinkConfig {
-        port: port(HOST_IF),
-        cores: Vec::new(),
-        reflect: false,
-        max_flows: 1024,
-        duration: Some(Duration::from_secs(20)),
-        count: None,
-        idle: Some(Duration::from_millis(3000)),
-        progress: None,
-        busy: false,
-        batch: 64,
-    };
+    let sink_cfg = sink_config(Duration::from_millis(4000));
     let burst = |count: u64| GenConfig {
-        port: port(HOST_IF),
-        cores: Vec::new(),
-        proto: Proto::Udp,
-        wire_size: 64,
-        src_mac: None,
-        dst_mac: DstMac::Resolve(a.inside_gw),
-        dst_ip: topo.server_addr(),
-        dst_port: 7777,
-        flows: FlowSet::new(Ipv4Addr::new(10, 0, 0, 100), 24, 16, 20000, 4).unwrap(),
-        rate: 0,
-        duration: None,
         count: Some(count),
-        batch: 64,
-        rtt: false,
-        rtt_linger: Duration::ZERO,
-        progress: None,
+        ..udp_to_server(
+            &topo,
+            &spec,
+            FlowSet::new(Ipv4Addr::new(10, 0, 0, 100), 24, 16, 20000, 4).unwrap(),
+        )
     };
     let (sink_rep, sent) = std::thread::scope(|s| {
         let opened = run_in_netns(topo.server_ns(), || sink::open(&sink_cfg)).expect("sink");
         let sink = s.spawn(|| opened.run(&stop));
         let g = run_in_netns(topo.host_ns(0), || generator::run(&burst(50_000), &stop));
-        std::thread::sleep(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_secs(3));
         let g2 = run_in_netns(topo.host_ns(0), || generator::run(&burst(1), &stop));
         if g.is_err() || g2.is_err() {
             stop.store(true, Ordering::Release);
@@ -183,8 +178,8 @@ fn busy_poll_sends_a_whole_burst_without_waiting_for_more_traffic() {
         r.human()
     );
     assert!(
-        r.latency.max < 1_500_000_000,
-        "frames of the burst left natgw only with the frame 2 s later (max latency {} ns):\n{}",
+        r.latency.max < 2_500_000_000,
+        "frames of the burst left natgw only with the frame 3 s later (max latency {} ns):\n{}",
         r.latency.max,
         r.human()
     );
