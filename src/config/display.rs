@@ -258,31 +258,18 @@ fn write_realm(o: &mut String, r: &Realm) {
         })
         .collect();
     table_list(o, "routes", &routes);
-    let statics: Vec<String> = r
-        .static_mappings
-        .iter()
-        .map(|s| {
-            format!(
-                "protocol = {}, external = {}, internal = {}",
-                quote(&s.protocol.to_string()),
-                quote(&s.external.to_string()),
-                quote(&s.internal.to_string())
-            )
-        })
-        .collect();
-    table_list(o, "static", &statics);
-    let one: Vec<String> = r
-        .one_to_one
-        .iter()
-        .map(|m| {
-            format!(
-                "external = {}, internal = {}",
-                quote(&m.external.to_string()),
-                quote(&m.internal.to_string())
-            )
-        })
-        .collect();
-    table_list(o, "one_to_one", &one);
+    let (statics_end, ones_end) = match &r.mappings_file {
+        Some(m) => {
+            let _ = writeln!(o, "mappings_file = {}", quote(&m.name));
+            (m.statics_from, m.one_to_one_from)
+        }
+        None => (r.static_mappings.len(), r.one_to_one.len()),
+    };
+    write_mappings(
+        o,
+        &r.static_mappings[..statics_end],
+        &r.one_to_one[..ones_end],
+    );
     let _ = writeln!(o, "mapping = {}", quote(&r.mapping.to_string()));
     let _ = writeln!(o, "filtering = {}", quote(&r.filtering.to_string()));
     let _ = writeln!(o, "inbound_refresh = {}", r.inbound_refresh);
@@ -322,6 +309,49 @@ fn write_realm(o: &mut String, r: &Realm) {
     let _ = writeln!(o, "\n[realm.log]");
     let _ = writeln!(o, "events = {}", list(&events));
     let _ = writeln!(o, "destinations = {}", l.destinations);
+}
+
+/// `static` and `one_to_one` lists, as in a realm or a mappings file.
+fn write_mappings(o: &mut String, statics: &[StaticMapping], ones: &[OneToOne]) {
+    let statics: Vec<String> = statics
+        .iter()
+        .map(|s| {
+            format!(
+                "protocol = {}, external = {}, internal = {}",
+                quote(&s.protocol.to_string()),
+                quote(&s.external.to_string()),
+                quote(&s.internal.to_string())
+            )
+        })
+        .collect();
+    table_list(o, "static", &statics);
+    let one: Vec<String> = ones
+        .iter()
+        .map(|m| {
+            format!(
+                "external = {}, internal = {}",
+                quote(&m.external.to_string()),
+                quote(&m.internal.to_string())
+            )
+        })
+        .collect();
+    table_list(o, "one_to_one", &one);
+}
+
+impl Realm {
+    /// The realm's mappings file as it is written back after an API edit: its own entries
+    /// (not the inline ones), one per line. Empty lists when the realm has no mappings file.
+    pub fn mappings_toml(&self) -> String {
+        let mut o = String::from(
+            "# natgw mappings file: static port forwards and 1:1 mappings (written by natgw)\n",
+        );
+        let (s, n) = match &self.mappings_file {
+            Some(m) => (m.statics_from, m.one_to_one_from),
+            None => (self.static_mappings.len(), self.one_to_one.len()),
+        };
+        write_mappings(&mut o, &self.static_mappings[s..], &self.one_to_one[n..]);
+        o
+    }
 }
 
 #[cfg(test)]

@@ -29,19 +29,36 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Parses and validates a configuration from TOML text.
+/// Parses and validates a configuration from TOML text. Relative `mappings_file` names are
+/// read from the current directory.
 pub fn parse(text: &str) -> Result<Config, ConfigError> {
-    parse::parse(text)
+    parse_with(text, Path::new(""), &mut |p| std::fs::read_to_string(p))
 }
 
-/// Reads and parses a configuration file. A file that cannot be read is reported with the field
-/// `file`.
+/// Parses and validates a configuration whose relative `mappings_file` names are resolved
+/// against `base`, reading each file through `read` (the API validates an edited table this
+/// way, exactly as a reload of the files would).
+pub fn parse_with(
+    text: &str,
+    base: &Path,
+    read: &mut dyn FnMut(&Path) -> std::io::Result<String>,
+) -> Result<Config, ConfigError> {
+    parse::parse(text, &mut parse::Files { base, read })
+}
+
+/// Reads and parses a configuration file and the mappings files it names (relative to its
+/// directory). A file that cannot be read is reported with the field `file`.
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
     let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
         field: "file".to_string(),
         reason: format!("{}: {e}", path.display()),
     })?;
-    parse(&text)
+    parse_with(&text, base_dir(path), &mut |p| std::fs::read_to_string(p))
+}
+
+/// The directory relative `mappings_file` names of the configuration at `path` are read from.
+pub fn base_dir(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new(""))
 }
 
 #[cfg(test)]

@@ -238,6 +238,35 @@ pub struct OneToOne {
     pub internal: Ipv4Addr,
 }
 
+/// A realm's mappings file. Its entries follow the inline ones in `Realm::static_mappings`
+/// and `Realm::one_to_one`, from `statics_from` and `one_to_one_from` on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MappingsFile {
+    /// As written in the configuration: error messages name entries by it
+    /// (`mappings-office.toml: static[12].external`) and `to_toml` writes it back.
+    pub name: String,
+    /// Resolved against the configuration file's directory.
+    pub path: std::path::PathBuf,
+    pub statics_from: usize,
+    pub one_to_one_from: usize,
+}
+
+impl MappingsFile {
+    /// The key path of entry `j` of `key` ("static" or "one_to_one") of realm `i`, whose
+    /// mappings file is `file`: in the configuration (`realm[0].static[3]`) or in the file
+    /// (`mappings-office.toml: static[12]`, counting from the file's first entry).
+    pub fn field(file: Option<&MappingsFile>, i: usize, key: &str, j: usize) -> String {
+        let from = file.map(|m| match key {
+            "static" => m.statics_from,
+            _ => m.one_to_one_from,
+        });
+        match (file, from) {
+            (Some(m), Some(from)) if j >= from => format!("{}: {key}[{}]", m.name, j - from),
+            _ => format!("realm[{i}].{key}[{j}]"),
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Route {
     pub prefix: Ipv4Net,
@@ -295,8 +324,12 @@ pub struct Realm {
     /// pings and is the source of ICMP errors natgw sends inside.
     pub gateway: Option<Ipv4Addr>,
     pub pool: Vec<AddrRange>,
+    /// Inline entries first, then those of `mappings_file` (see [`MappingsFile`]).
     pub static_mappings: Vec<StaticMapping>,
     pub one_to_one: Vec<OneToOne>,
+    /// `mappings_file`: more static and 1:1 mappings, in a file of their own (large tables,
+    /// and the file the API's mapping edits are written back to).
+    pub mappings_file: Option<MappingsFile>,
     /// Inside routes: prefixes not directly on the inside link, reached via an inside router.
     pub routes: Vec<Route>,
     pub ports: Ports,

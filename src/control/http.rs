@@ -648,6 +648,8 @@ enum Endpoint {
     Sessions,
     DeleteSessions,
     Mappings,
+    PutMapping,
+    DeleteMapping,
     Reload,
     ClearSessions,
 }
@@ -662,6 +664,8 @@ const ROUTES: &[(&str, Method, Endpoint, bool)] = &[
     ("/sessions", Method::GET, Endpoint::Sessions, false),
     ("/sessions", Method::DELETE, Endpoint::DeleteSessions, false),
     ("/mappings", Method::GET, Endpoint::Mappings, false),
+    ("/mappings", Method::PUT, Endpoint::PutMapping, false),
+    ("/mappings", Method::DELETE, Endpoint::DeleteMapping, false),
     ("/reload", Method::POST, Endpoint::Reload, false),
     (
         "/sessions/clear",
@@ -839,10 +843,10 @@ async fn answer(
         return too_large();
     }
     let query = req.uri().query().unwrap_or("").to_string();
-    // No endpoint takes a body yet; it is read (bounded) so the connection stays usable.
+    // Read (bounded) for every endpoint so the connection stays usable; PUT /mappings uses it.
     let body = Limited::new(req.into_body(), ctx.limits.max_body_bytes);
-    match tokio::time::timeout_at(deadline.into(), body.collect()).await {
-        Ok(Ok(_)) => {}
+    let body = match tokio::time::timeout_at(deadline.into(), body.collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
         Ok(Err(e))
             if e.downcast_ref::<http_body_util::LengthLimitError>()
                 .is_some() =>
@@ -852,8 +856,8 @@ async fn answer(
         Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, "malformed body"),
         // Guarded ends the connection at the deadline; this answer is not written.
         Err(_) => return error(StatusCode::REQUEST_TIMEOUT, "request deadline passed"),
-    }
-    let work = dispatch(ctx, slot, ep, query);
+    };
+    let work = dispatch(ctx, slot, ep, query, body);
     match tokio::time::timeout_at(deadline.into(), work).await {
         Ok(r) => r,
         Err(_) => error(
@@ -863,7 +867,13 @@ async fn answer(
     }
 }
 
-async fn dispatch(ctx: &Arc<Ctx>, slot: &Arc<Slot>, ep: Endpoint, query: String) -> Response<Body> {
+async fn dispatch(
+    ctx: &Arc<Ctx>,
+    slot: &Arc<Slot>,
+    ep: Endpoint,
+    query: String,
+    body: Bytes,
+) -> Response<Body> {
     use super::*;
     match ep {
         Endpoint::Healthz => full(StatusCode::OK, "text/plain", "ok\n"),
@@ -950,6 +960,25 @@ async fn dispatch(ctx: &Arc<Ctx>, slot: &Arc<Slot>, ep: Endpoint, query: String)
             blocking(ctx, |st| match st.handle() {
                 Some(h) => json(StatusCode::OK, mappings_json(&h.config)),
                 None => no_handle(),
+            })
+            .await
+        }
+        Endpoint::PutMapping | Endpoint::DeleteMapping => {
+            let edit = if ep == Endpoint::PutMapping {
+                mappings::parse_put(&body)
+            } else {
+                mappings::parse_delete(&query)
+            };
+            let edit = match edit {
+                Ok(e) => e,
+                Err(e) => return json(StatusCode::BAD_REQUEST, e.json()),
+            };
+            blocking(ctx, move |st| match mappings::apply(st, &edit) {
+                Ok(done) => json(StatusCode::OK, done.json()),
+                Err(e) => json(
+                    StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST),
+                    e.json(),
+                ),
             })
             .await
         }

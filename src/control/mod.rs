@@ -8,6 +8,7 @@
 pub mod eventlog;
 mod http;
 mod listen;
+pub mod mappings;
 pub mod metrics;
 pub mod sessions;
 
@@ -31,6 +32,8 @@ pub struct State {
     pub handle: Mutex<Handle>,
     pub config_path: PathBuf,
     pub metrics: metrics::Metrics,
+    /// Held by each reload and mapping edit: one at a time (`mappings` module docs).
+    pub edits: Mutex<()>,
 }
 
 impl State {
@@ -41,6 +44,7 @@ impl State {
             handle: Mutex::new(handle),
             config_path,
             metrics: metrics::Metrics::new(),
+            edits: Mutex::new(()),
         })
     }
 }
@@ -105,6 +109,7 @@ pub fn reload(state: &State) -> Result<Reloaded, ReloadError> {
 }
 
 fn apply_reload(state: &State) -> Result<Reloaded, ReloadError> {
+    let _one_at_a_time = state.edits.lock().map_err(|_| ReloadError::Poisoned)?;
     let cfg = crate::config::load(&state.config_path).map_err(ReloadError::Config)?;
     let mut h = state.handle.lock().map_err(|_| ReloadError::Poisoned)?;
     let generation = h.reload(&cfg).map_err(ReloadError::Gateway)?;
@@ -338,6 +343,7 @@ mod tests {
             handle: Mutex::new(handle),
             config_path: path,
             metrics: metrics::Metrics::new(),
+            edits: Mutex::new(()),
         };
         (st, rxs)
     }

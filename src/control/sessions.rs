@@ -78,7 +78,7 @@ fn endpoint(field: &str, v: &str) -> Result<Endpoint, QueryError> {
 }
 
 /// Undoes the percent-encoding of a query value (`%3A` for `:`); `+` is a space.
-fn unescape(field: &str, v: &str) -> Result<String, QueryError> {
+pub(super) fn unescape(field: &str, v: &str) -> Result<String, QueryError> {
     let b = v.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

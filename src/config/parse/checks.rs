@@ -7,7 +7,7 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use super::err;
 use crate::config::ConfigError;
-use crate::config::model::{AddrRange, OutsideInterface, Protocol, Realm};
+use crate::config::model::{AddrRange, MappingsFile, OutsideInterface, Protocol, Realm};
 
 /// Checks that need the realms before this one: names and (interface, VLAN) must be unique.
 pub(super) fn check_against_earlier(
@@ -59,7 +59,10 @@ fn externals(realms: &[Realm]) -> Vec<External> {
         for (j, m) in r.one_to_one.iter().enumerate() {
             out.push(External {
                 realm: i,
-                field: format!("realm[{i}].one_to_one[{j}].external"),
+                field: format!(
+                    "{}.external",
+                    MappingsFile::field(r.mappings_file.as_ref(), i, "one_to_one", j)
+                ),
                 range: AddrRange {
                     first: m.external,
                     last: m.external,
@@ -131,21 +134,25 @@ pub(super) fn check_externals(
 
 /// One external (protocol, address, port) forwards to one inside endpoint, whatever the realm.
 pub(super) fn check_statics(realms: &[Realm]) -> Result<(), ConfigError> {
-    let mut seen: HashMap<(Protocol, SocketAddrV4), String> = HashMap::new();
+    let total = realms.iter().map(|r| r.static_mappings.len()).sum();
+    // (realm, entry) of the first forward of each key; key paths are written only for an error.
+    let mut seen: HashMap<(Protocol, SocketAddrV4), (usize, usize)> = HashMap::with_capacity(total);
+    let name =
+        |i: usize, j: usize| MappingsFile::field(realms[i].mappings_file.as_ref(), i, "static", j);
     for (i, r) in realms.iter().enumerate() {
         for (j, s) in r.static_mappings.iter().enumerate() {
-            let field = format!("realm[{i}].static[{j}].external");
-            let key = (s.protocol, s.external);
-            if let Some(prev) = seen.get(&key) {
+            if let Some(&(pi, pj)) = seen.get(&(s.protocol, s.external)) {
                 return Err(err(
-                    field,
+                    format!("{}.external", name(i, j)),
                     format!(
-                        "{} {} is already forwarded by {prev}",
-                        s.protocol, s.external
+                        "{} {} is already forwarded by {}",
+                        s.protocol,
+                        s.external,
+                        name(pi, pj)
                     ),
                 ));
             }
-            seen.insert(key, format!("realm[{i}].static[{j}]"));
+            seen.insert((s.protocol, s.external), (i, j));
         }
     }
     Ok(())

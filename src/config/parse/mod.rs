@@ -27,9 +27,26 @@ use super::model::Config;
 use raw::RawConfig;
 use values::required;
 
-pub(super) fn parse(text: &str) -> Result<Config, ConfigError> {
+/// Where realms' `mappings_file`s are read from: relative names are resolved against `base`
+/// (the configuration file's directory), and `read` returns a file's text (the file system at
+/// start and on reload; the API's edited tables when it validates an edit).
+pub(crate) struct Files<'a> {
+    pub(crate) base: &'a std::path::Path,
+    pub(crate) read: &'a mut dyn FnMut(&std::path::Path) -> std::io::Result<String>,
+}
+
+pub(super) fn parse(text: &str, files: &mut Files<'_>) -> Result<Config, ConfigError> {
     let raw: RawConfig = toml::from_str(text).map_err(|e| toml_error::serde_error(text, &e))?;
-    build(raw)
+    build(raw, files)
+}
+
+/// A mappings file's text as its `static` and `one_to_one` lists; errors name the file
+/// (`mappings-office.toml: static[3].protocol`).
+fn parse_mappings_file(name: &str, text: &str) -> Result<raw::RawMappingsFile, ConfigError> {
+    toml::from_str(text).map_err(|e| {
+        let e = toml_error::serde_error(text, &e);
+        err(format!("{name}: {}", e.field), e.reason)
+    })
 }
 
 /// Inside interfaces are numbered in a byte (`Ingress::Inside`).
@@ -39,8 +56,10 @@ pub(super) const MAX_REALMS: usize = 4096;
 /// Pool addresses per realm: indexed in 16 bits (`ExtAddr::Pool`, host pairing); each costs
 /// about 48 KiB of port allocator per core.
 pub(super) const MAX_POOL: u64 = 65_536;
-/// Static mappings and 1:1 mappings, each counted over all realms.
-pub(super) const MAX_MAPPINGS: usize = 65_536;
+/// Static mappings and 1:1 mappings, each counted over all realms: a mappings file holds
+/// large tables (100k port forwards are measured in bench/README.md); each costs a rule and
+/// an inbound-limit slot per core.
+pub(super) const MAX_MAPPINGS: usize = 262_144;
 
 fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
     ConfigError {
@@ -51,7 +70,7 @@ fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
 
 /// Section by section (outside, inside, dataplane, sessions, fragments, control, realms), then
 /// the checks across them; the first error wins.
-fn build(raw: RawConfig) -> Result<Config, ConfigError> {
+fn build(raw: RawConfig, files: &mut Files<'_>) -> Result<Config, ConfigError> {
     let outside = interfaces::build_outside(required(raw.outside, "outside")?)?;
     let inside = interfaces::build_inside(&raw.inside, &outside)?;
     let dataplane = dataplane::build_dataplane(raw.dataplane.unwrap_or_default())?;
@@ -74,7 +93,7 @@ fn build(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let mut realms = Vec::with_capacity(raw.realm.len());
     for (i, r) in raw.realm.into_iter().enumerate() {
-        let realm = realm::build_realm(i, r, &inside)?;
+        let realm = realm::build_realm(i, r, &inside, files)?;
         checks::check_against_earlier(i, &realm, &realms)?;
         realms.push(realm);
     }

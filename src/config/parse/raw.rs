@@ -101,6 +101,7 @@ pub(super) struct RawRealm {
     pub(super) statics: Vec<RawStatic>,
     #[serde(default)]
     pub(super) one_to_one: Vec<RawOneToOne>,
+    pub(super) mappings_file: Option<String>,
     pub(super) mapping: Option<String>,
     pub(super) filtering: Option<String>,
     pub(super) inbound_refresh: Option<bool>,
@@ -125,6 +126,16 @@ pub(super) enum RawMss {
 pub(super) struct RawRoute {
     pub(super) prefix: Option<String>,
     pub(super) via: Option<String>,
+}
+
+/// A realm's `mappings_file`: the same `static` and `one_to_one` lists as inline, nothing else.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawMappingsFile {
+    #[serde(default, rename = "static")]
+    pub(super) statics: Vec<RawStatic>,
+    #[serde(default)]
+    pub(super) one_to_one: Vec<RawOneToOne>,
 }
 
 #[derive(Deserialize)]

@@ -13,8 +13,8 @@ use super::values::{choice, ifname, int_in, net, port_range, required, socket, u
 use crate::config::ConfigError;
 use crate::config::display::{FILTERINGS, MAPPINGS, PORT_POLICIES, PROTOCOLS};
 use crate::config::model::{
-    AddrRange, Filtering, InsideInterface, Ipv4Net, Limits, Mapping, MssClamp, OneToOne,
-    PortPolicy, PortRange, Ports, Realm, Route, StaticMapping, Timeouts,
+    AddrRange, Filtering, InsideInterface, Ipv4Net, Limits, Mapping, MappingsFile, MssClamp,
+    OneToOne, PortPolicy, PortRange, Ports, Realm, Route, StaticMapping, Timeouts,
 };
 
 const DEFAULT_PORT_RANGE: PortRange = PortRange {
@@ -46,6 +46,7 @@ pub(super) fn build_realm(
     i: usize,
     r: RawRealm,
     inside: &[InsideInterface],
+    files: &mut super::Files<'_>,
 ) -> Result<Realm, ConfigError> {
     let p = format!("realm[{i}]");
     let f = format!("{p}.name");
@@ -66,14 +67,38 @@ pub(super) fn build_realm(
         routes: &routes,
     };
     let pool = pool(&r.pool, &p)?;
-    let one_to_one = one_to_one(&r.one_to_one, &pool, &inside_net, &p)?;
+    let (mut raw_statics, mut raw_ones) = (r.statics, r.one_to_one);
+    let mappings_file = match r.mappings_file.as_deref() {
+        None => None,
+        Some(name) => {
+            let f = format!("{p}.mappings_file");
+            if name.trim().is_empty() {
+                return Err(err(f, "must name a file"));
+            }
+            let path = files.base.join(name);
+            let text = (files.read)(&path)
+                .map_err(|e| err(&f, format!("cannot read {}: {e}", path.display())))?;
+            let file = super::parse_mappings_file(name, &text)?;
+            let m = MappingsFile {
+                name: name.to_string(),
+                path,
+                statics_from: raw_statics.len(),
+                one_to_one_from: raw_ones.len(),
+            };
+            raw_statics.extend(file.statics);
+            raw_ones.extend(file.one_to_one);
+            Some(m)
+        }
+    };
+    let name_of = |key: &str, j: usize| MappingsFile::field(mappings_file.as_ref(), i, key, j);
+    let one_to_one = one_to_one(&raw_ones, &pool, &inside_net, &name_of)?;
     if pool.is_empty() && one_to_one.is_empty() {
         return Err(err(
             format!("{p}.pool"),
             "at least one pool entry is required (a realm may have an empty pool only if it has one_to_one mappings)",
         ));
     }
-    let static_mappings = static_mappings(&r.statics, &pool, &inside_net, &p)?;
+    let static_mappings = static_mappings(&raw_statics, &pool, &inside_net, &name_of)?;
     let ports = build_ports(r.ports.unwrap_or_default(), &p)?;
     let limits = build_limits(r.limits.unwrap_or_default(), &p)?;
     let mapping = match r.mapping.as_deref() {
@@ -96,6 +121,7 @@ pub(super) fn build_realm(
         pool,
         static_mappings,
         one_to_one,
+        mappings_file,
         routes,
         ports,
         limits,
@@ -288,16 +314,19 @@ fn pool(raw: &[String], p: &str) -> Result<Vec<AddrRange>, ConfigError> {
 }
 
 /// 1:1 mappings: an external address outside the pool, to a reachable inside address, each used
-/// once on either side.
+/// once on either side. `name(key, j)` is entry j's key path (inline or in the mappings file).
 fn one_to_one(
     raw: &[RawOneToOne],
     pool: &[AddrRange],
     inside_net: &InsideNet<'_>,
-    p: &str,
+    name: &dyn Fn(&str, usize) -> String,
 ) -> Result<Vec<OneToOne>, ConfigError> {
     let mut one_to_one: Vec<OneToOne> = Vec::with_capacity(raw.len());
+    // Lookups, not scans: a mappings file may hold many thousands.
+    let mut by_ext = std::collections::HashMap::with_capacity(raw.len());
+    let mut by_int = std::collections::HashMap::with_capacity(raw.len());
     for (j, m) in raw.iter().enumerate() {
-        let mp = format!("{p}.one_to_one[{j}]");
+        let mp = name("one_to_one", j);
         let f = format!("{mp}.external");
         let external = unicast(required(m.external.as_deref(), &f)?, &f)?;
         if let Some(k) = pool.iter().position(|o| o.contains(external)) {
@@ -309,19 +338,19 @@ fn one_to_one(
                 ),
             ));
         }
-        if let Some(k) = one_to_one.iter().position(|o| o.external == external) {
+        if let Some(k) = by_ext.insert(external, j) {
             return Err(err(
                 f,
-                format!("{external} is already used by one_to_one[{k}]"),
+                format!("{external} is already used by {}", name("one_to_one", k)),
             ));
         }
         let f = format!("{mp}.internal");
         let internal = unicast(required(m.internal.as_deref(), &f)?, &f)?;
         inside_net.check_reachable(internal, &f)?;
-        if let Some(k) = one_to_one.iter().position(|o| o.internal == internal) {
+        if let Some(k) = by_int.insert(internal, j) {
             return Err(err(
                 f,
-                format!("{internal} is already mapped by one_to_one[{k}]"),
+                format!("{internal} is already mapped by {}", name("one_to_one", k)),
             ));
         }
         one_to_one.push(OneToOne { external, internal });
@@ -335,13 +364,13 @@ fn static_mappings(
     raw: &[RawStatic],
     pool: &[AddrRange],
     inside_net: &InsideNet<'_>,
-    p: &str,
+    name: &dyn Fn(&str, usize) -> String,
 ) -> Result<Vec<StaticMapping>, ConfigError> {
     let mut static_mappings: Vec<StaticMapping> = Vec::with_capacity(raw.len());
     // By (protocol, internal endpoint): a lookup, not a scan, so large tables check fast.
-    let mut seen = std::collections::HashMap::new();
+    let mut seen = std::collections::HashMap::with_capacity(raw.len());
     for (j, s) in raw.iter().enumerate() {
-        let sp = format!("{p}.static[{j}]");
+        let sp = name("static", j);
         let f = format!("{sp}.protocol");
         let protocol = choice(required(s.protocol.as_deref(), &f)?, &f, &PROTOCOLS)?;
         let f = format!("{sp}.external");
@@ -360,7 +389,10 @@ fn static_mappings(
         if let Some(k) = seen.insert((protocol, internal), j) {
             return Err(err(
                 f,
-                format!("{protocol} {internal} is already mapped by static[{k}]"),
+                format!(
+                    "{protocol} {internal} is already mapped by {}",
+                    name("static", k)
+                ),
             ));
         }
         static_mappings.push(StaticMapping {

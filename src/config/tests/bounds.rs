@@ -55,23 +55,25 @@ fn realms_are_bounded() {
 #[test]
 fn static_mappings_are_bounded() {
     let mut statics = Vec::new();
-    for i in 0..65537u32 {
+    for i in 0..262_145u32 {
+        let n = i / 2;
         statics.push(format!(
-            "{{ protocol = \"{}\", external = \"192.168.1.{}:{}\", internal = \"10.0.{}.{}:80\" }}",
+            "{{ protocol = \"{}\", external = \"192.168.1.{}:{}\", internal = \"10.{}.{}.{}:80\" }}",
             if i % 2 == 0 { "tcp" } else { "udp" },
-            10 + i / 2 / 60000,
-            1 + (i / 2) % 60000,
-            i / 2 / 250,
-            1 + (i / 2) % 250,
+            10 + n / 60000,
+            1 + n % 60000,
+            n / 250 / 250,
+            (n / 250) % 250,
+            1 + n % 250,
         ));
     }
     let text = format!(
-        "{HEAD}[[realm]]\nname = \"a\"\ninterface = \"eth0\"\nprefixes = [\"10.0.0.0/16\"]\npool = [\"192.168.1.10-192.168.1.11\"]\nstatic = [{}]\n",
+        "{HEAD}[[realm]]\nname = \"a\"\ninterface = \"eth0\"\nprefixes = [\"10.0.0.0/8\"]\npool = [\"192.168.1.10-192.168.1.12\"]\nstatic = [{}]\n",
         statics.join(", ")
     );
     rejects(
         &text,
         "realm[0].static",
-        "65537 static mappings over all realms",
+        "262145 static mappings over all realms",
     );
 }

@@ -27,7 +27,7 @@ fn external_addresses_within_a_realm() {
             "",
         ),
         "realm[0].one_to_one[1].external",
-        "already used by one_to_one[0]",
+        "already used by realm[0].one_to_one[0]",
     );
     rejects(
         &doc(
@@ -35,7 +35,7 @@ fn external_addresses_within_a_realm() {
             "",
         ),
         "realm[0].one_to_one[1].internal",
-        "already mapped by one_to_one[0]",
+        "already mapped by realm[0].one_to_one[0]",
     );
 }
 

@@ -39,7 +39,7 @@ fn static_mappings() {
             "{ protocol = \"udp\", external = \"192.168.1.10:80\", internal = \"10.0.0.2:80\" }, { protocol = \"udp\", external = \"192.168.1.10:81\", internal = \"10.0.0.2:80\" }",
         ),
         "realm[0].static[1].internal",
-        "already mapped by static[0]",
+        "already mapped by realm[0].static[0]",
     );
     rejects(
         &doc(
