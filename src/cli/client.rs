@@ -3,7 +3,7 @@
 //! like any other), on a current_thread runtime.
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_util::rt::TokioIo;
@@ -93,15 +93,20 @@ fn message_of(body: &[u8]) -> String {
 impl Client {
     /// One request; the body of a 2xx answer.
     pub fn call(&self, method: Method, path: &str) -> Result<Bytes, CallError> {
+        self.call_with(method, path, Bytes::new())
+    }
+
+    /// One request with a JSON body (`PUT /mappings`); the body of a 2xx answer.
+    pub fn call_with(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, CallError> {
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_io()
             .enable_time()
             .build()
             .map_err(|e| CallError::Protocol(format!("starting the client: {e}")))?;
-        rt.block_on(self.exchange(method, path))
+        rt.block_on(self.exchange(method, path, body))
     }
 
-    async fn exchange(&self, method: Method, path: &str) -> Result<Bytes, CallError> {
+    async fn exchange(&self, method: Method, path: &str, body: Bytes) -> Result<Bytes, CallError> {
         let unreachable = |e: String| {
             CallError::Unreachable(format!("cannot reach natgw at {}: {e}", self.target))
         };
@@ -127,14 +132,14 @@ impl Client {
             .method(method.clone())
             .uri(path)
             .header(header::HOST, host)
-            .body(Empty::<Bytes>::new())
+            .body(Full::new(body))
             .map_err(|e| CallError::Protocol(format!("{path}: {e}")))?;
         if let Some(t) = &self.token {
             let v = HeaderValue::from_str(&format!("Bearer {t}"))
                 .map_err(|_| CallError::Protocol("the token cannot be sent in a header".into()))?;
             req.headers_mut().insert(header::AUTHORIZATION, v);
         }
-        if method == Method::POST {
+        if method == Method::POST || method == Method::PUT {
             // What the API asks of a POST that is not a cross-site form.
             req.headers_mut().insert(
                 header::CONTENT_TYPE,

@@ -59,7 +59,31 @@ pub enum Command {
 pub enum MappingsCommand {
     /// List them per realm.
     List,
-    // `add` and `del` join here with the API's mapping edits (issue 11, part 2).
+    /// Add a static port forward (or, with --one-to-one, a 1:1 mapping), or replace the one
+    /// with the same protocol and external endpoint; kept in the realm's mappings_file.
+    Add(MappingArgs),
+    /// Remove a static port forward (or, with --one-to-one, a 1:1 mapping) from the realm's
+    /// mappings_file; its sessions are removed.
+    Del(MappingArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct MappingArgs {
+    /// The realm (by name).
+    #[arg(long)]
+    realm: String,
+    /// A 1:1 mapping: --external and --internal are addresses, no --protocol.
+    #[arg(long, conflicts_with = "protocol")]
+    one_to_one: bool,
+    /// tcp or udp (a static port forward).
+    #[arg(long)]
+    protocol: Option<String>,
+    /// External address:port (address with --one-to-one).
+    #[arg(long)]
+    external: String,
+    /// Inside address:port (address with --one-to-one); not for del.
+    #[arg(long)]
+    internal: Option<String>,
 }
 
 #[derive(Args, Debug)]
@@ -219,6 +243,56 @@ fn execute(connect: &Connect, cmd: &Command) -> Result<(), Failure> {
             }
         }
         Command::Mappings {
+            cmd: MappingsCommand::Add(a),
+        } => {
+            let internal = a
+                .internal
+                .as_deref()
+                .ok_or_else(|| Failure::Usage("mappings add needs --internal".into()))?;
+            let body = if a.one_to_one {
+                serde_json::json!({
+                    "realm": a.realm,
+                    "one_to_one": { "external": a.external, "internal": internal },
+                })
+            } else {
+                let protocol = a.protocol.as_deref().ok_or_else(|| {
+                    Failure::Usage("mappings add needs --protocol (or --one-to-one)".into())
+                })?;
+                serde_json::json!({
+                    "realm": a.realm, "protocol": protocol,
+                    "external": a.external, "internal": internal,
+                })
+            };
+            let answer = c.call_with(Method::PUT, "/mappings", body.to_string().into())?;
+            print_edit(connect, &answer);
+        }
+        Command::Mappings {
+            cmd: MappingsCommand::Del(a),
+        } => {
+            if a.internal.is_some() {
+                return Err(Failure::Usage("mappings del takes no --internal".into()));
+            }
+            if !a.one_to_one && a.protocol.is_none() {
+                return Err(Failure::Usage(
+                    "mappings del needs --protocol (or --one-to-one)".into(),
+                ));
+            }
+            let realm = Some(a.realm.clone());
+            let external = Some(a.external.clone());
+            let protocol = if a.one_to_one {
+                None
+            } else {
+                a.protocol.clone()
+            };
+            let q = query(&[
+                ("realm", &realm),
+                ("protocol", &protocol),
+                ("external", &external),
+            ]);
+            let answer = c.call(Method::DELETE, &format!("/mappings?{q}"))?;
+            print_edit(connect, &answer);
+        }
+        Command::Mappings {
             cmd: MappingsCommand::List,
         } => {
             let v = c.get_json("/mappings")?;
@@ -230,6 +304,21 @@ fn execute(connect: &Connect, cmd: &Command) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// The answer of a mapping edit: `natgw: added (generation 4, /etc/natgw/m.toml)`.
+fn print_edit(connect: &Connect, answer: &[u8]) {
+    let v: Value = serde_json::from_slice(answer).unwrap_or(Value::Null);
+    if connect.json {
+        print_json(&v);
+    } else {
+        println!(
+            "natgw: {} (generation {}, written to {})",
+            text(&v, "action"),
+            num(&v, "generation"),
+            text(&v, "file")
+        );
+    }
 }
 
 fn num(v: &Value, k: &str) -> u64 {

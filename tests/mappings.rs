@@ -1,0 +1,307 @@
+//! Mapping edits through the API and the CLI (issue 11 part 2), through the real binary with
+//! real kernel traffic: a port forward added with `natgw mappings add` works at once while an
+//! inbound-initiated TCP connection through another forward keeps running; the realm's
+//! mappings file on disk holds it, so it survives a restart; a bad `PUT /mappings` is refused
+//! naming the field and changes nothing; `DELETE /mappings` removes the forward and its
+//! session.
+//!
+//! Needs root and the `ip` command; under `CI=true` a missing prerequisite is a failure.
+//! Run under the shared lock: `CI=true flock /tmp/natgw-netns.lock cargo test --test mappings`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use natgw_testbed::lab::{api_get, api_request, stat};
+use natgw_testbed::netns::prerequisites;
+use natgw_testbed::process::NatgwProcess;
+use natgw_testbed::{Topology, TopologySpec, run_in_netns};
+
+const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
+
+fn udp(ns: &str, addr: SocketAddrV4) -> UdpSocket {
+    let s = run_in_netns(ns, || UdpSocket::bind(addr))
+        .unwrap_or_else(|e| panic!("UDP bind {addr} in {ns}: {e}"));
+    s.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    s
+}
+
+/// Whether `sock` receives `want` within `timeout`; returns the sender.
+fn receives(sock: &UdpSocket, want: &[u8], timeout: Duration) -> Option<SocketAddr> {
+    let deadline = Instant::now() + timeout;
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        if let Ok((n, from)) = sock.recv_from(&mut buf)
+            && &buf[..n] == want
+        {
+            return Some(from);
+        }
+    }
+    None
+}
+
+fn echo(c: &mut TcpStream, n: u32) -> bool {
+    let line = format!("line {n:06}\n");
+    if c.write_all(line.as_bytes()).is_err() {
+        return false;
+    }
+    let mut got = vec![0u8; line.len()];
+    c.read_exact(&mut got).is_ok() && got == line.as_bytes()
+}
+
+fn cli(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(NATGW)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// `PUT /mappings` with a JSON body over the Unix socket: status and body.
+fn put(socket: &Path, body: &str) -> (u16, String) {
+    let mut s = std::os::unix::net::UnixStream::connect(socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "PUT /mappings HTTP/1.1\r\nHost: natgw\r\nConnection: close\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap();
+    let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
+    (status, body.to_string())
+}
+
+#[test]
+fn api_edits_apply_at_once_persist_and_keep_other_sessions() {
+    let name = "api_edits_apply_at_once_persist_and_keep_other_sessions";
+    if !prerequisites(name) {
+        return;
+    }
+    let mut spec = TopologySpec::new("mpa");
+    spec.inside_hosts = 2;
+    Topology::cleanup_stale(&spec.tag).unwrap();
+    let topo = Topology::build(&spec).unwrap_or_else(|e| panic!("building {spec:?}: {e}"));
+    let (a, b) = (topo.hosts()[0].clone(), topo.hosts()[1].clone());
+    let server = topo.server_addr();
+    let (p0, p1) = topo.pool(0);
+
+    // The realm's mappings file, with one TCP forward to host A.
+    let dir = std::env::temp_dir().join(format!("natgw-mp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mappings-office.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "static = [{{ protocol = \"tcp\", external = \"{p0}:8080\", internal = \"{}:8000\" }}]\n",
+            a.addr
+        ),
+    )
+    .unwrap();
+    let base = topo.natgw_config();
+    let pool_line = format!("pool = [\"{p0}-{p1}\"]");
+    let config = base.replacen(
+        &pool_line,
+        &format!("mappings_file = \"{}\"\n{pool_line}", file.display()),
+        1,
+    );
+    assert_ne!(config, base, "the topology's pool line moved");
+
+    let natgw = NatgwProcess::start(NATGW, &topo, &config, "mappings-mpa");
+    let sock = natgw.socket().to_path_buf();
+    let s = sock.to_str().unwrap().to_string();
+    let stats = || api_get(topo.gw_ns(), "/stats").unwrap();
+    let listed: serde_json::Value =
+        serde_json::from_str(&api_get(topo.gw_ns(), "/mappings").unwrap()).unwrap();
+    let realm = listed["realms"][0]["realm"].as_str().unwrap().to_string();
+    assert_eq!(
+        listed["realms"][0]["static"][0]["external"],
+        format!("{p0}:8080")
+    );
+
+    // An inbound-initiated TCP connection through the file's forward.
+    let listener = run_in_netns(&a.ns, || TcpListener::bind((a.addr, 8000))).unwrap();
+    let echo_server = std::thread::spawn(move || {
+        let Ok((mut c, _)) = listener.accept() else {
+            return;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut buf = [0u8; 256];
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 || c.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+    let mut conn = run_in_netns(topo.server_ns(), || {
+        TcpStream::connect_timeout(&SocketAddr::from((p0, 8080)), Duration::from_secs(5))
+    })
+    .unwrap_or_else(|e| panic!("connecting through the port forward: {e}"));
+    conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+    let mut n = 0;
+    let mut echoes = |conn: &mut TcpStream, when: &str| {
+        for _ in 0..5 {
+            n += 1;
+            assert!(echo(conn, n), "TCP echo {n} failed {when}");
+        }
+    };
+    echoes(&mut conn, "before any edit");
+
+    // Add a UDP forward to host B with the CLI: it works at once, the TCP connection stays.
+    let ext = format!("{p0}:5353");
+    let internal = format!("{}:5353", b.addr);
+    let (code, out, err) = cli(&[
+        "--socket",
+        &s,
+        "mappings",
+        "add",
+        "--realm",
+        &realm,
+        "--protocol",
+        "udp",
+        "--external",
+        &ext,
+        "--internal",
+        &internal,
+        "--json",
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["action"], "added", "{out}");
+    assert_eq!(v["generation"], 2, "{out}");
+    let srv = udp(topo.server_ns(), SocketAddrV4::new(server, 7001));
+    let fwd = udp(&b.ns, SocketAddrV4::new(b.addr, 5353));
+    srv.send_to(b"query", SocketAddrV4::new(p0, 5353)).unwrap();
+    let from = receives(&fwd, b"query", Duration::from_secs(2)).expect("the added forward");
+    fwd.send_to(b"answer", from).unwrap();
+    assert_eq!(
+        receives(&srv, b"answer", Duration::from_secs(2)),
+        Some(SocketAddr::from((p0, 5353))),
+        "the added forward's answer"
+    );
+    echoes(&mut conn, "after the API added a forward");
+    assert_eq!(stat(&stats(), "sessions_removed_by_reload"), 0);
+    let on_disk = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        on_disk.contains(&ext) && on_disk.contains(&internal) && on_disk.contains(":8080"),
+        "the mappings file after the edit:\n{on_disk}"
+    );
+
+    // Bad edits: 400 naming the field, nothing changed (configuration, generation, file).
+    let before = api_get(topo.gw_ns(), "/mappings").unwrap();
+    let (status, body) = put(
+        &sock,
+        &format!(
+            r#"{{"realm":"{realm}","protocol":"udp","external":"192.168.1.77:9","internal":"{}:9"}}"#,
+            b.addr
+        ),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("\"field\":\"") && body.contains("mappings-office.toml: static[2].external"),
+        "{body}"
+    );
+    let (status, body) = put(
+        &sock,
+        &format!(
+            r#"{{"realm":"{realm}","protocol":"tcp","external":"{p0}:9090","internal":"{}:8000"}}"#,
+            a.addr
+        ),
+    );
+    assert_eq!(status, 400, "{body}");
+    assert!(
+        body.contains("static[2].internal") && body.contains("already mapped by"),
+        "{body}"
+    );
+    let (code, _, err) = cli(&[
+        "--socket",
+        &s,
+        "mappings",
+        "add",
+        "--realm",
+        &realm,
+        "--one-to-one",
+        "--external",
+        &p0.to_string(),
+        "--internal",
+        &b.addr.to_string(),
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("one_to_one[0].external"), "{err}");
+    assert_eq!(api_get(topo.gw_ns(), "/mappings").unwrap(), before);
+    assert_eq!(stat(&stats(), "generation"), 2);
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), on_disk);
+    echoes(&mut conn, "after the refused edits");
+    drop(conn);
+    echo_server.join().unwrap();
+    assert!(!natgw.stderr().contains("panicked"), "{}", natgw.stderr());
+
+    // A restart loads the file: the added forward still works.
+    drop(natgw);
+    let natgw = NatgwProcess::start(NATGW, &topo, &config, "mappings-mpa2");
+    srv.send_to(b"again", SocketAddrV4::new(p0, 5353)).unwrap();
+    let from =
+        receives(&fwd, b"again", Duration::from_secs(2)).expect("the forward after a restart");
+    fwd.send_to(b"answer2", from).unwrap();
+    assert!(receives(&srv, b"answer2", Duration::from_secs(2)).is_some());
+
+    // Delete it: its session is removed and the forward is gone.
+    let (status, _, body) = api_request(
+        topo.gw_ns(),
+        "DELETE",
+        &format!("/mappings?realm={realm}&protocol=udp&external={p0}%3A5353"),
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"action\":\"removed\""), "{body}");
+    // The workers' walk over their tables runs between batches: wait for it.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while stat(&stats(), "sessions_removed_by_reload") < 1 {
+        assert!(
+            Instant::now() < deadline,
+            "the forward's session stayed: {}",
+            stats()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(stat(&stats(), "sessions_active"), 0, "{}", stats());
+    srv.send_to(b"gone", SocketAddrV4::new(p0, 5353)).unwrap();
+    assert!(
+        receives(&fwd, b"gone", Duration::from_secs(1)).is_none(),
+        "the deleted forward still forwards"
+    );
+    let on_disk = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !on_disk.contains(&ext) && on_disk.contains(":8080"),
+        "{on_disk}"
+    );
+    // Deleting it again: 404 from the CLI's `del`, exit code 1.
+    let (code, _, err) = cli(&[
+        "--socket",
+        &s,
+        "mappings",
+        "del",
+        "--realm",
+        &realm,
+        "--protocol",
+        "udp",
+        "--external",
+        &ext,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("has no udp forward"), "{err}");
+    assert!(!natgw.stderr().contains("panicked"), "{}", natgw.stderr());
+    drop(natgw);
+    let _ = std::fs::remove_dir_all(&dir);
+}
