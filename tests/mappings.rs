@@ -305,3 +305,139 @@ fn api_edits_apply_at_once_persist_and_keep_other_sessions() {
     drop(natgw);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// 100k static forwards from the mappings file: start, then a `PUT /mappings` and a
+/// `POST /reload` while a UDP flow runs through natgw; prints the time each took, the
+/// datagrams lost and the longest gap between two arrivals (bench/README.md). Timing: run
+/// with `CI=true flock /tmp/natgw-netns.lock cargo test --release --test mappings
+/// hundred_thousand -- --ignored --nocapture`.
+#[test]
+#[ignore = "timing: run with --release"]
+fn hundred_thousand_forwards_reload_under_traffic() {
+    let name = "hundred_thousand_forwards_reload_under_traffic";
+    if !prerequisites(name) {
+        return;
+    }
+    let mut spec = TopologySpec::new("mpb");
+    spec.inside_hosts = 2;
+    Topology::cleanup_stale(&spec.tag).unwrap();
+    let topo = Topology::build(&spec).unwrap_or_else(|e| panic!("building {spec:?}: {e}"));
+    let (a, b) = (topo.hosts()[0].clone(), topo.hosts()[1].clone());
+    let server = topo.server_addr();
+    let (p0, p1) = topo.pool(0);
+    assert!(
+        u32::from(p1) > u32::from(p0),
+        "the pool needs two addresses"
+    );
+    let dir = std::env::temp_dir().join(format!("natgw-mpb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("mappings-big.toml");
+    let mut text = String::from("static = [\n");
+    for k in 0..100_000u32 {
+        let ext = std::net::Ipv4Addr::from(u32::from(p0) + k / 50_000);
+        let int = if k < 50_000 { a.addr } else { b.addr };
+        text.push_str(&format!(
+            "  {{ protocol = \"tcp\", external = \"{ext}:{}\", internal = \"{int}:{}\" }},\n",
+            10_000 + k % 50_000,
+            10_000 + k % 50_000
+        ));
+    }
+    text.push_str("]\n");
+    std::fs::write(&file, &text).unwrap();
+    let base = topo.natgw_config();
+    let pool_line = format!("pool = [\"{p0}-{p1}\"]");
+    let config = base.replacen(
+        &pool_line,
+        &format!("mappings_file = \"{}\"\n{pool_line}", file.display()),
+        1,
+    );
+    let t = Instant::now();
+    let natgw = NatgwProcess::start(NATGW, &topo, &config, "mappings-mpb");
+    eprintln!("start with 100k forwards: API up after {:?}", t.elapsed());
+    let listed: serde_json::Value =
+        serde_json::from_str(&api_get(topo.gw_ns(), "/mappings").unwrap()).unwrap();
+    let realm = listed["realms"][0]["realm"].as_str().unwrap().to_string();
+    assert_eq!(
+        listed["realms"][0]["static"].as_array().unwrap().len(),
+        100_000
+    );
+
+    // A flow of 10k datagrams a second from host A to the server, numbered.
+    let srv = udp(topo.server_ns(), SocketAddrV4::new(server, 7002));
+    let host = udp(&a.ns, SocketAddrV4::new(a.addr, 41000));
+    let run = |what: &str, act: &dyn Fn()| {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let st = stop.clone();
+        let h = host.try_clone().unwrap();
+        let sender = std::thread::spawn(move || {
+            let mut n: u32 = 0;
+            let t0 = Instant::now();
+            while !st.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = h.send_to(&n.to_be_bytes(), SocketAddrV4::new(server, 7002));
+                n += 1;
+                let due = t0 + Duration::from_micros(100) * n;
+                while Instant::now() < due {
+                    std::hint::spin_loop();
+                }
+            }
+            n
+        });
+        let r = srv.try_clone().unwrap();
+        r.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let receiver = std::thread::spawn(move || {
+            let (mut got, mut gap, mut last) = (0u32, Duration::ZERO, None::<Instant>);
+            let mut buf = [0u8; 64];
+            while let Ok((n, _)) = r.recv_from(&mut buf) {
+                if n == 4 {
+                    got += 1;
+                    let now = Instant::now();
+                    if let Some(l) = last {
+                        gap = gap.max(now - l);
+                    }
+                    last = Some(now);
+                }
+            }
+            (got, gap)
+        });
+        std::thread::sleep(Duration::from_millis(1000));
+        let t = Instant::now();
+        act();
+        let took = t.elapsed();
+        std::thread::sleep(Duration::from_millis(1000));
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let sent = sender.join().unwrap();
+        let (got, gap) = receiver.join().unwrap();
+        eprintln!(
+            "{what}: answered after {took:?}; {sent} datagrams sent, {} lost, longest gap {gap:?}",
+            sent - got
+        );
+    };
+    let sock = natgw.socket().to_path_buf();
+    run("PUT /mappings at 100k forwards", &|| {
+        let (status, body) = put(
+            &sock,
+            &format!(
+                r#"{{"realm":"{realm}","protocol":"udp","external":"{p0}:5353","internal":"{}:5353"}}"#,
+                a.addr
+            ),
+        );
+        assert_eq!(status, 200, "{body}");
+    });
+    run("POST /reload at 100k forwards", &|| {
+        let (status, _, body) = api_request(topo.gw_ns(), "POST", "/reload").unwrap();
+        assert_eq!(status, 200, "{body}");
+    });
+    run("DELETE /mappings at 100k forwards", &|| {
+        let (status, _, body) = api_request(
+            topo.gw_ns(),
+            "DELETE",
+            &format!("/mappings?realm={realm}&protocol=udp&external={p0}%3A5353"),
+        )
+        .unwrap();
+        assert_eq!(status, 200, "{body}");
+    });
+    assert!(!natgw.stderr().contains("panicked"), "{}", natgw.stderr());
+    drop(natgw);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -574,4 +574,75 @@ mod tests {
         assert!(write_atomic(&dir.join("no/m.toml"), "x").is_err());
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// A mappings file of `n` TCP forwards on 192.168.1.10-192.168.1.12 to 10.0.0.0/8.
+    pub(crate) fn forwards(n: u32) -> String {
+        let mut o = String::from("static = [\n");
+        for k in 0..n {
+            o.push_str(&format!(
+                "    {{ protocol = \"tcp\", external = \"192.168.1.{}:{}\", internal = \"10.{}.{}.{}:80\" }},\n",
+                10 + k / 60000,
+                1 + k % 60000,
+                k / 250 / 250,
+                (k / 250) % 250,
+                1 + k % 250
+            ));
+        }
+        o.push_str("]\n");
+        o
+    }
+
+    /// What an API edit costs at 100k static forwards, step by step (numbers in
+    /// bench/README.md): `cargo test --release --lib hundred_thousand -- --ignored --nocapture`
+    /// (under the machine-wide lock).
+    #[test]
+    #[ignore = "timing: run with --release"]
+    fn hundred_thousand_forwards_step_by_step() {
+        use std::sync::Arc;
+        use std::time::Instant;
+        let conf = CONF
+            .replace("[\"10.0.0.0/24\"]", "[\"10.0.0.0/8\"]")
+            .replace("pool = [\"192.168.1.10\"]", "pool = [\"192.168.1.10-192.168.1.12\"]")
+            .replace("static = [{ protocol = \"tcp\", external = \"192.168.1.10:22\", internal = \"10.0.0.5:22\" }]\n", "");
+        let text = forwards(100_000);
+        for round in 0..3 {
+            let t = Instant::now();
+            let c = config::parse_with(&conf, Path::new("/etc/natgw"), &mut files(&text)).unwrap();
+            let parse = t.elapsed();
+            assert_eq!(c.realms[0].static_mappings.len(), 100_000);
+            let part = Arc::new(crate::nat::ports::BlockPartition::new(1));
+            let t = Instant::now();
+            let rules = Arc::new(crate::nat::Rules::new(&c, part.clone()));
+            let compile = t.elapsed();
+            let mut e = crate::nat::Engine::new(0, rules, Arc::new(Default::default()));
+            // One forward more, as `PUT /mappings` makes it.
+            let put = parse_put(
+                br#"{"realm":"r","protocol":"udp","external":"192.168.1.12:40000","internal":"10.9.9.9:1"}"#,
+            )
+            .unwrap();
+            let t = Instant::now();
+            let (n, _, _) = edited(&c, &put).unwrap();
+            let n = revalidate(&n, Path::new("/etc/natgw/natgw.toml")).unwrap();
+            let revalidate_t = t.elapsed();
+            let t = Instant::now();
+            let r = Arc::new(crate::nat::Rules::reload(&n, part, e.rules()));
+            let recompile = t.elapsed();
+            let t = Instant::now();
+            e.set_rules(r);
+            let set_rules = t.elapsed();
+            let dir = std::env::temp_dir().join(format!("natgw-map100k-{}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let body = n.realms[0].mappings_toml();
+            let t = Instant::now();
+            write_atomic(&dir.join("m.toml"), &body).unwrap();
+            let write = t.elapsed();
+            std::fs::remove_dir_all(&dir).unwrap();
+            eprintln!(
+                "round {round}: 100k forwards ({} bytes): parse+validate {parse:?}, compile \
+                 {compile:?}; PUT: edit+revalidate {revalidate_t:?}, compile {recompile:?}, \
+                 set_rules {set_rules:?}, write_atomic {write:?}",
+                text.len()
+            );
+        }
+    }
 }
