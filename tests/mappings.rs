@@ -192,6 +192,15 @@ fn api_edits_apply_at_once_persist_and_keep_other_sessions() {
     );
     echoes(&mut conn, "after the API added a forward");
     assert_eq!(stat(&stats(), "sessions_removed_by_reload"), 0);
+    let one: serde_json::Value =
+        serde_json::from_str(&api_get(topo.gw_ns(), &format!("/mappings?realm={realm}")).unwrap())
+            .unwrap();
+    assert_eq!(
+        one["realms"][0]["mappings_file"],
+        file.display().to_string()
+    );
+    assert_eq!(one["realms"][0]["inline_static"], 0);
+    assert_eq!(one["realms"][0]["static"][1]["external"], ext);
     let on_disk = std::fs::read_to_string(&file).unwrap();
     assert!(
         on_disk.contains(&ext) && on_disk.contains(&internal) && on_disk.contains(":8080"),

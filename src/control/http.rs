@@ -957,8 +957,14 @@ async fn dispatch(
             .await
         }
         Endpoint::Mappings => {
-            blocking(ctx, |st| match st.handle() {
-                Some(h) => json(StatusCode::OK, mappings_json(&h.config)),
+            blocking(ctx, move |st| match st.handle() {
+                Some(h) => match mappings::realm_filter(&query, &h.config) {
+                    Ok(realm) => json(
+                        StatusCode::OK,
+                        mappings_json_of(&h.config, realm.as_deref()),
+                    ),
+                    Err(e) => json(StatusCode::BAD_REQUEST, e.json()),
+                },
                 None => no_handle(),
             })
             .await

@@ -188,6 +188,23 @@ pub fn parse_delete(query: &str) -> Result<Edit, EditError> {
     })
 }
 
+/// The query of `GET /mappings`: `realm=R` (a realm of `cfg`) or nothing.
+pub fn realm_filter(query: &str, cfg: &Config) -> Result<Option<String>, EditError> {
+    let mut realm = None;
+    for pair in query.split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        if k != "realm" {
+            return Err(EditError::bad(k, "unknown parameter (realm)"));
+        }
+        let v = super::sessions::unescape(k, v).map_err(|e| EditError::bad(e.field, e.reason))?;
+        if !cfg.realms.iter().any(|r| r.name == v) {
+            return Err(EditError::bad("realm", format!("no realm named {v:?}")));
+        }
+        realm = Some(v);
+    }
+    Ok(realm)
+}
+
 /// An applied edit.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Edited {
@@ -539,6 +556,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(edited(&c, &one).unwrap().2, "replaced");
+        assert_eq!(realm_filter("realm=r", &c).unwrap().as_deref(), Some("r"));
+        assert_eq!(realm_filter("", &c).unwrap(), None);
+        assert_eq!(realm_filter("realm=x", &c).unwrap_err().field, "realm");
+        let listed = super::super::mappings_json_of(&c, Some("r"));
+        assert!(
+            listed.contains(r#""mappings_file":"/etc/natgw/m.toml","inline_static":1,"#),
+            "{listed}"
+        );
     }
 
     #[test]

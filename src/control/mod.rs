@@ -211,9 +211,17 @@ pub fn status_json(h: &Handle) -> String {
 /// `GET /mappings`: the static forwards and 1:1 mappings of the configuration in force, per
 /// realm.
 pub fn mappings_json(cfg: &Config) -> String {
+    mappings_json_of(cfg, None)
+}
+
+/// `GET /mappings?realm=R`: one realm's (None: every realm's), with the realm's mappings
+/// file (`"mappings_file"`, null without one) and how many of its entries are inline (the
+/// first `inline_static` and `inline_one_to_one`; the API edits only the others).
+pub fn mappings_json_of(cfg: &Config, realm: Option<&str>) -> String {
     let realms: Vec<String> = cfg
         .realms
         .iter()
+        .filter(|r| realm.is_none_or(|n| n == r.name))
         .map(|r| {
             let st: Vec<String> = r
                 .static_mappings
@@ -237,8 +245,17 @@ pub fn mappings_json(cfg: &Config) -> String {
                     )
                 })
                 .collect();
+            let (file, inline_st, inline_one) = match &r.mappings_file {
+                Some(m) => (
+                    json_str(&m.path.display().to_string()),
+                    m.statics_from,
+                    m.one_to_one_from,
+                ),
+                None => ("null".into(), r.static_mappings.len(), r.one_to_one.len()),
+            };
             format!(
-                "{{\"realm\":{},\"static\":[{}],\"one_to_one\":[{}]}}",
+                "{{\"realm\":{},\"mappings_file\":{file},\"inline_static\":{inline_st},\
+                 \"inline_one_to_one\":{inline_one},\"static\":[{}],\"one_to_one\":[{}]}}",
                 json_str(&r.name),
                 st.join(","),
                 one.join(",")
@@ -359,7 +376,8 @@ mod tests {
         .unwrap();
         assert_eq!(
             mappings_json(&cfg),
-            "{\"realms\":[{\"realm\":\"r\",\"static\":[{\"protocol\":\"tcp\",\
+            "{\"realms\":[{\"realm\":\"r\",\"mappings_file\":null,\"inline_static\":1,\
+             \"inline_one_to_one\":1,\"static\":[{\"protocol\":\"tcp\",\
              \"external\":\"192.168.1.10:80\",\"internal\":\"10.0.0.5:8080\"}],\
              \"one_to_one\":[{\"external\":\"192.168.1.11\",\"internal\":\"10.0.0.9\"}]}]}"
         );
