@@ -3,7 +3,7 @@
 //! inbound-initiated TCP connection through another forward keeps running; the realm's
 //! mappings file on disk holds it, so it survives a restart; a bad `PUT /mappings` is refused
 //! naming the field and changes nothing; `DELETE /mappings` removes the forward and its
-//! session.
+//! session; an edit whose write-back fails is undone and answered 500.
 //!
 //! Needs root and the `ip` command; under `CI=true` a missing prerequisite is a failure.
 //! Run under the shared lock: `CI=true flock /tmp/natgw-netns.lock cargo test --test mappings`.
@@ -259,6 +259,7 @@ fn api_edits_apply_at_once_persist_and_keep_other_sessions() {
     // A restart loads the file: the added forward still works.
     drop(natgw);
     let natgw = NatgwProcess::start(NATGW, &topo, &config, "mappings-mpa2");
+    let sock2 = natgw.socket().to_path_buf();
     srv.send_to(b"again", SocketAddrV4::new(p0, 5353)).unwrap();
     let from =
         receives(&fwd, b"again", Duration::from_secs(2)).expect("the forward after a restart");
@@ -311,6 +312,31 @@ fn api_edits_apply_at_once_persist_and_keep_other_sessions() {
     ]);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("has no udp forward"), "{err}");
+
+    // A write that fails (a directory where the file was: the rename fails) undoes the
+    // change: 500 saying so, the running mappings as before.
+    let before = api_get(topo.gw_ns(), "/mappings").unwrap();
+    let generation = stat(&stats(), "generation");
+    std::fs::remove_file(&file).unwrap();
+    std::fs::create_dir(&file).unwrap();
+    let (status, body) = put(
+        &sock2,
+        &format!(
+            r#"{{"realm":"{realm}","protocol":"udp","external":"{ext}","internal":"{internal}"}}"#
+        ),
+    );
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("failed") && body.contains("the change was undone"),
+        "{body}"
+    );
+    assert_eq!(api_get(topo.gw_ns(), "/mappings").unwrap(), before);
+    assert_eq!(stat(&stats(), "generation"), generation + 2);
+    srv.send_to(b"undone", SocketAddrV4::new(p0, 5353)).unwrap();
+    assert!(
+        receives(&fwd, b"undone", Duration::from_secs(1)).is_none(),
+        "the undone forward forwards"
+    );
     assert!(!natgw.stderr().contains("panicked"), "{}", natgw.stderr());
     drop(natgw);
     let _ = std::fs::remove_dir_all(&dir);
