@@ -16,38 +16,12 @@ use std::time::Duration;
 use natgw_testbed::lab::api_get;
 use natgw_testbed::netns::prerequisites;
 use natgw_testbed::process::NatgwProcess;
-use natgw_testbed::sockets::internet_checksum;
+use natgw_testbed::sockets::{RawSender, tcp_segment};
+
+const SYN: u8 = 0x02;
 use natgw_testbed::{Topology, TopologySpec, run_in_netns};
 
 const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
-
-/// A TCP SYN from `src:sport` to `dst:dport`, IPv4 header included (for IPPROTO_RAW).
-fn syn(src: Ipv4Addr, sport: u16, dst: Ipv4Addr, dport: u16, seq: u32) -> [u8; 40] {
-    let mut p = [0u8; 40];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&40u16.to_be_bytes());
-    p[8] = 64;
-    p[9] = 6;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let c = internet_checksum(&p[..20]);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    let t = &mut p[20..];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = 0x02;
-    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let mut pseudo = Vec::with_capacity(32);
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, 6, 0, 20]);
-    pseudo.extend_from_slice(&p[20..]);
-    let c = internet_checksum(&pseudo);
-    p[36..38].copy_from_slice(&c.to_be_bytes());
-    p
-}
 
 /// Sends spoofed SYNs from `net.x` (x random, 10..250) to `dst` until `stop`; counts them.
 fn syn_flood(
@@ -57,17 +31,9 @@ fn syn_flood(
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
 ) -> std::thread::JoinHandle<()> {
-    // SAFETY: plain socket(2); checked below.
-    let fd = run_in_netns(ns, || unsafe {
-        libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)
-    });
-    assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+    let raw = RawSender::open(ns).unwrap_or_else(|e| panic!("raw socket: {e}"));
     std::thread::spawn(move || {
         let mut x: u32 = 0x9e37_79b9;
-        // SAFETY: all-zero sockaddr_in is valid; filled below.
-        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        to.sin_family = libc::AF_INET as libc::sa_family_t;
-        to.sin_addr.s_addr = u32::from(*dst.ip()).to_be();
         let base = net.octets();
         while !stop.load(Ordering::Relaxed) {
             for _ in 0..50 {
@@ -75,30 +41,14 @@ fn syn_flood(
                 x ^= x >> 17;
                 x ^= x << 5;
                 let src = Ipv4Addr::new(base[0], base[1], base[2], 10 + (x % 240) as u8);
-                let p = syn(
-                    src,
-                    1024 + (x >> 16) as u16 % 60000,
-                    *dst.ip(),
-                    dst.port(),
-                    x,
-                );
-                // SAFETY: p and to are valid for the given lengths.
-                unsafe {
-                    libc::sendto(
-                        fd,
-                        p.as_ptr().cast(),
-                        p.len(),
-                        0,
-                        (&to as *const libc::sockaddr_in).cast(),
-                        size_of::<libc::sockaddr_in>() as libc::socklen_t,
-                    )
-                };
+                let sport = 1024 + (x >> 16) as u16 % 60000;
+                let p = tcp_segment(src, sport, *dst.ip(), dst.port(), x, 0, SYN);
+                // A flood: a send the kernel refuses is not worth stopping for.
+                let _ = raw.send(&p, *dst.ip());
                 sent.fetch_add(1, Ordering::Relaxed);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
-        // SAFETY: our own fd.
-        unsafe { libc::close(fd) };
     })
 }
 

@@ -9,7 +9,7 @@
 //! Run under the shared lock: `CI=true flock /tmp/natgw-netns.lock cargo test --test mappings`.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use natgw_testbed::lab::{api_get, api_request, stat};
 use natgw_testbed::netns::prerequisites;
 use natgw_testbed::process::NatgwProcess;
+use natgw_testbed::sockets::tcp_echo_once;
 use natgw_testbed::{Topology, TopologySpec, run_in_netns};
 
 const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
@@ -131,19 +132,7 @@ fn api_edits_apply_at_once_persist_and_keep_other_sessions() {
     );
 
     // An inbound-initiated TCP connection through the file's forward.
-    let listener = run_in_netns(&a.ns, || TcpListener::bind((a.addr, 8000))).unwrap();
-    let echo_server = std::thread::spawn(move || {
-        let Ok((mut c, _)) = listener.accept() else {
-            return;
-        };
-        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-        let mut buf = [0u8; 256];
-        while let Ok(n) = c.read(&mut buf) {
-            if n == 0 || c.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-    });
+    let echo_server = tcp_echo_once(&a.ns, SocketAddrV4::new(a.addr, 8000)).unwrap();
     let mut conn = run_in_netns(topo.server_ns(), || {
         TcpStream::connect_timeout(&SocketAddr::from((p0, 8080)), Duration::from_secs(5))
     })

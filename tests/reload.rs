@@ -9,12 +9,13 @@
 //! Run under the shared lock: `CI=true flock /tmp/natgw-netns.lock cargo test --test reload`.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use natgw_testbed::lab::{api_get, api_request, stat};
 use natgw_testbed::netns::prerequisites;
 use natgw_testbed::process::NatgwProcess;
+use natgw_testbed::sockets::tcp_echo_once;
 use natgw_testbed::{Topology, TopologySpec, run_in_netns};
 
 const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
@@ -167,20 +168,7 @@ fn reloads_keep_sessions_and_apply_additions_at_once() {
     assert_eq!(stat(&stats(), "generation"), 1, "generation at start");
 
     // Host A serves TCP echo on 8000, reached from the server through the port forward.
-    let listener = run_in_netns(&a.ns, || TcpListener::bind((a.addr, 8000))).unwrap();
-    let echo_server = std::thread::spawn(move || {
-        let Ok((mut c, _)) = listener.accept() else {
-            return;
-        };
-        // Bounded, so that a cut connection cannot keep the test waiting.
-        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
-        let mut buf = [0u8; 256];
-        while let Ok(n) = c.read(&mut buf) {
-            if n == 0 || c.write_all(&buf[..n]).is_err() {
-                break;
-            }
-        }
-    });
+    let echo_server = tcp_echo_once(&a.ns, SocketAddrV4::new(a.addr, 8000)).unwrap();
     let mut conn = run_in_netns(topo.server_ns(), || {
         TcpStream::connect_timeout(&SocketAddr::from((p0, 8080)), Duration::from_secs(5))
     })

@@ -15,92 +15,13 @@ use std::time::Duration;
 use natgw_testbed::lab::{api_get, stat};
 use natgw_testbed::netns::prerequisites;
 use natgw_testbed::process::NatgwProcess;
-use natgw_testbed::sockets::{PacketSocket, internet_checksum};
+use natgw_testbed::sockets::{PacketSocket, RawSender, tcp_segment};
 use natgw_testbed::{Topology, TopologySpec, run_in_netns};
 
 const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
 const RST: u8 = 0x04;
 const FIN: u8 = 0x01;
 const ACK: u8 = 0x10;
-
-/// A TCP segment without payload, IPv4 header included (for IPPROTO_RAW).
-fn segment(
-    src: Ipv4Addr,
-    sport: u16,
-    dst: Ipv4Addr,
-    dport: u16,
-    seq: u32,
-    ack: u32,
-    flags: u8,
-) -> [u8; 40] {
-    let mut p = [0u8; 40];
-    p[0] = 0x45;
-    p[2..4].copy_from_slice(&40u16.to_be_bytes());
-    p[8] = 64;
-    p[9] = 6;
-    p[12..16].copy_from_slice(&src.octets());
-    p[16..20].copy_from_slice(&dst.octets());
-    let c = internet_checksum(&p[..20]);
-    p[10..12].copy_from_slice(&c.to_be_bytes());
-    let t = &mut p[20..];
-    t[0..2].copy_from_slice(&sport.to_be_bytes());
-    t[2..4].copy_from_slice(&dport.to_be_bytes());
-    t[4..8].copy_from_slice(&seq.to_be_bytes());
-    t[8..12].copy_from_slice(&ack.to_be_bytes());
-    t[12] = 5 << 4;
-    t[13] = flags;
-    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
-    let mut pseudo = Vec::with_capacity(32);
-    pseudo.extend_from_slice(&src.octets());
-    pseudo.extend_from_slice(&dst.octets());
-    pseudo.extend_from_slice(&[0, 6, 0, 20]);
-    pseudo.extend_from_slice(&p[20..]);
-    let c = internet_checksum(&pseudo);
-    p[36..38].copy_from_slice(&c.to_be_bytes());
-    p
-}
-
-/// A raw IPv4 socket in namespace `ns`, sending packets whose header the caller writes
-/// (any source address: a spoofer).
-struct RawSender(std::os::fd::OwnedFd);
-
-impl RawSender {
-    fn open(ns: &str) -> RawSender {
-        use std::os::fd::FromRawFd;
-        // SAFETY: plain socket(2); checked below.
-        let fd = run_in_netns(ns, || unsafe {
-            libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)
-        });
-        assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
-        // SAFETY: a fresh fd that nothing else owns.
-        RawSender(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-    }
-
-    fn send(&self, p: &[u8], dst: Ipv4Addr) {
-        use std::os::fd::AsRawFd;
-        // SAFETY: all-zero sockaddr_in is valid; filled below.
-        let mut to: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-        to.sin_family = libc::AF_INET as libc::sa_family_t;
-        to.sin_addr.s_addr = u32::from(dst).to_be();
-        // SAFETY: p and to are valid for the given lengths.
-        let n = unsafe {
-            libc::sendto(
-                self.0.as_raw_fd(),
-                p.as_ptr().cast(),
-                p.len(),
-                0,
-                (&to as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        };
-        assert_eq!(
-            n,
-            p.len() as isize,
-            "sendto: {}",
-            std::io::Error::last_os_error()
-        );
-    }
-}
 
 /// The destination (the connection's external address and port) and the sequence number
 /// after the payload of the server's next data segment, captured on the router's
@@ -200,7 +121,7 @@ fn spoofed_out_of_window_rsts_leave_the_connection_established() {
     // The spoofer: the router namespace, another outside host. Offsets from the inside host's
     // receive point are between 2^30 and 2^32 - 2^29: outside any window it can advertise
     // (at most 65535 << 14 < 2^30), whatever window scale it uses.
-    let spoofer = RawSender::open(topo.router_ns());
+    let spoofer = RawSender::open(topo.router_ns()).unwrap_or_else(|e| panic!("raw socket: {e}"));
     let offsets = [
         1u32 << 31,
         3 << 30,
@@ -212,11 +133,13 @@ fn spoofed_out_of_window_rsts_leave_the_connection_established() {
     for (i, d) in offsets.iter().enumerate() {
         let seq = snd_nxt.wrapping_add(*d);
         let flags = if i % 2 == 0 { RST } else { RST | ACK };
-        let p = segment(server, sport, pool, ext_port, seq, 0x1234_5678, flags);
-        spoofer.send(&p, pool);
+        let p = tcp_segment(server, sport, pool, ext_port, seq, 0x1234_5678, flags);
+        spoofer
+            .send(&p, pool)
+            .unwrap_or_else(|e| panic!("sendto: {e}"));
         sent += 1;
     }
-    let fin = segment(
+    let fin = tcp_segment(
         server,
         sport,
         pool,
@@ -225,7 +148,9 @@ fn spoofed_out_of_window_rsts_leave_the_connection_established() {
         1,
         FIN | ACK,
     );
-    spoofer.send(&fin, pool);
+    spoofer
+        .send(&fin, pool)
+        .unwrap_or_else(|e| panic!("sendto: {e}"));
     sent += 1;
     std::thread::sleep(Duration::from_millis(300));
 
@@ -249,8 +174,10 @@ fn spoofed_out_of_window_rsts_leave_the_connection_established() {
 
     // A RST at exactly the receive point is the real thing: natgw lets it through and the
     // inside host's connection is reset.
-    let rst = segment(server, sport, pool, ext_port, snd_nxt, 0, RST);
-    spoofer.send(&rst, pool);
+    let rst = tcp_segment(server, sport, pool, ext_port, snd_nxt, 0, RST);
+    spoofer
+        .send(&rst, pool)
+        .unwrap_or_else(|e| panic!("sendto: {e}"));
     std::thread::sleep(Duration::from_millis(300));
     let s = session_of(topo.gw_ns(), &remote).unwrap();
     assert!(

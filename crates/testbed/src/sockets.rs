@@ -307,3 +307,107 @@ mod tests {
         assert_eq!(internet_checksum(&m), 0);
     }
 }
+
+/// A TCP segment without payload, IPv4 header included (for [`RawSender`]): any source
+/// address, valid IPv4 and TCP checksums, window 64240, no options.
+pub fn tcp_segment(
+    src: Ipv4Addr,
+    sport: u16,
+    dst: Ipv4Addr,
+    dport: u16,
+    seq: u32,
+    ack: u32,
+    flags: u8,
+) -> [u8; 40] {
+    let mut p = [0u8; 40];
+    p[0] = 0x45;
+    p[2..4].copy_from_slice(&40u16.to_be_bytes());
+    p[8] = 64;
+    p[9] = 6;
+    p[12..16].copy_from_slice(&src.octets());
+    p[16..20].copy_from_slice(&dst.octets());
+    let c = internet_checksum(&p[..20]);
+    p[10..12].copy_from_slice(&c.to_be_bytes());
+    let t = &mut p[20..];
+    t[0..2].copy_from_slice(&sport.to_be_bytes());
+    t[2..4].copy_from_slice(&dport.to_be_bytes());
+    t[4..8].copy_from_slice(&seq.to_be_bytes());
+    t[8..12].copy_from_slice(&ack.to_be_bytes());
+    t[12] = 5 << 4;
+    t[13] = flags;
+    t[14..16].copy_from_slice(&64240u16.to_be_bytes());
+    let mut pseudo = Vec::with_capacity(32);
+    pseudo.extend_from_slice(&src.octets());
+    pseudo.extend_from_slice(&dst.octets());
+    pseudo.extend_from_slice(&[0, 6, 0, 20]);
+    pseudo.extend_from_slice(&p[20..]);
+    let c = internet_checksum(&pseudo);
+    p[36..38].copy_from_slice(&c.to_be_bytes());
+    p
+}
+
+/// A raw IPv4 socket (IPPROTO_RAW) in namespace `ns`: sends packets whose IPv4 header the
+/// caller writes, so with any source address (a spoofer).
+#[derive(Debug)]
+pub struct RawSender(OwnedFd);
+
+impl RawSender {
+    pub fn open(ns: &str) -> io::Result<RawSender> {
+        crate::run_in_netns(ns, || {
+            // SAFETY: plain socket(2); checked below.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW) };
+            if fd < 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // SAFETY: a fresh fd that nothing else owns.
+            Ok(RawSender(unsafe { OwnedFd::from_raw_fd(fd) }))
+        })
+    }
+
+    /// Sends the IPv4 packet `p` (header included) towards `dst`.
+    pub fn send(&self, p: &[u8], dst: Ipv4Addr) -> io::Result<()> {
+        // SAFETY: all-zero sockaddr_in is valid; filled below.
+        let mut to: libc::sockaddr_in = unsafe { zeroed() };
+        to.sin_family = libc::AF_INET as libc::sa_family_t;
+        to.sin_addr.s_addr = u32::from(dst).to_be();
+        // SAFETY: p and to are valid for the given lengths.
+        let n = unsafe {
+            libc::sendto(
+                self.0.as_raw_fd(),
+                p.as_ptr().cast(),
+                p.len(),
+                0,
+                (&to as *const libc::sockaddr_in).cast(),
+                size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            )
+        };
+        if n == p.len() as isize {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
+        }
+    }
+}
+
+/// A TCP echo server for one connection on `addr` in namespace `ns`: bound before this
+/// returns, it echoes until the peer closes or stays silent for 10 s (so that a cut
+/// connection cannot keep a test waiting).
+pub fn tcp_echo_once(
+    ns: &str,
+    addr: std::net::SocketAddrV4,
+) -> io::Result<std::thread::JoinHandle<()>> {
+    use std::io::{Read, Write};
+    let listener = crate::run_in_netns(ns, || std::net::TcpListener::bind(addr))?;
+    Ok(std::thread::spawn(move || {
+        let Ok((mut c, _)) = listener.accept() else {
+            return;
+        };
+        let _ = c.set_read_timeout(Some(Duration::from_secs(10)));
+        let mut buf = [0u8; 256];
+        while let Ok(n) = c.read(&mut buf) {
+            if n == 0 || c.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    }))
+}
