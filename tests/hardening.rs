@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use natgw_testbed::lab::api_get;
 use natgw_testbed::netns::prerequisites;
+use natgw_testbed::process::thread_caps;
 use natgw_testbed::{GW_INSIDE_IF, Topology, TopologySpec, run_in_netns};
 
 const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
@@ -704,24 +705,6 @@ fn unprivileged(caps: &str) -> Vec<String> {
     .iter()
     .map(|s| s.to_string())
     .collect()
-}
-
-/// The `CapEff:` mask of /proc/<pid>/task/<tid>/status, for every thread of `pid`, with the
-/// thread's name.
-fn thread_caps(pid: u32) -> Vec<(String, u64)> {
-    let mut v = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let dir = t.unwrap().path();
-        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let eff = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .map(|x| u64::from_str_radix(x.trim(), 16).unwrap())
-            .unwrap_or(u64::MAX);
-        v.push((name.trim().to_string(), eff));
-    }
-    v
 }
 
 #[test]

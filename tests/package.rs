@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use natgw_testbed::lab::api_get;
 use natgw_testbed::netns::prerequisites_with;
+use natgw_testbed::process::thread_caps;
 use natgw_testbed::{Topology, TopologySpec};
 
 const UNIT: &str = "/lib/systemd/system/natgw.service";
@@ -284,23 +285,6 @@ impl Launcher {
 fn mode_owner(p: &str) -> (u32, u32, u32) {
     let m = std::fs::metadata(p).unwrap_or_else(|e| panic!("{p}: {e}"));
     (m.permissions().mode() & 0o7777, m.uid(), m.gid())
-}
-
-/// `CapEff` of every thread of `pid`, with the thread's name.
-fn thread_caps(pid: u32) -> Vec<(String, u64)> {
-    let mut v = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let dir = t.unwrap().path();
-        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let eff = status
-            .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .map(|x| u64::from_str_radix(x.trim(), 16).unwrap())
-            .unwrap_or(u64::MAX);
-        v.push((name.trim().to_string(), eff));
-    }
-    v
 }
 
 /// Processes running `exe`.

@@ -90,6 +90,24 @@ impl NatgwProcess {
     }
 }
 
+/// The `CapEff:` mask of /proc/<pid>/task/<tid>/status, for every thread of `pid`, with the
+/// thread's name (`u64::MAX` where it cannot be read).
+pub fn thread_caps(pid: u32) -> Vec<(String, u64)> {
+    let mut v = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
+        let dir = t.unwrap().path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
+        let eff = status
+            .lines()
+            .find_map(|l| l.strip_prefix("CapEff:"))
+            .map(|x| u64::from_str_radix(x.trim(), 16).unwrap())
+            .unwrap_or(u64::MAX);
+        v.push((name.trim().to_string(), eff));
+    }
+    v
+}
+
 impl Drop for NatgwProcess {
     fn drop(&mut self) {
         // SAFETY: kill(2) on our own unreaped child.
