@@ -164,10 +164,62 @@ pub fn restart_only(running: &Config, new: &Config) -> Option<(String, &'static 
         ),
         (
             "control.listen",
-            running.control != new.control,
+            running.control.listen != new.control.listen,
             "the API listener is bound at start",
         ),
+        (
+            "control.socket",
+            running.control.socket != new.control.socket,
+            "the control socket is bound at start",
+        ),
+        (
+            "control.socket_group",
+            running.control.socket_group != new.control.socket_group,
+            "the control socket's group is set when it is bound, at start",
+        ),
+        (
+            "control.token_file",
+            running.control.token_file != new.control.token_file,
+            "the token is read at start",
+        ),
+        (
+            "control.max_connections",
+            running.control.max_connections != new.control.max_connections,
+            "the API's limits are set at start",
+        ),
+        (
+            "control.max_header_bytes",
+            running.control.max_header_bytes != new.control.max_header_bytes,
+            "the API's limits are set at start",
+        ),
+        (
+            "control.max_body_bytes",
+            running.control.max_body_bytes != new.control.max_body_bytes,
+            "the API's limits are set at start",
+        ),
+        (
+            "control.request_timeout",
+            running.control.request_timeout != new.control.request_timeout,
+            "the API's limits are set at start",
+        ),
+        (
+            "control.idle_timeout",
+            running.control.idle_timeout != new.control.idle_timeout,
+            "the API's limits are set at start",
+        ),
     ];
+    // Every field of [control] is named above: a new field must be added there too.
+    let crate::config::Control {
+        listen: _,
+        socket: _,
+        socket_group: _,
+        token_file: _,
+        max_connections: _,
+        max_header_bytes: _,
+        max_body_bytes: _,
+        request_timeout: _,
+        idle_timeout: _,
+    } = &new.control;
     if let Some((key, _, why)) = dataplane.iter().find(|(_, changed, _)| *changed) {
         return Some((key.to_string(), why));
     }
@@ -183,4 +235,56 @@ pub fn restart_only(running: &Config, new: &Config) -> Option<(String, &'static 
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::restart_only;
+    use crate::config::Config;
+
+    fn cfg() -> Config {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/examples/minimal.toml");
+        crate::config::load(std::path::Path::new(p)).unwrap()
+    }
+
+    /// Each key of [control] that needs a restart is refused by its own name (not all of
+    /// them as `control.listen`), and an unchanged section is no refusal.
+    #[test]
+    fn control_keys_are_refused_by_name() {
+        let running = cfg();
+        assert_eq!(restart_only(&running, &running.clone()), None);
+        type Edit = (&'static str, fn(&mut Config));
+        let edits: [Edit; 9] = [
+            ("control.listen", |c| {
+                c.control.listen = "127.0.0.1:9999".parse().unwrap()
+            }),
+            ("control.socket", |c| {
+                c.control.socket = "/tmp/x.sock".into()
+            }),
+            ("control.socket_group", |c| {
+                c.control.socket_group = Some("adm".into())
+            }),
+            ("control.token_file", |c| {
+                c.control.token_file = Some("/etc/natgw/token".into())
+            }),
+            ("control.max_connections", |c| {
+                c.control.max_connections += 1
+            }),
+            ("control.max_header_bytes", |c| {
+                c.control.max_header_bytes += 1
+            }),
+            ("control.max_body_bytes", |c| c.control.max_body_bytes += 1),
+            ("control.request_timeout", |c| {
+                c.control.request_timeout += 1
+            }),
+            ("control.idle_timeout", |c| c.control.idle_timeout += 1),
+        ];
+        for (key, edit) in edits {
+            let mut new = running.clone();
+            edit(&mut new);
+            let (k, why) = restart_only(&running, &new).expect(key);
+            assert_eq!(k, key);
+            assert!(!why.is_empty());
+        }
+    }
 }
