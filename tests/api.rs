@@ -694,6 +694,19 @@ fn cli_against_a_running_natgw() {
     assert_eq!(v["sessions"][0]["remote"], srv.to_string());
     let (_, out, _) = cli(&[&s[..], &["sessions", "--proto", "tcp"]].concat());
     assert_eq!(out, "0 of 0 session(s)\n");
+    // `natgw sessions | head`: stdout a pipe whose reader is gone (closed before natgw
+    // starts, so the write fails for certain) ends the output quietly, no panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let o = Command::new(NATGW)
+        .args([&s[..], &["sessions"]].concat())
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    assert!(err.is_empty(), "{err}");
     let (code, _, err) = cli(&[&s[..], &["sessions", "--inside", "10.0.0"]].concat());
     assert_eq!(code, 1, "natgw refuses a bad filter: {err}");
     assert!(

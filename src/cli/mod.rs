@@ -115,6 +115,8 @@ pub struct SessionArgs {
 enum Failure {
     Usage(String),
     Call(CallError),
+    /// Writing the answer failed (not a closed pipe: that ends the output quietly).
+    Output(std::io::Error),
 }
 
 impl From<CallError> for Failure {
@@ -130,6 +132,10 @@ pub fn run(connect: &Connect, cmd: &Command) -> ExitCode {
         Err(Failure::Usage(m)) => {
             eprintln!("natgw: {m}");
             ExitCode::from(2)
+        }
+        Err(Failure::Output(e)) => {
+            eprintln!("natgw: writing the answer: {e}");
+            ExitCode::from(1)
         }
         Err(Failure::Call(e)) => {
             eprintln!("natgw: {e}");
@@ -185,8 +191,24 @@ fn query(pairs: &[(&str, &Option<String>)]) -> String {
     q.join("&")
 }
 
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+/// Writes the answer to stdout. `print!` would panic when stdout is a pipe its reader
+/// closed (`natgw sessions | head`: Rust ignores SIGPIPE, so the write fails with EPIPE);
+/// a closed pipe ends the output quietly and successfully, as for `ls | head`, and any
+/// other write error is reported with exit code 1.
+fn out(text: &str) -> Result<(), Failure> {
+    use std::io::Write;
+    let mut o = std::io::stdout().lock();
+    match o.write_all(text.as_bytes()).and_then(|()| o.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(Failure::Output(e)),
+        _ => Ok(()),
+    }
+}
+
+fn print_json(v: &Value) -> Result<(), Failure> {
+    out(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(v).unwrap_or_default()
+    ))
 }
 
 fn execute(connect: &Connect, cmd: &Command) -> Result<(), Failure> {
@@ -196,9 +218,9 @@ fn execute(connect: &Connect, cmd: &Command) -> Result<(), Failure> {
             let status = c.get_json("/status")?;
             let stats = c.get_json("/stats")?;
             if connect.json {
-                print_json(&serde_json::json!({ "status": status, "stats": stats }));
+                print_json(&serde_json::json!({ "status": status, "stats": stats }))?;
             } else {
-                print!("{}", status_text(&status, &stats));
+                out(&status_text(&status, &stats))?;
             }
         }
         Command::Sessions(a) => {
@@ -214,19 +236,19 @@ fn execute(connect: &Connect, cmd: &Command) -> Result<(), Failure> {
             ]);
             let v = c.get_json(&format!("/sessions?{q}"))?;
             if connect.json {
-                print_json(&v);
+                print_json(&v)?;
             } else {
-                print!("{}", sessions_text(&v));
+                out(&sessions_text(&v))?;
             }
         }
         Command::Reload => {
             let body = c.call(Method::POST, "/reload")?;
             let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             if connect.json {
-                print_json(&v);
+                print_json(&v)?;
             } else {
                 let m = v.get("message").and_then(Value::as_str).unwrap_or("done");
-                println!("natgw: {m}");
+                out(&format!("natgw: {m}\n"))?;
             }
         }
         Command::Drops { all } => {
@@ -237,9 +259,9 @@ fn execute(connect: &Connect, cmd: &Command) -> Result<(), Failure> {
                     .iter()
                     .map(|(k, v)| (k.clone(), Value::from(*v)))
                     .collect();
-                print_json(&Value::Object(obj));
+                print_json(&Value::Object(obj))?;
             } else {
-                print!("{}", drops_text(&drops));
+                out(&drops_text(&drops))?;
             }
         }
         Command::Mappings {
@@ -264,7 +286,7 @@ fn execute(connect: &Connect, cmd: &Command) -> Result<(), Failure> {
                 })
             };
             let answer = c.call_with(Method::PUT, "/mappings", body.to_string().into())?;
-            print_edit(connect, &answer);
+            print_edit(connect, &answer)?;
         }
         Command::Mappings {
             cmd: MappingsCommand::Del(a),
@@ -290,16 +312,16 @@ fn execute(connect: &Connect, cmd: &Command) -> Result<(), Failure> {
                 ("external", &external),
             ]);
             let answer = c.call(Method::DELETE, &format!("/mappings?{q}"))?;
-            print_edit(connect, &answer);
+            print_edit(connect, &answer)?;
         }
         Command::Mappings {
             cmd: MappingsCommand::List,
         } => {
             let v = c.get_json("/mappings")?;
             if connect.json {
-                print_json(&v);
+                print_json(&v)?;
             } else {
-                print!("{}", mappings_text(&v));
+                out(&mappings_text(&v))?;
             }
         }
     }
@@ -307,17 +329,17 @@ fn execute(connect: &Connect, cmd: &Command) -> Result<(), Failure> {
 }
 
 /// The answer of a mapping edit: `natgw: added (generation 4, /etc/natgw/m.toml)`.
-fn print_edit(connect: &Connect, answer: &[u8]) {
+fn print_edit(connect: &Connect, answer: &[u8]) -> Result<(), Failure> {
     let v: Value = serde_json::from_slice(answer).unwrap_or(Value::Null);
     if connect.json {
-        print_json(&v);
+        print_json(&v)
     } else {
-        println!(
-            "natgw: {} (generation {}, written to {})",
+        out(&format!(
+            "natgw: {} (generation {}, written to {})\n",
             text(&v, "action"),
             num(&v, "generation"),
             text(&v, "file")
-        );
+        ))
     }
 }
 
