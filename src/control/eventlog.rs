@@ -35,6 +35,10 @@ const SYSLOG_TIMEOUT: Duration = Duration::from_secs(1);
 const ROUND: usize = 4096;
 /// How long the logger sleeps when the rings were empty.
 const IDLE: Duration = Duration::from_millis(10);
+/// How long it sleeps when no realm logs anything (no record can come; a reload that turns
+/// logging on wakes it at once): idle, it wakes once a second instead of a hundred times
+/// (0.4-0.8 % of a core on these VMs, a third of an idle natgw's CPU).
+const IDLE_OFF: Duration = Duration::from_secs(1);
 
 /// What the logger did, for the metrics; counted even while no logger runs (all zero).
 #[derive(Debug, Default)]
@@ -60,6 +64,10 @@ struct Shared {
     settings: Mutex<Settings>,
     /// Set by SIGHUP and reloads: the logger reopens its outputs (logrotate).
     reopen: AtomicBool,
+    /// Whether some realm logs some event (else the logger sleeps [`IDLE_OFF`]).
+    active: AtomicBool,
+    /// The logger thread, unparked when the configuration changes.
+    thread: OnceLock<std::thread::Thread>,
 }
 
 static LOGGER: OnceLock<Arc<Shared>> = OnceLock::new();
@@ -103,11 +111,14 @@ pub fn start(cfg: &Config, h: &Handle) -> std::io::Result<()> {
         counters: h.counters.clone(),
         settings: Mutex::new(settings(cfg, &h.rules)),
         reopen: AtomicBool::new(true),
+        active: AtomicBool::new(true),
+        thread: OnceLock::new(),
     });
     let s = Arc::clone(&shared);
-    std::thread::Builder::new()
+    let t = std::thread::Builder::new()
         .name("natgw-eventlog".into())
         .spawn(move || run(&s))?;
+    let _ = shared.thread.set(t.thread().clone());
     let _ = LOGGER.set(shared);
     configure(cfg, &h.rules);
     Ok(())
@@ -124,7 +135,11 @@ pub fn configure(cfg: &Config, rules: &Rules) {
     for c in &sh.counters {
         c.eventlog.configure(cfg.eventlog.ring as usize, &m);
     }
+    sh.active.store(m.iter().any(|&m| m != 0), Relaxed);
     reopen();
+    if let Some(t) = sh.thread.get() {
+        t.unpark();
+    }
 }
 
 /// Makes the logger reopen its file and syslog socket before its next write (SIGHUP, after
@@ -245,7 +260,12 @@ fn run(sh: &Shared) {
             };
         }
         if n == 0 {
-            std::thread::sleep(IDLE);
+            if sh.active.load(Relaxed) {
+                std::thread::sleep(IDLE);
+            } else {
+                // Records logged before logging was turned off were drained above.
+                std::thread::park_timeout(IDLE_OFF);
+            }
         }
     }
 }

@@ -191,6 +191,9 @@ impl Gateway {
             threads: spawn_workers(cfg, &links, &progs, &shared, &mut handle)?,
         };
         handle.xdp_modes = attach_xdp(&mut progs, &links, mode)?;
+        if let Some(cores) = workers::pin_off_workers(cfg) {
+            tracing::info!("management threads on core(s) {cores:?}, off the workers'");
+        }
         // Last: nothing after this needs more than the runtime capabilities. An error stops
         // the workers (the guard) before the XDP programs detach.
         privileges::after_setup()?;

@@ -35,6 +35,30 @@ impl Drop for Started {
     }
 }
 
+/// Moves the calling thread off the workers' cores when the machine has others: every
+/// management thread (API, metrics, event log, the main thread's netlink work) is spawned
+/// from it afterwards and inherits the mask. Their wake-ups would otherwise land on a
+/// worker's core now and then and take the CPU from it while it polls. Returns the cores
+/// chosen (None: every usable core has a worker, so the management threads share them).
+pub(super) fn pin_off_workers(cfg: &Config) -> Option<Vec<usize>> {
+    let cores = core_affinity::get_core_ids()?;
+    let free: Vec<usize> = cores
+        .iter()
+        .map(|c| c.id)
+        .filter(|id| !cfg.dataplane.workers.iter().any(|w| w.core == *id))
+        .collect();
+    if free.is_empty() {
+        return None;
+    }
+    match natgw_kernel::wake::set_affinity(&free) {
+        Ok(()) => Some(free),
+        Err(e) => {
+            tracing::warn!("management threads stay on every core: {e}");
+            None
+        }
+    }
+}
+
 /// What every worker shares with the others and with the management thread.
 pub(super) struct Shared {
     neigh: Arc<NeighTable>,

@@ -13,7 +13,7 @@ use super::neigh::{NeighState, NeighTable};
 use crate::nat::counters::Counter;
 use crate::nat::{Counters, DropReason, Egress, Engine, Frame, Ingress, Pkt, Rules, Verdict};
 use crossbeam::queue::ArrayQueue;
-use natgw_kernel::wake::{EventFd, MAX_WAIT_FDS, involuntary_switches, wait_readable};
+use natgw_kernel::wake::{EventFd, MAX_WAIT_FDS, RunDelay, involuntary_switches, wait_readable};
 use natgw_kernel::xsk::{BadDesc, Desc, Umem, XskSocket};
 use stats::{Meter, WorkerStats};
 use std::net::Ipv4Addr;
@@ -173,8 +173,6 @@ struct Spin {
     window: u64,
     /// When the loop last did work (ns since the epoch).
     last_work: u64,
-    /// Involuntary context switches seen at the last check.
-    switches: u64,
     /// No growth before this (ns since the epoch).
     hold_until: u64,
 }
@@ -194,19 +192,16 @@ impl Spin {
         Spin {
             window: SPIN_MIN_NS,
             last_work: 0,
-            switches: 0,
             hold_until: 0,
         }
     }
 
-    /// On the housekeeping tick: `switches` preemptions so far (more than one since the
-    /// last tick: the core is shared).
-    fn check_preempted(&mut self, switches: u64, now: u64) {
-        if switches > self.switches.saturating_add(1) {
+    /// On the housekeeping tick: whether the core was shared since the last one.
+    fn check_preempted(&mut self, shared: bool, now: u64) {
+        if shared {
             self.window = SPIN_MIN_NS;
             self.hold_until = now + SPIN_HOLD_NS;
         }
-        self.switches = switches;
     }
 
     /// After a sleep of `slept` ns that `traffic` ended (false: the timeout), at `now`.
@@ -219,6 +214,62 @@ impl Spin {
             (self.window / 2).max(SPIN_MIN_NS)
         };
     }
+}
+
+/// Whether the worker shares its core with other work, judged on each housekeeping tick.
+///
+/// By the time the worker waited, runnable, for its CPU ([`RunDelay`]): shared when the
+/// wait grew by more than [`SHARED_WAIT_SHARE`] of the wall time since the last tick. A
+/// count of preemptions cannot tell that from the brief preemptions any core sees (a
+/// kworker, the softirq thread delivering the worker's own transmissions): on these VMs
+/// those came in twos and threes every 50-200 ms while a paced flow ran, each dropping the
+/// spin window to its minimum for a second, so a request every 2 ms paid two wake-ups
+/// (p50 1.75x busy mode's). Where the kernel keeps no scheduler statistics, the old rule:
+/// more than one involuntary switch per tick.
+struct CoreShare {
+    delay: Option<RunDelay>,
+    last_delay: u64,
+    last_switches: u64,
+    last_check: u64,
+}
+
+/// The share of the wall time a worker may wait for its CPU before its core counts as
+/// shared (1/10: 5 ms of a 50 ms tick).
+pub const SHARED_WAIT_SHARE: u64 = 10;
+
+impl CoreShare {
+    /// For the calling thread (the worker's own).
+    fn open() -> CoreShare {
+        CoreShare {
+            delay: RunDelay::open(),
+            last_delay: 0,
+            last_switches: 0,
+            last_check: 0,
+        }
+    }
+
+    fn shared(&mut self, now: u64) -> bool {
+        let wall = now.saturating_sub(self.last_check);
+        self.last_check = now;
+        match self.delay.as_ref().and_then(RunDelay::read) {
+            Some(d) => {
+                let waited = d.saturating_sub(self.last_delay);
+                self.last_delay = d;
+                waited_too_long(waited, wall)
+            }
+            None => {
+                let s = involuntary_switches();
+                let shared = s > self.last_switches.saturating_add(1);
+                self.last_switches = s;
+                shared
+            }
+        }
+    }
+}
+
+/// Whether waiting `waited` ns for the CPU in `wall` ns means the core is shared.
+fn waited_too_long(waited: u64, wall: u64) -> bool {
+    waited.saturating_mul(SHARED_WAIT_SHARE) > wall
 }
 
 /// Marks a worker as running while it lives (cleared also when a panic unwinds `run`).
@@ -328,6 +379,7 @@ impl Worker {
     pub fn run(mut self) {
         let mut sc = Scratch::new(self.batch);
         let mut spin = Spin::new();
+        let mut share = CoreShare::open();
         let mut last_tick = 0u64;
         let _running = Running::new(Arc::clone(&self.dp));
         self.dp
@@ -385,7 +437,7 @@ impl Worker {
                 last_tick = now;
                 self.engine.tick(now);
                 if !self.busy_poll {
-                    spin.check_preempted(involuntary_switches(), now);
+                    spin.check_preempted(share.shared(now), now);
                 }
                 self.expire_held(now);
                 self.meter.tick(now, &self.engine, &self.dp.stats);
