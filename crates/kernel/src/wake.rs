@@ -142,6 +142,26 @@ mod tests {
         }
     }
 
+    /// Two threads spinning on one core wait for it about half the time each: the figure a
+    /// worker judges its core by grows by far more than a tenth of the wall time.
+    #[test]
+    fn run_delay_grows_when_two_threads_share_a_core() {
+        let spin = || {
+            set_affinity(&[0]).unwrap();
+            let r = RunDelay::open().expect("scheduler statistics (CONFIG_SCHED_INFO)");
+            let before = r.read().unwrap();
+            let t = std::time::Instant::now();
+            while t.elapsed() < std::time::Duration::from_millis(300) {
+                std::hint::spin_loop();
+            }
+            r.read().unwrap() - before
+        };
+        let a = std::thread::spawn(spin);
+        let b = std::thread::spawn(spin);
+        let waited = a.join().unwrap().max(b.join().unwrap());
+        assert!(waited > 30_000_000, "waited {waited} ns of 300 ms");
+    }
+
     #[test]
     fn eventfd_wakes_a_waiter_once_per_drain() {
         let e = EventFd::new().unwrap();

@@ -74,6 +74,7 @@ dp_counters! {
     copied_frames: "frames copied between UMEMs (no shared UMEM)",
     handoff_in: "frames received from other cores",
     idle_sleeps: "times the poll loop slept for lack of traffic",
+    core_shared: "housekeeping ticks on which the worker found its core shared (it waited for its CPU more than a tenth of the time) and stopped spinning for a second",
     neigh_requests: "neighbour resolutions asked of the kernel",
     neigh_held: "frames held for a next hop that was not resolved yet",
     neigh_released: "held frames sent once their next hop resolved",
@@ -437,7 +438,11 @@ impl Worker {
                 last_tick = now;
                 self.engine.tick(now);
                 if !self.busy_poll {
-                    spin.check_preempted(share.shared(now), now);
+                    let shared = share.shared(now);
+                    if shared {
+                        self.dp.core_shared.inc();
+                    }
+                    spin.check_preempted(shared, now);
                 }
                 self.expire_held(now);
                 self.meter.tick(now, &self.engine, &self.dp.stats);
