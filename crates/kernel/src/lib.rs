@@ -17,6 +17,7 @@ pub mod bpf;
 pub mod caps;
 pub mod ethtool;
 pub mod netlink;
+pub mod sched;
 pub mod signal;
 pub mod sys;
 pub mod wake;

@@ -89,13 +89,19 @@ fn rx_queues(l: &LinkInfo) -> (u32, &'static str) {
 /// forwarding would route it untranslated), so an unserved queue is silent loss of every
 /// flow the NIC hashes onto it.
 pub(super) fn check_workers(cfg: &Config, links: &Links) -> Result<(), StartError> {
-    let cores = core_affinity::get_core_ids().unwrap_or_default();
+    // Any online core, not only those of natgw's own affinity: the cores a box keeps for
+    // its gateway (isolcpus=, CPUAffinity= of the other services) are usually outside the
+    // mask natgw inherits. A core the kernel will not let natgw use (a cpuset) fails when
+    // the worker pins itself, with the kernel's reason.
+    let cores = natgw_kernel::sched::online_cpus()
+        .or_else(|_| natgw_kernel::sched::affinity())
+        .unwrap_or_default();
     let workers = &cfg.dataplane.workers;
     for w in workers {
-        if !cores.iter().any(|c| c.id == w.core) {
+        if !cores.contains(&w.core) {
             return Err(StartError::NoCore {
                 core: w.core,
-                usable: cores.iter().map(|c| c.id).collect(),
+                usable: cores,
             });
         }
     }

@@ -25,6 +25,12 @@ pub enum StartError {
     },
     /// A worker's core does not exist or natgw may not run on it.
     NoCore { core: usize, usable: Vec<usize> },
+    /// The kernel refused to pin a worker to its core (sched_setaffinity).
+    Pin {
+        worker: usize,
+        core: usize,
+        err: std::io::Error,
+    },
     /// A worker's queue does not exist on an interface that has `queues` receive queues.
     NoQueue {
         queue: u32,
@@ -106,6 +112,10 @@ impl fmt::Display for StartError {
             StartError::NoCore { core, usable } => write!(
                 f,
                 "dataplane.workers: core {core} does not exist or is not usable by natgw (usable: {usable:?})"
+            ),
+            StartError::Pin { worker, core, err } => write!(
+                f,
+                "dataplane.workers[{worker}]: cannot pin the worker to core {core}: {err} (a cpuset or container that leaves the core out?)"
             ),
             StartError::NoQueue {
                 queue,

@@ -41,16 +41,15 @@ impl Drop for Started {
 /// worker's core now and then and take the CPU from it while it polls. Returns the cores
 /// chosen (None: every usable core has a worker, so the management threads share them).
 pub(super) fn pin_off_workers(cfg: &Config) -> Option<Vec<usize>> {
-    let cores = core_affinity::get_core_ids()?;
+    let cores = natgw_kernel::sched::affinity().ok()?;
     let free: Vec<usize> = cores
-        .iter()
-        .map(|c| c.id)
+        .into_iter()
         .filter(|id| !cfg.dataplane.workers.iter().any(|w| w.core == *id))
         .collect();
     if free.is_empty() {
         return None;
     }
-    match natgw_kernel::wake::set_affinity(&free) {
+    match natgw_kernel::sched::set_affinity(&free) {
         Ok(()) => Some(free),
         Err(e) => {
             tracing::warn!("management threads stay on every core: {e}");
@@ -166,17 +165,42 @@ pub(super) fn spawn_workers(
             handle.started,
         );
         let core = w.core;
+        // The worker says whether it runs on its core before it polls: a worker the kernel
+        // will not pin (a cpuset without that core) is a refused start, not a worker that
+        // polls on whatever core it was given.
+        let (pinned_tx, pinned) = std::sync::mpsc::sync_channel(1);
         let t = std::thread::Builder::new()
             .name(format!("natgw-w{wi}"))
             .spawn(move || {
                 super::privileges::worker_drops_all();
-                core_affinity::set_for_current(core_affinity::CoreId { id: core });
+                let pin = natgw_kernel::sched::set_affinity(&[core]);
+                let ok = pin.is_ok();
+                let _ = pinned_tx.send(pin);
+                if !ok {
+                    return;
+                }
                 #[cfg(debug_assertions)]
                 crate::dataplane::fault::arm(wi);
                 worker.run()
             })
             .map_err(|err| StartError::Thread { worker: wi, err })?;
         workers.threads.push(t);
+        match pinned.recv() {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => {
+                return Err(StartError::Pin {
+                    worker: wi,
+                    core,
+                    err,
+                });
+            }
+            Err(_) => {
+                return Err(StartError::Thread {
+                    worker: wi,
+                    err: std::io::Error::other("the worker ended before it was pinned"),
+                });
+            }
+        }
         handle.counters.push(counters);
         handle.dp.push(dpc);
         handle.control.push(tx);
