@@ -600,11 +600,14 @@ impl Thread<'_> {
 }
 
 /// Waits `ns` without burning the core for long waits: sleeps for all but the last 50 us,
-/// spins the rest.
+/// and yields the core for the rest, so that a sink (or DUT) thread sharing it runs as
+/// soon as it has work instead of when the scheduler preempts a spinning generator (that
+/// showed as milliseconds of one-way latency at low rates with generator and sink on one
+/// core); `yield` returns at once when nothing else wants the core.
 fn idle_wait(ns: u64) {
     if ns > 100_000 {
         std::thread::sleep(Duration::from_nanos(ns - 50_000));
     } else if ns > 0 {
-        std::hint::spin_loop();
+        std::thread::yield_now();
     }
 }
