@@ -77,6 +77,13 @@ pub struct CompareArgs {
     pub zero_loss_flows: Option<u64>,
     #[arg(long)]
     pub dut_core: Option<usize>,
+    /// Measure every point this many times (1-100), the DUTs in turn and their order
+    /// rotated per round; the tables give medians and min-max, ratios per round medianed.
+    #[arg(long)]
+    pub rounds: Option<usize>,
+    /// Base name of the result files (default: <date>-<host>).
+    #[arg(long)]
+    pub name: Option<String>,
 }
 
 impl CompareArgs {
@@ -132,6 +139,18 @@ impl CompareArgs {
         }
         if let Some(c) = self.dut_core {
             o.dut_core = c;
+        }
+        if let Some(n) = self.rounds {
+            if !(1..=100).contains(&n) {
+                return Err(format!("--rounds {n}: 1-100"));
+            }
+            o.rounds = n;
+        }
+        if let Some(n) = &self.name {
+            if n.is_empty() || n.contains('/') {
+                return Err(format!("--name {n:?}: a file name without '/'"));
+            }
+            o.name = Some(n.clone());
         }
         Ok(o)
     }
@@ -445,18 +464,22 @@ mod tests {
         assert!(o.out_dir.is_none() && o.new_session_flows == 0 && o.zero_loss_flows.is_none());
         let o = parse_compare(
             "--duts natgw-adaptive,kernel-masquerade-rps --flows 1,16 --sizes 1500 \
-             --duration 0.5 --out /tmp/x --zero-loss-flows 0 --capacity 4096",
+             --duration 0.5 --out /tmp/x --zero-loss-flows 0 --capacity 4096 --rounds 3 --name r",
         )
         .unwrap();
         assert_eq!(o.duts, vec![Dut::NatgwAdaptive, Dut::KernelRps]);
         assert_eq!(o.duration, Duration::from_millis(500));
         assert_eq!(o.zero_loss_flows, None);
         assert_eq!(o.capacity, Some(4096));
+        assert_eq!((o.rounds, o.name.as_deref()), (3, Some("r")));
+        assert_eq!(parse_compare("").unwrap().rounds, 1, "one round by default");
         assert_eq!(o.new_session_flows, 200_000, "the full run's default");
         for (args, want) in [
             ("--duts natgw", "--duts"),
             ("--duration 0", "--duration"),
             ("--new-session-flows 1000", "--new-session-flows"),
+            ("--rounds 0", "--rounds"),
+            ("--name a/b", "--name"),
         ] {
             let e = parse_compare(args).unwrap_err();
             assert!(e.contains(want), "{args}: {e}");

@@ -38,6 +38,7 @@ use crate::forwarder::{self, ForwarderConfig};
 use crate::frame::Proto;
 use crate::generator::{self, DstMac, GenConfig, GenReport};
 use crate::json::{Obj, Value};
+use crate::latency::LatencySummary;
 use crate::port::{self, PortOptions, XskMode};
 use crate::sink::{self, SinkConfig, SinkReport};
 
@@ -128,6 +129,12 @@ pub struct CompareOptions {
     /// natgw's `sessions.capacity_per_core` (`None`: room for every flow set of the run,
     /// 1.25 x their sum as a power of two, at least 2^18).
     pub capacity: Option<u64>,
+    /// Every point measured this many times, the DUTs in turn within a round and their
+    /// order rotated by one per round; the tables give medians (and min-max) over the
+    /// rounds, ratios taken within each round and then medianed.
+    pub rounds: usize,
+    /// Base name of the result files (`None`: `<date>-<host>`).
+    pub name: Option<String>,
 }
 
 impl CompareOptions {
@@ -149,6 +156,8 @@ impl CompareOptions {
             zero_loss_flows: Some(1024),
             trial: Duration::from_secs(1),
             capacity: None,
+            rounds: 1,
+            name: None,
         }
     }
 
@@ -219,6 +228,8 @@ pub struct Row {
     pub dut: Dut,
     pub flows: u64,
     pub size: usize,
+    /// The round (0-based) of `--rounds`.
+    pub round: usize,
     pub result: Result<Measured, String>,
 }
 
@@ -256,6 +267,7 @@ impl Measured {
 #[derive(Clone, Debug)]
 pub struct NewSessions {
     pub dut: Dut,
+    pub round: usize,
     pub flows: u64,
     pub sent: u64,
     pub gen_pps: f64,
@@ -267,14 +279,103 @@ pub struct NewSessions {
 }
 
 /// The zero-loss search at one point: the highest rate of the binary search with loss
-/// below 0.1 %, and every trial (rate, loss).
+/// below 0.1 %, and every trial (rate, loss); then the one-way latency at half that rate,
+/// and the kernel's masquerade's at the same rate.
 #[derive(Clone, Debug)]
 pub struct ZeroLoss {
     pub dut: Dut,
+    pub round: usize,
     pub flows: u64,
     pub size: usize,
     pub rate: u64,
     pub trials: Vec<(u64, f64)>,
+    /// The DUT at half its zero-loss rate (`None`: no zero-loss rate found).
+    pub half_rate: Option<Result<LatencyRun, String>>,
+    /// `kernel-masquerade` at this DUT's half rate, in the same round (`None`: the kernel
+    /// is not among the DUTs, or this is the kernel).
+    pub kernel_same_rate: Option<Result<LatencyRun, String>>,
+}
+
+/// The generator at a fixed rate, the sink's one-way latency (generator and sink on this
+/// machine, both stamps CLOCK_MONOTONIC).
+#[derive(Clone, Debug)]
+pub struct LatencyRun {
+    /// The rate asked of the generator, pps.
+    pub rate: u64,
+    /// The rate it sent at.
+    pub offered_pps: f64,
+    pub loss: f64,
+    pub latency: LatencySummary,
+}
+
+impl LatencyRun {
+    fn json(&self) -> Obj {
+        Obj::new()
+            .u("rate_pps", self.rate)
+            .f("offered_pps", self.offered_pps)
+            .f("loss", self.loss)
+            .o("latency", self.latency.json())
+    }
+}
+
+/// The median and the range of one quantity over the rounds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Stat {
+    pub median: f64,
+    pub min: f64,
+    pub max: f64,
+    pub n: usize,
+}
+
+impl Stat {
+    /// Over the finite values of `v` (`None`: none). An even count's median is the mean of
+    /// the middle two.
+    pub fn of(v: impl IntoIterator<Item = f64>) -> Option<Stat> {
+        let mut v: Vec<f64> = v.into_iter().filter(|x| x.is_finite()).collect();
+        if v.is_empty() {
+            return None;
+        }
+        v.sort_by(f64::total_cmp);
+        let n = v.len();
+        let median = if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2.0
+        };
+        Some(Stat {
+            median,
+            min: v[0],
+            max: v[n - 1],
+            n,
+        })
+    }
+
+    fn json(&self) -> Obj {
+        Obj::new()
+            .f("median", self.median)
+            .f("min", self.min)
+            .f("max", self.max)
+            .u("rounds", self.n as u64)
+    }
+}
+
+/// One (DUT, flows, size) over the rounds: medians of the measurements, and the medians of
+/// the ratios taken within each round (against the same round's kernel and raw forwarder).
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub dut: Dut,
+    pub flows: u64,
+    pub size: usize,
+    pub sink_pps: Stat,
+    pub gen_pps: Stat,
+    pub loss: Stat,
+    pub sink_dropped: Stat,
+    pub dut_drops: Option<Stat>,
+    pub ns_per_packet: Option<Stat>,
+    pub pps_vs_kernel: Option<Stat>,
+    pub pps_vs_raw: Option<Stat>,
+    pub ns_vs_kernel: Option<Stat>,
+    pub ns_vs_raw: Option<Stat>,
 }
 
 /// Loss below this is "zero" (RFC 2544 asks for none; a loaded shared VM drops the odd frame).
@@ -440,6 +541,9 @@ pub fn flow_set(flows: u64) -> Result<FlowSet, String> {
 struct Ctx<'a> {
     o: &'a CompareOptions,
     topo: &'a Topology,
+    /// The gateway's `eth-in` MAC: the generator addresses it directly instead of through
+    /// ARP, which a DUT that takes every frame (testpmd's XDP program) never answers.
+    gw_mac: [u8; 6],
 }
 
 #[derive(Default)]
@@ -494,7 +598,7 @@ impl Ctx<'_> {
             proto: Proto::Udp,
             wire_size: size,
             src_mac: None,
-            dst_mac: DstMac::Resolve(self.topo.spec().addressing.inside_gw),
+            dst_mac: DstMac::Given(self.gw_mac),
             dst_ip: self.topo.server_addr(),
             dst_port: 7777,
             flows,
@@ -550,9 +654,9 @@ impl Ctx<'_> {
         Ok((g, s, snap))
     }
 
-    fn measure(&self, task: &DutTask, flows: u64, size: usize) -> Result<Measured, String> {
-        // Preliminary phase: every flow twice, flat out (sessions / conntrack entries set
-        // up before the measured phase, RFC 9693).
+    /// Preliminary phase: every flow twice, flat out (sessions / conntrack entries set up
+    /// before the measured phase, RFC 9693).
+    fn warm(&self, flows: u64, size: usize) -> Result<(), String> {
         let set = flow_set(flows)?;
         let warm = self.gen_cfg(
             set,
@@ -561,8 +665,36 @@ impl Ctx<'_> {
             Some(Duration::from_secs(20)),
             Some(2 * flows.max(5000)),
         );
-        let (wg, ws, ()) = self.phase(&warm, &self.sink(flows, Duration::from_secs(30)), || ())?;
-        let _ = (wg, ws);
+        self.phase(&warm, &self.sink(flows, Duration::from_secs(30)), || ())?;
+        Ok(())
+    }
+
+    /// The generator at `rate` pps for the measured phase's duration, the sink's one-way
+    /// latency histogram (the flows' sessions exist already).
+    fn latency_at(&self, flows: u64, size: usize, rate: u64) -> Result<LatencyRun, String> {
+        let set = flow_set(flows)?;
+        let g = self.gen_cfg(set, rate.max(1), size, Some(self.o.duration), None);
+        let (g, s, ()) = self.phase(
+            &g,
+            &self.sink(flows, self.o.duration * 3 + Duration::from_secs(5)),
+            || (),
+        )?;
+        let loss = if g.sent > 0 {
+            1.0 - s.packets.min(g.sent) as f64 / g.sent as f64
+        } else {
+            1.0
+        };
+        Ok(LatencyRun {
+            rate,
+            offered_pps: g.pps(),
+            loss,
+            latency: s.latency,
+        })
+    }
+
+    fn measure(&self, task: &DutTask, flows: u64, size: usize) -> Result<Measured, String> {
+        self.warm(flows, size)?;
+        let set = flow_set(flows)?;
         let g = self.gen_cfg(set, 0, size, Some(self.o.duration), None);
         let before = snap(task, self.o.dut_core);
         let (g, s, after) = self.phase(
@@ -601,7 +733,7 @@ impl Ctx<'_> {
 
     /// Every packet a new flow (sources from 10.2.0.0, used by nothing else), once each,
     /// flat out, before the DUT has seen any of them.
-    fn new_sessions(&self, dut: Dut, task: &DutTask) -> Result<NewSessions, String> {
+    fn new_sessions(&self, dut: Dut, round: usize, task: &DutTask) -> Result<NewSessions, String> {
         let n = self.o.new_session_flows;
         let set = FlowSet::new(Ipv4Addr::new(10, 2, 0, 0), 14, (n / 16) as u32, 10000, 16)?;
         if dut.is_kernel() {
@@ -636,6 +768,7 @@ impl Ctx<'_> {
         );
         Ok(NewSessions {
             dut,
+            round,
             flows: set.count(),
             sent: g.sent,
             gen_pps: g.pps(),
@@ -672,7 +805,14 @@ impl Ctx<'_> {
 
     /// Binary search on the rate between 0 and `hi` pps (the flat-out rate), 7 trials;
     /// the flows' sessions exist already (the throughput point before it).
-    fn zero_loss(&self, dut: Dut, flows: u64, size: usize, hi: u64) -> Result<ZeroLoss, String> {
+    fn zero_loss(
+        &self,
+        dut: Dut,
+        round: usize,
+        flows: u64,
+        size: usize,
+        hi: u64,
+    ) -> Result<ZeroLoss, String> {
         let set = flow_set(flows)?;
         let (mut lo, mut hi) = (0u64, hi);
         let mut best = 0;
@@ -708,12 +848,21 @@ impl Ctx<'_> {
             best as f64 / 1e6,
             trials.len()
         );
+        // Latency at half the zero-loss rate, on the same DUT instance.
+        let half_rate = (best >= 2000).then(|| {
+            let r = self.latency_at(flows, size, best / 2);
+            log_latency(dut, best / 2, &r);
+            r
+        });
         Ok(ZeroLoss {
             dut,
+            round,
             flows,
             size,
             rate: best,
             trials,
+            half_rate,
+            kernel_same_rate: None,
         })
     }
 
@@ -780,12 +929,149 @@ impl Ctx<'_> {
                 }
                 r.map(|r| (r, None))
             }
-            Dut::Testpmd => Err(if on_path("dpdk-testpmd") {
-                "dpdk-testpmd is installed but its net_af_xdp run is not implemented yet".into()
-            } else {
-                "dpdk-testpmd is not installed (Debian's dpdk package; not installed in CI)".into()
-            }),
+            Dut::Testpmd => self.with_testpmd(f),
         }
+    }
+
+    /// The router's MAC on the gateway's outside link (the raw forwarder's and testpmd's
+    /// next hop).
+    fn router_mac(&self) -> Result<[u8; 6], String> {
+        let router = self.topo.spec().addressing.router_outside;
+        try_run_in_netns(self.topo.gw_ns(), || -> io::Result<[u8; 6]> {
+            let l = natgw_kernel::netlink::link_by_name(GW_OUTSIDE_IF)?.ifindex;
+            port::resolve_mac(l, router, Duration::from_secs(3))
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("router's MAC: {e}"))
+    }
+
+    /// dpdk-testpmd (Debian's dpdk-dev package) with two net_af_xdp ports on the gateway's
+    /// `eth-in` (port 0) and `eth-out` (port 1), forwarding between them in `mac` mode: each
+    /// frame's source MAC becomes the transmitting port's, its destination the `--eth-peer`
+    /// of that port (the router for port 1), so the router accepts what it forwards (`io`
+    /// mode sends the frames out unchanged, still addressed to `eth-in`'s MAC, and the
+    /// router's veth would drop them as not for it). No translation: the DPDK-class
+    /// forwarding reference beside the raw forwarder. The main lcore (stats, signals) is on
+    /// the generator's core and sleeps; the one forwarding lcore polls on the DUT's core.
+    /// `--no-huge`: anonymous memory, no hugepages to reserve on a shared machine.
+    fn with_testpmd<T>(
+        &self,
+        f: &mut dyn FnMut(&DutTask) -> Result<T, String>,
+    ) -> Result<(T, Option<String>), String> {
+        if !on_path("dpdk-testpmd") {
+            return Err(
+                "dpdk-testpmd is not installed (Debian's dpdk-dev package; not installed in CI)"
+                    .into(),
+            );
+        }
+        let router = self.router_mac()?;
+        let h1 = try_run_in_netns(self.topo.host_ns(0), || {
+            natgw_kernel::netlink::link_by_name(HOST_IF).map(|l| l.mac)
+        })
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("h1's MAC: {e}"))?;
+        let mac = |m: [u8; 6]| {
+            m.iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<Vec<_>>()
+                .join(":")
+        };
+        let main = if self.o.gen_core != self.o.dut_core {
+            self.o.gen_core
+        } else {
+            (self.o.dut_core + 1) % nproc().max(2)
+        };
+        let log = std::env::temp_dir().join(format!(
+            "natgw-compare-testpmd-{}-{}.log",
+            self.o.tag,
+            std::process::id()
+        ));
+        let out = std::fs::File::create(&log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let err = out
+            .try_clone()
+            .map_err(|e| format!("{}: {e}", log.display()))?;
+        let prefix = format!("natgw-{}", self.o.tag);
+        let args: Vec<String> = vec![
+            "netns".into(),
+            "exec".into(),
+            self.topo.gw_ns().into(),
+            "dpdk-testpmd".into(),
+            "-l".into(),
+            format!("{main},{}", self.o.dut_core),
+            "--main-lcore".into(),
+            main.to_string(),
+            "--no-huge".into(),
+            "-m".into(),
+            "512".into(),
+            "--no-pci".into(),
+            "--file-prefix".into(),
+            prefix,
+            "--vdev".into(),
+            format!("net_af_xdp0,iface={GW_INSIDE_IF},start_queue=0,queue_count=1"),
+            "--vdev".into(),
+            format!("net_af_xdp1,iface={GW_OUTSIDE_IF},start_queue=0,queue_count=1"),
+            "--".into(),
+            "--forward-mode=mac".into(),
+            format!("--eth-peer=0,{}", mac(h1)),
+            format!("--eth-peer=1,{}", mac(router)),
+            "--nb-cores=1".into(),
+            "--rxq=1".into(),
+            "--txq=1".into(),
+            "--burst=64".into(),
+            // testpmd's default pool (sized for the largest rings on every lcore) does not
+            // fit in 512 MB of --no-huge memory; 16k mbufs (36 MB) hold both ports' rings.
+            "--total-num-mbufs=16384".into(),
+            "--auto-start".into(),
+            "--stats-period=1".into(),
+        ];
+        let mut child = std::process::Command::new("ip")
+            .args(&args)
+            .stdin(std::process::Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .map_err(|e| format!("starting dpdk-testpmd: {e}"))?;
+        // SIGINT: testpmd stops forwarding, prints its totals and exits.
+        let stop = |c: &mut std::process::Child| {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGINT) };
+            let t = Instant::now();
+            while t.elapsed() < Duration::from_secs(10) {
+                if let Ok(Some(_)) = c.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        };
+        let text = || read(&log.to_string_lossy());
+        // Forwarding has started when the first periodic stats appear.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let ready = loop {
+            if text().contains("NIC statistics for port") {
+                break Ok(());
+            }
+            if let Ok(Some(st)) = child.try_wait() {
+                break Err(format!(
+                    "dpdk-testpmd exited ({st}) before forwarding: {}",
+                    last_lines(&text(), 6)
+                ));
+            }
+            if Instant::now() >= deadline {
+                break Err(format!(
+                    "dpdk-testpmd did not start forwarding within 20 s: {}",
+                    last_lines(&text(), 6)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let r = ready.and_then(|()| f(&DutTask::Process(child.id())));
+        stop(&mut child);
+        let t = text();
+        let stats = testpmd_stats(&t);
+        let _ = std::fs::remove_file(&log);
+        r.map(|r| (r, Some(stats)))
     }
 
     fn with_forwarder<T>(
@@ -793,13 +1079,7 @@ impl Ctx<'_> {
         f: &mut dyn FnMut(&DutTask) -> Result<T, String>,
     ) -> Result<(T, Option<String>), String> {
         let gw = self.topo.gw_ns().to_string();
-        let router = self.topo.spec().addressing.router_outside;
-        let mac = try_run_in_netns(&gw, || -> io::Result<[u8; 6]> {
-            let l = natgw_kernel::netlink::link_by_name(GW_OUTSIDE_IF)?.ifindex;
-            port::resolve_mac(l, router, Duration::from_secs(3))
-        })
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("router's MAC: {e}"))?;
+        let mac = self.router_mac()?;
         let cfg = ForwarderConfig {
             rx_if: GW_INSIDE_IF.into(),
             tx_if: GW_OUTSIDE_IF.into(),
@@ -864,61 +1144,161 @@ impl Ctx<'_> {
         }
     }
 
-    /// Every point, each DUT in turn: the new-session test, then every (flows, size), the
-    /// zero-loss search right after its throughput point (on the same DUT instance, whose
-    /// sessions are then set up).
+    /// The DUTs in round `round`'s order: rotated by one per round, so that no DUT always
+    /// runs first (after the topology's set-up) or right after the same neighbour.
+    fn order(&self, round: usize) -> Vec<Dut> {
+        round_order(&self.o.duts, round)
+    }
+
+    /// Every point, each DUT in turn, `rounds` times: the new-session test, then every
+    /// (flows, size), the zero-loss search and the latency at half its rate right after
+    /// its throughput point (on the same DUT instance, whose sessions are then set up).
+    /// The rounds of a point follow each other, so that a round's DUTs (and the ratios
+    /// between them) are measured minutes apart at most.
     fn run_all(&self, res: &mut Results) {
+        let rounds = self.o.rounds.max(1);
         if self.o.new_session_flows > 0 {
-            for &dut in &self.o.duts {
-                let r = self
-                    .with_dut(dut, self.o.new_session_flows, &mut |t| {
-                        self.new_sessions(dut, t)
-                    })
-                    .map(|(n, _)| n)
-                    .map_err(|e| (dut, e));
-                if let Err((_, e)) = &r {
-                    eprintln!("compare: {} new sessions: {e}", dut.name());
+            for round in 0..rounds {
+                for dut in self.order(round) {
+                    let r = self
+                        .with_dut(dut, self.o.new_session_flows, &mut |t| {
+                            self.new_sessions(dut, round, t)
+                        })
+                        .map(|(n, _)| n)
+                        .map_err(|e| (dut, e));
+                    if let Err((_, e)) = &r {
+                        eprintln!("compare: {} new sessions: {e}", dut.name());
+                    }
+                    res.new_sessions.push(r);
                 }
-                res.new_sessions.push(r);
             }
         }
         for &flows in &self.o.flows {
             for &size in &self.o.sizes {
                 let zl =
                     self.o.zero_loss_flows == Some(flows) && self.o.sizes.first() == Some(&size);
-                for &dut in &self.o.duts {
-                    let mut z = None;
-                    let r = self
-                        .with_dut(dut, flows, &mut |t| {
-                            let m = self.measure(t, flows, size)?;
-                            if zl {
-                                z = Some(
-                                    self.zero_loss(dut, flows, size, m.gen_pps as u64)
-                                        .map_err(|e| (dut, e)),
-                                );
-                            }
-                            Ok(m)
-                        })
-                        .map(|(mut m, stats)| {
-                            m.dut_drops = stats.as_deref().map(sum_drops);
-                            m.dut_stats = stats;
-                            m
-                        });
-                    self.log_point(dut, flows, size, &r);
-                    if zl {
-                        res.zero_loss.push(z.unwrap_or_else(|| {
-                            Err((dut, r.as_ref().err().cloned().unwrap_or_default()))
-                        }));
+                for round in 0..rounds {
+                    if rounds > 1 {
+                        eprintln!(
+                            "compare: {flows} flows {size} B, round {}/{rounds}",
+                            round + 1
+                        );
                     }
-                    res.rows.push(Row {
-                        dut,
-                        flows,
-                        size,
-                        result: r,
-                    });
+                    let mut zs = Vec::new();
+                    for dut in self.order(round) {
+                        let mut z = None;
+                        let r = self
+                            .with_dut(dut, flows, &mut |t| {
+                                let m = self.measure(t, flows, size)?;
+                                if zl {
+                                    z = Some(
+                                        self.zero_loss(dut, round, flows, size, m.gen_pps as u64)
+                                            .map_err(|e| (dut, e)),
+                                    );
+                                }
+                                Ok(m)
+                            })
+                            .map(|(mut m, stats)| {
+                                m.dut_drops = stats.as_deref().map(sum_drops);
+                                m.dut_stats = stats;
+                                m
+                            });
+                        self.log_point(dut, flows, size, &r);
+                        if zl {
+                            zs.push(z.unwrap_or_else(|| {
+                                Err((dut, r.as_ref().err().cloned().unwrap_or_default()))
+                            }));
+                        }
+                        res.rows.push(Row {
+                            dut,
+                            flows,
+                            size,
+                            round,
+                            result: r,
+                        });
+                    }
+                    if zl && self.o.duts.contains(&Dut::Kernel) {
+                        self.kernel_at_others_rates(flows, size, &mut zs);
+                    }
+                    res.zero_loss.append(&mut zs);
                 }
             }
         }
+    }
+
+    /// `kernel-masquerade` at every other DUT's half zero-loss rate of this round (one
+    /// fresh kernel set-up, the flows' conntrack entries made first): the issue compares
+    /// p99 latencies at the same rate.
+    fn kernel_at_others_rates(
+        &self,
+        flows: u64,
+        size: usize,
+        zs: &mut [Result<ZeroLoss, (Dut, String)>],
+    ) {
+        let want: Vec<u64> = zs
+            .iter()
+            .filter_map(|z| z.as_ref().ok())
+            .filter(|z| z.dut != Dut::Kernel)
+            .filter_map(|z| match &z.half_rate {
+                Some(Ok(h)) => Some(h.rate),
+                _ => None,
+            })
+            .collect();
+        if want.is_empty() {
+            return;
+        }
+        let r = self.with_dut(Dut::Kernel, flows, &mut |_| {
+            self.warm(flows, size)?;
+            Ok(want
+                .iter()
+                .map(|&rate| {
+                    let r = self.latency_at(flows, size, rate);
+                    log_latency(Dut::Kernel, rate, &r);
+                    (rate, r)
+                })
+                .collect::<Vec<_>>())
+        });
+        for z in zs.iter_mut().filter_map(|z| z.as_mut().ok()) {
+            let Some(Ok(h)) = &z.half_rate else { continue };
+            if z.dut == Dut::Kernel {
+                continue;
+            }
+            let rate = h.rate;
+            z.kernel_same_rate = Some(match &r {
+                Ok((v, _)) => v
+                    .iter()
+                    .find(|(x, _)| *x == rate)
+                    .map(|(_, r)| r.clone())
+                    .unwrap_or_else(|| Err("not run".into())),
+                Err(e) => Err(e.clone()),
+            });
+        }
+    }
+}
+
+fn round_order(duts: &[Dut], round: usize) -> Vec<Dut> {
+    let mut d = duts.to_vec();
+    if !d.is_empty() {
+        let n = d.len();
+        d.rotate_left(round % n);
+    }
+    d
+}
+
+fn log_latency(dut: Dut, rate: u64, r: &Result<LatencyRun, String>) {
+    match r {
+        Ok(l) => eprintln!(
+            "compare: {:<22} at {:.3} Mpps (sent {:.3}, loss {:.2} %): one-way latency p50 {:.1} us, p99 {:.1} us, p99.9 {:.1} us, max {:.1} us",
+            dut.name(),
+            rate as f64 / 1e6,
+            l.offered_pps / 1e6,
+            l.loss * 100.0,
+            l.latency.p50 as f64 / 1e3,
+            l.latency.p99 as f64 / 1e3,
+            l.latency.p999 as f64 / 1e3,
+            l.latency.max as f64 / 1e3,
+        ),
+        Err(e) => eprintln!("compare: {} latency at {rate} pps: {e}", dut.name()),
     }
 }
 
@@ -939,6 +1319,41 @@ fn sum_drops(stats: &str) -> u64 {
         rest = &rest[colon + 1..];
     }
     total
+}
+
+/// The last `n` non-empty lines of `s`, joined with " | ".
+fn last_lines(s: &str, n: usize) -> String {
+    let l: Vec<&str> = s.lines().filter(|l| !l.trim().is_empty()).collect();
+    l[l.len().saturating_sub(n)..].join(" | ")
+}
+
+/// testpmd's last "Accumulated forward statistics for all ports" block (printed when it
+/// stops) as a stats JSON: `RX-packets`, `RX-dropped` (`drop_rx`), `TX-packets`,
+/// `TX-dropped` (`drop_tx`: the transmit ring full).
+fn testpmd_stats(log: &str) -> String {
+    let block = log
+        .rfind("Accumulated forward statistics for all ports")
+        .map_or("", |i| &log[i..]);
+    let num = |key: &str| -> u64 {
+        block
+            .find(key)
+            .map(|i| &block[i + key.len()..])
+            .and_then(|r| {
+                r.trim_start()
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    };
+    format!(
+        "{{\"rx_packets\":{},\"drop_rx\":{},\"tx_packets\":{},\"drop_tx\":{},\"found\":{}}}",
+        num("RX-packets:"),
+        num("RX-dropped:"),
+        num("TX-packets:"),
+        num("TX-dropped:"),
+        !block.is_empty()
+    )
 }
 
 fn on_path(cmd: &str) -> bool {
@@ -1008,7 +1423,16 @@ pub fn run(o: &CompareOptions) -> Result<Report, String> {
             &spec.addressing.gw_outside.to_string(),
         ],
     );
-    let ctx = Ctx { o, topo: &topo };
+    let gw_mac = try_run_in_netns(topo.gw_ns(), || {
+        natgw_kernel::netlink::link_by_name(GW_INSIDE_IF).map(|l| l.mac)
+    })
+    .map_err(|e| e.to_string())
+    .and_then(|r| r.map_err(|e| format!("the gateway's {GW_INSIDE_IF} MAC: {e}")))?;
+    let ctx = Ctx {
+        o,
+        topo: &topo,
+        gw_mac,
+    };
     let mut res = Results::default();
     ctx.run_all(&mut res);
     let notes = vec![
@@ -1017,7 +1441,7 @@ pub fn run(o: &CompareOptions) -> Result<Report, String> {
              the kernel without RPS forwards in the softirq of the core that sent (the generator's)",
             o.gen_core, o.sink_core, o.dut_core
         ),
-        "DUT CPU = the DUT's process (natgw) or thread (raw forwarder) utime+stime + softirq time of the other cores from /proc/stat \
+        "DUT CPU = the DUT's process (natgw, dpdk-testpmd) or thread (raw forwarder) utime+stime + softirq time of the other cores from /proc/stat \
          (softirq on the DUT's core runs in its context and is in its stime already); kernel DUTs: softirq time of all cores. Softirq time includes the bridge, router and sink-side veth work, the same for every DUT. \
          Tick-sampled (no IRQ time accounting): +-10 ms per core and phase."
             .to_string(),
@@ -1035,10 +1459,15 @@ pub fn run(o: &CompareOptions) -> Result<Report, String> {
     };
     drop(topo);
     if let Some(dir) = &o.out_dir {
-        let (json, md) = report
+        let w = report
             .write(dir)
             .map_err(|e| format!("writing results to {}: {e}", dir.display()))?;
-        eprintln!("compare: wrote {} and {}", json.display(), md.display());
+        eprintln!(
+            "compare: wrote {}, {} and {}",
+            w.json.display(),
+            w.md.display(),
+            w.png.display()
+        );
     }
     Ok(report)
 }
@@ -1053,12 +1482,210 @@ fn date() -> String {
         .unwrap_or_else(|| "undated".into())
 }
 
+/// `x` as "median" or, over more than one round, "median (min-max)".
+fn fmt_stat(x: Option<Stat>, scale: f64, prec: usize) -> String {
+    match x {
+        None => "-".into(),
+        Some(s) if s.n <= 1 => format!("{:.prec$}", s.median * scale),
+        Some(s) => format!(
+            "{:.prec$} ({:.prec$}-{:.prec$})",
+            s.median * scale,
+            s.min * scale,
+            s.max * scale
+        ),
+    }
+}
+
+/// The median only.
+fn fmt_med(x: Option<Stat>, scale: f64, prec: usize) -> String {
+    x.map_or("-".into(), |s| format!("{:.prec$}", s.median * scale))
+}
+
+fn ratio(a: f64, b: f64) -> f64 {
+    if b > 0.0 { a / b } else { f64::NAN }
+}
+
+/// One DUT's new-session test over the rounds.
+#[derive(Clone, Debug)]
+pub struct NewSessionsSummary {
+    pub dut: Dut,
+    pub flows: u64,
+    pub gen_pps: Stat,
+    pub sessions: Stat,
+    pub per_s: Stat,
+    pub vs_kernel: Option<Stat>,
+    pub ns_per_session: Option<Stat>,
+}
+
+/// One DUT's zero-loss search and latency at half its rate over the rounds (latencies ns).
+#[derive(Clone, Debug)]
+pub struct ZeroLossSummary {
+    pub dut: Dut,
+    pub flows: u64,
+    pub size: usize,
+    pub rate: Stat,
+    pub vs_kernel: Option<Stat>,
+    pub half_loss: Option<Stat>,
+    pub p50: Option<Stat>,
+    pub p99: Option<Stat>,
+    pub p999: Option<Stat>,
+    pub max: Option<Stat>,
+    /// The kernel's p99 at this DUT's half rate (the kernel itself: its own).
+    pub kernel_p99: Option<Stat>,
+    /// p99 / the kernel's p99 at the same rate, per round.
+    pub p99_vs_kernel: Option<Stat>,
+}
+
 impl Report {
-    pub fn row(&self, dut: Dut, flows: u64, size: usize) -> Option<&Measured> {
+    fn measured(&self, dut: Dut, flows: u64, size: usize, round: usize) -> Option<&Measured> {
         self.rows
             .iter()
-            .find(|r| r.dut == dut && r.flows == flows && r.size == size)
+            .find(|r| r.dut == dut && r.flows == flows && r.size == size && r.round == round)
             .and_then(|r| r.result.as_ref().ok())
+    }
+
+    /// Per (flows, size, DUT) in the run's order: medians over the rounds.
+    pub fn summary(&self) -> Vec<Summary> {
+        let mut out = Vec::new();
+        for &flows in &self.options.flows {
+            for &size in &self.options.sizes {
+                for &dut in &self.options.duts {
+                    let ms: Vec<(usize, &Measured)> = self
+                        .rows
+                        .iter()
+                        .filter(|r| r.dut == dut && r.flows == flows && r.size == size)
+                        .filter_map(|r| r.result.as_ref().ok().map(|m| (r.round, m)))
+                        .collect();
+                    let Some(sink_pps) = Stat::of(ms.iter().map(|(_, m)| m.sink_pps)) else {
+                        continue;
+                    };
+                    let vs = |other: Dut, f: fn(&Measured) -> f64| {
+                        Stat::of(ms.iter().filter_map(|&(round, m)| {
+                            self.measured(other, flows, size, round)
+                                .map(|o| ratio(f(m), f(o)))
+                        }))
+                    };
+                    out.push(Summary {
+                        dut,
+                        flows,
+                        size,
+                        sink_pps,
+                        gen_pps: Stat::of(ms.iter().map(|(_, m)| m.gen_pps)).unwrap_or(sink_pps),
+                        loss: Stat::of(ms.iter().map(|(_, m)| m.loss)).unwrap_or(sink_pps),
+                        sink_dropped: Stat::of(ms.iter().map(|(_, m)| m.sink_dropped as f64))
+                            .unwrap_or(sink_pps),
+                        dut_drops: Stat::of(
+                            ms.iter().filter_map(|(_, m)| m.dut_drops.map(|d| d as f64)),
+                        ),
+                        ns_per_packet: Stat::of(ms.iter().map(|(_, m)| m.ns_per_packet())),
+                        pps_vs_kernel: vs(Dut::Kernel, |m| m.sink_pps),
+                        pps_vs_raw: vs(Dut::RawForwarder, |m| m.sink_pps),
+                        ns_vs_kernel: vs(Dut::Kernel, Measured::ns_per_packet),
+                        ns_vs_raw: vs(Dut::RawForwarder, Measured::ns_per_packet),
+                    });
+                }
+            }
+        }
+        out
+    }
+
+    pub fn new_sessions_summary(&self) -> Vec<NewSessionsSummary> {
+        let ok: Vec<&NewSessions> = self
+            .new_sessions
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .collect();
+        let kernel = |round: usize| {
+            ok.iter()
+                .find(|n| n.dut == Dut::Kernel && n.round == round)
+                .map(|n| n.per_s)
+        };
+        let mut out = Vec::new();
+        for &dut in &self.options.duts {
+            let v: Vec<&&NewSessions> = ok.iter().filter(|n| n.dut == dut).collect();
+            let Some(per_s) = Stat::of(v.iter().map(|n| n.per_s)) else {
+                continue;
+            };
+            out.push(NewSessionsSummary {
+                dut,
+                flows: v[0].flows,
+                gen_pps: Stat::of(v.iter().map(|n| n.gen_pps)).unwrap_or(per_s),
+                sessions: Stat::of(v.iter().map(|n| n.sessions as f64)).unwrap_or(per_s),
+                per_s,
+                vs_kernel: Stat::of(
+                    v.iter()
+                        .filter_map(|n| kernel(n.round).map(|k| ratio(n.per_s, k))),
+                ),
+                ns_per_session: Stat::of(
+                    v.iter()
+                        .map(|n| ratio(n.cpu.dut() as f64, n.sessions as f64)),
+                ),
+            });
+        }
+        out
+    }
+
+    pub fn zero_loss_summary(&self) -> Vec<ZeroLossSummary> {
+        let ok: Vec<&ZeroLoss> = self
+            .zero_loss
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .collect();
+        let kernel = |round: usize| {
+            ok.iter()
+                .find(|z| z.dut == Dut::Kernel && z.round == round)
+                .copied()
+        };
+        let half = |z: &ZeroLoss| z.half_rate.as_ref().and_then(|h| h.as_ref().ok()).cloned();
+        // The kernel's p99 at `z`'s half rate: its own run for the kernel, its run at the
+        // other DUT's rate for the others.
+        let kernel_p99 = |z: &ZeroLoss| -> Option<f64> {
+            let l = if z.dut == Dut::Kernel {
+                half(z)
+            } else {
+                z.kernel_same_rate
+                    .as_ref()
+                    .and_then(|h| h.as_ref().ok())
+                    .cloned()
+            }?;
+            (l.latency.count > 0).then_some(l.latency.p99 as f64)
+        };
+        let mut out = Vec::new();
+        for &dut in &self.options.duts {
+            let v: Vec<&&ZeroLoss> = ok.iter().filter(|z| z.dut == dut).collect();
+            let Some(rate) = Stat::of(v.iter().map(|z| z.rate as f64)) else {
+                continue;
+            };
+            let lat = |f: fn(&LatencySummary) -> u64| {
+                Stat::of(v.iter().filter_map(|z| {
+                    half(z)
+                        .filter(|h| h.latency.count > 0)
+                        .map(|h| f(&h.latency) as f64)
+                }))
+            };
+            out.push(ZeroLossSummary {
+                dut,
+                flows: v[0].flows,
+                size: v[0].size,
+                rate,
+                vs_kernel: Stat::of(
+                    v.iter().filter_map(|z| {
+                        kernel(z.round).map(|k| ratio(z.rate as f64, k.rate as f64))
+                    }),
+                ),
+                half_loss: Stat::of(v.iter().filter_map(|z| half(z).map(|h| h.loss))),
+                p50: lat(|l| l.p50),
+                p99: lat(|l| l.p99),
+                p999: lat(|l| l.p999),
+                max: lat(|l| l.max),
+                kernel_p99: Stat::of(v.iter().filter_map(|z| kernel_p99(z))),
+                p99_vs_kernel: Stat::of(v.iter().filter_map(|z| {
+                    let own = half(z).filter(|h| h.latency.count > 0)?.latency.p99 as f64;
+                    Some(ratio(own, kernel_p99(z)?))
+                })),
+            });
+        }
+        out
     }
 
     pub fn json(&self) -> Obj {
@@ -1066,6 +1693,7 @@ impl Report {
         for (k, v) in &self.machine {
             m = m.s(k, v.clone());
         }
+        let opt = |s: Option<Stat>| s.map_or(Value::Null, |s| Value::Obj(s.json()));
         let rows = self
             .rows
             .iter()
@@ -1073,7 +1701,8 @@ impl Report {
                 let o = Obj::new()
                     .s("dut", r.dut.name())
                     .u("flows", r.flows)
-                    .u("frame_size", r.size as u64);
+                    .u("frame_size", r.size as u64)
+                    .u("round", r.round as u64);
                 Value::Obj(match &r.result {
                     Ok(x) => o
                         .u("sent", x.sent)
@@ -1091,6 +1720,28 @@ impl Report {
                 })
             })
             .collect();
+        let summary = self
+            .summary()
+            .iter()
+            .map(|x| {
+                Value::Obj(
+                    Obj::new()
+                        .s("dut", x.dut.name())
+                        .u("flows", x.flows)
+                        .u("frame_size", x.size as u64)
+                        .o("sink_pps", x.sink_pps.json())
+                        .o("generator_pps", x.gen_pps.json())
+                        .o("loss", x.loss.json())
+                        .o("sink_dropped", x.sink_dropped.json())
+                        .v("dut_drops", opt(x.dut_drops))
+                        .v("dut_ns_per_packet", opt(x.ns_per_packet))
+                        .v("sink_pps_vs_kernel", opt(x.pps_vs_kernel))
+                        .v("sink_pps_vs_raw", opt(x.pps_vs_raw))
+                        .v("ns_per_packet_vs_kernel", opt(x.ns_vs_kernel))
+                        .v("ns_per_packet_vs_raw", opt(x.ns_vs_raw)),
+                )
+            })
+            .collect();
         let ns = self
             .new_sessions
             .iter()
@@ -1098,6 +1749,7 @@ impl Report {
                 Value::Obj(match r {
                     Ok(n) => Obj::new()
                         .s("dut", n.dut.name())
+                        .u("round", n.round as u64)
                         .u("flows", n.flows)
                         .u("sent", n.sent)
                         .f("generator_pps", n.gen_pps)
@@ -1108,6 +1760,11 @@ impl Report {
                 })
             })
             .collect();
+        let lat = |l: &Option<Result<LatencyRun, String>>| match l {
+            None => Value::Null,
+            Some(Ok(l)) => Value::Obj(l.json()),
+            Some(Err(e)) => Value::Obj(Obj::new().s("skipped", e.clone())),
+        };
         let zl = self
             .zero_loss
             .iter()
@@ -1115,6 +1772,7 @@ impl Report {
                 Value::Obj(match r {
                     Ok(z) => Obj::new()
                         .s("dut", z.dut.name())
+                        .u("round", z.round as u64)
                         .u("flows", z.flows)
                         .u("frame_size", z.size as u64)
                         .u("zero_loss_pps", z.rate)
@@ -1128,17 +1786,21 @@ impl Report {
                                     })
                                     .collect(),
                             ),
-                        ),
+                        )
+                        .v("half_rate_latency", lat(&z.half_rate))
+                        .v("kernel_at_same_rate_latency", lat(&z.kernel_same_rate)),
                     Err((d, e)) => Obj::new().s("dut", d.name()).s("skipped", e.clone()),
                 })
             })
             .collect();
         Obj::new()
             .o("machine", m)
+            .u("rounds", self.options.rounds.max(1) as u64)
             .v("new_sessions", Value::Arr(ns))
             .f("zero_loss_max_loss", ZERO_LOSS)
             .v("zero_loss", Value::Arr(zl))
             .f("duration_s", self.options.duration.as_secs_f64())
+            .f("zero_loss_trial_s", self.options.trial.as_secs_f64())
             .u("generator_core", self.options.gen_core as u64)
             .u("sink_core", self.options.sink_core as u64)
             .u("dut_core", self.options.dut_core as u64)
@@ -1146,12 +1808,15 @@ impl Report {
                 "notes",
                 Value::Arr(self.notes.iter().map(|n| Value::S(n.clone())).collect()),
             )
+            .v("summary", Value::Arr(summary))
             .v("results", Value::Arr(rows))
     }
 
-    /// The markdown table: per point and DUT, Mpps at the sink and DUT CPU per packet, with
-    /// ratios against the kernel's masquerade and the raw forwarder.
+    /// The markdown tables: per point and DUT, Mpps at the sink and DUT CPU per packet, with
+    /// ratios against the kernel's masquerade and the raw forwarder; medians over the
+    /// rounds (min-max in parentheses), ratios taken per round and medianed.
     pub fn markdown(&self) -> String {
+        let rounds = self.options.rounds.max(1);
         let mut s = String::new();
         let _ = writeln!(s, "Machine:");
         for (k, v) in &self.machine {
@@ -1159,128 +1824,144 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "- measured phase {:.1} s per point\n",
-            self.options.duration.as_secs_f64()
+            "- measured phase {:.1} s per point, {rounds} round{} (the DUTs in turn within a round, their order rotated per round)\n",
+            self.options.duration.as_secs_f64(),
+            if rounds == 1 { "" } else { "s" }
         );
+        if rounds > 1 {
+            let _ = writeln!(
+                s,
+                "Medians over the {rounds} rounds, (min-max) after them; ratios taken within each round, then medianed.\n"
+            );
+        }
         let _ = writeln!(
             s,
             "| flows | bytes | DUT | Mpps at sink | offered Mpps | loss % | sink ring drops | DUT drops | DUT CPU ns/pkt | Mpps / kernel | Mpps / raw | ns/pkt / kernel | ns/pkt / raw |"
         );
         let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
-        let ratio = |a: f64, b: Option<f64>| match b {
-            Some(b) if b > 0.0 && a.is_finite() && b.is_finite() => format!("{:.2}", a / b),
-            _ => "-".into(),
-        };
+        for x in self.summary() {
+            let _ = writeln!(
+                s,
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                x.flows,
+                x.size,
+                x.dut.name(),
+                fmt_stat(Some(x.sink_pps), 1e-6, 3),
+                fmt_med(Some(x.gen_pps), 1e-6, 3),
+                fmt_med(Some(x.loss), 100.0, 2),
+                fmt_med(Some(x.sink_dropped), 1.0, 0),
+                fmt_med(x.dut_drops, 1.0, 0),
+                fmt_stat(x.ns_per_packet, 1.0, 0),
+                fmt_stat(x.pps_vs_kernel, 1.0, 2),
+                fmt_stat(x.pps_vs_raw, 1.0, 2),
+                fmt_med(x.ns_vs_kernel, 1.0, 2),
+                fmt_med(x.ns_vs_raw, 1.0, 2),
+            );
+        }
         let mut skipped: Vec<String> = Vec::new();
-        for &flows in &self.options.flows {
-            for &size in &self.options.sizes {
-                let k = self.row(Dut::Kernel, flows, size);
-                let raw = self.row(Dut::RawForwarder, flows, size);
-                for r in self
-                    .rows
-                    .iter()
-                    .filter(|r| r.flows == flows && r.size == size)
-                {
-                    match &r.result {
-                        Ok(m) => {
-                            let _ = writeln!(
-                                s,
-                                "| {flows} | {size} | {} | {:.3} | {:.3} | {:.2} | {} | {} | {:.0} | {} | {} | {} | {} |",
-                                r.dut.name(),
-                                m.sink_pps / 1e6,
-                                m.gen_pps / 1e6,
-                                m.loss * 100.0,
-                                m.sink_dropped,
-                                m.dut_drops.map_or("-".into(), |d| d.to_string()),
-                                m.ns_per_packet(),
-                                ratio(m.sink_pps, k.map(|x| x.sink_pps)),
-                                ratio(m.sink_pps, raw.map(|x| x.sink_pps)),
-                                ratio(m.ns_per_packet(), k.map(|x| x.ns_per_packet())),
-                                ratio(m.ns_per_packet(), raw.map(|x| x.ns_per_packet())),
-                            );
-                        }
-                        Err(e) => {
-                            let line = format!("{}: {e}", r.dut.name());
-                            if !skipped.contains(&line) {
-                                skipped.push(line);
-                            }
-                        }
-                    }
+        for r in &self.rows {
+            if let Err(e) = &r.result {
+                let line = format!("{}: {e}", r.dut.name());
+                if !skipped.contains(&line) {
+                    skipped.push(line);
                 }
             }
         }
+        let errs = |v: Vec<(Dut, &String)>| -> Vec<String> {
+            let mut out: Vec<String> = Vec::new();
+            for (d, e) in v {
+                let l = format!("| {} | not measured: {e} |", d.name());
+                if !out.contains(&l) {
+                    out.push(l);
+                }
+            }
+            out
+        };
         if !self.new_sessions.is_empty() {
-            let k = self.new_sessions.iter().find_map(|r| match r {
-                Ok(n) if n.dut == Dut::Kernel => Some(n.per_s),
-                _ => None,
-            });
             let _ = writeln!(
                 s,
                 "\nNew sessions (every packet a new flow, each flow once, flat out):\n\n\
                  | DUT | flows | offered /s | sessions through | sessions/s | / kernel | DUT CPU ns/session |\n\
                  |---|---|---|---|---|---|---|"
             );
-            for r in &self.new_sessions {
-                match r {
-                    Ok(n) => {
-                        let _ = writeln!(
-                            s,
-                            "| {} | {} | {:.0} | {} | {:.0} | {} | {:.0} |",
-                            n.dut.name(),
-                            n.flows,
-                            n.gen_pps,
-                            n.sessions,
-                            n.per_s,
-                            ratio(n.per_s, k),
-                            if n.sessions > 0 {
-                                n.cpu.dut() as f64 / n.sessions as f64
-                            } else {
-                                f64::NAN
-                            }
-                        );
-                    }
-                    Err((d, e)) => {
-                        let _ = writeln!(s, "| {} | not measured: {e} | | | | | |", d.name());
-                    }
-                }
+            for n in self.new_sessions_summary() {
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    n.dut.name(),
+                    n.flows,
+                    fmt_med(Some(n.gen_pps), 1.0, 0),
+                    fmt_med(Some(n.sessions), 1.0, 0),
+                    fmt_stat(Some(n.per_s), 1.0, 0),
+                    fmt_stat(n.vs_kernel, 1.0, 2),
+                    fmt_med(n.ns_per_session, 1.0, 0),
+                );
+            }
+            for l in errs(
+                self.new_sessions
+                    .iter()
+                    .filter_map(|r| r.as_ref().err().map(|(d, e)| (*d, e)))
+                    .collect(),
+            ) {
+                let _ = writeln!(s, "{l}");
             }
         }
         if !self.zero_loss.is_empty() {
-            let k = self.zero_loss.iter().find_map(|r| match r {
-                Ok(z) if z.dut == Dut::Kernel => Some(z.rate as f64),
-                _ => None,
-            });
             let _ = writeln!(
                 s,
-                "\nZero-loss rate (binary search, 7 trials of {:.1} s, loss < {} %):\n\n\
-                 | DUT | flows | bytes | zero-loss Mpps | / kernel | trials (offered Mpps: loss %) |\n\
-                 |---|---|---|---|---|---|",
+                "\nZero-loss rate (binary search, 7 trials of {:.1} s, loss < {} %) and one-way latency at half of it \
+                 ({:.1} s at the generator's fixed rate; generator and sink on this machine, CLOCK_MONOTONIC stamps, hdrhistogram; \
+                 the kernel's p99: `kernel-masquerade` at the same rate in the same round):\n\n\
+                 | DUT | flows | bytes | zero-loss Mpps | / kernel | loss % at half | p50 us | p99 us | p99.9 us | max us | kernel p99 us, same rate | p99 / kernel |{}\n\
+                 |---|---|---|---|---|---|---|---|---|---|---|---|{}",
                 self.options.trial.as_secs_f64(),
-                ZERO_LOSS * 100.0
+                ZERO_LOSS * 100.0,
+                self.options.duration.as_secs_f64(),
+                if rounds == 1 {
+                    " trials (offered Mpps: loss %) |"
+                } else {
+                    ""
+                },
+                if rounds == 1 { "---|" } else { "" },
             );
-            for r in &self.zero_loss {
-                match r {
-                    Ok(z) => {
-                        let t: Vec<String> = z
-                            .trials
-                            .iter()
-                            .map(|(r, l)| format!("{:.3}: {:.2}", *r as f64 / 1e6, l * 100.0))
-                            .collect();
-                        let _ = writeln!(
-                            s,
-                            "| {} | {} | {} | {:.3} | {} | {} |",
-                            z.dut.name(),
-                            z.flows,
-                            z.size,
-                            z.rate as f64 / 1e6,
-                            ratio(z.rate as f64, k),
-                            t.join(", ")
-                        );
-                    }
-                    Err((d, e)) => {
-                        let _ = writeln!(s, "| {} | not measured: {e} | | | | |", d.name());
-                    }
-                }
+            for z in self.zero_loss_summary() {
+                let trials = if rounds == 1 {
+                    let t: Vec<String> = self
+                        .zero_loss
+                        .iter()
+                        .filter_map(|r| r.as_ref().ok())
+                        .filter(|x| x.dut == z.dut)
+                        .flat_map(|x| x.trials.iter())
+                        .map(|(r, l)| format!("{:.3}: {:.2}", *r as f64 / 1e6, l * 100.0))
+                        .collect();
+                    format!(" {} |", t.join(", "))
+                } else {
+                    String::new()
+                };
+                let _ = writeln!(
+                    s,
+                    "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |{trials}",
+                    z.dut.name(),
+                    z.flows,
+                    z.size,
+                    fmt_stat(Some(z.rate), 1e-6, 3),
+                    fmt_stat(z.vs_kernel, 1.0, 2),
+                    fmt_med(z.half_loss, 100.0, 2),
+                    fmt_med(z.p50, 1e-3, 1),
+                    fmt_stat(z.p99, 1e-3, 1),
+                    fmt_med(z.p999, 1e-3, 1),
+                    fmt_med(z.max, 1e-3, 1),
+                    fmt_med(z.kernel_p99, 1e-3, 1),
+                    fmt_stat(z.p99_vs_kernel, 1.0, 2),
+                );
+            }
+            for l in errs(
+                self.zero_loss
+                    .iter()
+                    .filter_map(|r| r.as_ref().err().map(|(d, e)| (*d, e)))
+                    .collect(),
+            ) {
+                let _ = writeln!(s, "{l}");
             }
         }
         if !skipped.is_empty() {
@@ -1296,16 +1977,37 @@ impl Report {
         s
     }
 
-    /// Writes `<dir>/<date>-<host>.json` and `.md`.
-    pub fn write(&self, dir: &Path) -> io::Result<(PathBuf, PathBuf)> {
+    /// The files' base name: `--name`, else `<date>-<host>`.
+    fn base_name(&self) -> String {
+        self.options
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("{}-{}", date(), host()))
+    }
+
+    /// Writes `<dir>/<base>.json`, `.md` and `.png` (the plot; its legend and axes are text
+    /// only where a font was found, see `plot`).
+    pub fn write(&self, dir: &Path) -> io::Result<Written> {
         std::fs::create_dir_all(dir)?;
-        let base = format!("{}-{}", date(), host());
+        let base = self.base_name();
         let json = dir.join(format!("{base}.json"));
         let md = dir.join(format!("{base}.md"));
+        let png = dir.join(format!("{base}.png"));
+        let plotted = crate::plot::write_png(self, &png).map_err(io::Error::other)?;
+        let mut text = self.markdown();
+        let _ = writeln!(text, "\nPlot: `{base}.png` ({}).", plotted.describe());
         std::fs::write(&json, self.json().render() + "\n")?;
-        std::fs::write(&md, self.markdown())?;
-        Ok((json, md))
+        std::fs::write(&md, text)?;
+        Ok(Written { json, md, png })
     }
+}
+
+/// The files `Report::write` wrote.
+#[derive(Clone, Debug)]
+pub struct Written {
+    pub json: PathBuf,
+    pub md: PathBuf,
+    pub png: PathBuf,
 }
 
 #[cfg(test)]
@@ -1327,6 +2029,103 @@ mod tests {
         let s = r#"{"rx_frames":10,"drop_tx_full":37102,"drop_no_route": 5,"workers":[{"x":1}]}"#;
         assert_eq!(sum_drops(s), 37107);
         assert_eq!(sum_drops("{}"), 0);
+    }
+
+    #[test]
+    fn stat_is_the_median_and_range_of_the_finite_values() {
+        let s = Stat::of([3.0, 1.0, 2.0, f64::NAN]).unwrap();
+        assert_eq!((s.median, s.min, s.max, s.n), (2.0, 1.0, 3.0, 3));
+        assert_eq!(Stat::of([4.0, 1.0]).unwrap().median, 2.5);
+        assert!(Stat::of([f64::INFINITY]).is_none());
+        assert_eq!(fmt_stat(Stat::of([1.0]), 1.0, 1), "1.0");
+        assert_eq!(fmt_stat(Stat::of([1.0, 3.0, 2.0]), 1.0, 1), "2.0 (1.0-3.0)");
+    }
+
+    fn measured(sink_pps: f64, dut_ns: u64, received: u64) -> Measured {
+        Measured {
+            sent: received,
+            gen_pps: sink_pps,
+            received,
+            sink_pps,
+            loss: 0.0,
+            sink_dropped: 0,
+            cpu: Cpu {
+                softirq: dut_ns,
+                ..Cpu::default()
+            },
+            zero_copy: false,
+            dut_drops: None,
+            dut_stats: None,
+        }
+    }
+
+    #[test]
+    fn ratios_are_taken_per_round_then_medianed() {
+        let mut o = CompareOptions::full("natgw".into());
+        o.duts = vec![Dut::NatgwBusy, Dut::Kernel];
+        o.flows = vec![16];
+        o.sizes = vec![64];
+        o.rounds = 3;
+        // The machine's speed changes between rounds; within a round natgw is 2x the kernel.
+        let mut rows = Vec::new();
+        for (round, speed) in [1.0, 10.0, 0.5].into_iter().enumerate() {
+            for (dut, pps) in [(Dut::NatgwBusy, 2e6 * speed), (Dut::Kernel, 1e6 * speed)] {
+                rows.push(Row {
+                    dut,
+                    flows: 16,
+                    size: 64,
+                    round,
+                    result: Ok(measured(pps, 1000, 10)),
+                });
+            }
+        }
+        let r = Report {
+            new_sessions: vec![],
+            zero_loss: vec![],
+            machine: vec![],
+            options: o,
+            rows,
+            notes: vec![],
+        };
+        let s = r.summary();
+        let n = s.iter().find(|x| x.dut == Dut::NatgwBusy).unwrap();
+        assert_eq!(n.sink_pps.median, 2e6, "median of 2, 20, 1 Mpps");
+        let v = n.pps_vs_kernel.unwrap();
+        assert_eq!((v.median, v.min, v.max), (2.0, 2.0, 2.0), "{v:?}");
+        assert_eq!(n.ns_per_packet.unwrap().median, 100.0);
+        assert!(
+            r.markdown()
+                .contains("| 16 | 64 | natgw-busy | 2.000 (1.000-20.000) |")
+        );
+        assert!(r.json().render().contains("\"sink_pps_vs_kernel\""));
+    }
+
+    #[test]
+    fn the_dut_order_rotates_per_round() {
+        let d = [Dut::NatgwBusy, Dut::Kernel, Dut::RawForwarder];
+        assert_eq!(round_order(&d, 0), d);
+        assert_eq!(
+            round_order(&d, 1),
+            vec![Dut::Kernel, Dut::RawForwarder, Dut::NatgwBusy]
+        );
+        assert_eq!(round_order(&d, 3), d);
+        assert!(round_order(&[], 2).is_empty());
+    }
+
+    #[test]
+    fn testpmd_totals_are_read_from_its_last_block() {
+        let log = "  ---------------------- Forward statistics for port 0  ----------------------\n\
+             RX-packets: 5 RX-dropped: 1 RX-total: 6\n\
+             +++++++++++++++ Accumulated forward statistics for all ports+++++++++++++++\n\
+             RX-packets: 415996         RX-dropped: 175131        RX-total: 591127\n\
+             TX-packets: 415990         TX-dropped: 6             TX-total: 415996\n";
+        let s = testpmd_stats(log);
+        assert_eq!(
+            s,
+            "{\"rx_packets\":415996,\"drop_rx\":175131,\"tx_packets\":415990,\"drop_tx\":6,\"found\":true}"
+        );
+        assert_eq!(sum_drops(&s), 175137);
+        assert!(testpmd_stats("EAL: error").contains("\"found\":false"));
     }
 
     #[test]

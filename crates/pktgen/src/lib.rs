@@ -22,6 +22,7 @@ pub mod generator;
 pub mod json;
 pub mod latency;
 pub mod pace;
+pub mod plot;
 pub mod port;
 pub mod sink;
 pub mod track;
