@@ -190,6 +190,10 @@ pub struct Cpu {
     pub dut_core_softirq: u64,
     /// The DUT's own process or thread (utime+stime), 0 for the kernel DUTs.
     pub dut_process: u64,
+    /// The user-space part of `dut_process` (utime): the DUT's own code; the rest (stime)
+    /// is the kernel working for it (copy-mode AF_XDP transmit, the veth path, softirqs
+    /// that ran in its context).
+    pub dut_user: u64,
     /// This process (generator and sink threads; the forwarder's thread subtracted).
     pub bench_process: u64,
 }
@@ -217,6 +221,11 @@ impl Cpu {
             .u("dut_core_softirq_ns", self.dut_core_softirq)
             .u("idle_ns", self.idle)
             .u("dut_process_ns", self.dut_process)
+            .u("dut_user_ns", self.dut_user)
+            .u(
+                "dut_system_ns",
+                self.dut_process.saturating_sub(self.dut_user),
+            )
             .u("bench_process_ns", self.bench_process)
             .u("dut_ns", self.dut())
     }
@@ -372,6 +381,8 @@ pub struct Summary {
     pub sink_dropped: Stat,
     pub dut_drops: Option<Stat>,
     pub ns_per_packet: Option<Stat>,
+    /// The DUT's own user-space time as a share of its DUT CPU (0 for the kernel DUTs).
+    pub user_share: Option<Stat>,
     pub pps_vs_kernel: Option<Stat>,
     pub pps_vs_raw: Option<Stat>,
     pub ns_vs_kernel: Option<Stat>,
@@ -432,6 +443,12 @@ fn proc_stat(core: Option<usize>) -> [u64; 6] {
 
 /// utime+stime of `/proc/<path>/stat` (a process or a task), ns.
 fn task_cpu(path: &str) -> u64 {
+    let (u, s) = task_cpu_split(path);
+    u + s
+}
+
+/// (utime, stime) of `/proc/<path>/stat`, ns.
+fn task_cpu_split(path: &str) -> (u64, u64) {
     let s = read(&format!("/proc/{path}/stat"));
     // Fields after the command (which may hold spaces) in parentheses: utime is the 12th.
     let rest = s.rsplit_once(')').map_or("", |(_, r)| r);
@@ -439,7 +456,11 @@ fn task_cpu(path: &str) -> u64 {
         .split_whitespace()
         .map(|x| x.parse().unwrap_or(0))
         .collect();
-    (f.get(11).copied().unwrap_or(0) + f.get(12).copied().unwrap_or(0)) * clk_tck_ns()
+    let t = clk_tck_ns();
+    (
+        f.get(11).copied().unwrap_or(0) * t,
+        f.get(12).copied().unwrap_or(0) * t,
+    )
 }
 
 /// Where the DUT's own CPU time is read.
@@ -457,19 +478,21 @@ struct Snap {
     /// Softirq time of the DUT's core.
     dut_core_softirq: u64,
     dut: u64,
+    dut_user: u64,
     me: u64,
 }
 
 fn snap(t: &DutTask, dut_core: usize) -> Snap {
-    let dut = match t {
-        DutTask::None => 0,
-        DutTask::Process(p) => task_cpu(&p.to_string()),
-        DutTask::Thread(tid) => task_cpu(&format!("self/task/{tid}")),
+    let (dut_user, dut_system) = match t {
+        DutTask::None => (0, 0),
+        DutTask::Process(p) => task_cpu_split(&p.to_string()),
+        DutTask::Thread(tid) => task_cpu_split(&format!("self/task/{tid}")),
     };
     Snap {
         stat: proc_stat(None),
         dut_core_softirq: proc_stat(Some(dut_core))[4],
-        dut,
+        dut: dut_user + dut_system,
+        dut_user,
         me: task_cpu("self"),
     }
 }
@@ -488,6 +511,7 @@ fn cpu_between(a: Snap, b: Snap, t: &DutTask) -> Cpu {
         steal: d(5),
         dut_core_softirq,
         dut_process: dut,
+        dut_user: b.dut_user.saturating_sub(a.dut_user).min(dut),
         bench_process: if matches!(t, DutTask::Thread(_)) {
             me.saturating_sub(dut)
         } else {
@@ -1446,6 +1470,9 @@ pub fn run(o: &CompareOptions) -> Result<Report, String> {
          Tick-sampled (no IRQ time accounting): +-10 ms per core and phase."
             .to_string(),
         "throughput at the sink = bench frames at the sink / the generator's sending time, the generator flat out".to_string(),
+        "DUT user % = the DUT process's (thread's) utime / its DUT CPU: the DUT's own code; the rest is the kernel working for it \
+         (its stime: copy-mode AF_XDP transmit and the veth path; softirq of the other cores). 0 for the kernel DUTs."
+            .to_string(),
     ];
     let mut machine = machine;
     machine.push(("loadavg_at_end", read("/proc/loadavg").trim().to_string()));
@@ -1578,6 +1605,10 @@ impl Report {
                             ms.iter().filter_map(|(_, m)| m.dut_drops.map(|d| d as f64)),
                         ),
                         ns_per_packet: Stat::of(ms.iter().map(|(_, m)| m.ns_per_packet())),
+                        user_share: Stat::of(
+                            ms.iter()
+                                .map(|(_, m)| ratio(m.cpu.dut_user as f64, m.cpu.dut() as f64)),
+                        ),
                         pps_vs_kernel: vs(Dut::Kernel, |m| m.sink_pps),
                         pps_vs_raw: vs(Dut::RawForwarder, |m| m.sink_pps),
                         ns_vs_kernel: vs(Dut::Kernel, Measured::ns_per_packet),
@@ -1735,6 +1766,7 @@ impl Report {
                         .o("sink_dropped", x.sink_dropped.json())
                         .v("dut_drops", opt(x.dut_drops))
                         .v("dut_ns_per_packet", opt(x.ns_per_packet))
+                        .v("dut_user_share", opt(x.user_share))
                         .v("sink_pps_vs_kernel", opt(x.pps_vs_kernel))
                         .v("sink_pps_vs_raw", opt(x.pps_vs_raw))
                         .v("ns_per_packet_vs_kernel", opt(x.ns_vs_kernel))
@@ -1836,13 +1868,16 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "| flows | bytes | DUT | Mpps at sink | offered Mpps | loss % | sink ring drops | DUT drops | DUT CPU ns/pkt | Mpps / kernel | Mpps / raw | ns/pkt / kernel | ns/pkt / raw |"
+            "| flows | bytes | DUT | Mpps at sink | offered Mpps | loss % | sink ring drops | DUT drops | DUT CPU ns/pkt | DUT user % | Mpps / kernel | Mpps / raw | ns/pkt / kernel | ns/pkt / raw |"
         );
-        let _ = writeln!(s, "|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(
+            s,
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+        );
         for x in self.summary() {
             let _ = writeln!(
                 s,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 x.flows,
                 x.size,
                 x.dut.name(),
@@ -1852,6 +1887,7 @@ impl Report {
                 fmt_med(Some(x.sink_dropped), 1.0, 0),
                 fmt_med(x.dut_drops, 1.0, 0),
                 fmt_stat(x.ns_per_packet, 1.0, 0),
+                fmt_med(x.user_share, 100.0, 0),
                 fmt_stat(x.pps_vs_kernel, 1.0, 2),
                 fmt_stat(x.pps_vs_raw, 1.0, 2),
                 fmt_med(x.ns_vs_kernel, 1.0, 2),
