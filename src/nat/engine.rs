@@ -276,10 +276,18 @@ impl Engine {
     /// and counted (`sessions_removed_by_reload`). Filtering, hairpinning and the like
     /// apply to existing sessions at once, new timeouts from each session's next refresh.
     /// Allocates (port allocators of changed pools); reloads are rare and not per packet.
+    /// Rules compiled against the running ones (`Rules::reload`) carry what changed, so
+    /// this costs O(changes), not O(mappings).
     /// The core partition must not change (the dataplane refuses another worker count).
     pub fn set_rules(&mut self, rules: Arc<Rules>) {
         self.cx.store.reload(&self.rules, &rules);
         self.rules = rules;
+    }
+
+    /// Entries the reloads so far looked at on this core, the walk aside: forwards
+    /// compared or applied, inbound count slots copied (tests hold it to O(changes)).
+    pub fn reload_steps(&self) -> u64 {
+        self.cx.store.reload_steps()
     }
 
     /// Whether a reload's reconciliation walk is still under way (tests, benchmarks).
@@ -378,6 +386,12 @@ impl Engine {
     /// Frames released from the fragment hold buffer, ready to send: `f(bytes, verdict)`.
     pub fn drain_ready(&mut self, f: impl FnMut(&[u8], Verdict)) {
         self.cx.frags.drain_ready(f)
+    }
+
+    /// Makes the port choice repeatable (tests that compare two engines).
+    #[cfg(test)]
+    pub(crate) fn seed_rng(&mut self, seed: u64) {
+        self.cx.store.seed_rng(seed)
     }
 
     /// A session's `in_tab` slot value (tests).

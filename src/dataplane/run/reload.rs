@@ -74,8 +74,10 @@ impl Handle {
         let rules = Arc::new(rules);
         let generation = self.generation + 1;
         // From here on the new configuration is the running one: the pass maps have it,
-        // and a worker that took the rules cannot be made to give them back.
-        self.rules = Arc::clone(&rules);
+        // and a worker that took the rules cannot be made to give them back. The previous
+        // rules are held here until every worker has let go of them, so that they are
+        // freed on this thread, not by the last worker between two batches.
+        let _previous = std::mem::replace(&mut self.rules, Arc::clone(&rules));
         self.config = Arc::new(cfg.clone());
         self.generation = generation;
         let deadline = Instant::now() + APPLY_DEADLINE;

@@ -60,7 +60,7 @@ impl Rules {
         let realms = compile_realms(cfg, &ids);
         let (statics, ones) = mapping_rules(cfg, &ids);
         let outside_addr = u32::from(cfg.outside.address);
-        Rules {
+        let mut rules = Rules {
             ext: ext_table(&realms, &ones, &statics, outside_addr),
             static_out: static_table(&statics, |s| (NO_REALM, s.ext_addr, s.ext_port)),
             static_in: static_table(&statics, |s| (s.realm, s.in_addr, s.in_port)),
@@ -83,7 +83,12 @@ impl Rules {
             outside_mtu: NO_MTU,
             inside_mtu: vec![NO_MTU; cfg.inside.len()],
             min_mtu: NO_MTU,
-        }
+            serial: super::delta::next_serial(),
+            delta: None,
+        };
+        // Here, on the management thread, not on every worker between two batches.
+        rules.delta = prev.map(|p| Delta::between(p, &rules));
+        rules
     }
 }
 

@@ -2,9 +2,12 @@
 //! thread and shared read-only (behind an `Arc`) by every worker; a reload swaps the `Arc`.
 
 mod compile;
+mod delta;
 mod own;
 
 pub use compile::{MAX_REALM_ID, realm_ids};
+pub use delta::Delta;
+pub(crate) use delta::{has_static, removes_anything};
 pub use own::{KernelAddrs, LIMITED_BROADCAST};
 
 use super::ports::Partition;
@@ -304,6 +307,11 @@ pub struct Rules {
     pub inside_mtu: Vec<usize>,
     /// The smallest of them: a datagram no larger fits every link.
     pub min_mtu: usize,
+    /// This compilation's number (unique in the process): what a [`Delta`] names.
+    pub serial: u64,
+    /// With rules compiled against running ones (`Rules::reload`): what changed, for the
+    /// workers to apply without comparing the tables themselves.
+    pub delta: Option<Delta>,
 }
 
 impl Rules {

@@ -336,9 +336,18 @@ impl Store {
         Ok(Some(h))
     }
 
-    /// Room for a count per static and 1:1 mapping.
+    /// Room for a count per static and 1:1 mapping: their number rounded up to a power of
+    /// two. The table's slots are a power of two anyway (twice the entries at most), so
+    /// this costs no memory, and a reload grows the table only when the mappings pass the
+    /// next power of two (`Store::grow_inbound`).
+    pub(super) fn inbound_capacity(rules: &Rules) -> usize {
+        (rules.statics.len() + rules.one_to_one.len())
+            .max(1)
+            .next_power_of_two()
+    }
+
     pub(super) fn inbound_table(rules: &Rules) -> FlowTable<EndpointKey, Inbound> {
-        FlowTable::with_capacity((rules.statics.len() + rules.one_to_one.len()).max(1))
+        FlowTable::with_capacity(Self::inbound_capacity(rules))
     }
 
     /// The count an inbound-opened static or 1:1 session is held against.

@@ -65,6 +65,9 @@ pub(crate) struct Store {
     ports: Vec<RealmPorts>,
     /// A reload's reconciliation walk, while under way (`reload.rs`).
     recon: Option<Recon>,
+    /// Entries reloads have looked at on this core (forwards compared or applied, inbound
+    /// count slots copied), excluding the walk: what a test holds to O(changes).
+    reload_steps: u64,
     rng: Rng,
     sweep_cursor: usize,
     evict_cursor: usize,
@@ -106,6 +109,7 @@ impl Store {
             inbound_links: super::mem::table(cap, limits::Link::default()),
             ports: Self::port_allocators(rules, core),
             recon: None,
+            reload_steps: 0,
             rng: Rng::from_entropy(),
             sweep_cursor: 0,
             evict_cursor: 0,

@@ -9,7 +9,9 @@
 //! The port allocators are rebuilt per realm at once, by address: a realm whose pool did
 //! not change keeps its allocator, one whose pool changed gets an allocator whose kept
 //! addresses carry their bitmaps and holds over (`PortAllocator::remapped`), and static
-//! reservations follow the added and removed forwards.
+//! reservations follow the added and removed forwards. Which forwards those are the
+//! management thread has worked out when it compiled the rules (`rules::Delta`), so that a
+//! reload at 100k forwards costs a worker the changes, not two passes over 100k forwards.
 //!
 //! Sessions of removed things are found by walking the session table, which at a million
 //! sessions is tens of milliseconds: too long between two batches. So the walk is done in
@@ -21,7 +23,7 @@
 
 use super::Store;
 use crate::nat::ports::{Partition, PortAllocator};
-use crate::nat::rules::{AddrKey, ExtAddr, Rules};
+use crate::nat::rules::{AddrKey, ExtAddr, Rules, has_static, removes_anything};
 use crate::nat::session::*;
 use crate::nat::table::FlowTable;
 use std::sync::Arc;
@@ -160,28 +162,62 @@ impl Store {
         }
         // Forwards removed from a kept allocator's realm give their ports back, added ones
         // (all of a new allocator's) take theirs, from a dynamic mapping too, which the
-        // walk then removes. One pass over each list of forwards.
-        for s in &old.statics {
-            if kept.get(s.realm as usize) == Some(&true) && !has_static(new, s) {
-                let p = &mut ports[s.realm as usize];
-                if let Some(i) = p.index(s.ext_addr) {
-                    p.alloc.unreserve(i, s.proto, s.ext_port);
+        // walk then removes. With the management thread's delta, O(changes); without (rules
+        // not compiled against these), one pass over each list of forwards.
+        let range_changed = drop_dynamic.iter().any(|d| *d);
+        let delta = new
+            .delta
+            .as_ref()
+            .filter(|d| d.from == old.serial && !range_changed);
+        let removes = match delta {
+            Some(d) => {
+                self.reload_steps += d.static_changes() as u64;
+                for s in &d.removed {
+                    if kept.get(s.realm as usize) == Some(&true) {
+                        let p = &mut ports[s.realm as usize];
+                        if let Some(i) = p.index(s.ext_addr) {
+                            p.alloc.unreserve(i, s.proto, s.ext_port);
+                        }
+                    }
                 }
+                // A realm without a kept allocator is new (its id free or retired in the
+                // old rules, `realm_ids`): every forward of it is an added one.
+                for &i in &d.added {
+                    let s = &new.statics[i as usize];
+                    if let Some(p) = ports.get_mut(s.realm as usize)
+                        && let Some(i) = p.index(s.ext_addr)
+                    {
+                        p.alloc.reserve(i, s.proto, s.ext_port);
+                    }
+                }
+                d.removes_anything
             }
-        }
-        for s in &new.statics {
-            let Some(p) = ports.get_mut(s.realm as usize) else {
-                continue;
-            };
-            if (!kept[s.realm as usize] || !has_static(old, s))
-                && let Some(i) = p.index(s.ext_addr)
-            {
-                p.alloc.reserve(i, s.proto, s.ext_port);
+            None => {
+                self.reload_steps += 2 * (old.statics.len() + new.statics.len()) as u64;
+                for s in &old.statics {
+                    if kept.get(s.realm as usize) == Some(&true) && !has_static(new, s) {
+                        let p = &mut ports[s.realm as usize];
+                        if let Some(i) = p.index(s.ext_addr) {
+                            p.alloc.unreserve(i, s.proto, s.ext_port);
+                        }
+                    }
+                }
+                for s in &new.statics {
+                    let Some(p) = ports.get_mut(s.realm as usize) else {
+                        continue;
+                    };
+                    if (!kept[s.realm as usize] || !has_static(old, s))
+                        && let Some(i) = p.index(s.ext_addr)
+                    {
+                        p.alloc.reserve(i, s.proto, s.ext_port);
+                    }
+                }
+                removes_anything(old, new)
             }
-        }
+        };
         self.ports = ports;
-        self.inbound = self.resized_inbound(new);
-        if drop_dynamic.iter().any(|d| *d) || removes_anything(old, new) {
+        self.grow_inbound(new);
+        if range_changed || removes {
             self.recon = Some(Recon {
                 rules: Arc::clone(new),
                 cursor: 0,
@@ -196,20 +232,31 @@ impl Store {
         self.recon.is_some()
     }
 
-    /// The inbound counts, in a table large enough for the new rules' mappings.
-    fn resized_inbound(
-        &self,
-        new: &Rules,
-    ) -> FlowTable<crate::nat::rules::EndpointKey, super::limits::Inbound> {
-        let mut t = Self::inbound_table(new);
-        if t.capacity() < self.inbound.capacity() {
-            // Room for the counts of removed mappings until the walk has removed them.
-            t = FlowTable::with_capacity(self.inbound.capacity());
+    /// Makes the port choice repeatable (tests that compare two stores).
+    #[cfg(test)]
+    pub(crate) fn seed_rng(&mut self, seed: u64) {
+        self.rng = crate::nat::rng::Rng::new(seed);
+    }
+
+    /// Entries reloads have looked at so far (see `Store::reload_steps`).
+    pub fn reload_steps(&self) -> u64 {
+        self.reload_steps
+    }
+
+    /// Makes the inbound counts' table large enough for the new rules' mappings. It only
+    /// grows (room for the counts of removed mappings until the walk has removed them), in
+    /// powers of two (`inbound_table`), so a reload that adds a few mappings, removes some
+    /// or changes none keeps it as it is; a growth copies the counts (O(its slots)).
+    fn grow_inbound(&mut self, new: &Rules) {
+        if Self::inbound_capacity(new) <= self.inbound.capacity() {
+            return;
         }
+        let mut t = Self::inbound_table(new);
+        self.reload_steps += self.inbound.capacity() as u64;
         for (k, v) in self.inbound.iter() {
             let _ = t.insert(k, v);
         }
-        t
+        self.inbound = t;
     }
 
     /// Advances the reconciliation walk by up to `budget` slots, removing (and counting)
@@ -309,40 +356,4 @@ impl Store {
             && r.static_by_ext(mp.proto, mp.ext_addr, mp.ext_port)
                 .is_none()
     }
-}
-
-/// Whether `rules` has static mapping `s` (the same forward: both ends and the realm).
-fn has_static(rules: &Rules, s: &crate::nat::rules::StaticRule) -> bool {
-    rules
-        .static_by_ext(s.proto, s.ext_addr, s.ext_port)
-        .is_some_and(|n| n == s)
-}
-
-/// Whether going from `old` to `new` may leave a session or mapping without what it was
-/// made through (see `Store::belongs`), so that the table must be walked. Additions never
-/// do, except a port forward on a pool address (a dynamic mapping may hold its port).
-/// O(realms * (prefixes + pool) + static and 1:1 mappings).
-pub(crate) fn removes_anything(old: &Rules, new: &Rules) -> bool {
-    let realm_lost = old.realms.iter().filter(|o| !o.retired).any(|o| {
-        let Some(n) = new
-            .realms
-            .get(o.id as usize)
-            .filter(|n| !n.retired && n.name == o.name)
-        else {
-            return true;
-        };
-        o.prefixes.iter().any(|p| !n.prefixes.contains(p))
-            || o.pool.iter().any(
-                |a| !matches!(new.ext_addr(*a), Some(ExtAddr::Pool { realm, .. }) if realm == o.id),
-            )
-    });
-    realm_lost
-        || old.statics.iter().any(|s| !has_static(new, s))
-        || new.statics.iter().any(|s| {
-            !has_static(old, s) && matches!(new.ext_addr(s.ext_addr), Some(ExtAddr::Pool { .. }))
-        })
-        || old.one_to_one.iter().any(|o| {
-            new.one_to_one_by_in(o.realm, o.in_addr)
-                .is_none_or(|n| n.ext_addr != o.ext_addr)
-        })
 }

@@ -698,3 +698,196 @@ fn reconcile_a_million_sessions_in_chunks() {
         assert!(worst.as_micros() < 5000, "a chunk took {worst:?}");
     }
 }
+
+// ---- reloads of large mapping tables (issue 11 part 2) ----------------------------------
+
+/// A forward `ext` -> `int` of `proto`.
+fn forward(
+    proto: crate::packet::ipv4::Protocol,
+    ext: ([u8; 4], u16),
+    int: ([u8; 4], u16),
+) -> crate::config::StaticMapping {
+    use std::net::SocketAddrV4;
+    crate::config::StaticMapping {
+        protocol: proto,
+        external: SocketAddrV4::new(ip(ext.0), ext.1),
+        internal: SocketAddrV4::new(ip(int.0), int.1),
+    }
+}
+
+/// With 100k forwards, a reload that adds one, one that changes nothing and one that
+/// removes one cost the worker O(changes): counted in entries looked at
+/// (`Engine::reload_steps`), not timed. The comparison of the two lists of forwards was the
+/// worker's before (two passes over 100k forwards plus a new inbound-count table: some
+/// 660k steps here, tens of milliseconds between two batches at 100k, bench/README.md).
+#[test]
+fn a_reload_at_100k_forwards_costs_the_worker_the_changes() {
+    use crate::nat::Rules;
+    use crate::nat::ports::BlockPartition;
+    use crate::packet::ipv4::Protocol;
+    use std::sync::Arc;
+    let n = 100_000u32;
+    let toml = conf(
+        "pool = [\"192.168.1.10-192.168.1.11\"]\nprefixes = [\"10.0.0.0/8\"]",
+        "",
+        "",
+    );
+    let mut cfg = crate::config::parse(&toml).unwrap();
+    cfg.realms[0].static_mappings = (0..n)
+        .map(|k| {
+            let ext = [192, 168, 1, 10 + (k / 50_000) as u8];
+            let int = u32::from(ip([10, 1, 0, 0])) + k;
+            forward(
+                Protocol::TCP,
+                (ext, 10_000 + (k % 50_000) as u16),
+                (int.to_be_bytes(), 80),
+            )
+        })
+        .collect();
+    let part = Arc::new(BlockPartition::new(1));
+    let mut h = H::on_core(Arc::new(Rules::new(&cfg, part.clone())), 0);
+    // A connection from outside through the first forward, kept by every reload below.
+    let inside = [10, 1, 0, 0];
+    h.fwd(&tcp(R1, 40000, POOL, 10_000, SYN), OUTSIDE, fwd_in(inside));
+    let kept = snap(&h);
+    let apply = |h: &mut H, c: &crate::config::Config| {
+        let before = h.e.reload_steps();
+        let r = Rules::reload(c, part.clone(), h.e.rules());
+        h.e.set_rules(Arc::new(r));
+        h.tick(T0 + 1.0);
+        h.e.reload_steps() - before
+    };
+    // PUT: a UDP forward on a pool address (as in the namespace benchmark).
+    let mut put = cfg.clone();
+    put.realms[0]
+        .static_mappings
+        .push(forward(Protocol::UDP, (POOL, 5353), (A, 53)));
+    assert_eq!(apply(&mut h, &put), 1, "one forward added");
+    let q = h.fwd(&udp(R1, 53, POOL, 5353), OUTSIDE, fwd_in(A));
+    assert_eq!((q.dst, q.dport), (ip(A), 53));
+    // The same files again: nothing to do.
+    assert_eq!(apply(&mut h, &put), 0, "nothing changed");
+    // DELETE: that forward again; its session goes.
+    assert_eq!(apply(&mut h, &cfg), 1, "one forward removed");
+    h.drop(&udp(R1, 53, POOL, 5353), OUTSIDE, DropReason::Unsolicited);
+    assert_eq!(snap(&h), kept, "the other forward's connection untouched");
+    h.e.check_invariants();
+    // Rules not compiled against the running ones (a worker that missed a reload):
+    // the worker compares the lists itself, and the count shows it.
+    let fresh = Arc::new(Rules::new(&put, part.clone()));
+    let before = h.e.reload_steps();
+    h.e.set_rules(fresh);
+    assert!(
+        h.e.reload_steps() - before >= 4 * n as u64,
+        "the full comparison is counted too"
+    );
+    h.fwd(&udp(R1, 53, POOL, 5353), OUTSIDE, fwd_in(A));
+    h.e.check_invariants();
+}
+
+/// A reload applied from the management thread's delta leaves the store as the worker's
+/// own comparison of the two lists does (the path for rules compiled against other ones):
+/// random forwards on pool and static-only addresses, some on ports dynamic mappings hold,
+/// a second realm coming and going; the same port use, the same sessions after the walk,
+/// the same answers to new flows and to every forward.
+#[test]
+fn a_reload_from_the_delta_equals_the_full_comparison() {
+    use crate::nat::Rules;
+    use crate::nat::ports::BlockPartition;
+    use crate::packet::ipv4::Protocol;
+    use std::sync::Arc;
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut bit = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed & 1 == 1
+    };
+    // Every forward that may be there: unique external endpoints.
+    let mut universe = Vec::new();
+    for ext in [POOL, POOL2, [192, 168, 1, 20]] {
+        for port in 5000..5006u16 {
+            for (proto, int) in [(Protocol::UDP, SRV), (Protocol::TCP, B)] {
+                universe.push((0u8, forward(proto, (ext, port), (int, port + 100))));
+            }
+        }
+    }
+    for port in 6000..6004u16 {
+        universe.push((
+            1,
+            forward(Protocol::UDP, ([192, 168, 1, 30], port), (B, port)),
+        ));
+    }
+    let part = || Arc::new(BlockPartition::new(1));
+    for round in 0..24 {
+        let mut pick = |r2: bool| {
+            let mut c =
+                crate::config::parse(&rich("\"192.168.1.10-192.168.1.11\"", &[], false, r2, 300))
+                    .unwrap();
+            for (realm, f) in &universe {
+                if bit() && (*realm == 0 || r2) {
+                    c.realms[*realm as usize].static_mappings.push(f.clone());
+                }
+            }
+            c
+        };
+        let (r2_old, r2_new) = (round % 3 != 0, round % 4 != 0);
+        let (old, new) = (pick(r2_old), pick(r2_new));
+        let r_old = Arc::new(Rules::new(&old, part()));
+        let mut hs = [H::on_core(r_old.clone(), 0), H::on_core(r_old.clone(), 0)];
+        for h in hs.iter_mut() {
+            h.e.seed_rng(round);
+        }
+        // Dynamic mappings on the ports forwards may take (port preservation).
+        let run = |hs: &mut [H; 2], frame: &[u8], ingress| {
+            let a = hs[0].run(frame, ingress);
+            let b = hs[1].run(frame, ingress);
+            assert_eq!(a, b, "round {round}: the two stores answer alike");
+        };
+        for port in 5000..5006u16 {
+            run(&mut hs, &udp(A, port, R1, 53), IN0);
+            run(&mut hs, &tcp(A, port, R1, 80, SYN), IN0);
+            run(&mut hs, &udp(B, port, R2, 53), IN0);
+        }
+        let with_delta = Rules::reload(&new, part(), &r_old);
+        assert!(with_delta.delta.is_some());
+        let mut without = Rules::reload(&new, part(), &r_old);
+        without.delta = None;
+        hs[0].e.set_rules(Arc::new(with_delta));
+        hs[1].e.set_rules(Arc::new(without));
+        let use_of = |h: &H| {
+            let mut v = Vec::new();
+            h.e.pool_port_use(0, |realm, a, p, used, share| {
+                v.push((realm, a, p, used, share));
+                true
+            });
+            v
+        };
+        assert_eq!(use_of(&hs[0]), use_of(&hs[1]), "round {round}: port use");
+        assert_eq!(hs[0].e.reconciling(), hs[1].e.reconciling());
+        for h in hs.iter_mut() {
+            h.tick(T0 + 1.0);
+            assert!(!h.e.reconciling());
+            h.e.check_invariants();
+        }
+        assert_eq!(snap(&hs[0]), snap(&hs[1]), "round {round}: sessions");
+        assert_eq!(use_of(&hs[0]), use_of(&hs[1]), "round {round}: port use");
+        for port in 5000..5006u16 {
+            run(&mut hs, &udp(A, port, R1, 54), IN0);
+            run(&mut hs, &udp(SRV, port + 100, R1, 54), IN0);
+            run(&mut hs, &tcp(B, port + 100, R2, 80, SYN), IN0);
+        }
+        for (_, f) in &universe {
+            let ext = (f.external.ip().octets(), f.external.port());
+            let frame = if f.protocol == Protocol::UDP {
+                udp(R2, 999, ext.0, ext.1)
+            } else {
+                tcp(R2, 999, ext.0, ext.1, SYN)
+            };
+            run(&mut hs, &frame, OUTSIDE);
+        }
+        for h in &hs {
+            h.e.check_invariants();
+        }
+    }
+}
