@@ -619,12 +619,15 @@ mod tests {
 
     /// What an API edit costs at 100k static forwards, step by step (numbers in
     /// bench/README.md): `cargo test --release --lib hundred_thousand -- --ignored --nocapture`
-    /// (under the machine-wide lock).
+    /// (under the machine-wide lock). The worker's part is `set_rules` for a `PUT` (one
+    /// forward added), a reload of the same files and a `DELETE` (that forward removed);
+    /// the previous rules are dropped afterwards, apart, as the management thread does
+    /// (`Handle::reload` keeps them until every worker has acknowledged).
     #[test]
     #[ignore = "timing: run with --release"]
     fn hundred_thousand_forwards_step_by_step() {
         use std::sync::Arc;
-        use std::time::Instant;
+        use std::time::{Duration, Instant};
         let conf = CONF
             .replace("[\"10.0.0.0/24\"]", "[\"10.0.0.0/8\"]")
             .replace("pool = [\"192.168.1.10\"]", "pool = [\"192.168.1.10-192.168.1.12\"]")
@@ -649,12 +652,34 @@ mod tests {
             let (n, _, _) = edited(&c, &put).unwrap();
             let n = revalidate(&n, Path::new("/etc/natgw/natgw.toml")).unwrap();
             let revalidate_t = t.elapsed();
-            let t = Instant::now();
-            let r = Arc::new(crate::nat::Rules::reload(&n, part, e.rules()));
-            let recompile = t.elapsed();
-            let t = Instant::now();
-            e.set_rules(r);
-            let set_rules = t.elapsed();
+            // Compiles `cfg` against the running rules, then applies it as a worker does:
+            // (compile, set_rules, drop of the previous rules), and lets the worker walk
+            // its table as its batch boundaries would, if the reload removed anything (a
+            // reload finishes an earlier walk first): the number of walk steps and the
+            // longest.
+            let apply = |e: &mut crate::nat::Engine, cfg: &Config| {
+                let t = Instant::now();
+                let r = Arc::new(crate::nat::Rules::reload(cfg, part.clone(), e.rules()));
+                let compile = t.elapsed();
+                let previous = Arc::clone(e.rules());
+                let t = Instant::now();
+                e.set_rules(r);
+                let set = t.elapsed();
+                let t = Instant::now();
+                drop(previous);
+                let dropped = t.elapsed();
+                let (mut steps, mut worst) = (0, Duration::ZERO);
+                while e.reconciling() {
+                    let t = Instant::now();
+                    e.tick(1_000_000_000);
+                    worst = worst.max(t.elapsed());
+                    steps += 1;
+                }
+                (compile, set, dropped, steps, worst)
+            };
+            let (recompile, set_put, drop_put, walk_put, worst_put) = apply(&mut e, &n);
+            let (_, set_same, _, walk_same, _) = apply(&mut e, &n);
+            let (_, set_del, _, walk_del, worst_del) = apply(&mut e, &c);
             let dir = std::env::temp_dir().join(format!("natgw-map100k-{}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
             let body = n.realms[0].mappings_toml();
@@ -665,7 +690,10 @@ mod tests {
             eprintln!(
                 "round {round}: 100k forwards ({} bytes): parse+validate {parse:?}, compile \
                  {compile:?}; PUT: edit+revalidate {revalidate_t:?}, compile {recompile:?}, \
-                 set_rules {set_rules:?}, write_atomic {write:?}",
+                 write_atomic {write:?}; worker set_rules: PUT {set_put:?} (walk: {walk_put} \
+                 steps, longest {worst_put:?}), reload of the same {set_same:?} ({walk_same} \
+                 steps), DELETE {set_del:?} ({walk_del} steps, longest {worst_del:?}); drop \
+                 of the previous rules {drop_put:?}",
                 text.len()
             );
         }
