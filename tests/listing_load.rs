@@ -1,0 +1,288 @@
+//! A full session listing during traffic costs the traffic nothing (issue 11 part 3): with
+//! tens of thousands of sessions in natgw's table, a steady flow keeps running while a client
+//! streams the whole `GET /sessions`, deletes one host's sessions with a filtered `DELETE`,
+//! and lists again; natgw counts no drop and its sockets no receive ring overflow meanwhile.
+//!
+//! A worker answers each listing step between two batches and a step is bounded
+//! (src/nat/listing.rs), so its pause is far shorter than the time the steady flow needs to
+//! fill the worker's receive ring; a listing done in one step (the whole table between two
+//! batches) stalls the worker long enough to overflow it (see the test's comment).
+//!
+//! Only counts are asserted, natgw's own: its drop counters and its sockets'
+//! `XDP_STATISTICS`, not the kernel's paths outside it. Run under the machine-wide lock:
+//! `flock /tmp/natgw-netns.lock cargo test --test listing_load`.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use natgw_bench::compare::spec;
+use natgw_bench::flows::FlowSet;
+use natgw_bench::frame::Proto;
+use natgw_bench::generator::{self, DstMac, GenConfig, GenReport};
+use natgw_bench::port::{PortOptions, XskMode};
+use natgw_bench::sink::{self, SinkConfig};
+use natgw_testbed::lab::{api_get, api_request, stat};
+use natgw_testbed::listing::list_sessions;
+use natgw_testbed::netns::prerequisites;
+use natgw_testbed::process::NatgwProcess;
+use natgw_testbed::{HOST_IF, Topology, run_in_netns};
+
+const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
+/// The table: 6,250 inside hosts with 16 ports each, 100,000 sessions.
+const HOSTS: u32 = 6_250;
+const PORTS: u32 = 16;
+const SESSIONS: u64 = HOSTS as u64 * PORTS as u64;
+/// The table's hosts start here (the topology's inside is 10.0.0.0/14).
+const FIRST_HOST: Ipv4Addr = Ipv4Addr::new(10, 1, 0, 0);
+/// The steady flow's host, apart from the others.
+const STEADY_HOST: Ipv4Addr = Ipv4Addr::new(10, 2, 0, 1);
+const STEADY_FLOWS: u32 = 16;
+/// The steady flow's rate: a small fraction of what even a debug build of natgw forwards,
+/// and still enough to fill a 2,048-frame receive ring in 100 ms, so that a worker stalled
+/// for the whole table (a listing in one step: some 100 ms in a release build, several
+/// times that in a debug one) overflows it.
+const STEADY_PPS: u64 = 20_000;
+
+fn port() -> PortOptions {
+    PortOptions {
+        ifname: HOST_IF.into(),
+        first_queue: 0,
+        queues: 1,
+        xsk_mode: XskMode::Auto,
+        xdp_mode: None,
+        ring_size: 2048,
+        frames: 4096,
+    }
+}
+
+fn sink_config(flows: usize) -> SinkConfig {
+    SinkConfig {
+        port: port(),
+        cores: Vec::new(),
+        reflect: false,
+        max_flows: flows,
+        duration: Some(Duration::from_secs(120)),
+        count: None,
+        idle: Some(Duration::from_millis(1000)),
+        progress: None,
+        busy: false,
+        batch: 64,
+    }
+}
+
+fn udp(topo: &Topology, flows: FlowSet, rate: u64, count: Option<u64>) -> GenConfig {
+    GenConfig {
+        port: port(),
+        cores: Vec::new(),
+        proto: Proto::Udp,
+        wire_size: 64,
+        src_mac: None,
+        dst_mac: DstMac::Resolve(topo.spec().addressing.inside_gw),
+        dst_ip: topo.server_addr(),
+        dst_port: 7777,
+        flows,
+        rate,
+        duration: Some(Duration::from_secs(90)),
+        count,
+        batch: 32,
+        rtt: false,
+        rtt_linger: Duration::ZERO,
+        progress: None,
+    }
+}
+
+/// Runs the generator with a sink open; `during` runs beside it and sets the stop flag
+/// when the generator should end (at once, if it returns without).
+fn traffic<T: Send>(
+    topo: &Topology,
+    g: &GenConfig,
+    during: impl FnOnce(&AtomicBool) -> T + Send,
+) -> (GenReport, u64, T) {
+    let gen_stop = AtomicBool::new(false);
+    let sink_stop = AtomicBool::new(false);
+    let sink_cfg = sink_config(g.flows.count() as usize);
+    let opened = run_in_netns(topo.server_ns(), || sink::open(&sink_cfg)).expect("sink");
+    std::thread::scope(|s| {
+        let sink = s.spawn(|| opened.run(&sink_stop));
+        let side = s.spawn(|| {
+            let t = during(&gen_stop);
+            gen_stop.store(true, Ordering::Release);
+            t
+        });
+        let gr = run_in_netns(topo.host_ns(0), || generator::run(g, &gen_stop));
+        gen_stop.store(true, Ordering::Release);
+        if gr.is_err() {
+            sink_stop.store(true, Ordering::Release);
+        }
+        let t = side.join().unwrap();
+        let s = sink.join().unwrap().expect("sink");
+        (gr.expect("generator"), s.packets, t)
+    })
+}
+
+/// Every `drop_*` and `xdp_drop_*` counter of /stats that differs between `a` and `b`.
+fn grown_drops(a: &str, b: &str) -> Vec<(String, u64)> {
+    let (a, b): (serde_json::Value, serde_json::Value) = (
+        serde_json::from_str(a).unwrap(),
+        serde_json::from_str(b).unwrap(),
+    );
+    b.as_object()
+        .unwrap()
+        .iter()
+        .filter(|(k, _)| k.starts_with("drop_") || k.starts_with("xdp_drop_"))
+        .filter_map(|(k, v)| {
+            let d = v.as_u64().unwrap_or(0) - a[k].as_u64().unwrap_or(0);
+            (d > 0).then(|| (k.clone(), d))
+        })
+        .collect()
+}
+
+/// The sum over natgw's sockets of the receive-side losses of `XDP_STATISTICS`.
+fn socket_losses(metrics: &str) -> u64 {
+    [
+        "natgw_xsk_rx_ring_full_total{",
+        "natgw_xsk_rx_fill_ring_empty_descs_total{",
+        "natgw_xsk_rx_dropped_total{",
+    ]
+    .iter()
+    .flat_map(|name| metrics.lines().filter(move |l| l.starts_with(name)))
+    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+    .sum::<f64>() as u64
+}
+
+/// The `"inside"` of every session of a listing's body.
+fn insides(body: &[u8]) -> Vec<String> {
+    let v: serde_json::Value = serde_json::from_slice(body).expect("the listing is JSON");
+    v["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| s["inside"].as_str().expect("inside").to_string())
+        .collect()
+}
+
+#[test]
+fn full_listing_during_traffic_drops_nothing() {
+    if !prerequisites("full_listing_during_traffic_drops_nothing") {
+        return;
+    }
+    let spec = spec("llt");
+    Topology::cleanup_stale("llt").unwrap();
+    let topo = Topology::build(&spec).unwrap_or_else(|e| panic!("building {spec:?}: {e}"));
+    let natgw = NatgwProcess::start(NATGW, &topo, &topo.natgw_config(), "listing-load");
+    let ns = topo.gw_ns().to_string();
+    let table = FlowSet::new(FIRST_HOST, 14, HOSTS, 10000, PORTS).unwrap();
+    let steady = FlowSet::new(STEADY_HOST, 14, 1, 20000, STEADY_FLOWS).unwrap();
+
+    // The table: every flow once, paced so that a debug build on a loaded machine keeps up,
+    // again for whatever was lost on the way.
+    let mut active = 0;
+    for _ in 0..4 {
+        let (g, _, ()) = traffic(&topo, &udp(&topo, table, 50_000, Some(SESSIONS)), |_| {});
+        active = stat(&api_get(&ns, "/stats").unwrap(), "sessions_active");
+        eprintln!("set-up: sent {}, natgw holds {active} sessions", g.sent);
+        if active >= SESSIONS {
+            break;
+        }
+    }
+    assert_eq!(active, SESSIONS, "the table's sessions were not all set up");
+
+    // The steady flow, and meanwhile: a full listing, a filtered DELETE of one host's
+    // sessions, a listing of that host.
+    let gone = Ipv4Addr::from(u32::from(FIRST_HOST) + 7);
+    let t0 = Instant::now();
+    let (g, at_sink, (before, after, body, listing, deleted, gone_listing, sent_window)) =
+        traffic(&topo, &udp(&topo, steady, STEADY_PPS, None), |_| {
+            // The steady flow's sessions exist and its rate has settled.
+            std::thread::sleep(Duration::from_millis(1000));
+            let stats0 = api_get(&ns, "/stats").unwrap();
+            let metrics0 = api_get(&ns, "/metrics").unwrap();
+            let w0 = Instant::now();
+            let mut body = Vec::new();
+            let listing = list_sessions(&ns, "", Some(&mut body)).expect("GET /sessions");
+            let deleted = api_request(&ns, "DELETE", &format!("/sessions?inside={gone}"))
+                .expect("DELETE /sessions");
+            let gone_listing =
+                list_sessions(&ns, &format!("inside={gone}"), None).expect("GET /sessions?inside");
+            std::thread::sleep(Duration::from_millis(300));
+            let stats1 = api_get(&ns, "/stats").unwrap();
+            let metrics1 = api_get(&ns, "/metrics").unwrap();
+            (
+                (stats0, metrics0),
+                (stats1, metrics1),
+                body,
+                listing,
+                deleted,
+                gone_listing,
+                w0.elapsed(),
+            )
+        });
+    eprintln!(
+        "steady flow: sent {} in {:.1} s ({:.0} pps), {at_sink} at the sink; listing: {} sessions, \
+         {:.1} MB in {:.2} s; the measured window {:.2} s",
+        g.sent,
+        t0.elapsed().as_secs_f64(),
+        g.pps(),
+        listing.sessions,
+        listing.bytes as f64 / 1e6,
+        listing.elapsed.as_secs_f64(),
+        sent_window.as_secs_f64()
+    );
+
+    // The listing: every session, each once.
+    assert_eq!(listing.status, 200, "{listing:?}");
+    let all = insides(&body);
+    let expected = SESSIONS + u64::from(STEADY_FLOWS);
+    assert_eq!(all.len() as u64, listing.sessions);
+    assert_eq!(listing.total, Some(expected), "{listing:?}");
+    let distinct: HashSet<&String> = all.iter().collect();
+    assert_eq!(distinct.len(), all.len(), "a session was listed twice");
+    for h in 0..HOSTS {
+        let a = Ipv4Addr::from(u32::from(FIRST_HOST) + h);
+        for p in 0..PORTS {
+            let k = format!("{a}:{}", 10000 + p);
+            assert!(distinct.contains(&k), "{k} was not listed");
+        }
+    }
+    for p in 0..STEADY_FLOWS {
+        let k = format!("{STEADY_HOST}:{}", 20000 + p);
+        assert!(
+            distinct.contains(&k),
+            "the steady flow's {k} was not listed"
+        );
+    }
+
+    // The filtered DELETE removed that host's sessions and only those.
+    assert_eq!(deleted.0, 200, "{deleted:?}");
+    assert!(
+        deleted.2.contains(&format!("\"removed\":{PORTS}")),
+        "{deleted:?}"
+    );
+    assert_eq!(gone_listing.sessions, 0, "{gone_listing:?}");
+    assert_eq!(gone_listing.total, Some(0), "{gone_listing:?}");
+    assert_eq!(
+        stat(&after.0, "sessions_active"),
+        expected - u64::from(PORTS),
+        "{}",
+        after.0
+    );
+
+    // The steady flow went through natgw meanwhile, and natgw lost none of it.
+    let rx = |s: &str| stat(s, "rx_frames");
+    let forwarded = rx(&after.0).saturating_sub(rx(&before.0));
+    assert!(
+        forwarded as f64 >= 0.25 * STEADY_PPS as f64 * sent_window.as_secs_f64(),
+        "natgw received {forwarded} frames in the {sent_window:?} of the listing: the steady flow did not run"
+    );
+    let drops = grown_drops(&before.0, &after.0);
+    let socket = socket_losses(&after.1) - socket_losses(&before.1);
+    assert!(
+        drops.is_empty() && socket == 0,
+        "natgw dropped frames of the steady flow while listing: drop counters {drops:?}, \
+         {socket} lost in its sockets' receive rings\n{}",
+        natgw.stderr()
+    );
+    drop(natgw);
+}
