@@ -740,6 +740,19 @@ fn run(o: &Opts) -> Result<(), String> {
         flows,
     };
     let sessions = b.set_up_sessions()?;
+    // For reference: how long a listing takes with the machine otherwise quiet.
+    let cpu0 = natgw_cpu(natgw.pid());
+    let idle = list_sessions(topo.gw_ns(), "", None).map_err(|e| format!("listing: {e}"))?;
+    let cpu1 = natgw_cpu(natgw.pid());
+    eprintln!(
+        "listing: without traffic: {} sessions (total {:?}), {:.1} MB in {:.2} s; natgw CPU: worker {:.2} s, other threads {:.2} s",
+        idle.sessions,
+        idle.total,
+        idle.bytes as f64 / 1e6,
+        idle.elapsed.as_secs_f64(),
+        cpu1.0.saturating_sub(cpu0.0) as f64 / 1e9,
+        cpu1.1.saturating_sub(cpu0.1) as f64 / 1e9,
+    );
     let rate = match o.rate {
         Some(r) => r,
         None => b.find_rate()?,

@@ -24,7 +24,7 @@ use natgw_bench::generator::{self, DstMac, GenConfig, GenReport};
 use natgw_bench::port::{PortOptions, XskMode};
 use natgw_bench::sink::{self, SinkConfig};
 use natgw_testbed::lab::{api_get, api_request, stat};
-use natgw_testbed::listing::list_sessions;
+use natgw_testbed::listing::{Listing, list_sessions};
 use natgw_testbed::netns::prerequisites;
 use natgw_testbed::process::NatgwProcess;
 use natgw_testbed::{HOST_IF, Topology, run_in_netns};
@@ -94,7 +94,7 @@ fn udp(topo: &Topology, flows: FlowSet, rate: u64, count: Option<u64>) -> GenCon
 }
 
 /// Runs the generator with a sink open; `during` runs beside it and sets the stop flag
-/// when the generator should end (at once, if it returns without).
+/// when the generator should end before its count or duration.
 fn traffic<T: Send>(
     topo: &Topology,
     g: &GenConfig,
@@ -106,11 +106,7 @@ fn traffic<T: Send>(
     let opened = run_in_netns(topo.server_ns(), || sink::open(&sink_cfg)).expect("sink");
     std::thread::scope(|s| {
         let sink = s.spawn(|| opened.run(&sink_stop));
-        let side = s.spawn(|| {
-            let t = during(&gen_stop);
-            gen_stop.store(true, Ordering::Release);
-            t
-        });
+        let side = s.spawn(|| during(&gen_stop));
         let gr = run_in_netns(topo.host_ns(0), || generator::run(g, &gen_stop));
         gen_stop.store(true, Ordering::Release);
         if gr.is_err() {
@@ -163,6 +159,51 @@ fn insides(body: &[u8]) -> Vec<String> {
         .collect()
 }
 
+/// What happened while the steady flow ran.
+struct Window {
+    /// /stats and /metrics before and after the listing (a natgw whose worker stalls may
+    /// not answer the later ones in time).
+    before: (String, String),
+    after: (String, Result<String, String>),
+    listing: Listing,
+    body: Vec<u8>,
+    /// From `before` to `after`.
+    window: Duration,
+    /// The DELETE's answer (status, status line, body), the listing of the deleted host
+    /// after it, and /stats then.
+    deletion: Result<((u16, String, String), Listing, String), String>,
+}
+
+fn during_steady_flow(ns: &str, gone: Ipv4Addr) -> Result<Window, String> {
+    let get = |p: &str| api_get(ns, p).map_err(|e| format!("GET {p}: {e}"));
+    // The steady flow's sessions exist and its rate has settled.
+    std::thread::sleep(Duration::from_millis(1000));
+    let before = (get("/stats")?, get("/metrics")?);
+    let w0 = Instant::now();
+    let mut body = Vec::new();
+    let listing =
+        list_sessions(ns, "", Some(&mut body)).map_err(|e| format!("GET /sessions: {e}"))?;
+    // Whatever the listing left in the receive rings has been through the worker.
+    std::thread::sleep(Duration::from_millis(300));
+    let after = (get("/stats")?, get("/metrics"));
+    let window = w0.elapsed();
+    let deletion = (|| {
+        let path = format!("/sessions?inside={gone}");
+        let d = api_request(ns, "DELETE", &path).map_err(|e| format!("DELETE {path}: {e}"))?;
+        let q = format!("inside={gone}");
+        let l = list_sessions(ns, &q, None).map_err(|e| format!("GET /sessions?{q}: {e}"))?;
+        Ok((d, l, get("/stats")?))
+    })();
+    Ok(Window {
+        before,
+        after,
+        listing,
+        body,
+        window,
+        deletion,
+    })
+}
+
 #[test]
 fn full_listing_during_traffic_drops_nothing() {
     if !prerequisites("full_listing_during_traffic_drops_nothing") {
@@ -189,51 +230,58 @@ fn full_listing_during_traffic_drops_nothing() {
     }
     assert_eq!(active, SESSIONS, "the table's sessions were not all set up");
 
-    // The steady flow, and meanwhile: a full listing, a filtered DELETE of one host's
-    // sessions, a listing of that host.
+    // The steady flow, and meanwhile: a full listing (natgw's counters read before and
+    // after it), then a filtered DELETE of one host's sessions and a listing of that host.
+    // Nothing in here panics: the generator must stop whatever happens.
     let gone = Ipv4Addr::from(u32::from(FIRST_HOST) + 7);
     let t0 = Instant::now();
-    let (g, at_sink, (before, after, body, listing, deleted, gone_listing, sent_window)) =
-        traffic(&topo, &udp(&topo, steady, STEADY_PPS, None), |_| {
-            // The steady flow's sessions exist and its rate has settled.
-            std::thread::sleep(Duration::from_millis(1000));
-            let stats0 = api_get(&ns, "/stats").unwrap();
-            let metrics0 = api_get(&ns, "/metrics").unwrap();
-            let w0 = Instant::now();
-            let mut body = Vec::new();
-            let listing = list_sessions(&ns, "", Some(&mut body)).expect("GET /sessions");
-            let deleted = api_request(&ns, "DELETE", &format!("/sessions?inside={gone}"))
-                .expect("DELETE /sessions");
-            let gone_listing =
-                list_sessions(&ns, &format!("inside={gone}"), None).expect("GET /sessions?inside");
-            std::thread::sleep(Duration::from_millis(300));
-            let stats1 = api_get(&ns, "/stats").unwrap();
-            let metrics1 = api_get(&ns, "/metrics").unwrap();
-            (
-                (stats0, metrics0),
-                (stats1, metrics1),
-                body,
-                listing,
-                deleted,
-                gone_listing,
-                w0.elapsed(),
-            )
-        });
+    let (g, at_sink, w) = traffic(&topo, &udp(&topo, steady, STEADY_PPS, None), |stop| {
+        let w = during_steady_flow(&ns, gone);
+        stop.store(true, Ordering::Release);
+        w
+    });
+    let w = w.unwrap_or_else(|e| panic!("{e}\n{}", natgw.stderr()));
+    let (before, after, listing) = (&w.before, &w.after, &w.listing);
     eprintln!(
         "steady flow: sent {} in {:.1} s ({:.0} pps), {at_sink} at the sink; listing: {} sessions, \
-         {:.1} MB in {:.2} s; the measured window {:.2} s",
+         {:.1} MB in {:.2} s; counters compared over {:.2} s",
         g.sent,
         t0.elapsed().as_secs_f64(),
         g.pps(),
         listing.sessions,
         listing.bytes as f64 / 1e6,
         listing.elapsed.as_secs_f64(),
-        sent_window.as_secs_f64()
+        w.window.as_secs_f64()
+    );
+
+    // The steady flow ran throughout (the generator was not starved), and natgw lost none
+    // of it.
+    let phase = t0.elapsed().as_secs_f64();
+    assert!(
+        g.sent as f64 >= 0.25 * STEADY_PPS as f64 * phase,
+        "the generator sent {} frames in {phase:.1} s: the steady flow did not run",
+        g.sent
+    );
+    let drops = grown_drops(&before.0, &after.0);
+    let socket = match &after.1 {
+        Ok(m) => Ok(socket_losses(m) - socket_losses(&before.1)),
+        Err(e) => Err(e),
+    };
+    assert!(
+        drops.is_empty() && socket == Ok(0),
+        "natgw dropped frames of the steady flow while listing: drop counters {drops:?}, \
+         lost in its sockets' receive rings: {socket:?}\n{}",
+        natgw.stderr()
     );
 
     // The listing: every session, each once.
     assert_eq!(listing.status, 200, "{listing:?}");
-    let all = insides(&body);
+    assert!(
+        listing.total.is_some(),
+        "the listing was cut off (natgw gave up waiting for a worker?): {listing:?}\n{}",
+        natgw.stderr()
+    );
+    let all = insides(&w.body);
     let expected = SESSIONS + u64::from(STEADY_FLOWS);
     assert_eq!(all.len() as u64, listing.sessions);
     assert_eq!(listing.total, Some(expected), "{listing:?}");
@@ -255,6 +303,9 @@ fn full_listing_during_traffic_drops_nothing() {
     }
 
     // The filtered DELETE removed that host's sessions and only those.
+    let (deleted, gone_listing, stats) = w
+        .deletion
+        .unwrap_or_else(|e| panic!("{e}\n{}", natgw.stderr()));
     assert_eq!(deleted.0, 200, "{deleted:?}");
     assert!(
         deleted.2.contains(&format!("\"removed\":{PORTS}")),
@@ -263,26 +314,9 @@ fn full_listing_during_traffic_drops_nothing() {
     assert_eq!(gone_listing.sessions, 0, "{gone_listing:?}");
     assert_eq!(gone_listing.total, Some(0), "{gone_listing:?}");
     assert_eq!(
-        stat(&after.0, "sessions_active"),
+        stat(&stats, "sessions_active"),
         expected - u64::from(PORTS),
-        "{}",
-        after.0
-    );
-
-    // The steady flow went through natgw meanwhile, and natgw lost none of it.
-    let rx = |s: &str| stat(s, "rx_frames");
-    let forwarded = rx(&after.0).saturating_sub(rx(&before.0));
-    assert!(
-        forwarded as f64 >= 0.25 * STEADY_PPS as f64 * sent_window.as_secs_f64(),
-        "natgw received {forwarded} frames in the {sent_window:?} of the listing: the steady flow did not run"
-    );
-    let drops = grown_drops(&before.0, &after.0);
-    let socket = socket_losses(&after.1) - socket_losses(&before.1);
-    assert!(
-        drops.is_empty() && socket == 0,
-        "natgw dropped frames of the steady flow while listing: drop counters {drops:?}, \
-         {socket} lost in its sockets' receive rings\n{}",
-        natgw.stderr()
+        "{stats}"
     );
     drop(natgw);
 }
