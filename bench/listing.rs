@@ -27,8 +27,11 @@
 //! listing steps between batches), natgw's CPU time (worker thread and the rest), and per
 //! listing its time, bytes and sessions (which must equal the flows).
 //!
+//! `--pin-management CORE` pins natgw's threads other than the workers (the API's, the
+//! listing's) to CORE after start (natgw leaves them unpinned).
+//!
 //! `cargo bench --bench listing -- [--flows N] [--rate PPS] [--max-rate PPS]
-//! [--setup-rate PPS] [--rounds N]
+//! [--setup-rate PPS] [--pin-management CORE] [--rounds N]
 //! [--secs S] [--listings N] [--gen-core N] [--sink-core N] [--dut-core N] [--lister-core N]`,
 //! under the machine-wide namespace lock. See bench/README.md, "Session listing in bounded
 //! steps".
@@ -66,6 +69,9 @@ struct Opts {
     sink_core: usize,
     dut_core: usize,
     lister_core: usize,
+    /// Pins natgw's threads other than the workers to this core (None: as natgw leaves
+    /// them, unpinned).
+    pin_management: Option<usize>,
     natgw: PathBuf,
 }
 
@@ -73,7 +79,7 @@ fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench listing -- [--flows N] [--rate PPS] [--max-rate PPS]\n\
          \x20      [--setup-rate PPS] [--rounds N] [--secs S] [--listings N] [--gen-core N] [--sink-core N]\n\
-         \x20      [--dut-core N] [--lister-core N] [--natgw PATH]"
+         \x20      [--dut-core N] [--lister-core N] [--pin-management CORE] [--natgw PATH]"
     );
     std::process::exit(2)
 }
@@ -92,6 +98,7 @@ fn parse_opts() -> Opts {
         sink_core: 0,
         dut_core: if cores > 1 { 1 } else { 0 },
         lister_core: 0,
+        pin_management: None,
         natgw: PathBuf::from(env!("CARGO_BIN_EXE_natgw")),
     };
     let mut lister_core = None;
@@ -110,6 +117,7 @@ fn parse_opts() -> Opts {
             "--sink-core" => o.sink_core = num() as usize,
             "--dut-core" => o.dut_core = num() as usize,
             "--lister-core" => lister_core = Some(num() as usize),
+            "--pin-management" => o.pin_management = Some(num() as usize),
             "--secs" => o.secs = val().parse().unwrap_or_else(|_| usage()),
             "--natgw" => o.natgw = PathBuf::from(val()),
             // cargo bench passes --bench to every harness=false target.
@@ -133,15 +141,40 @@ fn xport() -> PortOptions {
     }
 }
 
-/// Pins the calling thread to `core`.
-fn pin(core: usize) {
-    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; sched_setaffinity(0, ..)
-    // changes only the calling thread.
+/// Pins thread `tid` (0: the calling thread) to `core`.
+fn pin_thread(tid: libc::pid_t, core: usize) -> bool {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it; sched_setaffinity
+    // changes only the affinity of thread `tid`.
     unsafe {
         let mut set: libc::cpu_set_t = std::mem::zeroed();
         libc::CPU_SET(core, &mut set);
-        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set);
+        libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) == 0
     }
+}
+
+fn pin(core: usize) {
+    pin_thread(0, core);
+}
+
+/// Pins every thread of natgw but its workers (`natgw-w*`) to `core`; threads they start
+/// later (tokio's blocking pool) inherit it. Returns the threads pinned.
+fn pin_management(pid: u32, core: usize) -> Vec<String> {
+    let mut done = Vec::new();
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let comm = std::fs::read_to_string(t.path().join("comm")).unwrap_or_default();
+        let comm = comm.trim();
+        let Some(tid) = t.file_name().to_str().and_then(|s| s.parse().ok()) else {
+            continue;
+        };
+        if !comm.starts_with("natgw-w") && pin_thread(tid, core) {
+            done.push(format!("{comm}/{tid}"));
+        }
+    }
+    done
 }
 
 fn clk_tck_ns() -> u64 {
@@ -611,13 +644,15 @@ fn markdown(o: &Opts, rate: u64, sessions: u64, rounds: &[(usize, Phase)]) -> St
     let _ = writeln!(
         s,
         "{} flows ({sessions} sessions), {:.3} Mpps asked, 64-byte UDP; generator core {}, sink core {}, \
-         natgw worker core {} (busy polling), lister core {}; {} listing(s) per listing phase\n",
+         natgw worker core {} (busy polling), lister core {}, natgw's other threads {}; {} listing(s) per listing phase\n",
         o.flows,
         rate as f64 / 1e6,
         o.gen_core,
         o.sink_core,
         o.dut_core,
         o.lister_core,
+        o.pin_management
+            .map_or("unpinned".to_string(), |c| format!("on core {c}")),
         o.listings
     );
     let _ = writeln!(
@@ -733,6 +768,12 @@ fn run(o: &Opts) -> Result<(), String> {
     let topo = Topology::build(&spec).map_err(|e| format!("building the topology: {e}"))?;
     let exe = o.natgw.to_string_lossy().into_owned();
     let natgw = NatgwProcess::start(&exe, &topo, &Bench::natgw_config(o, &topo), "listing-bench");
+    if let Some(core) = o.pin_management {
+        eprintln!(
+            "listing: natgw's threads but the workers pinned to core {core}: {:?}",
+            pin_management(natgw.pid(), core)
+        );
+    }
     let b = Bench {
         o,
         topo: &topo,
