@@ -173,10 +173,12 @@ struct Window {
     body: Vec<u8>,
     /// From `before` to `after`.
     window: Duration,
-    /// The DELETE's answer (status, status line, body), the listing of the deleted host
-    /// after it, and /stats then.
-    deletion: Result<((u16, String, String), Listing, String), String>,
+    deletion: Result<Deletion, String>,
 }
+
+/// The DELETE's answer (status, status line, body), the listing of the deleted host after
+/// it, and /stats then.
+type Deletion = ((u16, String, String), Listing, String);
 
 fn during_steady_flow(ns: &str, gone: Ipv4Addr) -> Result<Window, String> {
     let get = |p: &str| api_get(ns, p).map_err(|e| format!("GET {p}: {e}"));
