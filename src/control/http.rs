@@ -617,9 +617,12 @@ impl Drop for Busy {
     }
 }
 
-/// An answer written as its chunks arrive from the blocking pool.
+/// An answer written as its chunks arrive from the blocking pool. An error after the head
+/// went out (a worker that did not answer a listing step) ends the body with that error:
+/// hyper then aborts the connection instead of closing the chunked body, so the client sees
+/// a cut-off answer, never a complete-looking 200 with half the sessions.
 struct Streamed {
-    rx: tokio::sync::mpsc::Receiver<Bytes>,
+    rx: tokio::sync::mpsc::Receiver<io::Result<Bytes>>,
     _busy: Busy,
 }
 
@@ -633,7 +636,7 @@ impl hyper::body::Body for Streamed {
     ) -> Poll<Option<Result<hyper::body::Frame<Bytes>, io::Error>>> {
         self.rx
             .poll_recv(cx)
-            .map(|c| c.map(|b| Ok(hyper::body::Frame::data(b))))
+            .map(|c| c.map(|b| b.map(hyper::body::Frame::data)))
     }
 }
 
@@ -925,12 +928,16 @@ async fn dispatch(
             };
             // Streamed: the listing runs on the blocking pool, each chunk goes out as the
             // workers answer (a bounded channel: a slow reader slows the listing down).
-            let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(8);
+            let (tx, rx) = tokio::sync::mpsc::channel::<io::Result<Bytes>>(8);
             tokio::task::spawn_blocking(move || {
-                let _ = sessions::list(&h, &q, &mut |chunk| {
-                    tx.blocking_send(Bytes::copy_from_slice(chunk.as_bytes()))
+                let r = sessions::list(&h, &q, &mut |chunk| {
+                    tx.blocking_send(Ok(Bytes::copy_from_slice(chunk.as_bytes())))
                         .map_err(|_| io::Error::other("the client went away"))
                 });
+                if let Err(e) = r {
+                    tracing::warn!("GET /sessions cut off: {e}");
+                    let _ = tx.blocking_send(Err(e));
+                }
             });
             let body = Streamed {
                 rx,
@@ -1019,6 +1026,81 @@ async fn dispatch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Serves one request on a Unix socket pair whose answer is a [`Streamed`] body fed
+    /// `chunks`; returns everything the client read until the server closed.
+    fn streamed_answer(chunks: Vec<io::Result<Bytes>>) -> String {
+        use std::io::{Read, Write};
+        let (mut client, server) = std::os::unix::net::UnixStream::pair().unwrap();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let reader = std::thread::spawn(move || {
+            client
+                .write_all(b"GET /sessions HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            client
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let mut got = Vec::new();
+            let _ = client.read_to_end(&mut got);
+            String::from_utf8_lossy(&got).into_owned()
+        });
+        rt.block_on(async move {
+            server.set_nonblocking(true).unwrap();
+            let io = TokioIo::new(tokio::net::UnixStream::from_std(server).unwrap());
+            let chunks = Mutex::new(Some(chunks));
+            let svc = hyper::service::service_fn(move |_req| {
+                let chunks = chunks.lock().unwrap().take().unwrap_or_default();
+                async move {
+                    let (tx, rx) = tokio::sync::mpsc::channel(chunks.len().max(1));
+                    for c in chunks {
+                        tx.send(c).await.unwrap();
+                    }
+                    let slot = Arc::new(Slot {
+                        st: Mutex::new(SlotState {
+                            phase: Phase::Idle(Instant::now()),
+                            evicted: false,
+                            busy: false,
+                            waker: None,
+                        }),
+                    });
+                    let body = Streamed {
+                        rx,
+                        _busy: Busy::new(slot),
+                    };
+                    Ok::<_, std::convert::Infallible>(Response::new(body))
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .keep_alive(false)
+                .serve_connection(io, svc)
+                .await;
+        });
+        reader.join().unwrap()
+    }
+
+    /// A listing cut off by an error (a worker that did not answer) aborts the connection:
+    /// the chunked body never gets its terminating chunk, so no client takes the half
+    /// listing for a complete answer (it did when the error just ended the stream). A
+    /// listing that ends normally gets it.
+    #[test]
+    fn a_streamed_answer_cut_off_by_an_error_is_not_terminated() {
+        let ok = streamed_answer(vec![Ok(Bytes::from_static(b"{\"sessions\":[]}"))]);
+        assert!(ok.starts_with("HTTP/1.1 200"), "{ok}");
+        assert!(ok.ends_with("\r\n0\r\n\r\n"), "complete: {ok:?}");
+        let cut = streamed_answer(vec![
+            Ok(Bytes::from_static(b"{\"sessions\":[")),
+            Err(io::Error::other("worker 0 did not answer")),
+        ]);
+        // What was still buffered is not sent either: the client sees the connection end
+        // early (here before the head; in a long listing after the chunks already flushed).
+        assert!(
+            !cut.ends_with("0\r\n\r\n"),
+            "cut off, yet terminated: {cut:?}"
+        );
+    }
 
     #[test]
     fn tokens_compare_whole() {
