@@ -84,6 +84,10 @@ pub struct CompareArgs {
     /// Base name of the result files (default: <date>-<host>).
     #[arg(long)]
     pub name: Option<String>,
+    /// An extra `[dataplane]` key for the natgw DUTs, `KEY=VALUE` in TOML (repeatable;
+    /// e.g. `batch_size=16`, `ring_size=4096`): one knob per run, for tuning.md.
+    #[arg(long, value_name = "KEY=VALUE")]
+    pub natgw_dataplane: Vec<String>,
 }
 
 impl CompareArgs {
@@ -122,6 +126,19 @@ impl CompareArgs {
         }
         if self.capacity.is_some() {
             o.capacity = self.capacity;
+        }
+        for kv in &self.natgw_dataplane {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(format!("--natgw-dataplane {kv:?}: KEY=VALUE"));
+            };
+            let (k, v) = (k.trim(), v.trim());
+            if k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                return Err(format!("--natgw-dataplane {kv:?}: {k:?} is not a key"));
+            }
+            if v.is_empty() || v.contains('\n') {
+                return Err(format!("--natgw-dataplane {kv:?}: no value"));
+            }
+            o.natgw_dataplane.push(format!("{k} = {v}"));
         }
         if let Some(n) = self.new_session_flows {
             if !n.is_multiple_of(16) || n > 1 << 20 {
@@ -471,6 +488,15 @@ mod tests {
         assert_eq!(o.duration, Duration::from_millis(500));
         assert_eq!(o.zero_loss_flows, None);
         assert_eq!(o.capacity, Some(4096));
+        let spaced =
+            parse_compare("--natgw-dataplane batch_size=16 --natgw-dataplane ring_size = 4096");
+        assert!(spaced.is_err(), "a value with spaces is two arguments");
+        let two = parse_compare("--natgw-dataplane batch_size=16 --natgw-dataplane ring_size=4096")
+            .unwrap();
+        assert_eq!(two.natgw_dataplane, ["batch_size = 16", "ring_size = 4096"]);
+        assert!(parse_compare("--natgw-dataplane batch_size").is_err());
+        assert!(parse_compare("--natgw-dataplane a.b=1").is_err());
+        assert!(parse_compare("--natgw-dataplane x=").is_err());
         assert_eq!((o.rounds, o.name.as_deref()), (3, Some("r")));
         assert_eq!(parse_compare("").unwrap().rounds, 1, "one round by default");
         assert_eq!(o.new_session_flows, 200_000, "the full run's default");

@@ -129,6 +129,8 @@ pub struct CompareOptions {
     /// natgw's `sessions.capacity_per_core` (`None`: room for every flow set of the run,
     /// 1.25 x their sum as a power of two, at least 2^18).
     pub capacity: Option<u64>,
+    /// Extra `[dataplane]` lines (`key = value`) for the natgw DUTs (`--natgw-dataplane`).
+    pub natgw_dataplane: Vec<String>,
     /// Every point measured this many times, the DUTs in turn within a round and their
     /// order rotated by one per round; the tables give medians (and min-max) over the
     /// rounds, ratios taken within each round and then medianed.
@@ -156,6 +158,7 @@ impl CompareOptions {
             zero_loss_flows: Some(1024),
             trial: Duration::from_secs(1),
             capacity: None,
+            natgw_dataplane: Vec::new(),
             rounds: 1,
             name: None,
         }
@@ -602,6 +605,12 @@ impl Ctx<'_> {
             c = c.replace(
                 &format!("poll = \"{poll}\""),
                 &format!("poll = \"{poll}\"\nforward_only = true"),
+            );
+        }
+        for kv in &self.o.natgw_dataplane {
+            c = c.replace(
+                &format!("poll = \"{poll}\""),
+                &format!("poll = \"{poll}\"\n{kv}"),
             );
         }
         let _ = write!(c, "\n[sessions]\ncapacity_per_core = {cap}\n");
@@ -1837,6 +1846,16 @@ impl Report {
             .u("sink_core", self.options.sink_core as u64)
             .u("dut_core", self.options.dut_core as u64)
             .v(
+                "natgw_dataplane",
+                Value::Arr(
+                    self.options
+                        .natgw_dataplane
+                        .iter()
+                        .map(|l| Value::S(l.clone()))
+                        .collect(),
+                ),
+            )
+            .v(
                 "notes",
                 Value::Arr(self.notes.iter().map(|n| Value::S(n.clone())).collect()),
             )
@@ -1853,6 +1872,13 @@ impl Report {
         let _ = writeln!(s, "Machine:");
         for (k, v) in &self.machine {
             let _ = writeln!(s, "- {k}: {v}");
+        }
+        if !self.options.natgw_dataplane.is_empty() {
+            let _ = writeln!(
+                s,
+                "- natgw's [dataplane] besides the defaults: {}",
+                self.options.natgw_dataplane.join(", ")
+            );
         }
         let _ = writeln!(
             s,
