@@ -40,7 +40,7 @@ use natgw_bench::compare::{flow_set, spec};
 use natgw_bench::flows::FlowSet;
 use natgw_bench::frame::Proto;
 use natgw_bench::generator::{self, DstMac, GenConfig, GenReport};
-use natgw_bench::port::{PortOptions, XskMode};
+use natgw_bench::port::PortOptions;
 use natgw_bench::sink::{self, SinkConfig, SinkReport};
 use natgw_testbed::lab::api_get;
 use natgw_testbed::listing::{Listing, list_sessions};
@@ -127,18 +127,6 @@ fn parse_opts() -> Opts {
     }
     o.lister_core = lister_core.unwrap_or(o.gen_core);
     o
-}
-
-fn xport() -> PortOptions {
-    PortOptions {
-        ifname: HOST_IF.into(),
-        first_queue: 0,
-        queues: 1,
-        xsk_mode: XskMode::Auto,
-        xdp_mode: None,
-        ring_size: 2048,
-        frames: 4096,
-    }
 }
 
 /// Pins thread `tid` (0: the calling thread) to `core`.
@@ -364,7 +352,7 @@ impl Bench<'_> {
 
     fn gen_cfg(&self, rate: u64, count: Option<u64>) -> GenConfig {
         GenConfig {
-            port: xport(),
+            port: PortOptions::one_queue(HOST_IF),
             cores: vec![self.o.gen_core],
             proto: Proto::Udp,
             wire_size: 64,
@@ -386,7 +374,7 @@ impl Bench<'_> {
 
     fn sink_cfg(&self) -> SinkConfig {
         SinkConfig {
-            port: xport(),
+            port: PortOptions::one_queue(HOST_IF),
             cores: vec![self.o.sink_core],
             reflect: false,
             max_flows: self.flows.count() as usize,

@@ -616,16 +616,7 @@ fn natgw_refuses_an_open_listener_without_a_token_and_bad_token_files() {
 
 /// Runs the CLI; (exit code, stdout, stderr).
 fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(NATGW)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    natgw_testbed::process::run_to_end(NATGW, args)
 }
 
 #[test]

@@ -10,28 +10,16 @@ use std::time::Duration;
 use natgw_bench::flows::FlowSet;
 use natgw_bench::frame::Proto;
 use natgw_bench::generator::{self, DstMac, GenConfig};
-use natgw_bench::port::{PortOptions, XskMode};
+use natgw_bench::port::PortOptions;
 use natgw_bench::sink::{self, SinkConfig};
 use natgw_testbed::netns::prerequisites;
 use natgw_testbed::process::NatgwProcess;
 use natgw_testbed::{HOST_IF, Topology, TopologySpec, run_in_netns};
 
-fn port(ifname: &str) -> PortOptions {
-    PortOptions {
-        ifname: ifname.into(),
-        first_queue: 0,
-        queues: 1,
-        xsk_mode: XskMode::Auto,
-        xdp_mode: None,
-        ring_size: 2048,
-        frames: 4096,
-    }
-}
-
 /// A sink on the server's link that stops after `idle` without frames.
 fn sink_config(idle: Duration) -> SinkConfig {
     SinkConfig {
-        port: port(HOST_IF),
+        port: PortOptions::one_queue(HOST_IF),
         cores: Vec::new(),
         reflect: false,
         max_flows: 1024,
@@ -47,7 +35,7 @@ fn sink_config(idle: Duration) -> SinkConfig {
 /// UDP from `flows` on host 0's link to the server, through natgw's inside address.
 fn udp_to_server(topo: &Topology, spec: &TopologySpec, flows: FlowSet) -> GenConfig {
     GenConfig {
-        port: port(HOST_IF),
+        port: PortOptions::one_queue(HOST_IF),
         cores: Vec::new(),
         proto: Proto::Udp,
         wire_size: 64,

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use natgw_testbed::lab::api_get;
 use natgw_testbed::netns::prerequisites;
-use natgw_testbed::process::thread_caps;
+use natgw_testbed::process::{thread_caps, thread_status};
 use natgw_testbed::{GW_INSIDE_IF, Topology, TopologySpec, run_in_netns};
 
 const NATGW: &str = env!("CARGO_BIN_EXE_natgw");
@@ -754,24 +754,6 @@ fn unprivileged_user_with_only_its_capabilities_forwards() {
     });
 }
 
-/// The cores each thread of `pid` may run on (`Cpus_allowed_list`), with its name.
-fn thread_cores(pid: u32) -> Vec<(String, String)> {
-    let mut v = Vec::new();
-    for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let dir = t.unwrap().path();
-        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
-        let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let cores = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
-            .unwrap_or("?")
-            .trim()
-            .to_string();
-        v.push((name.trim().to_string(), cores));
-    }
-    v
-}
-
 /// A box that keeps its gateway cores away from everything else (`isolcpus=`, or the
 /// service manager's `CPUAffinity=`) starts natgw with an affinity that leaves the workers'
 /// cores out; emulated here with `taskset -c 1` and the worker on core 0. natgw pins its
@@ -799,11 +781,15 @@ fn workers_pin_to_their_cores_outside_the_inherited_affinity() {
             echo_within(&s, c.addr, Duration::from_secs(5)),
             "no traffic through the pinned worker"
         );
-        let threads = thread_cores(lab.natgw.as_ref().unwrap().id());
+        let threads = thread_status(lab.natgw.as_ref().unwrap().id(), "Cpus_allowed_list");
         assert!(threads.iter().any(|(n, _)| n == "natgw-w0"), "{threads:?}");
         for (name, cores) in &threads {
             let want = if name == "natgw-w0" { "0" } else { "1" };
-            assert_eq!(cores, want, "thread {name}; all: {threads:?}");
+            assert_eq!(
+                cores.as_deref(),
+                Some(want),
+                "thread {name}; all: {threads:?}"
+            );
         }
     });
 }

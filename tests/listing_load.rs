@@ -24,7 +24,7 @@ use natgw_bench::compare::spec;
 use natgw_bench::flows::FlowSet;
 use natgw_bench::frame::Proto;
 use natgw_bench::generator::{self, DstMac, GenConfig, GenReport};
-use natgw_bench::port::{PortOptions, XskMode};
+use natgw_bench::port::PortOptions;
 use natgw_bench::sink::{self, SinkConfig};
 use natgw_testbed::lab::{api_get, api_request, stat};
 use natgw_testbed::listing::{Listing, list_sessions};
@@ -49,21 +49,9 @@ const STEADY_FLOWS: u32 = 16;
 /// release build) leaves it all but empty.
 const STEADY_PPS: u64 = 20_000;
 
-fn port() -> PortOptions {
-    PortOptions {
-        ifname: HOST_IF.into(),
-        first_queue: 0,
-        queues: 1,
-        xsk_mode: XskMode::Auto,
-        xdp_mode: None,
-        ring_size: 2048,
-        frames: 4096,
-    }
-}
-
 fn sink_config(flows: usize) -> SinkConfig {
     SinkConfig {
-        port: port(),
+        port: PortOptions::one_queue(HOST_IF),
         cores: Vec::new(),
         reflect: false,
         max_flows: flows,
@@ -78,7 +66,7 @@ fn sink_config(flows: usize) -> SinkConfig {
 
 fn udp(topo: &Topology, flows: FlowSet, rate: u64, count: Option<u64>) -> GenConfig {
     GenConfig {
-        port: port(),
+        port: PortOptions::one_queue(HOST_IF),
         cores: Vec::new(),
         proto: Proto::Udp,
         wire_size: 64,

@@ -11,7 +11,6 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use natgw_testbed::lab::{api_get, api_request, stat};
@@ -54,16 +53,7 @@ fn echo(c: &mut TcpStream, n: u32) -> bool {
 }
 
 fn cli(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(NATGW)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    natgw_testbed::process::run_to_end(NATGW, args)
 }
 
 /// `PUT /mappings` with a JSON body over the Unix socket: status and body.

@@ -176,6 +176,18 @@ struct Slot {
 }
 
 impl Slot {
+    /// A connection just accepted: idle since now.
+    fn new() -> Arc<Slot> {
+        Arc::new(Slot {
+            st: Mutex::new(SlotState {
+                phase: Phase::Idle(Instant::now()),
+                evicted: false,
+                busy: false,
+                waker: None,
+            }),
+        })
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, SlotState> {
         // The state is plain data, valid whatever a panicking holder did.
         self.st.lock().unwrap_or_else(|e| e.into_inner())
@@ -207,14 +219,7 @@ enum Admit {
 impl Slots {
     fn admit(&self) -> Admit {
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let slot = Arc::new(Slot {
-            st: Mutex::new(SlotState {
-                phase: Phase::Idle(Instant::now()),
-                evicted: false,
-                busy: false,
-                waker: None,
-            }),
-        });
+        let slot = Slot::new();
         if open.len() < self.max {
             open.push(Arc::clone(&slot));
             return Admit::Yes(slot);
@@ -1058,14 +1063,7 @@ mod tests {
                     for c in chunks {
                         tx.send(c).await.unwrap();
                     }
-                    let slot = Arc::new(Slot {
-                        st: Mutex::new(SlotState {
-                            phase: Phase::Idle(Instant::now()),
-                            evicted: false,
-                            busy: false,
-                            waker: None,
-                        }),
-                    });
+                    let slot = Slot::new();
                     let body = Streamed {
                         rx,
                         _busy: Busy::new(slot),

@@ -523,18 +523,6 @@ fn cpu_between(a: Snap, b: Snap, t: &DutTask) -> Cpu {
     }
 }
 
-fn xport(ifname: &str) -> PortOptions {
-    PortOptions {
-        ifname: ifname.into(),
-        first_queue: 0,
-        queues: 1,
-        xsk_mode: XskMode::Auto,
-        xdp_mode: None,
-        ring_size: 2048,
-        frames: 4096,
-    }
-}
-
 /// The topology of a comparison: a /14 inside (the flows' hosts are 10.1.0.0 onwards) and
 /// a pool of 64 addresses, enough ports for 1M flows to one server port.
 pub fn spec(tag: &str) -> TopologySpec {
@@ -607,10 +595,10 @@ impl Ctx<'_> {
                 &format!("poll = \"{poll}\"\nforward_only = true"),
             );
         }
-        for kv in &self.o.natgw_dataplane {
+        if !self.o.natgw_dataplane.is_empty() {
             c = c.replace(
                 &format!("poll = \"{poll}\""),
-                &format!("poll = \"{poll}\"\n{kv}"),
+                &format!("poll = \"{poll}\"\n{}", self.o.natgw_dataplane.join("\n")),
             );
         }
         let _ = write!(c, "\n[sessions]\ncapacity_per_core = {cap}\n");
@@ -626,7 +614,7 @@ impl Ctx<'_> {
         count: Option<u64>,
     ) -> GenConfig {
         GenConfig {
-            port: xport(HOST_IF),
+            port: PortOptions::one_queue(HOST_IF),
             cores: vec![self.o.gen_core],
             proto: Proto::Udp,
             wire_size: size,
@@ -647,7 +635,7 @@ impl Ctx<'_> {
 
     fn sink(&self, flows: u64, limit: Duration) -> SinkConfig {
         SinkConfig {
-            port: xport(HOST_IF),
+            port: PortOptions::one_queue(HOST_IF),
             cores: vec![self.o.sink_core],
             reflect: false,
             max_flows: flows as usize,

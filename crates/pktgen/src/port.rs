@@ -70,6 +70,22 @@ pub struct PortOptions {
     pub frames: u32,
 }
 
+impl PortOptions {
+    /// Queue 0 of `ifname` alone, zero-copy where the driver allows, 2048-entry rings and
+    /// 4096 frames: how the comparison, the listing bench and the tests open a veth.
+    pub fn one_queue(ifname: &str) -> PortOptions {
+        PortOptions {
+            ifname: ifname.into(),
+            first_queue: 0,
+            queues: 1,
+            xsk_mode: XskMode::Auto,
+            xdp_mode: None,
+            ring_size: 2048,
+            frames: 4096,
+        }
+    }
+}
+
 /// One queue's UMEM and socket.
 pub struct QueuePort {
     pub umem: Umem,

@@ -90,22 +90,49 @@ impl NatgwProcess {
     }
 }
 
-/// The `CapEff:` mask of /proc/<pid>/task/<tid>/status, for every thread of `pid`, with the
-/// thread's name (`u64::MAX` where it cannot be read).
-pub fn thread_caps(pid: u32) -> Vec<(String, u64)> {
+/// Runs the binary `exe` with `args` (a CLI command, stdin closed) to its end: exit code
+/// (-1 when killed by a signal), stdout, stderr.
+pub fn run_to_end(exe: &str, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(exe)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running {exe}: {e}"));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
+/// The `field:` line of /proc/<pid>/task/<tid>/status (its value, trimmed; None where it
+/// cannot be read), for every thread of `pid`, with the thread's name.
+pub fn thread_status(pid: u32, field: &str) -> Vec<(String, Option<String>)> {
+    let key = format!("{field}:");
     let mut v = Vec::new();
     for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let dir = t.unwrap().path();
         let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         let status = std::fs::read_to_string(dir.join("status")).unwrap_or_default();
-        let eff = status
+        let value = status
             .lines()
-            .find_map(|l| l.strip_prefix("CapEff:"))
-            .map(|x| u64::from_str_radix(x.trim(), 16).unwrap())
-            .unwrap_or(u64::MAX);
-        v.push((name.trim().to_string(), eff));
+            .find_map(|l| l.strip_prefix(key.as_str()))
+            .map(|x| x.trim().to_string());
+        v.push((name.trim().to_string(), value));
     }
     v
+}
+
+/// The `CapEff:` mask of every thread of `pid`, with the thread's name (`u64::MAX` where
+/// it cannot be read).
+pub fn thread_caps(pid: u32) -> Vec<(String, u64)> {
+    thread_status(pid, "CapEff")
+        .into_iter()
+        .map(|(name, x)| {
+            let eff = x.map_or(u64::MAX, |x| u64::from_str_radix(&x, 16).unwrap());
+            (name, eff)
+        })
+        .collect()
 }
 
 impl Drop for NatgwProcess {
