@@ -6,7 +6,8 @@
 //!
 //! - `kernel`: the gateway namespace's own kernel NAT (nftables, `enable_kernel_nat`);
 //! - `<name>/adaptive`, `<name>/busy`: a natgw binary (`--natgw name=path`, default the one
-//!   cargo built) with `dataplane.poll` set to that mode.
+//!   cargo built) with `dataplane.poll` set to that mode (`--natgw name=path,key=value,..`
+//!   adds `[dataplane]` keys, e.g. `spin_max_us=4000`).
 //!
 //! For each DUT and round: natgw's idle CPU (no traffic, summed over its threads from
 //! /proc/<pid>/task/*/schedstat, % of one core), then a closed loop (one request in flight,
@@ -45,7 +46,8 @@ struct Opts {
     load_secs: f64,
     idle_secs: f64,
     rates: Vec<u32>,
-    natgw: Vec<(String, PathBuf)>,
+    /// Name, binary and extra `[dataplane]` lines (`--natgw NAME=PATH,KEY=VALUE..`).
+    natgw: Vec<(String, PathBuf, Vec<String>)>,
     modes: Vec<String>,
     kernel: bool,
     /// None: the client and the server are not pinned.
@@ -57,7 +59,7 @@ struct Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench latency -- [--quick] [--rounds N] [--secs S] [--idle-secs S]\n\
-         \x20      [--rates R,R..] [--natgw NAME=PATH].. [--modes adaptive,busy] [--no-kernel]\n\
+         \x20      [--rates R,R..] [--natgw NAME=PATH[,KEY=VALUE..]].. [--modes adaptive,busy] [--no-kernel]\n\
          \x20      [--load-core N|any] [--scrape MS,MS..]"
     );
     std::process::exit(2)
@@ -94,8 +96,16 @@ fn parse_opts() -> Opts {
             }
             "--natgw" => {
                 let v = val();
-                let (name, path) = v.split_once('=').unwrap_or_else(|| usage());
-                o.natgw.push((name.to_string(), PathBuf::from(path)));
+                let (name, rest) = v.split_once('=').unwrap_or_else(|| usage());
+                let mut parts = rest.split(',');
+                let path = PathBuf::from(parts.next().unwrap_or_default());
+                let extra: Vec<String> = parts
+                    .map(|kv| match kv.split_once('=') {
+                        Some((k, v)) => format!("{} = {}", k.trim(), v.trim()),
+                        None => usage(),
+                    })
+                    .collect();
+                o.natgw.push((name.to_string(), path, extra));
             }
             "--modes" => o.modes = val().split(',').map(str::to_string).collect(),
             "--no-kernel" => o.kernel = false,
@@ -123,8 +133,11 @@ fn parse_opts() -> Opts {
         o.rates = vec![1000];
     }
     if o.natgw.is_empty() {
-        o.natgw
-            .push(("natgw".into(), PathBuf::from(env!("CARGO_BIN_EXE_natgw"))));
+        o.natgw.push((
+            "natgw".into(),
+            PathBuf::from(env!("CARGO_BIN_EXE_natgw")),
+            Vec::new(),
+        ));
     }
     o
 }
@@ -136,6 +149,8 @@ enum Dut {
         name: String,
         path: PathBuf,
         mode: String,
+        /// Extra `[dataplane]` lines.
+        extra: Vec<String>,
         /// GET /metrics this often during the loads (ms); 0: never.
         scrape_ms: u64,
     },
@@ -167,6 +182,51 @@ struct Load {
     rate: f64,
     hist: Histogram<u64>,
     lost: u64,
+    /// The share of all vCPU time the hypervisor stole during the load (%; None where
+    /// /proc/stat has no steal column). A vCPU waiting for the host is a wake-up that
+    /// takes milliseconds, for every DUT alike: the tails are read beside it.
+    steal: Option<f64>,
+    /// natgw's CPU time during the load, % of one core (None for the kernel).
+    cpu: Option<f64>,
+    /// natgw's worker during the load: times it slept, housekeeping ticks that found its
+    /// core shared (`natgw_idle_sleeps_total`, `natgw_core_shared_total`).
+    sleeps: Option<(u64, u64)>,
+}
+
+/// natgw's `natgw_idle_sleeps_total` and `natgw_core_shared_total`, summed over workers.
+fn poll_counts(gw_ns: &str) -> Option<(u64, u64)> {
+    let text = api_get(gw_ns, "/metrics").ok()?;
+    let sum = |name: &str| -> u64 {
+        text.lines()
+            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with('{'))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>() as u64
+    };
+    Some((
+        sum("natgw_idle_sleeps_total"),
+        sum("natgw_core_shared_total"),
+    ))
+}
+
+/// The machine's total and stolen CPU time so far (clock ticks, all CPUs), from the
+/// `cpu` line of /proc/stat.
+fn cpu_ticks() -> Option<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|f| f.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal (guest time is inside user).
+    let steal = *v.get(7)?;
+    Some((v.iter().take(8).sum(), steal))
+}
+
+/// Steal between two `cpu_ticks` readings, % of all CPU time.
+fn steal_pct(before: Option<(u64, u64)>, after: Option<(u64, u64)>) -> Option<f64> {
+    let ((t0, s0), (t1, s1)) = (before?, after?);
+    (t1 > t0).then(|| 100.0 * s1.saturating_sub(s0) as f64 / (t1 - t0) as f64)
 }
 
 struct RunResult {
@@ -254,6 +314,7 @@ fn drive(s: &UdpSocket, seq: &mut u64, secs: f64, rate: u32, stop: &dyn Fn() -> 
     };
     let mut next = start;
     let mut n = 0u64;
+    let ticks = cpu_ticks();
     while Instant::now() < end && !stop() {
         if rate != 0 {
             let now = Instant::now();
@@ -275,6 +336,9 @@ fn drive(s: &UdpSocket, seq: &mut u64, secs: f64, rate: u32, stop: &dyn Fn() -> 
         rate: n as f64 / start.elapsed().as_secs_f64(),
         hist,
         lost,
+        steal: steal_pct(ticks, cpu_ticks()),
+        cpu: None,
+        sleeps: None,
     }
 }
 
@@ -294,6 +358,31 @@ fn thread_cpu_ns(pid: u32) -> Option<Vec<(String, u64)>> {
 }
 
 /// natgw's idle CPU over `secs`: the total and each thread's, % of one core.
+/// `drive`, with natgw's CPU use (all its threads) during the load.
+fn drive_measured(
+    s: &UdpSocket,
+    seq: &mut u64,
+    secs: f64,
+    rate: u32,
+    stop: &dyn Fn() -> bool,
+    pid: Option<u32>,
+    gw_ns: Option<&str>,
+) -> Load {
+    let total = |pid| thread_cpu_ns(pid).map(|v| v.iter().map(|x| x.1).sum::<u64>());
+    let counts = gw_ns.and_then(poll_counts);
+    let before = pid.and_then(total);
+    let t0 = Instant::now();
+    let mut l = drive(s, seq, secs, rate, stop);
+    let wall = t0.elapsed().as_nanos() as f64;
+    if let (Some(a), Some(b)) = (before, pid.and_then(total)) {
+        l.cpu = Some(b.saturating_sub(a) as f64 / wall * 100.0);
+    }
+    if let (Some(a), Some(b)) = (counts, gw_ns.and_then(poll_counts)) {
+        l.sleeps = Some((b.0.saturating_sub(a.0), b.1.saturating_sub(a.1)));
+    }
+    l
+}
+
 fn idle_cpu_of(pid: u32, secs: f64) -> Option<(f64, Vec<(String, f64)>)> {
     let t0 = Instant::now();
     let a = thread_cpu_ns(pid)?;
@@ -381,10 +470,15 @@ fn run_dut(topo: &Topology, dut: &Dut, o: &Opts, seq: &mut u64) -> Result<RunRes
         Dut::Kernel => topo
             .enable_kernel_nat()
             .map_err(|e| format!("kernel NAT: {e}"))?,
-        Dut::Natgw { path, mode, .. } => {
-            let cfg = topo
-                .natgw_config()
-                .replace("poll = \"adaptive\"", &format!("poll = \"{mode}\""));
+        Dut::Natgw {
+            path, mode, extra, ..
+        } => {
+            let mut lines = format!("poll = \"{mode}\"");
+            for e in extra {
+                lines.push('\n');
+                lines.push_str(e);
+            }
+            let cfg = topo.natgw_config().replace("poll = \"adaptive\"", &lines);
             let p = NatgwProc::start(topo, path, &cfg, "q")?;
             // Start-up work (neighbour dumps, first ARP) out of the way.
             std::thread::sleep(Duration::from_millis(500));
@@ -395,6 +489,7 @@ fn run_dut(topo: &Topology, dut: &Dut, o: &Opts, seq: &mut u64) -> Result<RunRes
             natgw = Some(p);
         }
     }
+    let pid = natgw.as_ref().map(|p: &NatgwProc| p.child.id());
     let c = client(&topo.hosts()[0].ns, topo.server_addr());
     let scraping = Arc::new(AtomicBool::new(true));
     let scrapes = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -425,9 +520,10 @@ fn run_dut(topo: &Topology, dut: &Dut, o: &Opts, seq: &mut u64) -> Result<RunRes
             if warm.hist.is_empty() {
                 return None;
             }
-            let mut loads = vec![drive(&c, seq, o.load_secs, 0, &stop)];
+            let gw = pid.map(|_| topo.gw_ns());
+            let mut loads = vec![drive_measured(&c, seq, o.load_secs, 0, &stop, pid, gw)];
             for &r in &o.rates {
-                loads.push(drive(&c, seq, o.load_secs, r, &stop));
+                loads.push(drive_measured(&c, seq, o.load_secs, r, &stop, pid, gw));
             }
             Some(loads)
         })
@@ -512,13 +608,14 @@ fn main() {
     let echo = start_echo(topo.server_ns(), o.load_core, Arc::clone(&stop));
 
     let mut duts = Vec::new();
-    for (name, path) in &o.natgw {
+    for (name, path, extra) in &o.natgw {
         for m in &o.modes {
             for &scrape_ms in &o.scrape {
                 duts.push(Dut::Natgw {
                     name: name.clone(),
                     path: path.clone(),
                     mode: m.clone(),
+                    extra: extra.clone(),
                     scrape_ms,
                 });
             }
@@ -565,7 +662,7 @@ fn main() {
                     for (i, l) in r.loads.iter().enumerate() {
                         let _ = write!(
                             line,
-                            " {}: {:.0} rt/s p50 {:.0} p99 {:.0} p99.9 {:.0} max {:.0} µs{} |",
+                            " {}: {:.0} rt/s p50 {:.0} p99 {:.0} p99.9 {:.0} max {:.0} µs{}{} |",
                             load_name(&o, i),
                             l.rate,
                             us(l.hist.value_at_quantile(0.5)),
@@ -576,7 +673,13 @@ fn main() {
                                 format!(" lost {}", l.lost)
                             } else {
                                 String::new()
-                            }
+                            },
+                            l.steal.map_or(String::new(), |s| format!(" steal {s:.1}%"))
+                                + &l.cpu
+                                    .map_or(String::new(), |c| format!(" natgw cpu {c:.0}%"))
+                                + &l.sleeps.map_or(String::new(), |(s, sh)| {
+                                    format!(" sleeps {s} shared ticks {sh}")
+                                })
                         );
                     }
                     println!("{line}");
@@ -618,7 +721,7 @@ fn report(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
         o.rounds
     );
     println!(
-        "| DUT | load | rt/s | p50 | p99 | p99.9 | max | idle CPU % |\n|---|---|---|---|---|---|---|---|"
+        "| DUT | load | rt/s | p50 | p99 | p99.9 | max | steal % | natgw CPU % | idle CPU % |\n|---|---|---|---|---|---|---|---|---|---|"
     );
     let mut json = String::from("{");
     for (d, dut) in duts.iter().enumerate() {
@@ -631,8 +734,17 @@ fn report(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
             let rate = col(&|l| l.rate);
             let q = |p: f64| col(&|l| us(l.hist.value_at_quantile(p)));
             let max = col(&|l| us(l.hist.max()));
+            let steal: Vec<f64> = rs.iter().filter_map(|r| r.loads[i].steal).collect();
+            let cpu: Vec<f64> = rs.iter().filter_map(|r| r.loads[i].cpu).collect();
+            let opt = |v: &[f64], d| {
+                if v.is_empty() {
+                    String::new()
+                } else {
+                    fmt_range(v, d)
+                }
+            };
             println!(
-                "| {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 dut.label(),
                 load_name(o, i),
                 fmt_range(&rate, 0),
@@ -640,6 +752,8 @@ fn report(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
                 fmt_range(&q(0.99), 0),
                 fmt_range(&q(0.999), 0),
                 fmt_range(&max, 0),
+                opt(&steal, 1),
+                opt(&cpu, 0),
                 if i == 0 && !idle.is_empty() {
                     fmt_range(&idle, 2)
                 } else {
@@ -648,7 +762,7 @@ fn report(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
             );
             let _ = write!(
                 json,
-                "\"{} {}\":{{\"rt_s\":{:?},\"p50_us\":{:?},\"p99_us\":{:?},\"p999_us\":{:?},\"max_us\":{:?}{}}},",
+                "\"{} {}\":{{\"rt_s\":{:?},\"p50_us\":{:?},\"p99_us\":{:?},\"p999_us\":{:?},\"max_us\":{:?},\"steal_pct\":{:?},\"natgw_cpu_pct\":{:?}{}}},",
                 dut.label(),
                 load_name(o, i),
                 rate,
@@ -656,6 +770,8 @@ fn report(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
                 q(0.99),
                 q(0.999),
                 max,
+                steal,
+                cpu,
                 if i == 0 && !idle.is_empty() {
                     format!(",\"idle_cpu_pct\":{idle:?}")
                 } else {
@@ -668,7 +784,7 @@ fn report(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
     let find = |label: &str| duts.iter().position(|d| d.label() == label);
     let kernel = find("kernel");
     println!("\nratios per round, as ranges over the rounds");
-    for (name, _) in &o.natgw {
+    for (name, ..) in &o.natgw {
         let (Some(a), Some(b)) = (
             find(&format!("{name}/adaptive")),
             find(&format!("{name}/busy")),
@@ -702,10 +818,65 @@ fn report(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
             println!("{line}");
         }
     }
+    pooled(o, duts, results);
     scrape_ratios(o, duts, results);
     json.pop();
     json.push('}');
     println!("\nJSON: {json}");
+}
+
+/// Every round's requests of a DUT and load in one histogram. A round's p99 rests on its
+/// slowest 1 %: 20-40 requests at 500/s, few enough that one burst of host steal moves it
+/// by milliseconds (both poll modes alike); pooled, the rounds' bursts weigh by their share
+/// of the requests, and the ratio of two DUTs measured in the same rounds is steadier.
+fn pooled(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
+    if o.rounds < 2 {
+        return;
+    }
+    let merged = |d: usize, i: usize| -> Histogram<u64> {
+        let mut h = Histogram::<u64>::new_with_bounds(1_000, 10_000_000_000, 3).unwrap();
+        for r in &results[d] {
+            let _ = h.add(&r.loads[i].hist);
+        }
+        h
+    };
+    println!(
+        "\npooled over the rounds (µs)\n| DUT | load | requests | p50 | p99 | p99.9 |\n|---|---|---|---|---|---|"
+    );
+    for (d, dut) in duts.iter().enumerate() {
+        for i in 0..=o.rates.len() {
+            let h = merged(d, i);
+            println!(
+                "| {} | {} | {} | {:.0} | {:.0} | {:.0} |",
+                dut.label(),
+                load_name(o, i),
+                h.len(),
+                us(h.value_at_quantile(0.5)),
+                us(h.value_at_quantile(0.99)),
+                us(h.value_at_quantile(0.999)),
+            );
+        }
+    }
+    let find = |label: &str| duts.iter().position(|d| d.label() == label);
+    for (name, ..) in &o.natgw {
+        let (Some(a), Some(b)) = (
+            find(&format!("{name}/adaptive")),
+            find(&format!("{name}/busy")),
+        ) else {
+            continue;
+        };
+        for i in 0..=o.rates.len() {
+            let (ha, hb) = (merged(a, i), merged(b, i));
+            let r = |q: f64| ha.value_at_quantile(q) as f64 / hb.value_at_quantile(q) as f64;
+            println!(
+                "{name} {} pooled: adaptive/busy p50 {:.2} p99 {:.2} p99.9 {:.2}",
+                load_name(o, i),
+                r(0.5),
+                r(0.99),
+                r(0.999)
+            );
+        }
+    }
 }
 
 /// With `--scrape`: per natgw DUT scraped at an interval, its round trips/s, p50 and p99

@@ -182,6 +182,7 @@ impl Config {
         table_list(&mut o, "workers", &workers);
         let _ = writeln!(o, "xdp_mode = {}", quote(&d.xdp_mode.to_string()));
         let _ = writeln!(o, "poll = {}", quote(&d.poll.to_string()));
+        let _ = writeln!(o, "spin_max_us = {}", d.spin_max_us);
         let _ = writeln!(o, "batch_size = {}", d.batch_size);
         let _ = writeln!(o, "ring_size = {}", d.ring_size);
         let _ = writeln!(o, "umem_frames = {}", d.umem_frames);

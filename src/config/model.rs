@@ -143,6 +143,9 @@ pub struct Dataplane {
     pub workers: Vec<Worker>,
     pub xdp_mode: XdpMode,
     pub poll: PollMode,
+    /// Adaptive polling: the longest the loop keeps polling after its last frame before it
+    /// sleeps (µs). Traffic with shorter gaps never waits for a wake-up.
+    pub spin_max_us: u32,
     /// Frames per receive/transmit batch.
     pub batch_size: usize,
     /// Descriptors per AF_XDP ring (power of two).

@@ -11,6 +11,10 @@ const DEFAULT_BATCH_SIZE: i64 = 64;
 const DEFAULT_RING_SIZE: i64 = 2048;
 const DEFAULT_UMEM_FRAMES: i64 = 8192;
 const DEFAULT_HANDOFF_QUEUE: i64 = 4096;
+/// 16 ms: a flow of 62 packets a second or more keeps the loop polling (tuning.md, "Polling").
+pub const DEFAULT_SPIN_MAX_US: i64 = 16_000;
+/// The spin window's floor (the worker's `SPIN_MIN_NS`): a maximum below it means nothing.
+const MIN_SPIN_MAX_US: i64 = 200;
 
 fn default_core() -> usize {
     // Core 0 usually takes interrupts and housekeeping; keep the poll loop off it when possible.
@@ -36,6 +40,13 @@ pub(super) fn build_dataplane(r: RawDataplane) -> Result<Dataplane, ConfigError>
         None => PollMode::Adaptive,
         Some(s) => choice(s, "dataplane.poll", &POLL_MODES)?,
     };
+    let f = "dataplane.spin_max_us";
+    let spin_max_us = int_in(
+        r.spin_max_us.unwrap_or(DEFAULT_SPIN_MAX_US),
+        f,
+        MIN_SPIN_MAX_US,
+        1_000_000,
+    )? as u32;
     let f = "dataplane.batch_size";
     let batch_size = int_in(r.batch_size.unwrap_or(DEFAULT_BATCH_SIZE), f, 1, 1024)? as usize;
     let f = "dataplane.ring_size";
@@ -64,6 +75,7 @@ pub(super) fn build_dataplane(r: RawDataplane) -> Result<Dataplane, ConfigError>
         workers,
         xdp_mode,
         poll,
+        spin_max_us,
         batch_size,
         ring_size: ring_size as u32,
         umem_frames: umem_frames as u32,

@@ -42,6 +42,7 @@ pub(super) struct RawDataplane {
     pub(super) workers: Option<Vec<RawWorker>>,
     pub(super) xdp_mode: Option<String>,
     pub(super) poll: Option<String>,
+    pub(super) spin_max_us: Option<i64>,
     pub(super) batch_size: Option<i64>,
     pub(super) ring_size: Option<i64>,
     pub(super) umem_frames: Option<i64>,

@@ -21,6 +21,7 @@ fn defaults_are_filled() {
     assert_eq!(d.workers[0].core, usize::from(multi));
     assert_eq!(d.xdp_mode, XdpMode::Auto);
     assert_eq!(d.poll, PollMode::Adaptive);
+    assert_eq!(d.spin_max_us, 16_000);
     assert_eq!(d.batch_size, 64);
     assert_eq!(d.ring_size, 2048);
     assert_eq!(d.umem_frames, 8192);
@@ -91,6 +92,7 @@ icmp = 90"#,
 workers = [{ core = 2, queue = 1 }, { core = 3, queue = 0 }]
 xdp_mode = "native"
 poll = "busy"
+spin_max_us = 2500
 batch_size = 1024
 ring_size = 4096
 umem_frames = 16384
@@ -145,6 +147,7 @@ listen = "[::1]:9000""#,
         (1024, 4096, 16384)
     );
     assert_eq!((d.handoff_queue, d.forward_only), (64, true));
+    assert_eq!(d.spin_max_us, 2500);
     assert_eq!(c.sessions.capacity_per_core, 1024);
     assert_eq!(c.fragments.max_held, 0);
     assert_eq!(c.control.listen, "[::1]:9000".parse().unwrap());

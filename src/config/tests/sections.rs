@@ -50,6 +50,16 @@ fn dataplane_bounds() {
         "expected one of: adaptive, busy",
     );
     rejects(
+        &dp("spin_max_us = 199"),
+        "dataplane.spin_max_us",
+        "out of range 200..=1000000",
+    );
+    rejects(
+        &dp("spin_max_us = 1000001"),
+        "dataplane.spin_max_us",
+        "out of range",
+    );
+    rejects(
         &dp("batch_size = 0"),
         "dataplane.batch_size",
         "out of range 1..=1024",

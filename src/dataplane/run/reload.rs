@@ -124,6 +124,11 @@ pub fn restart_only(running: &Config, new: &Config) -> Option<(String, &'static 
             "the workers' poll loops are started at start",
         ),
         (
+            "dataplane.spin_max_us",
+            a.spin_max_us != b.spin_max_us,
+            "the workers' poll loops are started at start",
+        ),
+        (
             "dataplane.batch_size",
             a.batch_size != b.batch_size,
             SOCKETS,

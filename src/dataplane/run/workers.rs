@@ -6,7 +6,9 @@ use super::{Handle, StartError};
 use crate::config::{Config, PollMode};
 use crate::dataplane::neigh::NeighTable;
 use crate::dataplane::worker::stats::{PortStats, WorkerStats};
-use crate::dataplane::worker::{DpCounters, HANDOFF_MTU, HandoffFrame, Worker, WorkerShared};
+use crate::dataplane::worker::{
+    DpCounters, HANDOFF_MTU, HandoffFrame, Polling, Worker, WorkerShared,
+};
 use crate::dataplane::xdp::XdpProgram;
 use crate::nat::{Counters, Engine, Ingress};
 use crossbeam::queue::ArrayQueue;
@@ -160,7 +162,12 @@ pub(super) fn spawn_workers(
             rx,
             Arc::clone(&dpc),
             dp.batch_size,
-            dp.poll == PollMode::Busy,
+            match dp.poll {
+                PollMode::Busy => Polling::Busy,
+                PollMode::Adaptive => Polling::Adaptive {
+                    spin_max_ns: u64::from(dp.spin_max_us) * 1000,
+                },
+            },
             egress_ports,
             handle.started,
         );

@@ -137,7 +137,7 @@ pub struct Worker {
     pub counters: Arc<Counters>,
     pub dp: Arc<DpCounters>,
     pub batch: usize,
-    pub busy_poll: bool,
+    pub polling: Polling,
     pub epoch: Instant,
     /// Port index for each egress: 0 = outside, 1 + i = inside interface i.
     pub egress_ports: Vec<usize>,
@@ -164,8 +164,8 @@ pub struct Worker {
 /// gateway if the loop sleeps between the request and its answer. So the window adapts like
 /// Linux's haltpoll governor: it doubles when traffic came back soon after a sleep began
 /// (polling a little longer would have caught it without a wake-up) and halves when a
-/// sleep was long or ended without traffic. Steady traffic with gaps under
-/// [`SPIN_MAX_NS`] ends up never sleeping; an idle gateway sleeps right after its last
+/// sleep was long or ended without traffic. Steady traffic with gaps under the maximum
+/// (`dataplane.spin_max_us`) ends up never sleeping; an idle gateway sleeps right after its last
 /// frame plus [`SPIN_MIN_NS`]. A worker that is preempted while it polls shares its core
 /// with other work: spinning then only burns its time slice and the scheduler makes it wait
 /// milliseconds, while a thread that sleeps is woken promptly. So preemption drops the
@@ -173,6 +173,8 @@ pub struct Worker {
 #[derive(Clone, Copy, Debug)]
 struct Spin {
     window: u64,
+    /// The longest window (`dataplane.spin_max_us`).
+    max: u64,
     /// When the loop last did work (ns since the epoch).
     last_work: u64,
     /// No growth before this (ns since the epoch).
@@ -185,14 +187,22 @@ pub const SPIN_HOLD_NS: u64 = 1_000_000_000;
 /// The shortest spin window: covers the round trip behind the gateway (request out,
 /// answer back) on the test topologies, so a single exchange costs one wake-up, not two.
 pub const SPIN_MIN_NS: u64 = 200_000;
-/// The longest: traffic with gaps under this keeps the loop polling (a core busy while it
-/// lasts); sparser traffic pays a wake-up per packet instead.
-pub const SPIN_MAX_NS: u64 = 4_000_000;
+/// How the poll loop waits for traffic (`dataplane.poll`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Polling {
+    /// Never sleeps.
+    Busy,
+    /// Sleeps in poll(2) once no frame came for the spin window, at most `spin_max_ns`:
+    /// traffic with gaps under it keeps the loop polling (a core busy while it lasts);
+    /// sparser traffic pays a wake-up per packet instead.
+    Adaptive { spin_max_ns: u64 },
+}
 
 impl Spin {
-    fn new() -> Spin {
+    fn new(max: u64) -> Spin {
         Spin {
             window: SPIN_MIN_NS,
+            max: max.max(SPIN_MIN_NS),
             last_work: 0,
             hold_until: 0,
         }
@@ -210,8 +220,8 @@ impl Spin {
     fn after_sleep(&mut self, traffic: bool, slept: u64, now: u64) {
         self.window = if now < self.hold_until {
             SPIN_MIN_NS
-        } else if traffic && slept < SPIN_MAX_NS {
-            (self.window * 2).min(SPIN_MAX_NS)
+        } else if traffic && slept < self.max {
+            (self.window * 2).min(self.max)
         } else {
             (self.window / 2).max(SPIN_MIN_NS)
         };
@@ -228,11 +238,18 @@ impl Spin {
 /// spin window to its minimum for a second, so a request every 2 ms paid two wake-ups
 /// (p50 1.75x busy mode's). Where the kernel keeps no scheduler statistics, the old rule:
 /// more than one involuntary switch per tick.
+///
+/// Only two such ticks in a row count: one is a burst (a kworker or kcompactd running 5 ms
+/// once), and dropping the window for a second over it cost a flow of 500 requests/s a
+/// wake-up per request for that second (bench/README.md); work that shares the core shows on
+/// every tick, and is caught 50 ms later.
 struct CoreShare {
     delay: Option<RunDelay>,
     last_delay: u64,
     last_switches: u64,
     last_check: u64,
+    /// Whether the previous tick found the worker waiting too long.
+    waited_last_tick: bool,
 }
 
 /// The share of the wall time a worker may wait for its CPU before its core counts as
@@ -247,13 +264,14 @@ impl CoreShare {
             last_delay: 0,
             last_switches: 0,
             last_check: 0,
+            waited_last_tick: false,
         }
     }
 
     fn shared(&mut self, now: u64) -> bool {
         let wall = now.saturating_sub(self.last_check);
         self.last_check = now;
-        match self.delay.as_ref().and_then(RunDelay::read) {
+        let waited = match self.delay.as_ref().and_then(RunDelay::read) {
             Some(d) => {
                 let waited = d.saturating_sub(self.last_delay);
                 self.last_delay = d;
@@ -265,7 +283,15 @@ impl CoreShare {
                 self.last_switches = s;
                 shared
             }
-        }
+        };
+        self.sustained(waited)
+    }
+
+    /// This tick's verdict with the previous one's: shared only on the second in a row.
+    fn sustained(&mut self, waited: bool) -> bool {
+        let shared = waited && self.waited_last_tick;
+        self.waited_last_tick = waited;
+        shared
     }
 }
 
@@ -345,7 +371,7 @@ impl Worker {
         control: ControlRx,
         dp: Arc<DpCounters>,
         batch: usize,
-        busy_poll: bool,
+        polling: Polling,
         egress_ports: Vec<usize>,
         epoch: Instant,
     ) -> Worker {
@@ -360,7 +386,7 @@ impl Worker {
             counters,
             dp,
             batch,
-            busy_poll,
+            polling,
             epoch,
             egress_ports,
             asked: [(0, Ipv4Addr::UNSPECIFIED, 0); 8],
@@ -380,7 +406,11 @@ impl Worker {
     /// Runs until the stop flag is raised.
     pub fn run(mut self) {
         let mut sc = Scratch::new(self.batch);
-        let mut spin = Spin::new();
+        let busy_poll = self.polling == Polling::Busy;
+        let mut spin = Spin::new(match self.polling {
+            Polling::Busy => SPIN_MIN_NS,
+            Polling::Adaptive { spin_max_ns } => spin_max_ns,
+        });
         let mut share = CoreShare::open();
         let mut last_tick = 0u64;
         let _running = Running::new(Arc::clone(&self.dp));
@@ -438,7 +468,7 @@ impl Worker {
             if now.saturating_sub(last_tick) > 50_000_000 {
                 last_tick = now;
                 self.engine.tick(now);
-                if !self.busy_poll {
+                if !busy_poll {
                     let shared = share.shared(now);
                     if shared {
                         self.dp.core_shared.inc();
@@ -457,11 +487,11 @@ impl Worker {
             }
             if worked {
                 spin.last_work = now;
-            } else if self.busy_poll {
+            } else if busy_poll {
                 // Copy mode sends a bounded batch per kick: what a burst left in a transmit
                 // ring must not wait for the next traffic (only kicks a ring that holds some).
                 self.kick_pending_tx();
-            } else if !self.busy_poll
+            } else if !busy_poll
                 && now.saturating_sub(spin.last_work) >= spin.window
                 && self.ready_to_sleep()
             {

@@ -46,7 +46,9 @@ fn worker(batch: usize) -> Worker {
         rx,
         Arc::default(),
         batch,
-        false,
+        Polling::Adaptive {
+            spin_max_ns: 4_000_000,
+        },
         Vec::new(),
         Instant::now(),
     )
@@ -247,7 +249,8 @@ fn held_frames_return_to_their_pools() {
 /// up to the maximum, and falls back to the minimum once sleeps are long or empty.
 #[test]
 fn spin_window_adapts_within_its_bounds() {
-    let mut s = Spin::new();
+    const SPIN_MAX_NS: u64 = 4_000_000;
+    let mut s = Spin::new(SPIN_MAX_NS);
     assert_eq!(s.window, SPIN_MIN_NS);
     for _ in 0..20 {
         s.after_sleep(true, 300_000, 0);
@@ -274,10 +277,46 @@ fn spin_window_adapts_within_its_bounds() {
     assert_eq!(s.window, SPIN_MIN_NS * 2, "grows again after the hold");
 }
 
+/// The maximum is the operator's (`dataplane.spin_max_us`): a flow with 10 ms gaps (100
+/// packets a second) keeps a 16 ms window polling through them, while a 4 ms window
+/// sleeps after every packet (each sleep ends after 10 ms, past its maximum, and halves it).
+#[test]
+fn spin_window_grows_to_the_configured_maximum() {
+    // 16 ms: doubles from 200 µs to 12.8 ms, past the gap; 4 ms: stays at the minimum.
+    for (max, settles_at) in [(16_000_000, 12_800_000), (4_000_000, SPIN_MIN_NS)] {
+        let mut s = Spin::new(max);
+        // Polling through a gap is no sleep at all; each gap the window misses is a sleep
+        // of the rest of the gap (10 ms less the window), ended by the next packet.
+        for _ in 0..20 {
+            if s.window < 10_000_000 {
+                s.after_sleep(true, 10_000_000 - s.window, 0);
+            }
+        }
+        assert_eq!(s.window, settles_at, "maximum {max} ns");
+    }
+    // Below the minimum, the minimum.
+    assert_eq!(Spin::new(1).max, SPIN_MIN_NS);
+}
+
 /// A core counts as shared when the worker waited for it more than a tenth of the time:
 /// brief preemptions (a kworker, the softirq thread) do not collapse the spin window.
 #[test]
 fn a_core_is_shared_when_the_worker_waits_a_tenth_of_the_time() {
+    // Two ticks in a row: one burst is not a shared core.
+    let mut c = CoreShare {
+        delay: None,
+        last_delay: 0,
+        last_switches: 0,
+        last_check: 0,
+        waited_last_tick: false,
+    };
+    assert!(!c.sustained(true), "one tick: a burst");
+    assert!(!c.sustained(false));
+    assert!(!c.sustained(true));
+    assert!(c.sustained(true), "the second tick in a row: shared");
+    assert!(c.sustained(true), "and every one after");
+    assert!(!c.sustained(false));
+
     let tick = 50_000_000;
     assert!(!waited_too_long(0, tick));
     assert!(!waited_too_long(200_000, tick), "a few brief preemptions");
