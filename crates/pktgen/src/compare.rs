@@ -147,7 +147,7 @@ impl CompareOptions {
             natgw,
             tag: "cm".into(),
             duts: ALL_DUTS.to_vec(),
-            flows: vec![1, 1024, 100_000, 1 << 20],
+            flows: vec![1, 256, 1024, 100_000, 1 << 20],
             sizes: vec![64, 1500],
             duration: Duration::from_secs(3),
             gen_core: 0,

@@ -148,6 +148,13 @@ fn draw(r: &Report, path: &Path, font: Option<&str>) -> Result<Plotted, String> 
                     .max(1e-9)
                     * 1.15;
                 let xmax = flows.len().saturating_sub(1) as f64;
+                // With text, an empty band right of the last flow count holds the legend:
+                // drawn over the lines (upper right) it hid the highest points.
+                let legend_room = if font.is_some() {
+                    (xmax + 0.6) * 0.55
+                } else {
+                    0.0
+                };
                 let mut b = ChartBuilder::on(area);
                 b.margin(12);
                 if font.is_some() {
@@ -161,7 +168,7 @@ fn draw(r: &Report, path: &Path, font: Option<&str>) -> Result<Plotted, String> 
                         .y_label_area_size(70);
                 }
                 let mut c = b
-                    .build_cartesian_2d(-0.3f64..xmax + 0.3, 0f64..ymax)
+                    .build_cartesian_2d(-0.3f64..xmax + 0.3 + legend_room, 0f64..ymax)
                     .map_err(|x| e(&x))?;
                 let mut mesh = c.configure_mesh();
                 if font.is_some() {
@@ -180,7 +187,10 @@ fn draw(r: &Report, path: &Path, font: Option<&str>) -> Result<Plotted, String> 
                             format!("{y:.0}")
                         }
                     };
-                    mesh.x_labels(flows.len().max(2))
+                    // One label per whole number across the range, legend band included
+                    // (fewer, and plotters labels every other flow count); the formatter
+                    // leaves the band's empty.
+                    mesh.x_labels((xmax + legend_room).ceil() as usize + 2)
                         .x_label_formatter(&label)
                         .y_label_formatter(&ylabel)
                         .light_line_style(WHITE)
