@@ -357,7 +357,6 @@ fn thread_cpu_ns(pid: u32) -> Option<Vec<(String, u64)>> {
     Some(v)
 }
 
-/// natgw's idle CPU over `secs`: the total and each thread's, % of one core.
 /// `drive`, with natgw's CPU use (all its threads) during the load.
 fn drive_measured(
     s: &UdpSocket,
@@ -383,6 +382,7 @@ fn drive_measured(
     l
 }
 
+/// natgw's idle CPU over `secs`: the total and each thread's, % of one core.
 fn idle_cpu_of(pid: u32, secs: f64) -> Option<(f64, Vec<(String, f64)>)> {
     let t0 = Instant::now();
     let a = thread_cpu_ns(pid)?;
@@ -478,7 +478,12 @@ fn run_dut(topo: &Topology, dut: &Dut, o: &Opts, seq: &mut u64) -> Result<RunRes
                 lines.push('\n');
                 lines.push_str(e);
             }
-            let cfg = topo.natgw_config().replace("poll = \"adaptive\"", &lines);
+            let base = topo.natgw_config();
+            // The extra keys go after the `poll` line: without it they would vanish unseen.
+            if !base.contains("poll = \"adaptive\"") {
+                return Err("the topology's natgw config has no `poll = \"adaptive\"` line".into());
+            }
+            let cfg = base.replace("poll = \"adaptive\"", &lines);
             let p = NatgwProc::start(topo, path, &cfg, "q")?;
             // Start-up work (neighbour dumps, first ARP) out of the way.
             std::thread::sleep(Duration::from_millis(500));
@@ -762,7 +767,7 @@ fn report(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
             );
             let _ = write!(
                 json,
-                "\"{} {}\":{{\"rt_s\":{:?},\"p50_us\":{:?},\"p99_us\":{:?},\"p999_us\":{:?},\"max_us\":{:?},\"steal_pct\":{:?},\"natgw_cpu_pct\":{:?}{}}},",
+                "\"{} {}\":{{\"rt_s\":{:?},\"p50_us\":{:?},\"p99_us\":{:?},\"p999_us\":{:?},\"max_us\":{:?},\"steal_pct\":{:?},\"natgw_cpu_pct\":{:?},\"sleeps\":{:?},\"shared_ticks\":{:?}{}}},",
                 dut.label(),
                 load_name(o, i),
                 rate,
@@ -772,6 +777,12 @@ fn report(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
                 max,
                 steal,
                 cpu,
+                rs.iter()
+                    .filter_map(|r| r.loads[i].sleeps.map(|s| s.0))
+                    .collect::<Vec<_>>(),
+                rs.iter()
+                    .filter_map(|r| r.loads[i].sleeps.map(|s| s.1))
+                    .collect::<Vec<_>>(),
                 if i == 0 && !idle.is_empty() {
                     format!(",\"idle_cpu_pct\":{idle:?}")
                 } else {

@@ -138,6 +138,10 @@ pub struct Worker {
     pub queue: u32,
 }
 
+/// The least `dataplane.spin_max_us`: the worker's shortest spin window (`SPIN_MIN_NS`, a
+/// test checks they agree), below which a maximum means nothing.
+pub const SPIN_MAX_US_FLOOR: u32 = 200;
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Dataplane {
     pub workers: Vec<Worker>,

@@ -5,16 +5,15 @@ use super::raw::{RawDataplane, RawWorker};
 use super::values::{choice, int_in, pow2_in, required};
 use crate::config::ConfigError;
 use crate::config::display::{POLL_MODES, XDP_MODES};
-use crate::config::model::{Dataplane, PollMode, Worker, XdpMode};
+use crate::config::model::{Dataplane, PollMode, SPIN_MAX_US_FLOOR, Worker, XdpMode};
 
 const DEFAULT_BATCH_SIZE: i64 = 64;
 const DEFAULT_RING_SIZE: i64 = 2048;
 const DEFAULT_UMEM_FRAMES: i64 = 8192;
 const DEFAULT_HANDOFF_QUEUE: i64 = 4096;
-/// 16 ms: a flow of 62 packets a second or more keeps the loop polling (tuning.md, "Polling").
-pub const DEFAULT_SPIN_MAX_US: i64 = 16_000;
-/// The spin window's floor (the worker's `SPIN_MIN_NS`): a maximum below it means nothing.
-const MIN_SPIN_MAX_US: i64 = 200;
+/// 16 ms: a flow of about 63 packets a second or more keeps the loop polling (tuning.md,
+/// "Polling").
+const DEFAULT_SPIN_MAX_US: i64 = 16_000;
 
 fn default_core() -> usize {
     // Core 0 usually takes interrupts and housekeeping; keep the poll loop off it when possible.
@@ -44,7 +43,7 @@ pub(super) fn build_dataplane(r: RawDataplane) -> Result<Dataplane, ConfigError>
     let spin_max_us = int_in(
         r.spin_max_us.unwrap_or(DEFAULT_SPIN_MAX_US),
         f,
-        MIN_SPIN_MAX_US,
+        i64::from(SPIN_MAX_US_FLOOR),
         1_000_000,
     )? as u32;
     let f = "dataplane.batch_size";

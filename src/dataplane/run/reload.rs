@@ -261,7 +261,12 @@ mod tests {
         let running = cfg();
         assert_eq!(restart_only(&running, &running.clone()), None);
         type Edit = (&'static str, fn(&mut Config));
-        let edits: [Edit; 9] = [
+        let edits: [Edit; 11] = [
+            // The poll loop's settings are read once, when the workers start.
+            ("dataplane.poll", |c| {
+                c.dataplane.poll = crate::config::PollMode::Busy
+            }),
+            ("dataplane.spin_max_us", |c| c.dataplane.spin_max_us += 1),
             ("control.listen", |c| {
                 c.control.listen = "127.0.0.1:9999".parse().unwrap()
             }),

@@ -162,9 +162,13 @@ pub struct Worker {
 /// in poll(2). A wake-up from poll(2) costs tens of µs (on a VM the idle vCPU halts, and the
 /// waker's IPI goes through the hypervisor), twice per request/response through the
 /// gateway if the loop sleeps between the request and its answer. So the window adapts like
-/// Linux's haltpoll governor: it doubles when traffic came back soon after a sleep began
-/// (polling a little longer would have caught it without a wake-up) and halves when a
-/// sleep was long or ended without traffic. Steady traffic with gaps under the maximum
+/// Linux's haltpoll governor: it doubles when traffic came back soon after the loop fell
+/// asleep (polling a little longer would have caught it without a wake-up) and halves when
+/// it came back late or not at all. "Soon" is judged over the whole idle period, however
+/// many poll(2) timeouts (10 ms, 1 ms with several workers) it took: judged per sleep, a
+/// flow with 12 ms gaps halved the window on each timeout and doubled it on the short
+/// sleep after, and never got past the minimum (with several workers, any gap over 1.2 ms).
+/// Steady traffic with gaps under the maximum
 /// (`dataplane.spin_max_us`) ends up never sleeping; an idle gateway sleeps right after its last
 /// frame plus [`SPIN_MIN_NS`]. A worker that is preempted while it polls shares its core
 /// with other work: spinning then only burns its time slice and the scheduler makes it wait
@@ -177,6 +181,8 @@ struct Spin {
     max: u64,
     /// When the loop last did work (ns since the epoch).
     last_work: u64,
+    /// When the loop first went to sleep since its last work (0: it has not).
+    asleep_since: u64,
     /// No growth before this (ns since the epoch).
     hold_until: u64,
 }
@@ -204,7 +210,22 @@ impl Spin {
             window: SPIN_MIN_NS,
             max: max.max(SPIN_MIN_NS),
             last_work: 0,
+            asleep_since: 0,
             hold_until: 0,
+        }
+    }
+
+    /// The loop did work at `now`.
+    fn worked(&mut self, now: u64) {
+        self.last_work = now;
+        self.asleep_since = 0;
+    }
+
+    /// The loop goes to sleep at `now` (the first time since its last work, or again after
+    /// a timeout).
+    fn sleeping(&mut self, now: u64) {
+        if self.asleep_since == 0 {
+            self.asleep_since = now.max(1);
         }
     }
 
@@ -216,15 +237,22 @@ impl Spin {
         }
     }
 
-    /// After a sleep of `slept` ns that `traffic` ended (false: the timeout), at `now`.
-    fn after_sleep(&mut self, traffic: bool, slept: u64, now: u64) {
+    /// After a sleep that `traffic` ended (false: the timeout), at `now`.
+    fn after_sleep(&mut self, traffic: bool, now: u64) {
+        let idle = now.saturating_sub(self.asleep_since);
         self.window = if now < self.hold_until {
             SPIN_MIN_NS
-        } else if traffic && slept < self.max {
+        } else if traffic && idle < self.max {
             (self.window * 2).min(self.max)
-        } else {
+        } else if traffic || idle >= self.max {
             (self.window / 2).max(SPIN_MIN_NS)
+        } else {
+            // A timeout before the maximum: traffic may still come back soon enough.
+            self.window
         };
+        if traffic {
+            self.asleep_since = 0;
+        }
     }
 }
 
@@ -486,7 +514,7 @@ impl Worker {
                 self.control_messages();
             }
             if worked {
-                spin.last_work = now;
+                spin.worked(now);
             } else if busy_poll {
                 // Copy mode sends a bounded batch per kick: what a burst left in a transmit
                 // ring must not wait for the next traffic (only kicks a ring that holds some).
@@ -495,9 +523,10 @@ impl Worker {
                 && now.saturating_sub(spin.last_work) >= spin.window
                 && self.ready_to_sleep()
             {
+                spin.sleeping(now);
                 let traffic = self.sleep_until_traffic();
                 let woke = self.now_ns();
-                spin.after_sleep(traffic, woke.saturating_sub(now), woke);
+                spin.after_sleep(traffic, woke);
                 self.meter.account(woke.saturating_sub(now), false);
                 round_start = woke;
             }

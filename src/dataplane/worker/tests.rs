@@ -245,57 +245,105 @@ fn held_frames_return_to_their_pools() {
     assert_eq!(back, all, "every chunk back in its own pool, once");
 }
 
-/// The spin window grows while traffic keeps coming back soon after each sleep began,
-/// up to the maximum, and falls back to the minimum once sleeps are long or empty.
+/// The poll loop's use of [`Spin`] over a stream of packets `gap` ns apart, with poll(2)
+/// timing out after `timeout` ns: it polls through a gap shorter than its window; otherwise
+/// it falls asleep when the window runs out, wakes on every timeout (and sleeps again at
+/// once), and wakes for the packet. Returns the sleeps the last of `packets` gaps took.
+fn run_gaps(s: &mut Spin, t: &mut u64, gap: u64, timeout: u64, packets: usize) -> usize {
+    let mut sleeps = 0;
+    for _ in 0..packets {
+        sleeps = 0;
+        let next = *t + gap;
+        let mut now = *t + s.window;
+        while now < next {
+            s.sleeping(now);
+            sleeps += 1;
+            if now + timeout < next {
+                now += timeout;
+                s.after_sleep(false, now);
+            } else {
+                now = next;
+                s.after_sleep(true, now);
+            }
+        }
+        *t = next;
+        s.worked(next);
+    }
+    sleeps
+}
+
+/// The spin window grows while traffic keeps coming back soon after the loop fell asleep,
+/// up to the maximum, and falls back to the minimum once it is idle.
 #[test]
 fn spin_window_adapts_within_its_bounds() {
-    const SPIN_MAX_NS: u64 = 4_000_000;
-    let mut s = Spin::new(SPIN_MAX_NS);
+    const MAX: u64 = 4_000_000;
+    let (mut s, mut t) = (Spin::new(MAX), 1);
     assert_eq!(s.window, SPIN_MIN_NS);
-    for _ in 0..20 {
-        s.after_sleep(true, 300_000, 0);
-    }
-    assert_eq!(
-        s.window, SPIN_MAX_NS,
-        "steady traffic: polls through its gaps"
-    );
-    s.after_sleep(true, SPIN_MAX_NS + 1, 0);
-    assert_eq!(s.window, SPIN_MAX_NS / 2, "a long gap halves it");
-    for _ in 0..20 {
-        s.after_sleep(false, 10_000_000, 0);
+    run_gaps(&mut s, &mut t, 3_500_000, 10_000_000, 20);
+    assert_eq!(s.window, MAX, "steady 3.5 ms gaps: polls through them");
+    assert_eq!(run_gaps(&mut s, &mut t, 3_500_000, 10_000_000, 1), 0);
+    run_gaps(&mut s, &mut t, 9_000_000, 10_000_000, 1);
+    assert_eq!(s.window, MAX / 2, "a long gap halves it");
+    // Idle: every timeout past the maximum halves it, down to the minimum.
+    s.sleeping(t + s.window);
+    for k in 1..20 {
+        s.after_sleep(false, t + k * 10_000_000);
     }
     assert_eq!(s.window, SPIN_MIN_NS, "idle: back to the minimum");
+    s.after_sleep(true, t + 200_000_001);
     // Preempted: the minimum, held for a while even with steady traffic.
-    s.after_sleep(true, 300_000, 0);
-    s.check_preempted(false, 1);
+    let mut t = SPIN_HOLD_NS;
+    run_gaps(&mut s, &mut t, 300_000, 10_000_000, 1);
+    assert_eq!(s.window, SPIN_MIN_NS * 2);
+    s.check_preempted(false, t);
     assert_eq!(s.window, SPIN_MIN_NS * 2, "not shared: unchanged");
-    s.check_preempted(true, 2);
+    s.check_preempted(true, t);
     assert_eq!(s.window, SPIN_MIN_NS);
-    s.after_sleep(true, 300_000, 3);
+    run_gaps(&mut s, &mut t, 300_000, 10_000_000, 3);
     assert_eq!(s.window, SPIN_MIN_NS, "held");
-    s.after_sleep(true, 300_000, 2 + SPIN_HOLD_NS);
+    t += SPIN_HOLD_NS;
+    run_gaps(&mut s, &mut t, 300_000, 10_000_000, 1);
     assert_eq!(s.window, SPIN_MIN_NS * 2, "grows again after the hold");
 }
 
-/// The maximum is the operator's (`dataplane.spin_max_us`): a flow with 10 ms gaps (100
-/// packets a second) keeps a 16 ms window polling through them, while a 4 ms window
-/// sleeps after every packet (each sleep ends after 10 ms, past its maximum, and halves it).
+/// The maximum is the operator's (`dataplane.spin_max_us`), and gaps longer than poll(2)'s
+/// timeout grow the window too: the loop judges the whole idle period, not each sleep
+/// (judged per sleep, each timeout halved the window and the short sleep after it doubled
+/// it back: 12 ms gaps, or with several workers' 1 ms timeout 3 ms gaps, never left the
+/// minimum).
 #[test]
 fn spin_window_grows_to_the_configured_maximum() {
-    // 16 ms: doubles from 200 µs to 12.8 ms, past the gap; 4 ms: stays at the minimum.
-    for (max, settles_at) in [(16_000_000, 12_800_000), (4_000_000, SPIN_MIN_NS)] {
-        let mut s = Spin::new(max);
-        // Polling through a gap is no sleep at all; each gap the window misses is a sleep
-        // of the rest of the gap (10 ms less the window), ended by the next packet.
-        for _ in 0..20 {
-            if s.window < 10_000_000 {
-                s.after_sleep(true, 10_000_000 - s.window, 0);
-            }
-        }
-        assert_eq!(s.window, settles_at, "maximum {max} ns");
+    // (maximum, gap, poll timeout): polls through every gap in the end.
+    for (max, gap, timeout) in [
+        (16_000_000, 10_000_000, 10_000_000),
+        (16_000_000, 12_000_000, 10_000_000),
+        (16_000_000, 3_000_000, 1_000_000),
+        (4_000_000, 3_000_000, 1_000_000),
+    ] {
+        let (mut s, mut t) = (Spin::new(max), 1);
+        run_gaps(&mut s, &mut t, gap, timeout, 20);
+        assert!(
+            s.window > gap,
+            "max {max}, gap {gap}, timeout {timeout}: {s:?}"
+        );
+        assert_eq!(
+            run_gaps(&mut s, &mut t, gap, timeout, 1),
+            0,
+            "no sleep left"
+        );
     }
-    // Below the minimum, the minimum.
+    // Gaps longer than the maximum: a sleep each, the window at its minimum.
+    for (max, gap) in [(4_000_000, 10_000_000), (16_000_000, 20_000_000)] {
+        let (mut s, mut t) = (Spin::new(max), 1);
+        assert!(run_gaps(&mut s, &mut t, gap, 10_000_000, 20) > 0);
+        assert_eq!(s.window, SPIN_MIN_NS, "max {max}, gap {gap}");
+    }
+    // Below the minimum, the minimum; the configuration's floor is the same.
     assert_eq!(Spin::new(1).max, SPIN_MIN_NS);
+    assert_eq!(
+        SPIN_MIN_NS,
+        u64::from(crate::config::SPIN_MAX_US_FLOOR) * 1000
+    );
 }
 
 /// A core counts as shared when the worker waited for it more than a tenth of the time:
