@@ -795,13 +795,7 @@ fn report(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
     let find = |label: &str| duts.iter().position(|d| d.label() == label);
     let kernel = find("kernel");
     println!("\nratios per round, as ranges over the rounds");
-    for (name, ..) in &o.natgw {
-        let (Some(a), Some(b)) = (
-            find(&format!("{name}/adaptive")),
-            find(&format!("{name}/busy")),
-        ) else {
-            continue;
-        };
+    for (name, a, b) in mode_pairs(o, duts) {
         let n = results[a].len().min(results[b].len());
         for i in 0..=o.rates.len() {
             let ratio = |f: &dyn Fn(&Load) -> f64, x: usize, y: usize| -> Vec<f64> {
@@ -836,6 +830,21 @@ fn report(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
     println!("\nJSON: {json}");
 }
 
+/// Each natgw binary measured in both modes: its name and the adaptive and busy DUTs' indexes.
+fn mode_pairs(o: &Opts, duts: &[Dut]) -> Vec<(String, usize, usize)> {
+    let find = |label: &str| duts.iter().position(|d| d.label() == label);
+    o.natgw
+        .iter()
+        .filter_map(|(name, ..)| {
+            Some((
+                name.clone(),
+                find(&format!("{name}/adaptive"))?,
+                find(&format!("{name}/busy"))?,
+            ))
+        })
+        .collect()
+}
+
 /// Every round's requests of a DUT and load in one histogram. A round's p99 rests on its
 /// slowest 1 %: 20-40 requests at 500/s, few enough that one burst of host steal moves it
 /// by milliseconds (both poll modes alike); pooled, the rounds' bursts weigh by their share
@@ -868,14 +877,7 @@ fn pooled(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
             );
         }
     }
-    let find = |label: &str| duts.iter().position(|d| d.label() == label);
-    for (name, ..) in &o.natgw {
-        let (Some(a), Some(b)) = (
-            find(&format!("{name}/adaptive")),
-            find(&format!("{name}/busy")),
-        ) else {
-            continue;
-        };
+    for (name, a, b) in mode_pairs(o, duts) {
         for i in 0..=o.rates.len() {
             let (ha, hb) = (merged(a, i), merged(b, i));
             let r = |q: f64| ha.value_at_quantile(q) as f64 / hb.value_at_quantile(q) as f64;
