@@ -20,6 +20,9 @@
 //! thread GETs natgw's `/metrics` every MS milliseconds during the loads, as Prometheus
 //! would, and the summary gives each interval's ratios to the run without scraping.
 //!
+//! `--pause-ms MS`: natgw idle for MS before each paced load, which then starts on an idle
+//! worker's spin window (not on the one the closed loop before it left at its maximum).
+//!
 //! `--quick`: one short round on a topology of its own, a smoke test for CI (no timing is
 //! asserted; it fails only if traffic does not get through). See bench/README.md.
 
@@ -54,13 +57,16 @@ struct Opts {
     load_core: Option<usize>,
     /// Scrape intervals (ms) natgw runs with; 0: not scraped.
     scrape: Vec<u64>,
+    /// Idle time before each paced load (`--pause-ms`), so that it starts on an idle
+    /// worker's spin window instead of the one the load before left behind.
+    pause: Duration,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: cargo bench --bench latency -- [--quick] [--rounds N] [--secs S] [--idle-secs S]\n\
          \x20      [--rates R,R..] [--natgw NAME=PATH[,KEY=VALUE..]].. [--modes adaptive,busy] [--no-kernel]\n\
-         \x20      [--load-core N|any] [--scrape MS,MS..]"
+         \x20      [--load-core N|any] [--scrape MS,MS..] [--pause-ms MS]"
     );
     std::process::exit(2)
 }
@@ -78,6 +84,7 @@ fn parse_opts() -> Opts {
         kernel: true,
         load_core: Some(cores.saturating_sub(1)),
         scrape: vec![0],
+        pause: Duration::ZERO,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -109,6 +116,9 @@ fn parse_opts() -> Opts {
             }
             "--modes" => o.modes = val().split(',').map(str::to_string).collect(),
             "--no-kernel" => o.kernel = false,
+            "--pause-ms" => {
+                o.pause = Duration::from_millis(val().parse().unwrap_or_else(|_| usage()))
+            }
             "--scrape" => {
                 o.scrape = val()
                     .split(',')
@@ -528,6 +538,7 @@ fn run_dut(topo: &Topology, dut: &Dut, o: &Opts, seq: &mut u64) -> Result<RunRes
             let gw = pid.map(|_| topo.gw_ns());
             let mut loads = vec![drive_measured(&c, seq, o.load_secs, 0, &stop, pid, gw)];
             for &r in &o.rates {
+                std::thread::sleep(o.pause);
                 loads.push(drive_measured(&c, seq, o.load_secs, r, &stop, pid, gw));
             }
             Some(loads)
