@@ -313,7 +313,7 @@ fn round_trip(s: &UdpSocket, seq: u64) -> Option<u64> {
 /// `rate` 0: closed loop. Otherwise one request every 1/rate s (no catch-up bursts when an
 /// answer is late).
 fn drive(s: &UdpSocket, seq: &mut u64, secs: f64, rate: u32, stop: &dyn Fn() -> bool) -> Load {
-    let mut hist = Histogram::<u64>::new_with_bounds(1_000, 10_000_000_000, 3).unwrap();
+    let mut hist = round_trips();
     let mut lost = 0;
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
@@ -324,7 +324,6 @@ fn drive(s: &UdpSocket, seq: &mut u64, secs: f64, rate: u32, stop: &dyn Fn() -> 
     };
     let mut next = start;
     let mut n = 0u64;
-    let ticks = cpu_ticks();
     while Instant::now() < end && !stop() {
         if rate != 0 {
             let now = Instant::now();
@@ -346,7 +345,7 @@ fn drive(s: &UdpSocket, seq: &mut u64, secs: f64, rate: u32, stop: &dyn Fn() -> 
         rate: n as f64 / start.elapsed().as_secs_f64(),
         hist,
         lost,
-        steal: steal_pct(ticks, cpu_ticks()),
+        steal: None,
         cpu: None,
         sleeps: None,
     }
@@ -367,7 +366,13 @@ fn thread_cpu_ns(pid: u32) -> Option<Vec<(String, u64)>> {
     Some(v)
 }
 
-/// `drive`, with natgw's CPU use (all its threads) during the load.
+/// A histogram of round trips (ns): 1 µs to 10 s, 3 significant digits.
+fn round_trips() -> Histogram<u64> {
+    Histogram::<u64>::new_with_bounds(1_000, 10_000_000_000, 3).unwrap()
+}
+
+/// `drive`, with the host's steal, natgw's CPU use (all its threads) and its worker's
+/// sleeps and shared ticks during the load.
 fn drive_measured(
     s: &UdpSocket,
     seq: &mut u64,
@@ -380,9 +385,11 @@ fn drive_measured(
     let total = |pid| thread_cpu_ns(pid).map(|v| v.iter().map(|x| x.1).sum::<u64>());
     let counts = gw_ns.and_then(poll_counts);
     let before = pid.and_then(total);
+    let ticks = cpu_ticks();
     let t0 = Instant::now();
     let mut l = drive(s, seq, secs, rate, stop);
     let wall = t0.elapsed().as_nanos() as f64;
+    l.steal = steal_pct(ticks, cpu_ticks());
     if let (Some(a), Some(b)) = (before, pid.and_then(total)) {
         l.cpu = Some(b.saturating_sub(a) as f64 / wall * 100.0);
     }
@@ -864,19 +871,26 @@ fn pooled(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
     if o.rounds < 2 {
         return;
     }
-    let merged = |d: usize, i: usize| -> Histogram<u64> {
-        let mut h = Histogram::<u64>::new_with_bounds(1_000, 10_000_000_000, 3).unwrap();
-        for r in &results[d] {
-            let _ = h.add(&r.loads[i].hist);
-        }
-        h
-    };
+    // merged[dut][load]
+    let merged: Vec<Vec<Histogram<u64>>> = results
+        .iter()
+        .map(|rs| {
+            (0..=o.rates.len())
+                .map(|i| {
+                    let mut h = round_trips();
+                    for r in rs {
+                        let _ = h.add(&r.loads[i].hist);
+                    }
+                    h
+                })
+                .collect()
+        })
+        .collect();
     println!(
         "\npooled over the rounds (µs)\n| DUT | load | requests | p50 | p99 | p99.9 |\n|---|---|---|---|---|---|"
     );
     for (d, dut) in duts.iter().enumerate() {
-        for i in 0..=o.rates.len() {
-            let h = merged(d, i);
+        for (i, h) in merged[d].iter().enumerate() {
             println!(
                 "| {} | {} | {} | {:.0} | {:.0} | {:.0} |",
                 dut.label(),
@@ -889,8 +903,7 @@ fn pooled(o: &Opts, duts: &[Dut], results: &[Vec<RunResult>]) {
         }
     }
     for (name, a, b) in mode_pairs(o, duts) {
-        for i in 0..=o.rates.len() {
-            let (ha, hb) = (merged(a, i), merged(b, i));
+        for (i, (ha, hb)) in merged[a].iter().zip(&merged[b]).enumerate() {
             let r = |q: f64| ha.value_at_quantile(q) as f64 / hb.value_at_quantile(q) as f64;
             println!(
                 "{name} {} pooled: adaptive/busy p50 {:.2} p99 {:.2} p99.9 {:.2}",

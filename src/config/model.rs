@@ -138,8 +138,8 @@ pub struct Worker {
     pub queue: u32,
 }
 
-/// The least `dataplane.spin_max_us`: the worker's shortest spin window (`SPIN_MIN_NS`, a
-/// test checks they agree), below which a maximum means nothing.
+/// The least `dataplane.spin_max_us`, and the worker's shortest spin window (`SPIN_MIN_NS`):
+/// 200 µs covers the round trip behind the gateway on the test topologies.
 pub const SPIN_MAX_US_FLOOR: u32 = 200;
 
 #[derive(Clone, Debug, PartialEq)]

@@ -1561,6 +1561,19 @@ pub struct ZeroLossSummary {
 }
 
 impl Report {
+    /// Only measured rows, nothing else (the tests' summaries and plots).
+    #[cfg(test)]
+    pub(crate) fn of_rows(options: CompareOptions, rows: Vec<Row>) -> Report {
+        Report {
+            new_sessions: vec![],
+            zero_loss: vec![],
+            machine: vec![],
+            options,
+            rows,
+            notes: vec![],
+        }
+    }
+
     fn measured(&self, dut: Dut, flows: u64, size: usize, round: usize) -> Option<&Measured> {
         self.rows
             .iter()
@@ -2129,14 +2142,7 @@ mod tests {
                 });
             }
         }
-        let r = Report {
-            new_sessions: vec![],
-            zero_loss: vec![],
-            machine: vec![],
-            options: o,
-            rows,
-            notes: vec![],
-        };
+        let r = Report::of_rows(o, rows);
         let s = r.summary();
         let n = s.iter().find(|x| x.dut == Dut::NatgwBusy).unwrap();
         assert_eq!(n.sink_pps.median, 2e6, "median of 2, 20, 1 Mpps");

@@ -299,14 +299,7 @@ mod tests {
                 }
             }
         }
-        Report {
-            new_sessions: vec![],
-            zero_loss: vec![],
-            machine: vec![],
-            options: o,
-            rows,
-            notes: vec![],
-        }
+        Report::of_rows(o, rows)
     }
 
     fn png_size(p: &Path) -> (u32, u32) {

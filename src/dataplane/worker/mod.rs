@@ -168,9 +168,8 @@ pub struct Worker {
 /// many poll(2) timeouts (10 ms, 1 ms with several workers) it took: judged per sleep, a
 /// flow with 12 ms gaps halved the window on each timeout and doubled it on the short
 /// sleep after, and never got past the minimum (with several workers, any gap over 1.2 ms).
-/// Steady traffic with gaps under the maximum
-/// (`dataplane.spin_max_us`) ends up never sleeping; an idle gateway sleeps right after its last
-/// frame plus [`SPIN_MIN_NS`]. A worker that is preempted while it polls shares its core
+/// Steady traffic with gaps under the maximum (`dataplane.spin_max_us`) ends up never
+/// sleeping; an idle gateway sleeps right after its last frame plus [`SPIN_MIN_NS`]. A worker that is preempted while it polls shares its core
 /// with other work: spinning then only burns its time slice and the scheduler makes it wait
 /// milliseconds, while a thread that sleeps is woken promptly. So preemption drops the
 /// window to the minimum, and it does not grow again for [`SPIN_HOLD_NS`].
@@ -181,8 +180,8 @@ struct Spin {
     max: u64,
     /// When the loop last did work (ns since the epoch).
     last_work: u64,
-    /// When the loop first went to sleep since its last work (0: it has not).
-    asleep_since: u64,
+    /// When the loop first went to sleep since its last work.
+    asleep_since: Option<u64>,
     /// No growth before this (ns since the epoch).
     hold_until: u64,
 }
@@ -192,7 +191,9 @@ pub const SPIN_HOLD_NS: u64 = 1_000_000_000;
 
 /// The shortest spin window: covers the round trip behind the gateway (request out,
 /// answer back) on the test topologies, so a single exchange costs one wake-up, not two.
-pub const SPIN_MIN_NS: u64 = 200_000;
+/// Also the least `dataplane.spin_max_us` the configuration accepts.
+pub const SPIN_MIN_NS: u64 = crate::config::SPIN_MAX_US_FLOOR as u64 * 1000;
+
 /// How the poll loop waits for traffic (`dataplane.poll`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Polling {
@@ -210,7 +211,7 @@ impl Spin {
             window: SPIN_MIN_NS,
             max: max.max(SPIN_MIN_NS),
             last_work: 0,
-            asleep_since: 0,
+            asleep_since: None,
             hold_until: 0,
         }
     }
@@ -218,15 +219,13 @@ impl Spin {
     /// The loop did work at `now`.
     fn worked(&mut self, now: u64) {
         self.last_work = now;
-        self.asleep_since = 0;
+        self.asleep_since = None;
     }
 
     /// The loop goes to sleep at `now` (the first time since its last work, or again after
     /// a timeout).
     fn sleeping(&mut self, now: u64) {
-        if self.asleep_since == 0 {
-            self.asleep_since = now.max(1);
-        }
+        self.asleep_since.get_or_insert(now);
     }
 
     /// On the housekeeping tick: whether the core was shared since the last one.
@@ -239,19 +238,19 @@ impl Spin {
 
     /// After a sleep that `traffic` ended (false: the timeout), at `now`.
     fn after_sleep(&mut self, traffic: bool, now: u64) {
-        let idle = now.saturating_sub(self.asleep_since);
+        let idle = now.saturating_sub(self.asleep_since.unwrap_or(now));
         self.window = if now < self.hold_until {
             SPIN_MIN_NS
-        } else if traffic && idle < self.max {
-            (self.window * 2).min(self.max)
-        } else if traffic || idle >= self.max {
+        } else if idle >= self.max {
             (self.window / 2).max(SPIN_MIN_NS)
+        } else if traffic {
+            (self.window * 2).min(self.max)
         } else {
             // A timeout before the maximum: traffic may still come back soon enough.
             self.window
         };
         if traffic {
-            self.asleep_since = 0;
+            self.asleep_since = None;
         }
     }
 }
